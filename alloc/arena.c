@@ -2,7 +2,6 @@
  * arena.c - what both arena implementations share: format/attach, validation of handles,
  * record slots, the space-waiting wake-up, and dispatch to arena_lf.c / arena_mutex.c.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <linux/futex.h>
 #include <stdio.h>
@@ -166,6 +165,11 @@ uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index)
 uint64_t eng_arena_rec_slots(const eng_arena_t *a)
 {
 	return (rec_top(a) - a->hdr->rec_base) / a->hdr->rec_stride;
+}
+
+uint64_t eng_arena_rec_stride(const eng_arena_t *a)
+{
+	return a->hdr->rec_stride;
 }
 
 uint64_t eng_arena_rec_max_slots(const eng_arena_t *a)

@@ -112,6 +112,8 @@ int64_t eng_arena_rec_index(const eng_arena_t *a, uint64_t off);
 uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index);
 /* Number of slots ever carved (slots [0, n) may be inspected). */
 uint64_t eng_arena_rec_slots(const eng_arena_t *a);
+/* Bytes per record slot (header included). */
+uint64_t eng_arena_rec_stride(const eng_arena_t *a);
 /* Largest number of slots that could ever exist in this arena. */
 uint64_t eng_arena_rec_max_slots(const eng_arena_t *a);
 

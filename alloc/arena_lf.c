@@ -21,7 +21,6 @@
  * first, then the kept block's header with release, and only then pushes the buddies, so a
  * walker that reads a header with acquire always finds valid headers at every step after it.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>

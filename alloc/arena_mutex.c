@@ -9,7 +9,6 @@
  * rebuilds the free list from a walk of the headers (the walk is the truth), and marks the
  * mutex consistent.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>

@@ -1,0 +1,143 @@
+/*
+ * engine.h - the public interface of engine/: a shared-memory segment, streams between one
+ * server and many clients, messages with loaned zero-copy buffers.
+ *
+ * Concurrency contracts:
+ *   - an eng_client_t and its streams are used by one thread at a time (the caller serialises);
+ *     a process may hold several clients;
+ *   - a server stream (eng_sstream_t) is only touched from inside the server's callbacks for
+ *     that stream, which the engine never runs on two workers at once.
+ *
+ * Errors: 0 or -errno. Expected outcomes are negative errnos that are not faults:
+ *   -EAGAIN     ring full (send) / nothing there (recv) / no space in the arena (loan)
+ *   -ETIMEDOUT  a blocking call ran out of time
+ *   -EPIPE      the peer is gone or the stream was ended
+ * eng_strerror() gives the text of any of them.
+ */
+#ifndef ENG_ENGINE_H
+#define ENG_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Command codes: clients send 0x01xx, servers 0x02xx; a side that receives its own range
+ * ends the stream with -EPROTO. 0x01f0..0x01ff and 0x02f0..0x02ff are reserved for the engine. */
+#define ENG_CMD_CLIENT_MIN 0x0100u
+#define ENG_CMD_CLIENT_MAX 0x01efu
+#define ENG_CMD_SERVER_MIN 0x0200u
+#define ENG_CMD_SERVER_MAX 0x02efu
+
+typedef enum eng_transport {
+	ENG_TRANSPORT_LOCKFREE = 1,
+	ENG_TRANSPORT_MUTEX = 2,
+} eng_transport_t;
+
+/* A received message. data points into the segment (valid until released), or is NULL. */
+typedef struct eng_msg {
+	uint16_t cmd;
+	uint16_t flags;
+	uint32_t len;
+	uint64_t seq; /* per direction, from 1; checked by the engine */
+	uint64_t arg;
+	uint64_t off; /* buffer handle, 0 if none; set to 0 to keep/forward the buffer */
+	void *data;
+} eng_msg_t;
+
+typedef struct eng_server eng_server_t;
+typedef struct eng_sstream eng_sstream_t;
+typedef struct eng_client eng_client_t;
+typedef struct eng_stream eng_stream_t;
+
+/* ---- server ------------------------------------------------------------------------- */
+
+typedef struct eng_server_hooks {
+	/* A client opened a stream. Return < 0 to refuse it. */
+	int (*on_open)(eng_sstream_t *s, void *ctx);
+	/* A message arrived. Return < 0 to end the stream with that error (sent to the client). */
+	int (*on_msg)(eng_sstream_t *s, eng_msg_t *m, void *ctx);
+	/* The stream ended: err 0 = closed by the client, else why (-EPIPE: client died). */
+	void (*on_close)(eng_sstream_t *s, int err, void *ctx);
+	void *ctx;
+} eng_server_hooks_t;
+
+typedef struct eng_server_cfg {
+	const char *name;     /* shm name, "/engine-default" if NULL */
+	uint64_t size;        /* segment bytes, default 64 MiB */
+	mode_t mode;          /* default 0600 */
+	eng_transport_t transport;
+	uint32_t workers;     /* 0 = number of online CPUs */
+	uint32_t ring_depth;  /* descriptors per ring, power of two, default 128 */
+	uint32_t max_streams; /* default: as many records as the segment holds, <= 65536 */
+	uint32_t spin;        /* spin iterations before sleeping, default 4096 */
+	uint32_t min_block_shift, max_block_shift; /* buffer classes, default 12..20 */
+	eng_server_hooks_t hooks;
+} eng_server_cfg_t;
+
+/* Create the segment (refusing if a live server owns the name), pre-fault it and start the
+ * worker pool and the control thread. */
+int eng_server_start(const eng_server_cfg_t *cfg, eng_server_t **out);
+/* Stop accepting, end every open stream (clients see -EPIPE), join threads, unlink. */
+void eng_server_stop(eng_server_t *srv);
+/* Number of worker threads. */
+uint32_t eng_server_workers(const eng_server_t *srv);
+
+uint32_t eng_sstream_id(const eng_sstream_t *s);  /* the client's user id for the stream */
+pid_t eng_sstream_pid(const eng_sstream_t *s);    /* the client's pid */
+void **eng_sstream_user(eng_sstream_t *s);        /* one pointer of handler state */
+int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off);
+/* Send to the client; never blocks (-EAGAIN if the ring is full: the engine guarantees room
+ * for one reply per received message). Ownership of the buffer passes to the client. */
+int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len);
+void eng_sstream_free(eng_sstream_t *s, uint64_t off);
+
+/* ---- client ------------------------------------------------------------------------- */
+
+typedef struct eng_client_cfg {
+	uint32_t spin;       /* spin iterations before sleeping, default 4096 */
+	uint32_t timeout_ms; /* default for blocking calls, default 10000 */
+} eng_client_cfg_t;
+
+int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out);
+/* Closes nothing: close streams first (open streams are ended by the server when it sees
+ * the process exit). */
+void eng_client_detach(eng_client_t *c);
+
+int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
+/* Orderly close: tells the server, waits for its acknowledgement (dropping replies still in
+ * flight), then gives the record back. Every loan of the stream is invalid afterwards. */
+int eng_stream_close(eng_stream_t *s);
+uint32_t eng_stream_index(const eng_stream_t *s);
+
+/* Loan a buffer of at least len bytes. -EAGAIN when the arena is full (try), or waits up to
+ * timeout_ms for space (wait variant). */
+int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off);
+int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int timeout_ms);
+uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off);
+void eng_stream_unloan(eng_stream_t *s, uint64_t off);
+
+/* Send (buffer ownership passes to the server on success). */
+int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len);
+int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
+		    int timeout_ms);
+int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m);
+int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms);
+/* Give back the buffer of a received message (no-op without one). */
+void eng_stream_release(eng_stream_t *s, eng_msg_t *m);
+
+/*
+ * Waiting on many streams with one thread: take a ticket, look at every stream (try_send,
+ * try_recv), and if nothing moved, wait with the ticket. The wait returns as soon as the server
+ * did anything for any stream of this client since the ticket was taken (0), on timeout
+ * (-ETIMEDOUT), or when the server is gone (-EPIPE).
+ */
+uint32_t eng_client_ticket(eng_client_t *c);
+int eng_client_wait(eng_client_t *c, uint32_t ticket, int timeout_ms);
+/* 0 while the server that created the segment is alive and serving, else -EPIPE. */
+int eng_client_check_server(eng_client_t *c);
+
+const char *eng_strerror(int err);
+/* A message with context for the last failure of an engine call in this thread ("" if none). */
+const char *eng_errmsg(void);
+
+#endif

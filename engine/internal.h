@@ -1,0 +1,202 @@
+/*
+ * internal.h - private to engine/: the shared layout of the segment and of stream records,
+ * and the helpers the server and client sides share. docs/ARCHITECTURE.md explains it.
+ */
+#ifndef ENG_INTERNAL_H
+#define ENG_INTERNAL_H
+
+#include <ck_ring.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "arena.h"
+#include "engine.h"
+
+#define SEG_MAGIC   0x53474e45u /* "ENGS" */
+#define SEG_VERSION 1u
+
+/* engine-reserved commands */
+#define CMD_C_CLOSE 0x01f0u /* client: no more messages; please acknowledge */
+#define CMD_S_CLOSE 0x02f0u /* server: close acknowledged */
+#define CMD_S_ERROR 0x02f1u /* server: stream ended with error -arg */
+
+/* server state (hdr->state) */
+enum { SRV_STARTING = 1, SRV_READY = 2, SRV_STOPPING = 3, SRV_STOPPED = 4 };
+
+/* record types and states (rec->state) */
+enum { REC_STREAM = 1, REC_SESSION = 2 };
+enum {
+	ST_OFFERED = 1, /* server set it up and put it on offer */
+	ST_CLAIMED = 2, /* a client took it (under the bootstrap mutex) */
+	ST_OPEN = 3,    /* the server accepted it */
+	ST_ENDED = 4,   /* the server ended it (close, error, shutdown, peer death) */
+};
+
+/* rec->sched: who owns the right to consume the client->server ring */
+enum { RUN_IDLE = 0, RUN_QUEUED = 1, RUN_RUNNING = 2, RUN_AGAIN = 3, RUN_FIN = 4 };
+
+/* waiting flags of a session (client) */
+enum { WAIT_NONE = 0, WAIT_SPIN = 1, WAIT_SLEEP = 2 };
+
+/* A descriptor: 32 bytes, copied by value through ck_ring. */
+struct eng_desc {
+	uint16_t cmd;
+	uint16_t flags;
+	uint32_t len;
+	uint64_t seq;
+	uint64_t off;
+	uint64_t arg;
+};
+_Static_assert(sizeof(struct eng_desc) == 32, "descriptor is 32 bytes");
+
+CK_RING_PROTOTYPE(desc, eng_desc)
+
+#define CL 64
+
+/*
+ * A record body (the arena gives fixed-size slots; the body follows the arena's 64-byte slot
+ * header). Lines are grouped by writer so that the two processes never write one cache line.
+ */
+struct eng_rec {
+	/* line 0: identity. Server writes before offering; client writes owner fields while it
+	 * holds the bootstrap mutex; read-only afterwards. */
+	uint32_t state;
+	uint32_t type;
+	uint64_t guid[2];
+	uint64_t epoch;
+	int32_t owner_pid;
+	uint32_t session; /* stream: record index of the client's session */
+	uint32_t user_id;
+	uint32_t depth;
+	uint32_t pad0[4];
+	/* line 1: scheduling word (client sets QUEUED/AGAIN, workers RUNNING/IDLE) */
+	_Alignas(CL) uint32_t sched;
+	uint32_t want_space; /* server: "I stopped draining: wake me when you read a reply" */
+	/* line 2: session wake-up (session records): server bumps, client sleeps */
+	_Alignas(CL) uint32_t wake;
+	uint32_t waiting;
+	/* lines 3..5 and 6..8: the two rings' control blocks (ck_ring pads its counters) */
+	_Alignas(CL) struct ck_ring c2s;
+	_Alignas(CL) struct ck_ring s2c;
+	/* then: struct eng_desc c2s_slots[depth], s2c_slots[depth] */
+	_Alignas(CL) struct eng_desc slots[];
+};
+_Static_assert(offsetof(struct eng_rec, sched) == 64, "sched on its own line");
+_Static_assert(offsetof(struct eng_rec, wake) == 128, "wake on its own line");
+_Static_assert(offsetof(struct eng_rec, c2s) == 192, "rings after the control lines");
+_Static_assert(offsetof(struct eng_rec, s2c) == 192 + 3 * CL, "rings are three lines each");
+_Static_assert(offsetof(struct eng_rec, slots) == 192 + 6 * CL, "slots after both rings");
+
+static inline uint64_t rec_bytes(uint32_t depth)
+{
+	return sizeof(struct eng_rec) + 2ull * depth * sizeof(struct eng_desc);
+}
+
+/* The segment header: offset 0 of the segment. */
+struct eng_seg_hdr {
+	/* line 0: immutable after creation; magic is written last and read first */
+	uint32_t magic;
+	uint32_t version;
+	uint32_t transport;
+	uint32_t ring_depth;
+	uint64_t size;
+	uint64_t arena_off;
+	uint64_t epoch;
+	int32_t server_pid;
+	uint32_t max_streams;
+	uint32_t bitmap_words;
+	uint32_t hdr_bytes;
+	/* line 1: server state (server writes) */
+	_Alignas(CL) uint32_t state;
+	/* line 2: worker wake-up (clients write) */
+	_Alignas(CL) uint32_t srv_wake;
+	uint32_t srv_sleepers;
+	/* line 3..: bootstrap hand-out */
+	_Alignas(CL) pthread_mutex_t boot;
+	uint64_t offer_guid[2];
+	uint32_t offer_idx;   /* record index on offer */
+	uint32_t offer_state; /* 0 nothing on offer, 1 available, 2 taken */
+	uint32_t boot_wake;   /* clients waiting for an offer sleep here */
+	uint32_t ctl_wake;    /* the server's control thread sleeps here */
+	/* line: counters (relaxed, statistics only) */
+	_Alignas(CL) uint64_t opens;
+	uint64_t closes;
+	uint64_t ended;
+	/* then: the ready bitmap (uint64_t[bitmap_words]), then the arena */
+};
+
+/* ---- helpers shared by both sides (seg.c) ------------------------------------------ */
+
+struct eng_seg {
+	int fd;
+	unsigned char *base;
+	uint64_t size;
+	struct eng_seg_hdr *hdr;
+	uint64_t *bitmap;
+	eng_arena_t arena;
+	uint32_t depth;
+	uint32_t max_streams;
+	char name[256];
+};
+
+int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
+	       eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
+	       uint32_t max_shift);
+int seg_attach(struct eng_seg *sg, const char *name);
+void seg_unmap(struct eng_seg *sg);
+
+/* Record index -> record (NULL if the index is out of range). */
+struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx);
+static inline struct eng_desc *rec_c2s_slots(struct eng_rec *r, uint32_t depth)
+{
+	(void)depth;
+	return r->slots;
+}
+static inline struct eng_desc *rec_s2c_slots(struct eng_rec *r, uint32_t depth)
+{
+	return r->slots + depth;
+}
+
+/* futex helpers (wait.c). Shared (not FUTEX_PRIVATE_FLAG): they work across processes. */
+int eng_futex_wait(uint32_t *word, uint32_t expect, int64_t timeout_ns);
+void eng_futex_wake(uint32_t *word, int n);
+uint64_t eng_now_ns(void);
+
+/*
+ * Rings (ring.c). Each endpoint keeps its own counter privately (the truth) and publishes it;
+ * it reads the peer's counter from the segment. ck_ring does the slot arithmetic on a private
+ * mirror whose size/mask come from our own configuration, so a peer that scribbles over the
+ * shared ring header can make us read garbage descriptors (which are validated) but never
+ * index outside the slots.
+ */
+struct ring_end {
+	struct ck_ring *shared;
+	struct eng_desc *slots;
+	uint32_t mine; /* producer: p_tail; consumer: c_head */
+	uint32_t mask;
+};
+void ring_init_shared(struct ck_ring *r, uint32_t depth, uint32_t start);
+void ring_attach(struct ring_end *e, struct ck_ring *shared, struct eng_desc *slots,
+		 uint32_t depth, bool producer);
+bool ring_push_spsc(struct ring_end *e, const struct eng_desc *d);
+bool ring_pop_spsc(struct ring_end *e, struct eng_desc *d);
+uint32_t ring_used(const struct ring_end *e); /* slots holding descriptors */
+uint32_t ring_free(const struct ring_end *e); /* slots a producer can still fill */
+void ring_publish_producer(struct ring_end *e);
+
+/* Ready set (ready.c): one bit per record index. */
+bool ready_set(struct eng_seg *sg, uint32_t idx); /* true if the bit was clear */
+bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx);
+bool ready_any(struct eng_seg *sg);
+void ready_post(struct eng_seg *sg, uint32_t idx);
+
+/* Schedule a stream for the server's workers (client side, after publishing work). */
+void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
+/* Client's last touch of a record: sched := FIN (and schedule it if it was idle). */
+void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
+void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
