@@ -5,9 +5,9 @@ BUILD      ?= build
 BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 SHELL      := /bin/bash
-PKGS       := cmake make gcc pkg-config libck-dev libxml2-dev libcriterion-dev libxxhash-dev
+PKGS       := cmake make gcc pkg-config bc libck-dev libxml2-dev libcriterion-dev libxxhash-dev
 
-.PHONY: all deps build test test-asan bench clean format
+.PHONY: all deps build run test test-asan bench clean format
 
 all: build
 
@@ -25,6 +25,10 @@ deps:
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# The main job: sample files, a server, two clients, verification, a summary.
+run: build
+	@./apps/run-demo.sh $(BUILD)
 
 # The whole suite. Criterion's per-binary "Synthesis" lines and ctest's summary reach stdout.
 test: build

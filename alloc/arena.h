@@ -41,45 +41,45 @@
 #define ENG_ARENA_HDR_BYTES   64u /* per-block and per-record header; payload follows it */
 
 typedef enum eng_arena_kind {
-	ENG_ARENA_LOCKFREE = 1,
-	ENG_ARENA_MUTEX = 2,
+        ENG_ARENA_LOCKFREE = 1,
+        ENG_ARENA_MUTEX = 2,
 } eng_arena_kind_t;
 
 typedef struct eng_arena_cfg {
-	eng_arena_kind_t kind;
-	uint32_t record_size;     /* bytes of one record body (rounded up to 64) */
-	uint32_t min_class_shift; /* smallest block 2^min (>= 12 recommended, >= 7 allowed) */
-	uint32_t max_class_shift; /* largest block 2^max (<= 30); also the superblock size */
+        eng_arena_kind_t kind;
+        uint32_t record_size;     /* bytes of one record body (rounded up to 64) */
+        uint32_t min_class_shift; /* smallest block 2^min (>= 12 recommended, >= 7 allowed) */
+        uint32_t max_class_shift; /* largest block 2^max (<= 30); also the superblock size */
 } eng_arena_cfg_t;
 
 struct eng_arena_hdr;
 
 /* A process-local view of an arena. Copyable; holds no resources. */
 typedef struct eng_arena {
-	unsigned char *base;
-	uint64_t size;
-	struct eng_arena_hdr *hdr;
+        unsigned char *base;
+        uint64_t size;
+        struct eng_arena_hdr *hdr;
 } eng_arena_t;
 
 typedef struct eng_arena_class_stats {
-	uint64_t block_bytes; /* size of one block of the class (header included) */
-	uint64_t used_blocks;
-	uint64_t free_blocks;
-	uint64_t allocs, frees, failed;
+        uint64_t block_bytes; /* size of one block of the class (header included) */
+        uint64_t used_blocks;
+        uint64_t free_blocks;
+        uint64_t allocs, frees, failed;
 } eng_arena_class_stats_t;
 
 typedef struct eng_arena_stats {
-	eng_arena_kind_t kind;
-	uint64_t size, rec_base, top;
-	uint64_t rec_top, buf_bottom; /* the two watermarks */
-	uint64_t rec_stride;          /* bytes per record slot, header included */
-	uint64_t rec_used, rec_free;  /* record slots in use / on the free list */
-	uint64_t buf_used_blocks, buf_used_bytes;
-	uint64_t buf_free_blocks, buf_free_bytes;
-	uint64_t failed; /* failed buffer allocations (ENOMEM) */
-	uint64_t bad_frees;
-	uint32_t nclasses; /* lock-free only; 0 for the mutex arena */
-	eng_arena_class_stats_t cls[ENG_ARENA_MAX_CLASSES];
+        eng_arena_kind_t kind;
+        uint64_t size, rec_base, top;
+        uint64_t rec_top, buf_bottom; /* the two watermarks */
+        uint64_t rec_stride;          /* bytes per record slot, header included */
+        uint64_t rec_used, rec_free;  /* record slots in use / on the free list */
+        uint64_t buf_used_blocks, buf_used_bytes;
+        uint64_t buf_free_blocks, buf_free_bytes;
+        uint64_t failed; /* failed buffer allocations (ENOMEM) */
+        uint64_t bad_frees;
+        uint32_t nclasses; /* lock-free only; 0 for the mutex arena */
+        eng_arena_class_stats_t cls[ENG_ARENA_MAX_CLASSES];
 } eng_arena_stats_t;
 
 /* Format [base, base+size) as a new arena. base must be 64-byte aligned. Not concurrent. */

@@ -16,32 +16,32 @@
 #define ARENA_UNIT    64u /* watermarks and list heads count 64-byte units */
 
 /* Block/record header word: magic(16) | class-or-0(8) | state(8) | owner(32). */
-#define BLK_MAGIC     0xb10cu
-#define BLK_FREE      1u
-#define BLK_USED      2u
-#define BLK_RFREE     3u /* record slot on the free list */
-#define BLK_RUSED     4u /* record slot in use */
+#define BLK_MAGIC 0xb10cu
+#define BLK_FREE  1u
+#define BLK_USED  2u
+#define BLK_RFREE 3u /* record slot on the free list */
+#define BLK_RUSED 4u /* record slot in use */
 
 static inline uint64_t blk_word(uint32_t cls, uint32_t state, uint32_t owner)
 {
-	return ((uint64_t)BLK_MAGIC << 48) | ((uint64_t)(cls & 0xff) << 40) |
-	       ((uint64_t)(state & 0xff) << 32) | owner;
+        return ((uint64_t)BLK_MAGIC << 48) | ((uint64_t)(cls & 0xff) << 40) |
+               ((uint64_t)(state & 0xff) << 32) | owner;
 }
 static inline uint32_t blk_magic(uint64_t w)
 {
-	return (uint32_t)(w >> 48);
+        return (uint32_t)(w >> 48);
 }
 static inline uint32_t blk_class(uint64_t w)
 {
-	return (uint32_t)(w >> 40) & 0xff;
+        return (uint32_t)(w >> 40) & 0xff;
 }
 static inline uint32_t blk_state(uint64_t w)
 {
-	return (uint32_t)(w >> 32) & 0xff;
+        return (uint32_t)(w >> 32) & 0xff;
 }
 static inline uint32_t blk_owner(uint64_t w)
 {
-	return (uint32_t)w;
+        return (uint32_t)w;
 }
 
 /*
@@ -51,83 +51,83 @@ static inline uint32_t blk_owner(uint64_t w)
  * bytes: the block's size (mutex arena: variable sizes; lock-free arena: 2^class).
  */
 struct blk_hdr {
-	uint64_t word;
-	uint64_t next;
-	uint64_t bytes;
-	uint64_t pad[5];
+        uint64_t word;
+        uint64_t next;
+        uint64_t bytes;
+        uint64_t pad[5];
 };
 _Static_assert(sizeof(struct blk_hdr) == ENG_ARENA_HDR_BYTES, "block header is one cache line");
 
 /* A free-list head is {offset in units : 32 | ABA tag : 32}; offset 0 = empty. */
 static inline uint64_t head_pack(uint32_t units, uint32_t tag)
 {
-	return ((uint64_t)tag << 32) | units;
+        return ((uint64_t)tag << 32) | units;
 }
 static inline uint32_t head_units(uint64_t h)
 {
-	return (uint32_t)h;
+        return (uint32_t)h;
 }
 static inline uint32_t head_tag(uint64_t h)
 {
-	return (uint32_t)(h >> 32);
+        return (uint32_t)(h >> 32);
 }
 
 /* The watermarks word: {rec_top units : 32 | buf_bottom units : 32} (rec_top in low half). */
 static inline uint64_t marks_pack(uint32_t rec_top_u, uint32_t buf_bottom_u)
 {
-	return ((uint64_t)buf_bottom_u << 32) | rec_top_u;
+        return ((uint64_t)buf_bottom_u << 32) | rec_top_u;
 }
 static inline uint32_t marks_rec_top(uint64_t m)
 {
-	return (uint32_t)m;
+        return (uint32_t)m;
 }
 static inline uint32_t marks_buf_bottom(uint64_t m)
 {
-	return (uint32_t)(m >> 32);
+        return (uint32_t)(m >> 32);
 }
 
 /* One cache line per size class: its list head and the counters its users touch. */
 struct arena_class {
-	uint64_t head;
-	uint64_t used_blocks;
-	uint64_t free_blocks;
-	uint64_t allocs;
-	uint64_t frees;
-	uint64_t failed;
-	uint64_t pad[2];
+        uint64_t head;
+        uint64_t used_blocks;
+        uint64_t free_blocks;
+        uint64_t allocs;
+        uint64_t frees;
+        uint64_t failed;
+        uint64_t pad[2];
 };
 _Static_assert(sizeof(struct arena_class) == 64, "one cache line per class");
 
 struct eng_arena_hdr {
-	/* line 0: immutable after format (magic written last) */
-	uint32_t magic;
-	uint32_t version;
-	uint32_t kind;
-	uint32_t min_shift;
-	uint32_t max_shift;
-	uint32_t nclasses;
-	uint64_t size;
-	uint64_t rec_base;
-	uint64_t rec_stride;
-	uint64_t top;
-	/* line 1: watermarks and record list (written by every allocating process) */
-	_Alignas(64) uint64_t marks;
-	uint64_t rec_head;
-	uint64_t rec_used;
-	uint64_t rec_free;
-	uint64_t rec_slots_max;
-	uint64_t bad_frees;
-	uint64_t mx_failed;
-	/* line 2: space-waiting protocol */
-	_Alignas(64) uint32_t free_word;
-	uint32_t waiters;
-	/* lines 3..: the mutex arena's state (unused by the lock-free one) */
-	_Alignas(64) pthread_mutex_t mx;
-	uint64_t mx_free_head; /* address-ordered free list, block offset in units */
-	uint64_t mx_used_blocks, mx_used_bytes, mx_free_blocks, mx_free_bytes;
-	uint64_t mx_allocs, mx_frees;
-	/* one line per class */
-	_Alignas(64) struct arena_class cls[ENG_ARENA_MAX_CLASSES];
+        /* line 0: immutable after format (magic written last) */
+        uint32_t magic;
+        uint32_t version;
+        uint32_t kind;
+        uint32_t min_shift;
+        uint32_t max_shift;
+        uint32_t nclasses;
+        uint64_t size;
+        uint64_t rec_base;
+        uint64_t rec_stride;
+        uint64_t top;
+        /* line 1: watermarks and record list (written by every allocating process) */
+        _Alignas(64) uint64_t marks;
+        uint64_t rec_head;
+        uint64_t rec_used;
+        uint64_t rec_free;
+        uint64_t rec_slots_max;
+        uint64_t bad_frees;
+        uint64_t mx_failed;
+        /* line 2: space-waiting protocol */
+        _Alignas(64) uint32_t free_word;
+        uint32_t waiters;
+        /* lines 3..: the mutex arena's state (unused by the lock-free one) */
+        _Alignas(64) pthread_mutex_t mx;
+        uint64_t mx_free_head; /* address-ordered free list, block offset in units */
+        uint64_t mx_used_blocks, mx_used_bytes, mx_free_blocks, mx_free_bytes;
+        uint64_t mx_allocs, mx_frees;
+        /* one line per class */
+        _Alignas(64) struct arena_class cls[ENG_ARENA_MAX_CLASSES];
 };
 _Static_assert(offsetof(struct eng_arena_hdr, marks) == 64, "watermarks on their own line");
 _Static_assert(offsetof(struct eng_arena_hdr, free_word) == 128, "waiting words on their own line");
@@ -138,16 +138,16 @@ _Static_assert(offsetof(struct eng_arena_hdr, cls) % 64 == 0, "classes cache-lin
 
 static inline struct blk_hdr *blk_at(const eng_arena_t *a, uint64_t block_off)
 {
-	return (struct blk_hdr *)(a->base + block_off);
+        return (struct blk_hdr *)(a->base + block_off);
 }
 
 static inline uint64_t units_to_off(uint32_t u)
 {
-	return (uint64_t)u * ARENA_UNIT;
+        return (uint64_t)u * ARENA_UNIT;
 }
 static inline uint32_t off_to_units(uint64_t off)
 {
-	return (uint32_t)(off / ARENA_UNIT);
+        return (uint32_t)(off / ARENA_UNIT);
 }
 
 /* Shared by both implementations (arena.c). */

@@ -29,101 +29,103 @@
 
 static inline uint64_t sb_bytes(const struct eng_arena_hdr *h)
 {
-	return (uint64_t)1 << h->max_shift;
+        return (uint64_t)1 << h->max_shift;
 }
 
 static inline uint64_t cls_bytes(const struct eng_arena_hdr *h, uint32_t c)
 {
-	return (uint64_t)1 << (h->min_shift + c);
+        return (uint64_t)1 << (h->min_shift + c);
 }
 
 int lf_format(eng_arena_t *a)
 {
-	(void)a; /* zeroed headers and lists are the empty state */
-	return 0;
+        (void)a; /* zeroed headers and lists are the empty state */
+        return 0;
 }
 
 uint64_t lf_max_alloc(const eng_arena_t *a)
 {
-	return sb_bytes(a->hdr) - ENG_ARENA_HDR_BYTES;
+        return sb_bytes(a->hdr) - ENG_ARENA_HDR_BYTES;
 }
 
 static int class_for(const struct eng_arena_hdr *h, uint64_t len, uint32_t *c)
 {
-	uint64_t need = len + ENG_ARENA_HDR_BYTES;
-	if (len > sb_bytes(h) - ENG_ARENA_HDR_BYTES)
-		return -E2BIG;
-	uint32_t k = 0;
-	while (cls_bytes(h, k) < need)
-		k++;
-	*c = k;
-	return 0;
+        uint64_t need = len + ENG_ARENA_HDR_BYTES;
+        if (len > sb_bytes(h) - ENG_ARENA_HDR_BYTES)
+                return -E2BIG;
+        uint32_t k = 0;
+        while (cls_bytes(h, k) < need)
+                k++;
+        *c = k;
+        return 0;
 }
 
 /* Is blk a plausible start of a class-c block in the live buffer area? */
 static bool lf_block_ok(const eng_arena_t *a, uint64_t blk, uint32_t c)
 {
-	const struct eng_arena_hdr *h = a->hdr;
-	uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-	return c < h->nclasses && blk >= bb && blk < h->top && (blk & (cls_bytes(h, c) - 1)) == 0 &&
-	       blk + cls_bytes(h, c) <= h->top;
+        const struct eng_arena_hdr *h = a->hdr;
+        uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
+        return c < h->nclasses && blk >= bb && blk < h->top && (blk & (cls_bytes(h, c) - 1)) == 0 &&
+               blk + cls_bytes(h, c) <= h->top;
 }
 
 static void lf_push(eng_arena_t *a, uint32_t c, uint64_t blk)
 {
-	struct arena_class *k = &a->hdr->cls[c];
-	struct blk_hdr *b = blk_at(a, blk);
-	uint64_t old = eng_load_relaxed_u64(&k->head);
-	do {
-		eng_store_relaxed_u64(&b->next, head_units(old));
-		/* The CAS (full barrier) publishes the link and the header before the head. */
-	} while (!eng_cas_u64(&k->head, old, head_pack(off_to_units(blk), head_tag(old) + 1),
-			      &old));
-	eng_faa_u64(&k->free_blocks, 1);
+        struct arena_class *k = &a->hdr->cls[c];
+        struct blk_hdr *b = blk_at(a, blk);
+        uint64_t old = eng_load_relaxed_u64(&k->head);
+        do {
+                eng_store_relaxed_u64(&b->next, head_units(old));
+                /* The CAS (full barrier) publishes the link and the header before the head. */
+        } while (
+            !eng_cas_u64(&k->head, old, head_pack(off_to_units(blk), head_tag(old) + 1), &old));
+        eng_faa_u64(&k->free_blocks, 1);
 }
 
 /* Pop one block of class c; false if the list is empty (or found corrupt). */
 static bool lf_pop(eng_arena_t *a, uint32_t c, uint64_t *blk)
 {
-	struct arena_class *k = &a->hdr->cls[c];
-	/* Acquire: the link we read below was written before the push that published it. */
-	uint64_t old = eng_load_acquire_u64(&k->head);
-	for (;;) {
-		uint32_t u = head_units(old);
-		if (u == 0)
-			return false;
-		uint64_t off = units_to_off(u);
-		if (!lf_block_ok(a, off, c)) {
-			eng_faa_u64(&a->hdr->bad_frees, 1);
-			return false; /* a writer corrupted the head: treat the class as empty */
-		}
-		/* May be stale if the block was popped meanwhile; the tag makes the CAS fail then. */
-		uint64_t next = eng_load_relaxed_u64(&blk_at(a, off)->next);
-		if (eng_cas_u64(&k->head, old, head_pack((uint32_t)next, head_tag(old) + 1), &old)) {
-			eng_faa_u64(&k->free_blocks, (uint64_t)-1);
-			*blk = off;
-			return true;
-		}
-	}
+        struct arena_class *k = &a->hdr->cls[c];
+        /* Acquire: the link we read below was written before the push that published it. */
+        uint64_t old = eng_load_acquire_u64(&k->head);
+        for (;;) {
+                uint32_t u = head_units(old);
+                if (u == 0)
+                        return false;
+                uint64_t off = units_to_off(u);
+                if (!lf_block_ok(a, off, c)) {
+                        eng_faa_u64(&a->hdr->bad_frees, 1);
+                        return false; /* a writer corrupted the head: treat the class as empty */
+                }
+                /* May be stale if the block was popped meanwhile; the tag makes the CAS fail then.
+                 */
+                uint64_t next = eng_load_relaxed_u64(&blk_at(a, off)->next);
+                if (eng_cas_u64(&k->head, old, head_pack((uint32_t)next, head_tag(old) + 1),
+                                &old)) {
+                        eng_faa_u64(&k->free_blocks, (uint64_t)-1);
+                        *blk = off;
+                        return true;
+                }
+        }
 }
 
 /* Carve a fresh superblock below buf_bottom. */
 static bool lf_carve(eng_arena_t *a, uint64_t *blk)
 {
-	struct eng_arena_hdr *h = a->hdr;
-	uint64_t sb = sb_bytes(h);
-	uint64_t m = eng_load_acquire_u64(&h->marks);
-	for (;;) {
-		uint64_t rt = units_to_off(marks_rec_top(m));
-		uint64_t bb = units_to_off(marks_buf_bottom(m));
-		if (bb < sb || bb - sb < rt)
-			return false;
-		if (eng_cas_u64(&h->marks, m, marks_pack(marks_rec_top(m), off_to_units(bb - sb)),
-				&m)) {
-			*blk = bb - sb;
-			return true;
-		}
-	}
+        struct eng_arena_hdr *h = a->hdr;
+        uint64_t sb = sb_bytes(h);
+        uint64_t m = eng_load_acquire_u64(&h->marks);
+        for (;;) {
+                uint64_t rt = units_to_off(marks_rec_top(m));
+                uint64_t bb = units_to_off(marks_buf_bottom(m));
+                if (bb < sb || bb - sb < rt)
+                        return false;
+                if (eng_cas_u64(&h->marks, m, marks_pack(marks_rec_top(m), off_to_units(bb - sb)),
+                                &m)) {
+                        *blk = bb - sb;
+                        return true;
+                }
+        }
 }
 
 /*
@@ -133,101 +135,101 @@ static bool lf_carve(eng_arena_t *a, uint64_t *blk)
  */
 static void lf_split_claim(eng_arena_t *a, uint64_t blk, uint32_t j, uint32_t c, uint32_t owner)
 {
-	struct eng_arena_hdr *h = a->hdr;
-	for (uint32_t s = j; s-- > c;) {
-		struct blk_hdr *bd = blk_at(a, blk + cls_bytes(h, s));
-		bd->bytes = cls_bytes(h, s);
-		bd->next = 0;
-		eng_store_relaxed_u64(&bd->word, blk_word(s, BLK_FREE, 0));
-	}
-	struct blk_hdr *b = blk_at(a, blk);
-	b->bytes = cls_bytes(h, c);
-	b->next = 0;
-	eng_store_release_u64(&b->word, blk_word(c, BLK_USED, owner));
-	for (uint32_t s = j; s-- > c;)
-		lf_push(a, s, blk + cls_bytes(h, s));
+        struct eng_arena_hdr *h = a->hdr;
+        for (uint32_t s = j; s-- > c;) {
+                struct blk_hdr *bd = blk_at(a, blk + cls_bytes(h, s));
+                bd->bytes = cls_bytes(h, s);
+                bd->next = 0;
+                eng_store_relaxed_u64(&bd->word, blk_word(s, BLK_FREE, 0));
+        }
+        struct blk_hdr *b = blk_at(a, blk);
+        b->bytes = cls_bytes(h, c);
+        b->next = 0;
+        eng_store_release_u64(&b->word, blk_word(c, BLK_USED, owner));
+        for (uint32_t s = j; s-- > c;)
+                lf_push(a, s, blk + cls_bytes(h, s));
 }
 
 int lf_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
 {
-	struct eng_arena_hdr *h = a->hdr;
-	uint32_t c;
-	int rc = class_for(h, len, &c);
-	if (rc != 0)
-		return rc;
-	uint64_t blk;
-	uint32_t j = c;
-	/* Own class, then split a larger free block, then carve fresh space: splitting before
-	 * carving keeps the gap between the watermarks for records (stream opens). */
-	for (; j < h->nclasses; j++) {
-		if (lf_pop(a, j, &blk))
-			goto got;
-	}
-	if (lf_carve(a, &blk)) {
-		j = h->nclasses - 1;
-		goto got;
-	}
-	eng_faa_u64(&h->cls[c].failed, 1);
-	return -ENOMEM;
+        struct eng_arena_hdr *h = a->hdr;
+        uint32_t c;
+        int rc = class_for(h, len, &c);
+        if (rc != 0)
+                return rc;
+        uint64_t blk;
+        uint32_t j = c;
+        /* Own class, then split a larger free block, then carve fresh space: splitting before
+         * carving keeps the gap between the watermarks for records (stream opens). */
+        for (; j < h->nclasses; j++) {
+                if (lf_pop(a, j, &blk))
+                        goto got;
+        }
+        if (lf_carve(a, &blk)) {
+                j = h->nclasses - 1;
+                goto got;
+        }
+        eng_faa_u64(&h->cls[c].failed, 1);
+        return -ENOMEM;
 got:
-	lf_split_claim(a, blk, j, c, owner);
-	eng_faa_u64(&h->cls[c].used_blocks, 1);
-	eng_faa_u64(&h->cls[c].allocs, 1);
-	*off = blk + ENG_ARENA_HDR_BYTES;
-	return 0;
+        lf_split_claim(a, blk, j, c, owner);
+        eng_faa_u64(&h->cls[c].used_blocks, 1);
+        eng_faa_u64(&h->cls[c].allocs, 1);
+        *off = blk + ENG_ARENA_HDR_BYTES;
+        return 0;
 }
 
 int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word)
 {
-	if (off < ENG_ARENA_HDR_BYTES || (off & 63u))
-		return -EINVAL;
-	uint64_t b = off - ENG_ARENA_HDR_BYTES;
-	if (b < a->hdr->rec_base || b >= a->hdr->top)
-		return -EINVAL;
-	uint64_t w = eng_load_acquire_u64(&blk_at(a, b)->word);
-	if (blk_magic(w) != BLK_MAGIC || !lf_block_ok(a, b, blk_class(w)))
-		return -EINVAL;
-	*blk = b;
-	*word = w;
-	return 0;
+        if (off < ENG_ARENA_HDR_BYTES || (off & 63u))
+                return -EINVAL;
+        uint64_t b = off - ENG_ARENA_HDR_BYTES;
+        if (b < a->hdr->rec_base || b >= a->hdr->top)
+                return -EINVAL;
+        uint64_t w = eng_load_acquire_u64(&blk_at(a, b)->word);
+        if (blk_magic(w) != BLK_MAGIC || !lf_block_ok(a, b, blk_class(w)))
+                return -EINVAL;
+        *blk = b;
+        *word = w;
+        return 0;
 }
 
 uint64_t lf_capacity(const eng_arena_t *a, uint64_t off)
 {
-	uint64_t b, w;
-	if (lf_block_of(a, off, &b, &w) != 0 || blk_state(w) != BLK_USED)
-		return 0;
-	return cls_bytes(a->hdr, blk_class(w)) - ENG_ARENA_HDR_BYTES;
+        uint64_t b, w;
+        if (lf_block_of(a, off, &b, &w) != 0 || blk_state(w) != BLK_USED)
+                return 0;
+        return cls_bytes(a->hdr, blk_class(w)) - ENG_ARENA_HDR_BYTES;
 }
 
 /* USED -> FREE by CAS (a second free of the same block finds FREE and is refused). */
 static int lf_release(eng_arena_t *a, uint64_t b, uint64_t w, uint32_t owner_must)
 {
-	struct blk_hdr *bh = blk_at(a, b);
-	for (;;) {
-		if (blk_state(w) == BLK_FREE)
-			return -EALREADY;
-		if (blk_state(w) != BLK_USED || (owner_must && blk_owner(w) != owner_must))
-			return -EINVAL;
-		uint32_t c = blk_class(w);
-		if (eng_cas_u64(&bh->word, w, blk_word(c, BLK_FREE, 0), &w)) {
-			eng_faa_u64(&a->hdr->cls[c].used_blocks, (uint64_t)-1);
-			eng_faa_u64(&a->hdr->cls[c].frees, 1);
-			lf_push(a, c, b);
-			return 0;
-		}
-		if (blk_magic(w) != BLK_MAGIC || !lf_block_ok(a, b, blk_class(w)))
-			return -EINVAL;
-	}
+        struct blk_hdr *bh = blk_at(a, b);
+        for (;;) {
+                if (blk_state(w) == BLK_FREE)
+                        return -EALREADY;
+                if (blk_state(w) != BLK_USED || (owner_must && blk_owner(w) != owner_must))
+                        return -EINVAL;
+                uint32_t c = blk_class(w);
+                if (eng_cas_u64(&bh->word, w, blk_word(c, BLK_FREE, 0), &w)) {
+                        eng_faa_u64(&a->hdr->cls[c].used_blocks, (uint64_t)-1);
+                        eng_faa_u64(&a->hdr->cls[c].frees, 1);
+                        lf_push(a, c, b);
+                        return 0;
+                }
+                if (blk_magic(w) != BLK_MAGIC || !lf_block_ok(a, b, blk_class(w)))
+                        return -EINVAL;
+        }
 }
 
 int lf_free(eng_arena_t *a, uint64_t off)
 {
-	uint64_t b, w;
-	int rc = lf_block_of(a, off, &b, &w);
-	if (rc != 0)
-		return rc;
-	return lf_release(a, b, w, 0);
+        uint64_t b, w;
+        int rc = lf_block_of(a, off, &b, &w);
+        if (rc != 0)
+                return rc;
+        return lf_release(a, b, w, 0);
 }
 
 /* Visit every block header of the buffer area (see walkability above). */
@@ -235,134 +237,135 @@ typedef int (*lf_visit_fn)(eng_arena_t *a, uint64_t blk, uint64_t word, void *ar
 
 static int lf_walk(const eng_arena_t *a, lf_visit_fn fn, void *arg, uint64_t *unborn)
 {
-	const struct eng_arena_hdr *h = a->hdr;
-	uint64_t sb = sb_bytes(h);
-	uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-	for (uint64_t s = h->top; s >= bb + sb; s -= sb) {
-		uint64_t start = s - sb;
-		uint64_t w = eng_load_acquire_u64(&blk_at(a, start)->word);
-		if (w == 0) {
-			if (unborn)
-				(*unborn)++;
-			continue;
-		}
-		for (uint64_t o = start; o < s;) {
-			w = eng_load_acquire_u64(&blk_at(a, o)->word);
-			uint32_t c = blk_class(w);
-			if (blk_magic(w) != BLK_MAGIC || c >= h->nclasses ||
-			    (o & (cls_bytes(h, c) - 1)) || o + cls_bytes(h, c) > s)
-				return -EUCLEAN; /* corrupted header: stop, never step blindly */
-			int rc = fn((eng_arena_t *)a, o, w, arg);
-			if (rc != 0)
-				return rc;
-			o += cls_bytes(h, c);
-		}
-	}
-	return 0;
+        const struct eng_arena_hdr *h = a->hdr;
+        uint64_t sb = sb_bytes(h);
+        uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
+        for (uint64_t s = h->top; s >= bb + sb; s -= sb) {
+                uint64_t start = s - sb;
+                uint64_t w = eng_load_acquire_u64(&blk_at(a, start)->word);
+                if (w == 0) {
+                        if (unborn)
+                                (*unborn)++;
+                        continue;
+                }
+                for (uint64_t o = start; o < s;) {
+                        w = eng_load_acquire_u64(&blk_at(a, o)->word);
+                        uint32_t c = blk_class(w);
+                        if (blk_magic(w) != BLK_MAGIC || c >= h->nclasses ||
+                            (o & (cls_bytes(h, c) - 1)) || o + cls_bytes(h, c) > s)
+                                return -EUCLEAN; /* corrupted header: stop, never step blindly */
+                        int rc = fn((eng_arena_t *)a, o, w, arg);
+                        if (rc != 0)
+                                return rc;
+                        o += cls_bytes(h, c);
+                }
+        }
+        return 0;
 }
 
 struct reclaim_arg {
-	uint32_t owner;
-	int64_t n;
+        uint32_t owner;
+        int64_t n;
 };
 
 static int reclaim_one(eng_arena_t *a, uint64_t blk, uint64_t w, void *arg)
 {
-	struct reclaim_arg *r = arg;
-	if (blk_state(w) == BLK_USED && blk_owner(w) == r->owner &&
-	    lf_release(a, blk, w, r->owner) == 0)
-		r->n++;
-	return 0;
+        struct reclaim_arg *r = arg;
+        if (blk_state(w) == BLK_USED && blk_owner(w) == r->owner &&
+            lf_release(a, blk, w, r->owner) == 0)
+                r->n++;
+        return 0;
 }
 
 int64_t lf_reclaim(eng_arena_t *a, uint32_t owner)
 {
-	struct reclaim_arg r = {.owner = owner, .n = 0};
-	int rc = lf_walk(a, reclaim_one, &r, NULL);
-	return rc != 0 && r.n == 0 ? rc : r.n;
+        struct reclaim_arg r = {.owner = owner, .n = 0};
+        int rc = lf_walk(a, reclaim_one, &r, NULL);
+        return rc != 0 && r.n == 0 ? rc : r.n;
 }
 
 void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st)
 {
-	const struct eng_arena_hdr *h = a->hdr;
-	st->nclasses = h->nclasses;
-	for (uint32_t c = 0; c < h->nclasses; c++) {
-		struct arena_class *k = (struct arena_class *)&h->cls[c];
-		eng_arena_class_stats_t *cs = &st->cls[c];
-		cs->block_bytes = cls_bytes(h, c);
-		cs->used_blocks = eng_load_relaxed_u64(&k->used_blocks);
-		cs->free_blocks = eng_load_relaxed_u64(&k->free_blocks);
-		cs->allocs = eng_load_relaxed_u64(&k->allocs);
-		cs->frees = eng_load_relaxed_u64(&k->frees);
-		cs->failed = eng_load_relaxed_u64(&k->failed);
-		st->buf_used_blocks += cs->used_blocks;
-		st->buf_used_bytes += cs->used_blocks * cs->block_bytes;
-		st->buf_free_blocks += cs->free_blocks;
-		st->buf_free_bytes += cs->free_blocks * cs->block_bytes;
-		st->failed += cs->failed;
-	}
+        const struct eng_arena_hdr *h = a->hdr;
+        st->nclasses = h->nclasses;
+        for (uint32_t c = 0; c < h->nclasses; c++) {
+                struct arena_class *k = (struct arena_class *)&h->cls[c];
+                eng_arena_class_stats_t *cs = &st->cls[c];
+                cs->block_bytes = cls_bytes(h, c);
+                cs->used_blocks = eng_load_relaxed_u64(&k->used_blocks);
+                cs->free_blocks = eng_load_relaxed_u64(&k->free_blocks);
+                cs->allocs = eng_load_relaxed_u64(&k->allocs);
+                cs->frees = eng_load_relaxed_u64(&k->frees);
+                cs->failed = eng_load_relaxed_u64(&k->failed);
+                st->buf_used_blocks += cs->used_blocks;
+                st->buf_used_bytes += cs->used_blocks * cs->block_bytes;
+                st->buf_free_blocks += cs->free_blocks;
+                st->buf_free_bytes += cs->free_blocks * cs->block_bytes;
+                st->failed += cs->failed;
+        }
 }
 
 struct check_arg {
-	uint64_t used[ENG_ARENA_MAX_CLASSES], freed[ENG_ARENA_MAX_CLASSES];
-	uint64_t bytes;
+        uint64_t used[ENG_ARENA_MAX_CLASSES], freed[ENG_ARENA_MAX_CLASSES];
+        uint64_t bytes;
 };
 
 static int check_one(eng_arena_t *a, uint64_t blk, uint64_t w, void *arg)
 {
-	(void)a;
-	(void)blk;
-	struct check_arg *ck = arg;
-	uint32_t c = blk_class(w);
-	if (blk_state(w) == BLK_USED)
-		ck->used[c]++;
-	else if (blk_state(w) == BLK_FREE)
-		ck->freed[c]++;
-	else
-		return -EUCLEAN;
-	ck->bytes += cls_bytes(a->hdr, c);
-	return 0;
+        (void)a;
+        (void)blk;
+        struct check_arg *ck = arg;
+        uint32_t c = blk_class(w);
+        if (blk_state(w) == BLK_USED)
+                ck->used[c]++;
+        else if (blk_state(w) == BLK_FREE)
+                ck->freed[c]++;
+        else
+                return -EUCLEAN;
+        ck->bytes += cls_bytes(a->hdr, c);
+        return 0;
 }
 
 int lf_check(const eng_arena_t *a, char *why, size_t whylen)
 {
-	const struct eng_arena_hdr *h = a->hdr;
-	struct check_arg ck;
-	memset(&ck, 0, sizeof(ck));
-	uint64_t unborn = 0;
-	if (lf_walk(a, check_one, &ck, &unborn) != 0) {
-		snprintf(why, whylen, "buffer area walk hit a bad header");
-		return -EUCLEAN;
-	}
-	uint64_t bb = units_to_off(marks_buf_bottom(h->marks));
-	if (unborn != 0 || ck.bytes != h->top - bb) {
-		snprintf(why, whylen, "walked %llu bytes of %llu (%llu unborn superblocks)",
-			 (unsigned long long)ck.bytes, (unsigned long long)(h->top - bb),
-			 (unsigned long long)unborn);
-		return -EUCLEAN;
-	}
-	for (uint32_t c = 0; c < h->nclasses; c++) {
-		uint64_t listed = 0;
-		for (uint32_t u = head_units(h->cls[c].head); u != 0;
-		     u = (uint32_t)blk_at(a, units_to_off(u))->next) {
-			uint64_t o = units_to_off(u);
-			if (!lf_block_ok(a, o, c) || blk_at(a, o)->word != blk_word(c, BLK_FREE, 0) ||
-			    ++listed > ck.freed[c]) {
-				snprintf(why, whylen, "class %u free list is corrupt", c);
-				return -EUCLEAN;
-			}
-		}
-		if (listed != ck.freed[c] || listed != h->cls[c].free_blocks ||
-		    ck.used[c] != h->cls[c].used_blocks) {
-			snprintf(why, whylen,
-				 "class %u: walked %llu used/%llu free, listed %llu, counters "
-				 "%llu/%llu",
-				 c, (unsigned long long)ck.used[c], (unsigned long long)ck.freed[c],
-				 (unsigned long long)listed,
-				 (unsigned long long)h->cls[c].used_blocks,
-				 (unsigned long long)h->cls[c].free_blocks);
-			return -EUCLEAN;
-		}
-	}
-	return 0;
+        const struct eng_arena_hdr *h = a->hdr;
+        struct check_arg ck;
+        memset(&ck, 0, sizeof(ck));
+        uint64_t unborn = 0;
+        if (lf_walk(a, check_one, &ck, &unborn) != 0) {
+                snprintf(why, whylen, "buffer area walk hit a bad header");
+                return -EUCLEAN;
+        }
+        uint64_t bb = units_to_off(marks_buf_bottom(h->marks));
+        if (unborn != 0 || ck.bytes != h->top - bb) {
+                snprintf(why, whylen, "walked %llu bytes of %llu (%llu unborn superblocks)",
+                         (unsigned long long)ck.bytes, (unsigned long long)(h->top - bb),
+                         (unsigned long long)unborn);
+                return -EUCLEAN;
+        }
+        for (uint32_t c = 0; c < h->nclasses; c++) {
+                uint64_t listed = 0;
+                for (uint32_t u = head_units(h->cls[c].head); u != 0;
+                     u = (uint32_t)blk_at(a, units_to_off(u))->next) {
+                        uint64_t o = units_to_off(u);
+                        if (!lf_block_ok(a, o, c) ||
+                            blk_at(a, o)->word != blk_word(c, BLK_FREE, 0) ||
+                            ++listed > ck.freed[c]) {
+                                snprintf(why, whylen, "class %u free list is corrupt", c);
+                                return -EUCLEAN;
+                        }
+                }
+                if (listed != ck.freed[c] || listed != h->cls[c].free_blocks ||
+                    ck.used[c] != h->cls[c].used_blocks) {
+                        snprintf(why, whylen,
+                                 "class %u: walked %llu used/%llu free, listed %llu, counters "
+                                 "%llu/%llu",
+                                 c, (unsigned long long)ck.used[c], (unsigned long long)ck.freed[c],
+                                 (unsigned long long)listed,
+                                 (unsigned long long)h->cls[c].used_blocks,
+                                 (unsigned long long)h->cls[c].free_blocks);
+                        return -EUCLEAN;
+                }
+        }
+        return 0;
 }

@@ -33,86 +33,86 @@
 
 static inline uint32_t eng_load_relaxed_u32(const uint32_t *p)
 {
-	return ck_pr_load_32(p);
+        return ck_pr_load_32(p);
 }
 
 static inline uint64_t eng_load_relaxed_u64(const uint64_t *p)
 {
-	return ck_pr_load_64(p);
+        return ck_pr_load_64(p);
 }
 
 static inline void eng_store_relaxed_u32(uint32_t *p, uint32_t v)
 {
-	ck_pr_store_32(p, v);
+        ck_pr_store_32(p, v);
 }
 
 static inline void eng_store_relaxed_u64(uint64_t *p, uint64_t v)
 {
-	ck_pr_store_64(p, v);
+        ck_pr_store_64(p, v);
 }
 
 static inline uint32_t eng_load_acquire_u32(const uint32_t *p)
 {
-	uint32_t v = ck_pr_load_32(p);
-	ck_pr_fence_acquire();
-	return v;
+        uint32_t v = ck_pr_load_32(p);
+        ck_pr_fence_acquire();
+        return v;
 }
 
 static inline uint64_t eng_load_acquire_u64(const uint64_t *p)
 {
-	uint64_t v = ck_pr_load_64(p);
-	ck_pr_fence_acquire();
-	return v;
+        uint64_t v = ck_pr_load_64(p);
+        ck_pr_fence_acquire();
+        return v;
 }
 
 static inline void eng_store_release_u32(uint32_t *p, uint32_t v)
 {
-	ck_pr_fence_release();
-	ck_pr_store_32(p, v);
+        ck_pr_fence_release();
+        ck_pr_store_32(p, v);
 }
 
 static inline void eng_store_release_u64(uint64_t *p, uint64_t v)
 {
-	ck_pr_fence_release();
-	ck_pr_store_64(p, v);
+        ck_pr_fence_release();
+        ck_pr_store_64(p, v);
 }
 
 /* Compare-and-swap; on failure *seen holds the value found. Full barrier. */
 static inline bool eng_cas_u64(uint64_t *p, uint64_t expect, uint64_t desired, uint64_t *seen)
 {
-	return ck_pr_cas_64_value(p, expect, desired, seen);
+        return ck_pr_cas_64_value(p, expect, desired, seen);
 }
 
 static inline bool eng_cas_u32(uint32_t *p, uint32_t expect, uint32_t desired, uint32_t *seen)
 {
-	return ck_pr_cas_32_value(p, expect, desired, seen);
+        return ck_pr_cas_32_value(p, expect, desired, seen);
 }
 
 /* Fetch-and-add, full barrier; returns the previous value. */
 static inline uint64_t eng_faa_u64(uint64_t *p, uint64_t d)
 {
-	return ck_pr_faa_64(p, d);
+        return ck_pr_faa_64(p, d);
 }
 
 static inline uint32_t eng_faa_u32(uint32_t *p, uint32_t d)
 {
-	return ck_pr_faa_32(p, d);
+        return ck_pr_faa_32(p, d);
 }
 
 static inline uint32_t eng_swap_u32(uint32_t *p, uint32_t v)
 {
-	return ck_pr_fas_32(p, v);
+        return ck_pr_fas_32(p, v);
 }
 
 /* Full fence: orders earlier stores before later loads (mfence on x86). */
 static inline void eng_fence_full(void)
 {
-	ck_pr_fence_memory();
+        ck_pr_fence_memory();
 }
 
 static inline void eng_cpu_relax(void)
 {
-	ck_pr_stall();
+        ck_pr_stall();
 }
 
 #endif

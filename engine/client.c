@@ -16,66 +16,66 @@
 #define SLICE_NS (50 * 1000000ll) /* longest single sleep: liveness is checked between */
 
 struct eng_stream {
-	eng_client_t *c;
-	uint32_t idx;
-	uint32_t owner;
-	struct eng_rec *rec;
-	struct ring_end out; /* c2s, we produce */
-	struct ring_end in;  /* s2c, we consume */
-	uint64_t seq_out, seq_in;
-	int ended; /* 0, or the error the stream ended with (-EPIPE when closed by the server) */
+        eng_client_t *c;
+        uint32_t idx;
+        uint32_t owner;
+        struct eng_rec *rec;
+        struct ring_end out; /* c2s, we produce */
+        struct ring_end in;  /* s2c, we consume */
+        uint64_t seq_out, seq_in;
+        int ended; /* 0, or the error the stream ended with (-EPIPE when closed by the server) */
 };
 
 struct eng_client {
-	struct eng_seg sg;
-	eng_client_cfg_t cfg;
-	uint64_t epoch;
-	pid_t server_pid;
-	int server_pidfd;
-	eng_stream_t *session;
+        struct eng_seg sg;
+        eng_client_cfg_t cfg;
+        uint64_t epoch;
+        pid_t server_pid;
+        int server_pidfd;
+        eng_stream_t *session;
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
 
 int eng_client_check_server(eng_client_t *c)
 {
-	struct eng_seg_hdr *h = c->sg.hdr;
-	if (eng_load_acquire_u32(&h->state) != SRV_READY || h->epoch != c->epoch ||
-	    h->server_pid != c->server_pid)
-		return -EPIPE;
-	if (c->server_pidfd >= 0) {
-		struct pollfd p = {.fd = c->server_pidfd, .events = POLLIN};
-		if (poll(&p, 1, 0) == 1)
-			return -EPIPE; /* the server process exited */
-	} else if (kill(c->server_pid, 0) != 0 && errno == ESRCH) {
-		return -EPIPE;
-	}
-	return 0;
+        struct eng_seg_hdr *h = c->sg.hdr;
+        if (eng_load_acquire_u32(&h->state) != SRV_READY || h->epoch != c->epoch ||
+            h->server_pid != c->server_pid)
+                return -EPIPE;
+        if (c->server_pidfd >= 0) {
+                struct pollfd p = {.fd = c->server_pidfd, .events = POLLIN};
+                if (poll(&p, 1, 0) == 1)
+                        return -EPIPE; /* the server process exited */
+        } else if (kill(c->server_pid, 0) != 0 && errno == ESRCH) {
+                return -EPIPE;
+        }
+        return 0;
 }
 
 static int64_t remaining_ns(uint64_t deadline)
 {
-	uint64_t now = eng_now_ns();
-	return now >= deadline ? 0 : (int64_t)(deadline - now);
+        uint64_t now = eng_now_ns();
+        return now >= deadline ? 0 : (int64_t)(deadline - now);
 }
 
 static uint64_t deadline_of(eng_client_t *c, int timeout_ms)
 {
-	if (timeout_ms < 0)
-		timeout_ms = (int)c->cfg.timeout_ms;
-	return eng_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+        if (timeout_ms < 0)
+                timeout_ms = (int)c->cfg.timeout_ms;
+        return eng_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 }
 
 /* ---- waiting ------------------------------------------------------------------------ */
 
 uint32_t eng_client_ticket(eng_client_t *c)
 {
-	struct eng_rec *sr = c->session->rec;
-	eng_store_relaxed_u32(&sr->waiting, WAIT_SPIN);
-	/* Full fence: `waiting` is visible before we look at any ring (Dekker with the
-	 * server's publish-fence-read in wake_session). */
-	eng_fence_full();
-	return eng_load_acquire_u32(&sr->wake);
+        struct eng_rec *sr = c->session->rec;
+        eng_store_relaxed_u32(&sr->waiting, WAIT_SPIN);
+        /* Full fence: `waiting` is visible before we look at any ring (Dekker with the
+         * server's publish-fence-read in wake_session). */
+        eng_fence_full();
+        return eng_load_acquire_u32(&sr->wake);
 }
 
 static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline);
@@ -84,428 +84,430 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline);
  * server stops paying for wake-ups nobody waits for. */
 static int wait_until(eng_client_t *c, uint32_t ticket, uint64_t deadline)
 {
-	int rc = wait_slow(c, ticket, deadline);
-	eng_store_relaxed_u32(&c->session->rec->waiting, WAIT_NONE);
-	return rc;
+        int rc = wait_slow(c, ticket, deadline);
+        eng_store_relaxed_u32(&c->session->rec->waiting, WAIT_NONE);
+        return rc;
 }
 
 static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
 {
-	struct eng_rec *sr = c->session->rec;
-	for (uint32_t i = 0; i < c->cfg.spin; i++) {
-		if (eng_load_acquire_u32(&sr->wake) != ticket)
-			goto woken;
-		eng_cpu_relax();
-	}
-	for (;;) {
-		eng_store_relaxed_u32(&sr->waiting, WAIT_SLEEP);
-		eng_fence_full();
-		if (eng_load_acquire_u32(&sr->wake) != ticket)
-			goto woken;
-		int rc = eng_client_check_server(c);
-		if (rc != 0)
-			return rc;
-		int64_t left = remaining_ns(deadline);
-		if (left == 0)
-			return -ETIMEDOUT;
-		eng_futex_wait(&sr->wake, ticket, left < SLICE_NS ? left : SLICE_NS);
-	}
+        struct eng_rec *sr = c->session->rec;
+        for (uint32_t i = 0; i < c->cfg.spin; i++) {
+                if (eng_load_acquire_u32(&sr->wake) != ticket)
+                        goto woken;
+                eng_cpu_relax();
+        }
+        for (;;) {
+                eng_store_relaxed_u32(&sr->waiting, WAIT_SLEEP);
+                eng_fence_full();
+                if (eng_load_acquire_u32(&sr->wake) != ticket)
+                        goto woken;
+                int rc = eng_client_check_server(c);
+                if (rc != 0)
+                        return rc;
+                int64_t left = remaining_ns(deadline);
+                if (left == 0)
+                        return -ETIMEDOUT;
+                eng_futex_wait(&sr->wake, ticket, left < SLICE_NS ? left : SLICE_NS);
+        }
 woken:
-	return 0;
+        return 0;
 }
 
 int eng_client_wait(eng_client_t *c, uint32_t ticket, int timeout_ms)
 {
-	return wait_until(c, ticket, deadline_of(c, timeout_ms));
+        return wait_until(c, ticket, deadline_of(c, timeout_ms));
 }
 
 /* ---- the hand-out ------------------------------------------------------------------- */
 
 static int boot_lock(struct eng_seg *sg)
 {
-	int rc = pthread_mutex_lock(&sg->hdr->boot);
-	if (rc == EOWNERDEAD) {
-		/* The holder died inside the critical section. Its only writes there are the
-		 * claim of the record on offer and offer_state; if it got as far as claiming,
-		 * the offer is spent (the server will reap the record with the dead pid). */
-		struct eng_seg_hdr *h = sg->hdr;
-		if (h->offer_state == 1) {
-			struct eng_rec *r = seg_rec(sg, h->offer_idx);
-			if (r == NULL || eng_load_acquire_u32(&r->state) != ST_OFFERED)
-				h->offer_state = 2;
-		}
-		pthread_mutex_consistent(&h->boot);
-		rc = 0;
-	}
-	return -rc;
+        int rc = pthread_mutex_lock(&sg->hdr->boot);
+        if (rc == EOWNERDEAD) {
+                /* The holder died inside the critical section. Its only writes there are the
+                 * claim of the record on offer and offer_state; if it got as far as claiming,
+                 * the offer is spent (the server will reap the record with the dead pid). */
+                struct eng_seg_hdr *h = sg->hdr;
+                if (h->offer_state == 1) {
+                        struct eng_rec *r = seg_rec(sg, h->offer_idx);
+                        if (r == NULL || eng_load_acquire_u32(&r->state) != ST_OFFERED)
+                                h->offer_state = 2;
+                }
+                pthread_mutex_consistent(&h->boot);
+                rc = 0;
+        }
+        return -rc;
 }
 
 /* Take the record on offer as a stream (or session) of ours. */
 static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t session,
-		      uint32_t *idx_out, uint64_t deadline)
+                      uint32_t *idx_out, uint64_t deadline)
 {
-	struct eng_seg *sg = &c->sg;
-	struct eng_seg_hdr *h = sg->hdr;
-	for (;;) {
-		int rc = boot_lock(sg);
-		if (rc != 0)
-			return rc;
-		if (h->offer_state == 1) {
-			uint32_t idx = h->offer_idx;
-			struct eng_rec *r = seg_rec(sg, idx);
-			if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
-			    r->guid[0] == h->offer_guid[0] && r->guid[1] == h->offer_guid[1] &&
-			    r->depth == sg->depth) {
-				r->owner_pid = getpid();
-				r->type = type;
-				r->user_id = user_id;
-				r->session = session;
-				/* Release: the owner fields are visible before CLAIMED. */
-				eng_store_release_u32(&r->state, ST_CLAIMED);
-				eng_store_release_u32(&h->offer_state, 2);
-				pthread_mutex_unlock(&h->boot);
-				eng_faa_u32(&h->ctl_wake, 1);
-				eng_futex_wake(&h->ctl_wake, 1);
-				*idx_out = idx;
-				return 0;
-			}
-			/* Inconsistent offer (or scribbled): mark it spent so the server re-offers. */
-			h->offer_state = 2;
-			eng_faa_u32(&h->ctl_wake, 1);
-			eng_futex_wake(&h->ctl_wake, 1);
-		}
-		/* Nothing on offer yet: sleep until the server offers (read the word while we
-		 * hold the mutex, so an offer made after we unlock changes it). */
-		uint32_t seq = eng_load_acquire_u32(&h->boot_wake);
-		pthread_mutex_unlock(&h->boot);
-		rc = eng_client_check_server(c);
-		if (rc != 0)
-			return rc;
-		int64_t left = remaining_ns(deadline);
-		if (left == 0) {
-			eng_set_err("no stream record offered in time (segment full?)");
-			return -ETIMEDOUT;
-		}
-		eng_futex_wait(&h->boot_wake, seq, left < SLICE_NS ? left : SLICE_NS);
-	}
+        struct eng_seg *sg = &c->sg;
+        struct eng_seg_hdr *h = sg->hdr;
+        for (;;) {
+                int rc = boot_lock(sg);
+                if (rc != 0)
+                        return rc;
+                if (h->offer_state == 1) {
+                        uint32_t idx = h->offer_idx;
+                        struct eng_rec *r = seg_rec(sg, idx);
+                        if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
+                            r->guid[0] == h->offer_guid[0] && r->guid[1] == h->offer_guid[1] &&
+                            r->depth == sg->depth) {
+                                r->owner_pid = getpid();
+                                r->type = type;
+                                r->user_id = user_id;
+                                r->session = session;
+                                /* Release: the owner fields are visible before CLAIMED. */
+                                eng_store_release_u32(&r->state, ST_CLAIMED);
+                                eng_store_release_u32(&h->offer_state, 2);
+                                pthread_mutex_unlock(&h->boot);
+                                eng_faa_u32(&h->ctl_wake, 1);
+                                eng_futex_wake(&h->ctl_wake, 1);
+                                *idx_out = idx;
+                                return 0;
+                        }
+                        /* Inconsistent offer (or scribbled): mark it spent so the server re-offers.
+                         */
+                        h->offer_state = 2;
+                        eng_faa_u32(&h->ctl_wake, 1);
+                        eng_futex_wake(&h->ctl_wake, 1);
+                }
+                /* Nothing on offer yet: sleep until the server offers (read the word while we
+                 * hold the mutex, so an offer made after we unlock changes it). */
+                uint32_t seq = eng_load_acquire_u32(&h->boot_wake);
+                pthread_mutex_unlock(&h->boot);
+                rc = eng_client_check_server(c);
+                if (rc != 0)
+                        return rc;
+                int64_t left = remaining_ns(deadline);
+                if (left == 0) {
+                        eng_set_err("no stream record offered in time (segment full?)");
+                        return -ETIMEDOUT;
+                }
+                eng_futex_wait(&h->boot_wake, seq, left < SLICE_NS ? left : SLICE_NS);
+        }
 }
 
 static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx)
 {
-	eng_stream_t *s = calloc(1, sizeof(*s));
-	if (s == NULL)
-		return NULL;
-	struct eng_rec *r = seg_rec(&c->sg, idx);
-	s->c = c;
-	s->idx = idx;
-	s->owner = idx + 1;
-	s->rec = r;
-	ring_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth, true);
-	ring_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth, false);
-	return s;
+        eng_stream_t *s = calloc(1, sizeof(*s));
+        if (s == NULL)
+                return NULL;
+        struct eng_rec *r = seg_rec(&c->sg, idx);
+        s->c = c;
+        s->idx = idx;
+        s->owner = idx + 1;
+        s->rec = r;
+        ring_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth, true);
+        ring_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth, false);
+        return s;
 }
 
 int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out)
 {
-	eng_client_t *c = calloc(1, sizeof(*c));
-	if (c == NULL)
-		return -ENOMEM;
-	if (cfg)
-		c->cfg = *cfg;
-	if (c->cfg.spin == 0)
-		c->cfg.spin = 4096;
-	if (c->cfg.timeout_ms == 0)
-		c->cfg.timeout_ms = 10000;
-	c->server_pidfd = -1;
-	int rc = seg_attach(&c->sg, name ? name : "/engine-default");
-	if (rc != 0) {
-		free(c);
-		return rc;
-	}
-	struct eng_seg_hdr *h = c->sg.hdr;
-	c->epoch = h->epoch;
-	c->server_pid = h->server_pid;
-	c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
-	if (eng_load_acquire_u32(&h->state) != SRV_READY || eng_client_check_server(c) != 0) {
-		eng_set_err("segment %s exists but its server (pid %d) is not serving", name,
-			    (int)c->server_pid);
-		rc = -ECONNREFUSED;
-		goto fail;
-	}
-	uint32_t idx;
-	rc = take_offer(c, REC_SESSION, 0, 0, &idx, deadline_of(c, -1));
-	if (rc != 0)
-		goto fail;
-	c->session = stream_new(c, idx);
-	if (c->session == NULL) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	/* Let the server accept the session now: streams refer to it. */
-	sched_stream(&c->sg, c->session->rec, idx);
-	*out = c;
-	return 0;
+        eng_client_t *c = calloc(1, sizeof(*c));
+        if (c == NULL)
+                return -ENOMEM;
+        if (cfg)
+                c->cfg = *cfg;
+        if (c->cfg.spin == 0)
+                c->cfg.spin = 4096;
+        if (c->cfg.timeout_ms == 0)
+                c->cfg.timeout_ms = 10000;
+        c->server_pidfd = -1;
+        int rc = seg_attach(&c->sg, name ? name : "/engine-default");
+        if (rc != 0) {
+                free(c);
+                return rc;
+        }
+        struct eng_seg_hdr *h = c->sg.hdr;
+        c->epoch = h->epoch;
+        c->server_pid = h->server_pid;
+        c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
+        if (eng_load_acquire_u32(&h->state) != SRV_READY || eng_client_check_server(c) != 0) {
+                eng_set_err("segment %s exists but its server (pid %d) is not serving", name,
+                            (int)c->server_pid);
+                rc = -ECONNREFUSED;
+                goto fail;
+        }
+        uint32_t idx;
+        rc = take_offer(c, REC_SESSION, 0, 0, &idx, deadline_of(c, -1));
+        if (rc != 0)
+                goto fail;
+        c->session = stream_new(c, idx);
+        if (c->session == NULL) {
+                rc = -ENOMEM;
+                goto fail;
+        }
+        /* Let the server accept the session now: streams refer to it. */
+        sched_stream(&c->sg, c->session->rec, idx);
+        *out = c;
+        return 0;
 fail:
-	if (c->server_pidfd >= 0)
-		close(c->server_pidfd);
-	seg_unmap(&c->sg);
-	free(c);
-	return rc;
+        if (c->server_pidfd >= 0)
+                close(c->server_pidfd);
+        seg_unmap(&c->sg);
+        free(c);
+        return rc;
 }
 
 /* ---- streams ------------------------------------------------------------------------ */
 
 uint32_t eng_stream_index(const eng_stream_t *s)
 {
-	return s->idx;
+        return s->idx;
 }
 
 int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
 {
-	uint32_t idx;
-	int rc = take_offer(c, REC_STREAM, user_id, c->session->idx, &idx, deadline_of(c, -1));
-	if (rc != 0)
-		return rc;
-	eng_stream_t *s = stream_new(c, idx);
-	if (s == NULL) {
-		sched_fin(&c->sg, seg_rec(&c->sg, idx), idx);
-		return -ENOMEM;
-	}
-	sched_stream(&c->sg, s->rec, idx);
-	*out = s;
-	return 0;
+        uint32_t idx;
+        int rc = take_offer(c, REC_STREAM, user_id, c->session->idx, &idx, deadline_of(c, -1));
+        if (rc != 0)
+                return rc;
+        eng_stream_t *s = stream_new(c, idx);
+        if (s == NULL) {
+                sched_fin(&c->sg, seg_rec(&c->sg, idx), idx);
+                return -ENOMEM;
+        }
+        sched_stream(&c->sg, s->rec, idx);
+        *out = s;
+        return 0;
 }
 
 static int stream_state(eng_stream_t *s)
 {
-	if (s->ended)
-		return s->ended;
-	if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && ring_used(&s->in) == 0)
-		s->ended = -EPIPE;
-	return s->ended;
+        if (s->ended)
+                return s->ended;
+        if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && ring_used(&s->in) == 0)
+                s->ended = -EPIPE;
+        return s->ended;
 }
 
 int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
 {
-	int rc = eng_arena_alloc(&s->c->sg.arena, len, s->owner, off);
-	if (rc == -ENOMEM)
-		return -EAGAIN;
-	if (rc == 0)
-		*p = eng_arena_ptr(&s->c->sg.arena, *off, len);
-	return rc;
+        int rc = eng_arena_alloc(&s->c->sg.arena, len, s->owner, off);
+        if (rc == -ENOMEM)
+                return -EAGAIN;
+        if (rc == 0)
+                *p = eng_arena_ptr(&s->c->sg.arena, *off, len);
+        return rc;
 }
 
 int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int timeout_ms)
 {
-	eng_client_t *c = s->c;
-	uint64_t deadline = deadline_of(c, timeout_ms);
-	uint32_t *waiters = eng_arena_waiters_word(&c->sg.arena);
-	uint32_t *word = eng_arena_free_word(&c->sg.arena);
-	for (;;) {
-		int rc = eng_stream_try_loan(s, len, p, off);
-		if (rc != -EAGAIN)
-			return rc;
-		/* Announce (locked add), read the word, retry, sleep: see arena.h. */
-		eng_faa_u32(waiters, 1);
-		uint32_t seq = eng_load_acquire_u32(word);
-		rc = eng_stream_try_loan(s, len, p, off);
-		if (rc == -EAGAIN) {
-			rc = eng_client_check_server(c);
-			if (rc == 0 && (rc = stream_state(s)) == 0) {
-				int64_t left = remaining_ns(deadline);
-				if (left == 0)
-					rc = -ETIMEDOUT;
-				else
-					eng_futex_wait(word, seq, left < SLICE_NS ? left : SLICE_NS);
-			}
-			if (rc == 0)
-				rc = -EAGAIN;
-		}
-		eng_faa_u32(waiters, (uint32_t)-1);
-		if (rc != -EAGAIN)
-			return rc;
-	}
+        eng_client_t *c = s->c;
+        uint64_t deadline = deadline_of(c, timeout_ms);
+        uint32_t *waiters = eng_arena_waiters_word(&c->sg.arena);
+        uint32_t *word = eng_arena_free_word(&c->sg.arena);
+        for (;;) {
+                int rc = eng_stream_try_loan(s, len, p, off);
+                if (rc != -EAGAIN)
+                        return rc;
+                /* Announce (locked add), read the word, retry, sleep: see arena.h. */
+                eng_faa_u32(waiters, 1);
+                uint32_t seq = eng_load_acquire_u32(word);
+                rc = eng_stream_try_loan(s, len, p, off);
+                if (rc == -EAGAIN) {
+                        rc = eng_client_check_server(c);
+                        if (rc == 0 && (rc = stream_state(s)) == 0) {
+                                int64_t left = remaining_ns(deadline);
+                                if (left == 0)
+                                        rc = -ETIMEDOUT;
+                                else
+                                        eng_futex_wait(word, seq,
+                                                       left < SLICE_NS ? left : SLICE_NS);
+                        }
+                        if (rc == 0)
+                                rc = -EAGAIN;
+                }
+                eng_faa_u32(waiters, (uint32_t)-1);
+                if (rc != -EAGAIN)
+                        return rc;
+        }
 }
 
 uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off)
 {
-	return eng_arena_owner(&s->c->sg.arena, off) == s->owner
-		       ? eng_arena_capacity(&s->c->sg.arena, off)
-		       : 0;
+        return eng_arena_owner(&s->c->sg.arena, off) == s->owner
+                   ? eng_arena_capacity(&s->c->sg.arena, off)
+                   : 0;
 }
 
 void eng_stream_unloan(eng_stream_t *s, uint64_t off)
 {
-	if (off)
-		eng_arena_free(&s->c->sg.arena, off);
+        if (off)
+                eng_arena_free(&s->c->sg.arena, off);
 }
 
 static int push(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-	struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
-	if (!ring_push_spsc(&s->out, &d))
-		return -EAGAIN;
-	s->seq_out++;
-	sched_stream(&s->c->sg, s->rec, s->idx);
-	return 0;
+        struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
+        if (!ring_push_spsc(&s->out, &d))
+                return -EAGAIN;
+        s->seq_out++;
+        sched_stream(&s->c->sg, s->rec, s->idx);
+        return 0;
 }
 
 int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-	if (cmd < ENG_CMD_CLIENT_MIN || cmd > ENG_CMD_CLIENT_MAX)
-		return -EINVAL;
-	int rc = stream_state(s);
-	if (rc != 0)
-		return rc;
-	if (off != 0 && eng_stream_loan_capacity(s, off) < len)
-		return -EINVAL;
-	if (off == 0 && len != 0)
-		return -EINVAL;
-	return push(s, cmd, arg, off, len);
+        if (cmd < ENG_CMD_CLIENT_MIN || cmd > ENG_CMD_CLIENT_MAX)
+                return -EINVAL;
+        int rc = stream_state(s);
+        if (rc != 0)
+                return rc;
+        if (off != 0 && eng_stream_loan_capacity(s, off) < len)
+                return -EINVAL;
+        if (off == 0 && len != 0)
+                return -EINVAL;
+        return push(s, cmd, arg, off, len);
 }
 
 int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
-		    int timeout_ms)
+                    int timeout_ms)
 {
-	eng_client_t *c = s->c;
-	uint64_t deadline = deadline_of(c, timeout_ms);
-	for (;;) {
-		uint32_t t = eng_client_ticket(c);
-		int rc = eng_stream_try_send(s, cmd, arg, off, len);
-		if (rc != -EAGAIN)
-			return rc;
-		rc = wait_until(c, t, deadline);
-		if (rc != 0)
-			return rc;
-	}
+        eng_client_t *c = s->c;
+        uint64_t deadline = deadline_of(c, timeout_ms);
+        for (;;) {
+                uint32_t t = eng_client_ticket(c);
+                int rc = eng_stream_try_send(s, cmd, arg, off, len);
+                if (rc != -EAGAIN)
+                        return rc;
+                rc = wait_until(c, t, deadline);
+                if (rc != 0)
+                        return rc;
+        }
 }
 
 int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
 {
-	struct eng_desc d;
-	if (!ring_pop_spsc(&s->in, &d)) {
-		int rc = stream_state(s);
-		return rc != 0 ? rc : -EAGAIN;
-	}
-	/* The server may have stopped draining because our ring was full: it flagged
-	 * want_space, fenced and re-checked; we published c_head, fence, read the flag. */
-	eng_fence_full();
-	if (eng_load_relaxed_u32(&s->rec->want_space)) {
-		eng_store_relaxed_u32(&s->rec->want_space, 0);
-		sched_stream(&s->c->sg, s->rec, s->idx);
-	}
-	if (d.seq != s->seq_in + 1) {
-		s->ended = -EPROTO;
-		eng_set_err("stream %u: expected message %llu, got %llu", s->idx,
-			    (unsigned long long)(s->seq_in + 1), (unsigned long long)d.seq);
-		return -EPROTO;
-	}
-	s->seq_in++;
-	if (d.cmd == CMD_S_CLOSE || d.cmd == CMD_S_ERROR) {
-		int err = d.cmd == CMD_S_CLOSE ? -EPIPE : -(int)(int64_t)d.arg;
-		s->ended = err < 0 ? err : -EPIPE;
-		if (d.cmd == CMD_S_ERROR)
-			eng_set_err("stream %u ended by the server: %s", s->idx,
-				    eng_strerror(s->ended));
-		return s->ended;
-	}
-	if (d.cmd < ENG_CMD_SERVER_MIN || d.cmd > ENG_CMD_SERVER_MAX) {
-		s->ended = -EPROTO;
-		eng_set_err("stream %u: command 0x%04x is not a server command", s->idx, d.cmd);
-		return -EPROTO;
-	}
-	m->cmd = d.cmd;
-	m->flags = d.flags;
-	m->len = d.len;
-	m->seq = d.seq;
-	m->arg = d.arg;
-	m->off = d.off;
-	m->data = NULL;
-	if (d.off != 0) {
-		if (eng_arena_owner(&s->c->sg.arena, d.off) != s->owner ||
-		    eng_arena_capacity(&s->c->sg.arena, d.off) < d.len) {
-			s->ended = -EPROTO;
-			eng_set_err("stream %u: message buffer is not ours", s->idx);
-			return -EPROTO;
-		}
-		m->data = eng_arena_ptr(&s->c->sg.arena, d.off, d.len);
-	} else if (d.len != 0) {
-		s->ended = -EPROTO;
-		return -EPROTO;
-	}
-	return 0;
+        struct eng_desc d;
+        if (!ring_pop_spsc(&s->in, &d)) {
+                int rc = stream_state(s);
+                return rc != 0 ? rc : -EAGAIN;
+        }
+        /* The server may have stopped draining because our ring was full: it flagged
+         * want_space, fenced and re-checked; we published c_head, fence, read the flag. */
+        eng_fence_full();
+        if (eng_load_relaxed_u32(&s->rec->want_space)) {
+                eng_store_relaxed_u32(&s->rec->want_space, 0);
+                sched_stream(&s->c->sg, s->rec, s->idx);
+        }
+        if (d.seq != s->seq_in + 1) {
+                s->ended = -EPROTO;
+                eng_set_err("stream %u: expected message %llu, got %llu", s->idx,
+                            (unsigned long long)(s->seq_in + 1), (unsigned long long)d.seq);
+                return -EPROTO;
+        }
+        s->seq_in++;
+        if (d.cmd == CMD_S_CLOSE || d.cmd == CMD_S_ERROR) {
+                int err = d.cmd == CMD_S_CLOSE ? -EPIPE : -(int)(int64_t)d.arg;
+                s->ended = err < 0 ? err : -EPIPE;
+                if (d.cmd == CMD_S_ERROR)
+                        eng_set_err("stream %u ended by the server: %s", s->idx,
+                                    eng_strerror(s->ended));
+                return s->ended;
+        }
+        if (d.cmd < ENG_CMD_SERVER_MIN || d.cmd > ENG_CMD_SERVER_MAX) {
+                s->ended = -EPROTO;
+                eng_set_err("stream %u: command 0x%04x is not a server command", s->idx, d.cmd);
+                return -EPROTO;
+        }
+        m->cmd = d.cmd;
+        m->flags = d.flags;
+        m->len = d.len;
+        m->seq = d.seq;
+        m->arg = d.arg;
+        m->off = d.off;
+        m->data = NULL;
+        if (d.off != 0) {
+                if (eng_arena_owner(&s->c->sg.arena, d.off) != s->owner ||
+                    eng_arena_capacity(&s->c->sg.arena, d.off) < d.len) {
+                        s->ended = -EPROTO;
+                        eng_set_err("stream %u: message buffer is not ours", s->idx);
+                        return -EPROTO;
+                }
+                m->data = eng_arena_ptr(&s->c->sg.arena, d.off, d.len);
+        } else if (d.len != 0) {
+                s->ended = -EPROTO;
+                return -EPROTO;
+        }
+        return 0;
 }
 
 int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms)
 {
-	eng_client_t *c = s->c;
-	uint64_t deadline = deadline_of(c, timeout_ms);
-	for (;;) {
-		uint32_t t = eng_client_ticket(c);
-		int rc = eng_stream_try_recv(s, m);
-		if (rc != -EAGAIN)
-			return rc;
-		rc = wait_until(c, t, deadline);
-		if (rc != 0)
-			return rc;
-	}
+        eng_client_t *c = s->c;
+        uint64_t deadline = deadline_of(c, timeout_ms);
+        for (;;) {
+                uint32_t t = eng_client_ticket(c);
+                int rc = eng_stream_try_recv(s, m);
+                if (rc != -EAGAIN)
+                        return rc;
+                rc = wait_until(c, t, deadline);
+                if (rc != 0)
+                        return rc;
+        }
 }
 
 void eng_stream_release(eng_stream_t *s, eng_msg_t *m)
 {
-	if (m->off != 0)
-		eng_arena_free(&s->c->sg.arena, m->off);
-	m->off = 0;
-	m->data = NULL;
+        if (m->off != 0)
+                eng_arena_free(&s->c->sg.arena, m->off);
+        m->off = 0;
+        m->data = NULL;
 }
 
 static int stream_end(eng_stream_t *s)
 {
-	eng_client_t *c = s->c;
-	int rc = 0;
-	if (s->ended == 0) {
-		rc = push(s, CMD_C_CLOSE, 0, 0, 0);
-		uint64_t deadline = deadline_of(c, -1);
-		while (rc == -EAGAIN) { /* ring full: wait for the server to drain */
-			uint32_t t = eng_client_ticket(c);
-			rc = push(s, CMD_C_CLOSE, 0, 0, 0);
-			if (rc == -EAGAIN && (rc = wait_until(c, t, deadline)) == 0)
-				rc = -EAGAIN;
-		}
-		/* Wait for the acknowledgement, dropping replies still in flight. */
-		while (rc == 0) {
-			eng_msg_t m;
-			int r = eng_stream_recv(s, &m, -1);
-			if (r == 0) {
-				eng_stream_release(s, &m);
-				continue;
-			}
-			rc = r == -EPIPE ? 0 : r;
-			break;
-		}
-	}
-	/* Our last touch of the record. The server reclaims whatever the stream still owns. */
-	if (eng_client_check_server(c) == 0)
-		sched_fin(&c->sg, s->rec, s->idx);
-	free(s);
-	return rc;
+        eng_client_t *c = s->c;
+        int rc = 0;
+        if (s->ended == 0) {
+                rc = push(s, CMD_C_CLOSE, 0, 0, 0);
+                uint64_t deadline = deadline_of(c, -1);
+                while (rc == -EAGAIN) { /* ring full: wait for the server to drain */
+                        uint32_t t = eng_client_ticket(c);
+                        rc = push(s, CMD_C_CLOSE, 0, 0, 0);
+                        if (rc == -EAGAIN && (rc = wait_until(c, t, deadline)) == 0)
+                                rc = -EAGAIN;
+                }
+                /* Wait for the acknowledgement, dropping replies still in flight. */
+                while (rc == 0) {
+                        eng_msg_t m;
+                        int r = eng_stream_recv(s, &m, -1);
+                        if (r == 0) {
+                                eng_stream_release(s, &m);
+                                continue;
+                        }
+                        rc = r == -EPIPE ? 0 : r;
+                        break;
+                }
+        }
+        /* Our last touch of the record. The server reclaims whatever the stream still owns. */
+        if (eng_client_check_server(c) == 0)
+                sched_fin(&c->sg, s->rec, s->idx);
+        free(s);
+        return rc;
 }
 
 int eng_stream_close(eng_stream_t *s)
 {
-	if (s == NULL)
-		return 0;
-	return stream_end(s);
+        if (s == NULL)
+                return 0;
+        return stream_end(s);
 }
 
 void eng_client_detach(eng_client_t *c)
 {
-	if (c == NULL)
-		return;
-	if (c->session)
-		stream_end(c->session);
-	if (c->server_pidfd >= 0)
-		close(c->server_pidfd);
-	seg_unmap(&c->sg);
-	free(c);
+        if (c == NULL)
+                return;
+        if (c->session)
+                stream_end(c->session);
+        if (c->server_pidfd >= 0)
+                close(c->server_pidfd);
+        seg_unmap(&c->sg);
+        free(c);
 }

@@ -29,19 +29,19 @@
 #define ENG_CMD_SERVER_MAX 0x02efu
 
 typedef enum eng_transport {
-	ENG_TRANSPORT_LOCKFREE = 1,
-	ENG_TRANSPORT_MUTEX = 2,
+        ENG_TRANSPORT_LOCKFREE = 1,
+        ENG_TRANSPORT_MUTEX = 2,
 } eng_transport_t;
 
 /* A received message. data points into the segment (valid until released), or is NULL. */
 typedef struct eng_msg {
-	uint16_t cmd;
-	uint16_t flags;
-	uint32_t len;
-	uint64_t seq; /* per direction, from 1; checked by the engine */
-	uint64_t arg;
-	uint64_t off; /* buffer handle, 0 if none; set to 0 to keep/forward the buffer */
-	void *data;
+        uint16_t cmd;
+        uint16_t flags;
+        uint32_t len;
+        uint64_t seq; /* per direction, from 1; checked by the engine */
+        uint64_t arg;
+        uint64_t off; /* buffer handle, 0 if none; set to 0 to keep/forward the buffer */
+        void *data;
 } eng_msg_t;
 
 typedef struct eng_server eng_server_t;
@@ -52,26 +52,26 @@ typedef struct eng_stream eng_stream_t;
 /* ---- server ------------------------------------------------------------------------- */
 
 typedef struct eng_server_hooks {
-	/* A client opened a stream. Return < 0 to refuse it. */
-	int (*on_open)(eng_sstream_t *s, void *ctx);
-	/* A message arrived. Return < 0 to end the stream with that error (sent to the client). */
-	int (*on_msg)(eng_sstream_t *s, eng_msg_t *m, void *ctx);
-	/* The stream ended: err 0 = closed by the client, else why (-EPIPE: client died). */
-	void (*on_close)(eng_sstream_t *s, int err, void *ctx);
-	void *ctx;
+        /* A client opened a stream. Return < 0 to refuse it. */
+        int (*on_open)(eng_sstream_t *s, void *ctx);
+        /* A message arrived. Return < 0 to end the stream with that error (sent to the client). */
+        int (*on_msg)(eng_sstream_t *s, eng_msg_t *m, void *ctx);
+        /* The stream ended: err 0 = closed by the client, else why (-EPIPE: client died). */
+        void (*on_close)(eng_sstream_t *s, int err, void *ctx);
+        void *ctx;
 } eng_server_hooks_t;
 
 typedef struct eng_server_cfg {
-	const char *name;     /* shm name, "/engine-default" if NULL */
-	uint64_t size;        /* segment bytes, default 64 MiB */
-	mode_t mode;          /* default 0600 */
-	eng_transport_t transport;
-	uint32_t workers;     /* 0 = number of online CPUs */
-	uint32_t ring_depth;  /* descriptors per ring, power of two, default 128 */
-	uint32_t max_streams; /* default: as many records as the segment holds, <= 65536 */
-	uint32_t spin;        /* spin iterations before sleeping, default 4096 */
-	uint32_t min_block_shift, max_block_shift; /* buffer classes, default 12..20 */
-	eng_server_hooks_t hooks;
+        const char *name; /* shm name, "/engine-default" if NULL */
+        uint64_t size;    /* segment bytes, default 64 MiB */
+        mode_t mode;      /* default 0600 */
+        eng_transport_t transport;
+        uint32_t workers;     /* 0 = number of online CPUs */
+        uint32_t ring_depth;  /* descriptors per ring, power of two, default 128 */
+        uint32_t max_streams; /* default: as many records as the segment holds, <= 65536 */
+        uint32_t spin;        /* spin iterations before sleeping, default 4096 */
+        uint32_t min_block_shift, max_block_shift; /* buffer classes, default 12..20 */
+        eng_server_hooks_t hooks;
 } eng_server_cfg_t;
 
 /* Create the segment (refusing if a live server owns the name), pre-fault it and start the
@@ -82,9 +82,9 @@ void eng_server_stop(eng_server_t *srv);
 /* Number of worker threads. */
 uint32_t eng_server_workers(const eng_server_t *srv);
 
-uint32_t eng_sstream_id(const eng_sstream_t *s);  /* the client's user id for the stream */
-pid_t eng_sstream_pid(const eng_sstream_t *s);    /* the client's pid */
-void **eng_sstream_user(eng_sstream_t *s);        /* one pointer of handler state */
+uint32_t eng_sstream_id(const eng_sstream_t *s); /* the client's user id for the stream */
+pid_t eng_sstream_pid(const eng_sstream_t *s);   /* the client's pid */
+void **eng_sstream_user(eng_sstream_t *s);       /* one pointer of handler state */
 int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off);
 /* Send to the client; never blocks (-EAGAIN if the ring is full: the engine guarantees room
  * for one reply per received message). Ownership of the buffer passes to the client. */
@@ -94,8 +94,8 @@ void eng_sstream_free(eng_sstream_t *s, uint64_t off);
 /* ---- client ------------------------------------------------------------------------- */
 
 typedef struct eng_client_cfg {
-	uint32_t spin;       /* spin iterations before sleeping, default 4096 */
-	uint32_t timeout_ms; /* default for blocking calls, default 10000 */
+        uint32_t spin;       /* spin iterations before sleeping, default 4096 */
+        uint32_t timeout_ms; /* default for blocking calls, default 10000 */
 } eng_client_cfg_t;
 
 int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out);
@@ -119,7 +119,7 @@ void eng_stream_unloan(eng_stream_t *s, uint64_t off);
 /* Send (buffer ownership passes to the server on success). */
 int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len);
 int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
-		    int timeout_ms);
+                    int timeout_ms);
 int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m);
 int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms);
 /* Give back the buffer of a received message (no-op without one). */

@@ -29,10 +29,10 @@ enum { SRV_STARTING = 1, SRV_READY = 2, SRV_STOPPING = 3, SRV_STOPPED = 4 };
 /* record types and states (rec->state) */
 enum { REC_STREAM = 1, REC_SESSION = 2 };
 enum {
-	ST_OFFERED = 1, /* server set it up and put it on offer */
-	ST_CLAIMED = 2, /* a client took it (under the bootstrap mutex) */
-	ST_OPEN = 3,    /* the server accepted it */
-	ST_ENDED = 4,   /* the server ended it (close, error, shutdown, peer death) */
+        ST_OFFERED = 1, /* server set it up and put it on offer */
+        ST_CLAIMED = 2, /* a client took it (under the bootstrap mutex) */
+        ST_OPEN = 3,    /* the server accepted it */
+        ST_ENDED = 4,   /* the server ended it (close, error, shutdown, peer death) */
 };
 
 /* rec->sched: who owns the right to consume the client->server ring */
@@ -43,12 +43,12 @@ enum { WAIT_NONE = 0, WAIT_SPIN = 1, WAIT_SLEEP = 2 };
 
 /* A descriptor: 32 bytes, copied by value through ck_ring. */
 struct eng_desc {
-	uint16_t cmd;
-	uint16_t flags;
-	uint32_t len;
-	uint64_t seq;
-	uint64_t off;
-	uint64_t arg;
+        uint16_t cmd;
+        uint16_t flags;
+        uint32_t len;
+        uint64_t seq;
+        uint64_t off;
+        uint64_t arg;
 };
 _Static_assert(sizeof(struct eng_desc) == 32, "descriptor is 32 bytes");
 
@@ -61,28 +61,28 @@ CK_RING_PROTOTYPE(desc, eng_desc)
  * header). Lines are grouped by writer so that the two processes never write one cache line.
  */
 struct eng_rec {
-	/* line 0: identity. Server writes before offering; client writes owner fields while it
-	 * holds the bootstrap mutex; read-only afterwards. */
-	uint32_t state;
-	uint32_t type;
-	uint64_t guid[2];
-	uint64_t epoch;
-	int32_t owner_pid;
-	uint32_t session; /* stream: record index of the client's session */
-	uint32_t user_id;
-	uint32_t depth;
-	uint32_t pad0[4];
-	/* line 1: scheduling word (client sets QUEUED/AGAIN, workers RUNNING/IDLE) */
-	_Alignas(CL) uint32_t sched;
-	uint32_t want_space; /* server: "I stopped draining: wake me when you read a reply" */
-	/* line 2: session wake-up (session records): server bumps, client sleeps */
-	_Alignas(CL) uint32_t wake;
-	uint32_t waiting;
-	/* lines 3..5 and 6..8: the two rings' control blocks (ck_ring pads its counters) */
-	_Alignas(CL) struct ck_ring c2s;
-	_Alignas(CL) struct ck_ring s2c;
-	/* then: struct eng_desc c2s_slots[depth], s2c_slots[depth] */
-	_Alignas(CL) struct eng_desc slots[];
+        /* line 0: identity. Server writes before offering; client writes owner fields while it
+         * holds the bootstrap mutex; read-only afterwards. */
+        uint32_t state;
+        uint32_t type;
+        uint64_t guid[2];
+        uint64_t epoch;
+        int32_t owner_pid;
+        uint32_t session; /* stream: record index of the client's session */
+        uint32_t user_id;
+        uint32_t depth;
+        uint32_t pad0[4];
+        /* line 1: scheduling word (client sets QUEUED/AGAIN, workers RUNNING/IDLE) */
+        _Alignas(CL) uint32_t sched;
+        uint32_t want_space; /* server: "I stopped draining: wake me when you read a reply" */
+        /* line 2: session wake-up (session records): server bumps, client sleeps */
+        _Alignas(CL) uint32_t wake;
+        uint32_t waiting;
+        /* lines 3..5 and 6..8: the two rings' control blocks (ck_ring pads its counters) */
+        _Alignas(CL) struct ck_ring c2s;
+        _Alignas(CL) struct ck_ring s2c;
+        /* then: struct eng_desc c2s_slots[depth], s2c_slots[depth] */
+        _Alignas(CL) struct eng_desc slots[];
 };
 _Static_assert(offsetof(struct eng_rec, sched) == 64, "sched on its own line");
 _Static_assert(offsetof(struct eng_rec, wake) == 128, "wake on its own line");
@@ -92,59 +92,59 @@ _Static_assert(offsetof(struct eng_rec, slots) == 192 + 6 * CL, "slots after bot
 
 static inline uint64_t rec_bytes(uint32_t depth)
 {
-	return sizeof(struct eng_rec) + 2ull * depth * sizeof(struct eng_desc);
+        return sizeof(struct eng_rec) + 2ull * depth * sizeof(struct eng_desc);
 }
 
 /* The segment header: offset 0 of the segment. */
 struct eng_seg_hdr {
-	/* line 0: immutable after creation; magic is written last and read first */
-	uint32_t magic;
-	uint32_t version;
-	uint32_t transport;
-	uint32_t ring_depth;
-	uint64_t size;
-	uint64_t arena_off;
-	uint64_t epoch;
-	int32_t server_pid;
-	uint32_t max_streams;
-	uint32_t bitmap_words;
-	uint32_t hdr_bytes;
-	/* line 1: server state (server writes) */
-	_Alignas(CL) uint32_t state;
-	/* line 2: worker wake-up (clients write) */
-	_Alignas(CL) uint32_t srv_wake;
-	uint32_t srv_sleepers;
-	/* line 3..: bootstrap hand-out */
-	_Alignas(CL) pthread_mutex_t boot;
-	uint64_t offer_guid[2];
-	uint32_t offer_idx;   /* record index on offer */
-	uint32_t offer_state; /* 0 nothing on offer, 1 available, 2 taken */
-	uint32_t boot_wake;   /* clients waiting for an offer sleep here */
-	uint32_t ctl_wake;    /* the server's control thread sleeps here */
-	/* line: counters (relaxed, statistics only) */
-	_Alignas(CL) uint64_t opens;
-	uint64_t closes;
-	uint64_t ended;
-	/* then: the ready bitmap (uint64_t[bitmap_words]), then the arena */
+        /* line 0: immutable after creation; magic is written last and read first */
+        uint32_t magic;
+        uint32_t version;
+        uint32_t transport;
+        uint32_t ring_depth;
+        uint64_t size;
+        uint64_t arena_off;
+        uint64_t epoch;
+        int32_t server_pid;
+        uint32_t max_streams;
+        uint32_t bitmap_words;
+        uint32_t hdr_bytes;
+        /* line 1: server state (server writes) */
+        _Alignas(CL) uint32_t state;
+        /* line 2: worker wake-up (clients write) */
+        _Alignas(CL) uint32_t srv_wake;
+        uint32_t srv_sleepers;
+        /* line 3..: bootstrap hand-out */
+        _Alignas(CL) pthread_mutex_t boot;
+        uint64_t offer_guid[2];
+        uint32_t offer_idx;   /* record index on offer */
+        uint32_t offer_state; /* 0 nothing on offer, 1 available, 2 taken */
+        uint32_t boot_wake;   /* clients waiting for an offer sleep here */
+        uint32_t ctl_wake;    /* the server's control thread sleeps here */
+        /* line: counters (relaxed, statistics only) */
+        _Alignas(CL) uint64_t opens;
+        uint64_t closes;
+        uint64_t ended;
+        /* then: the ready bitmap (uint64_t[bitmap_words]), then the arena */
 };
 
 /* ---- helpers shared by both sides (seg.c) ------------------------------------------ */
 
 struct eng_seg {
-	int fd;
-	unsigned char *base;
-	uint64_t size;
-	struct eng_seg_hdr *hdr;
-	uint64_t *bitmap;
-	eng_arena_t arena;
-	uint32_t depth;
-	uint32_t max_streams;
-	char name[256];
+        int fd;
+        unsigned char *base;
+        uint64_t size;
+        struct eng_seg_hdr *hdr;
+        uint64_t *bitmap;
+        eng_arena_t arena;
+        uint32_t depth;
+        uint32_t max_streams;
+        char name[256];
 };
 
 int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
-	       eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
-	       uint32_t max_shift);
+               eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
+               uint32_t max_shift);
 int seg_attach(struct eng_seg *sg, const char *name);
 void seg_unmap(struct eng_seg *sg);
 
@@ -152,12 +152,12 @@ void seg_unmap(struct eng_seg *sg);
 struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx);
 static inline struct eng_desc *rec_c2s_slots(struct eng_rec *r, uint32_t depth)
 {
-	(void)depth;
-	return r->slots;
+        (void)depth;
+        return r->slots;
 }
 static inline struct eng_desc *rec_s2c_slots(struct eng_rec *r, uint32_t depth)
 {
-	return r->slots + depth;
+        return r->slots + depth;
 }
 
 /* futex helpers (wait.c). Shared (not FUTEX_PRIVATE_FLAG): they work across processes. */
@@ -173,14 +173,14 @@ uint64_t eng_now_ns(void);
  * index outside the slots.
  */
 struct ring_end {
-	struct ck_ring *shared;
-	struct eng_desc *slots;
-	uint32_t mine; /* producer: p_tail; consumer: c_head */
-	uint32_t mask;
+        struct ck_ring *shared;
+        struct eng_desc *slots;
+        uint32_t mine; /* producer: p_tail; consumer: c_head */
+        uint32_t mask;
 };
 void ring_init_shared(struct ck_ring *r, uint32_t depth, uint32_t start);
-void ring_attach(struct ring_end *e, struct ck_ring *shared, struct eng_desc *slots,
-		 uint32_t depth, bool producer);
+void ring_attach(struct ring_end *e, struct ck_ring *shared, struct eng_desc *slots, uint32_t depth,
+                 bool producer);
 bool ring_push_spsc(struct ring_end *e, const struct eng_desc *d);
 bool ring_pop_spsc(struct ring_end *e, struct eng_desc *d);
 uint32_t ring_used(const struct ring_end *e); /* slots holding descriptors */

@@ -24,65 +24,65 @@ static _Thread_local char errmsg[512];
 
 void eng_set_err(const char *fmt, ...)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
-	va_end(ap);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
+        va_end(ap);
 }
 
 const char *eng_errmsg(void)
 {
-	return errmsg;
+        return errmsg;
 }
 
 const char *eng_strerror(int err)
 {
-	switch (err) {
-	case 0:
-		return "success";
-	case -EAGAIN:
-		return "would block (ring full, nothing to receive, or arena full)";
-	case -ETIMEDOUT:
-		return "timed out";
-	case -EPIPE:
-		return "peer gone or stream ended";
-	case -EPROTO:
-		return "protocol error";
-	case -EADDRINUSE:
-		return "a live server already owns this segment name";
-	default:
-		return strerror(err < 0 ? -err : err);
-	}
+        switch (err) {
+        case 0:
+                return "success";
+        case -EAGAIN:
+                return "would block (ring full, nothing to receive, or arena full)";
+        case -ETIMEDOUT:
+                return "timed out";
+        case -EPIPE:
+                return "peer gone or stream ended";
+        case -EPROTO:
+                return "protocol error";
+        case -EADDRINUSE:
+                return "a live server already owns this segment name";
+        default:
+                return strerror(err < 0 ? -err : err);
+        }
 }
 
 /* ---- time and futexes --------------------------------------------------------------- */
 
 uint64_t eng_now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* Sleep while *word == expect, at most timeout_ns (< 0: no limit, callers never use that).
  * Returns 0 when woken or the value differed, -ETIMEDOUT, or -EINTR. */
 int eng_futex_wait(uint32_t *word, uint32_t expect, int64_t timeout_ns)
 {
-	struct timespec ts, *tp = NULL;
-	if (timeout_ns >= 0) {
-		ts.tv_sec = timeout_ns / 1000000000;
-		ts.tv_nsec = timeout_ns % 1000000000;
-		tp = &ts;
-	}
-	long rc = syscall(SYS_futex, word, FUTEX_WAIT, expect, tp, NULL, 0);
-	if (rc == 0 || errno == EAGAIN)
-		return 0;
-	return -errno;
+        struct timespec ts, *tp = NULL;
+        if (timeout_ns >= 0) {
+                ts.tv_sec = timeout_ns / 1000000000;
+                ts.tv_nsec = timeout_ns % 1000000000;
+                tp = &ts;
+        }
+        long rc = syscall(SYS_futex, word, FUTEX_WAIT, expect, tp, NULL, 0);
+        if (rc == 0 || errno == EAGAIN)
+                return 0;
+        return -errno;
 }
 
 void eng_futex_wake(uint32_t *word, int n)
 {
-	syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+        syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
 /* ---- rings -------------------------------------------------------------------------- */
@@ -91,72 +91,72 @@ void eng_futex_wake(uint32_t *word, int n)
  * the counters; wrap-around must be harmless, and this proves it continuously). */
 void ring_init_shared(struct ck_ring *r, uint32_t depth, uint32_t start)
 {
-	ck_ring_init(r, depth);
-	r->c_head = r->p_tail = r->p_head = start;
+        ck_ring_init(r, depth);
+        r->c_head = r->p_tail = r->p_head = start;
 }
 
-void ring_attach(struct ring_end *e, struct ck_ring *shared, struct eng_desc *slots,
-		 uint32_t depth, bool producer)
+void ring_attach(struct ring_end *e, struct ck_ring *shared, struct eng_desc *slots, uint32_t depth,
+                 bool producer)
 {
-	e->shared = shared;
-	e->slots = slots;
-	e->mask = depth - 1;
-	/* Read once at attach time; from then on our own counter is the truth. */
-	e->mine = producer ? eng_load_acquire_u32(&shared->p_tail)
-			   : eng_load_acquire_u32(&shared->c_head);
+        e->shared = shared;
+        e->slots = slots;
+        e->mask = depth - 1;
+        /* Read once at attach time; from then on our own counter is the truth. */
+        e->mine = producer ? eng_load_acquire_u32(&shared->p_tail)
+                           : eng_load_acquire_u32(&shared->c_head);
 }
 
 static void ring_mirror(const struct ring_end *e, struct ck_ring *m)
 {
-	m->size = e->mask + 1;
-	m->mask = e->mask;
+        m->size = e->mask + 1;
+        m->mask = e->mask;
 }
 
 bool ring_push_spsc(struct ring_end *e, const struct eng_desc *d)
 {
-	struct ck_ring m;
-	ring_mirror(e, &m);
-	/* Acquire on the consumer's counter: its advance is our licence to overwrite the slot
-	 * (the consumer finished copying it out before publishing c_head with release). */
-	m.c_head = eng_load_acquire_u32(&e->shared->c_head);
-	m.p_tail = m.p_head = e->mine;
-	if (!ck_ring_enqueue_spsc_desc(&m, e->slots, (struct eng_desc *)d))
-		return false;
-	e->mine = m.p_tail;
-	/* Release: the descriptor copied into the slot is visible before the new p_tail. */
-	eng_store_release_u32(&e->shared->p_tail, e->mine);
-	eng_store_relaxed_u32(&e->shared->p_head, e->mine);
-	return true;
+        struct ck_ring m;
+        ring_mirror(e, &m);
+        /* Acquire on the consumer's counter: its advance is our licence to overwrite the slot
+         * (the consumer finished copying it out before publishing c_head with release). */
+        m.c_head = eng_load_acquire_u32(&e->shared->c_head);
+        m.p_tail = m.p_head = e->mine;
+        if (!ck_ring_enqueue_spsc_desc(&m, e->slots, (struct eng_desc *)d))
+                return false;
+        e->mine = m.p_tail;
+        /* Release: the descriptor copied into the slot is visible before the new p_tail. */
+        eng_store_release_u32(&e->shared->p_tail, e->mine);
+        eng_store_relaxed_u32(&e->shared->p_head, e->mine);
+        return true;
 }
 
 bool ring_pop_spsc(struct ring_end *e, struct eng_desc *d)
 {
-	struct ck_ring m;
-	ring_mirror(e, &m);
-	/* Acquire on the producer's counter: the slot contents it published come with it. */
-	m.p_tail = eng_load_acquire_u32(&e->shared->p_tail);
-	m.c_head = e->mine;
-	if (!ck_ring_dequeue_spsc_desc(&m, e->slots, d))
-		return false;
-	e->mine = m.c_head;
-	/* Release: we finished copying the slot before the producer may reuse it. */
-	eng_store_release_u32(&e->shared->c_head, e->mine);
-	return true;
+        struct ck_ring m;
+        ring_mirror(e, &m);
+        /* Acquire on the producer's counter: the slot contents it published come with it. */
+        m.p_tail = eng_load_acquire_u32(&e->shared->p_tail);
+        m.c_head = e->mine;
+        if (!ck_ring_dequeue_spsc_desc(&m, e->slots, d))
+                return false;
+        e->mine = m.c_head;
+        /* Release: we finished copying the slot before the producer may reuse it. */
+        eng_store_release_u32(&e->shared->c_head, e->mine);
+        return true;
 }
 
 uint32_t ring_used(const struct ring_end *e)
 {
-	uint32_t p = eng_load_acquire_u32(&e->shared->p_tail);
-	uint32_t c = eng_load_acquire_u32(&e->shared->c_head);
-	uint32_t n = p - c;
-	return n > e->mask ? e->mask : n; /* a scribbled counter cannot claim more than exists */
+        uint32_t p = eng_load_acquire_u32(&e->shared->p_tail);
+        uint32_t c = eng_load_acquire_u32(&e->shared->c_head);
+        uint32_t n = p - c;
+        return n > e->mask ? e->mask : n; /* a scribbled counter cannot claim more than exists */
 }
 
 uint32_t ring_free(const struct ring_end *e)
 {
-	uint32_t c = eng_load_acquire_u32(&e->shared->c_head);
-	uint32_t n = e->mine - c;
-	return n >= e->mask ? 0 : e->mask - n;
+        uint32_t c = eng_load_acquire_u32(&e->shared->c_head);
+        uint32_t n = e->mine - c;
+        return n >= e->mask ? 0 : e->mask - n;
 }
 
 /* ---- ready set ---------------------------------------------------------------------- */
@@ -165,44 +165,44 @@ uint32_t ring_free(const struct ring_end *e)
  * to whichever worker takes the bit). */
 bool ready_set(struct eng_seg *sg, uint32_t idx)
 {
-	uint64_t bit = 1ull << (idx & 63);
-	uint64_t *w = &sg->bitmap[idx >> 6];
-	uint64_t old = eng_load_relaxed_u64(w);
-	while ((old & bit) == 0) {
-		if (eng_cas_u64(w, old, old | bit, &old))
-			return true;
-	}
-	return false;
+        uint64_t bit = 1ull << (idx & 63);
+        uint64_t *w = &sg->bitmap[idx >> 6];
+        uint64_t old = eng_load_relaxed_u64(w);
+        while ((old & bit) == 0) {
+                if (eng_cas_u64(w, old, old | bit, &old))
+                        return true;
+        }
+        return false;
 }
 
 /* Take one set bit, scanning from *cursor (rotating, for fairness). */
 bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
 {
-	uint32_t nw = (sg->max_streams + 63) / 64;
-	uint32_t start = *cursor % nw;
-	for (uint32_t k = 0; k < nw; k++) {
-		uint32_t wi = (start + k) % nw;
-		uint64_t *w = &sg->bitmap[wi];
-		uint64_t old = eng_load_relaxed_u64(w);
-		while (old != 0) {
-			uint64_t bit = old & (~old + 1);
-			if (eng_cas_u64(w, old, old & ~bit, &old)) {
-				*idx = wi * 64 + (uint32_t)__builtin_ctzll(bit);
-				*cursor = wi + (old & ~bit ? 0 : 1);
-				return *idx < sg->max_streams;
-			}
-		}
-	}
-	return false;
+        uint32_t nw = (sg->max_streams + 63) / 64;
+        uint32_t start = *cursor % nw;
+        for (uint32_t k = 0; k < nw; k++) {
+                uint32_t wi = (start + k) % nw;
+                uint64_t *w = &sg->bitmap[wi];
+                uint64_t old = eng_load_relaxed_u64(w);
+                while (old != 0) {
+                        uint64_t bit = old & (~old + 1);
+                        if (eng_cas_u64(w, old, old & ~bit, &old)) {
+                                *idx = wi * 64 + (uint32_t)__builtin_ctzll(bit);
+                                *cursor = wi + (old & ~bit ? 0 : 1);
+                                return *idx < sg->max_streams;
+                        }
+                }
+        }
+        return false;
 }
 
 bool ready_any(struct eng_seg *sg)
 {
-	uint32_t nw = (sg->max_streams + 63) / 64;
-	for (uint32_t i = 0; i < nw; i++)
-		if (eng_load_relaxed_u64(&sg->bitmap[i]))
-			return true;
-	return false;
+        uint32_t nw = (sg->max_streams + 63) / 64;
+        for (uint32_t i = 0; i < nw; i++)
+                if (eng_load_relaxed_u64(&sg->bitmap[i]))
+                        return true;
+        return false;
 }
 
 /*
@@ -213,34 +213,34 @@ bool ready_any(struct eng_seg *sg)
  */
 void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
 {
-	uint32_t s = eng_load_relaxed_u32(&r->sched);
-	for (;;) {
-		uint32_t want;
-		if (s == RUN_IDLE)
-			want = RUN_QUEUED;
-		else if (s == RUN_RUNNING)
-			want = RUN_AGAIN;
-		else
-			return; /* QUEUED or AGAIN: someone will look */
-		if (eng_cas_u32(&r->sched, s, want, &s)) {
-			if (want == RUN_AGAIN)
-				return;
-			break;
-		}
-	}
-	ready_post(sg, idx);
+        uint32_t s = eng_load_relaxed_u32(&r->sched);
+        for (;;) {
+                uint32_t want;
+                if (s == RUN_IDLE)
+                        want = RUN_QUEUED;
+                else if (s == RUN_RUNNING)
+                        want = RUN_AGAIN;
+                else
+                        return; /* QUEUED or AGAIN: someone will look */
+                if (eng_cas_u32(&r->sched, s, want, &s)) {
+                        if (want == RUN_AGAIN)
+                                return;
+                        break;
+                }
+        }
+        ready_post(sg, idx);
 }
 
 /* Set idx's ready bit and wake a worker if one sleeps. */
 void ready_post(struct eng_seg *sg, uint32_t idx)
 {
-	ready_set(sg, idx);
-	/* Dekker with the worker: we set the bit (locked), then read sleepers; a worker
-	 * increments sleepers (locked), then re-scans the bits. One of us sees the other. */
-	if (eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0) {
-		eng_faa_u32(&sg->hdr->srv_wake, 1);
-		eng_futex_wake(&sg->hdr->srv_wake, 1);
-	}
+        ready_set(sg, idx);
+        /* Dekker with the worker: we set the bit (locked), then read sleepers; a worker
+         * increments sleepers (locked), then re-scans the bits. One of us sees the other. */
+        if (eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0) {
+                eng_faa_u32(&sg->hdr->srv_wake, 1);
+                eng_futex_wake(&sg->hdr->srv_wake, 1);
+        }
 }
 
 /*
@@ -250,259 +250,259 @@ void ready_post(struct eng_seg *sg, uint32_t idx)
  */
 void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
 {
-	uint32_t prev = eng_swap_u32(&r->sched, RUN_FIN);
-	if (prev == RUN_IDLE)
-		ready_post(sg, idx);
+        uint32_t prev = eng_swap_u32(&r->sched, RUN_FIN);
+        if (prev == RUN_IDLE)
+                ready_post(sg, idx);
 }
 
 /* ---- segment ------------------------------------------------------------------------ */
 
 static bool name_ok(const char *name)
 {
-	size_t n = strlen(name);
-	return n >= 2 && n < 200 && name[0] == '/' && strchr(name + 1, '/') == NULL;
+        size_t n = strlen(name);
+        return n >= 2 && n < 200 && name[0] == '/' && strchr(name + 1, '/') == NULL;
 }
 
 struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx)
 {
-	if (idx >= sg->max_streams || idx >= eng_arena_rec_slots(&sg->arena))
-		return NULL;
-	return (struct eng_rec *)(sg->arena.base + eng_arena_rec_offset(&sg->arena, idx));
+        if (idx >= sg->max_streams || idx >= eng_arena_rec_slots(&sg->arena))
+                return NULL;
+        return (struct eng_rec *)(sg->arena.base + eng_arena_rec_offset(&sg->arena, idx));
 }
 
 static bool pid_alive(pid_t pid)
 {
-	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+        return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
 /* An existing segment under our name: refuse if its server lives, else remove it. */
 static int seg_check_stale(const char *name)
 {
-	int fd = shm_open(name, O_RDONLY, 0);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	struct stat st;
-	int rc = 0;
-	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= sizeof(struct eng_seg_hdr)) {
-		struct eng_seg_hdr *h =
-			mmap(NULL, sizeof(*h), PROT_READ, MAP_SHARED, fd, 0);
-		if (h != MAP_FAILED) {
-			if (h->magic == SEG_MAGIC && h->state != SRV_STOPPED &&
-			    pid_alive(h->server_pid)) {
-				eng_set_err("segment %s is served by live pid %d", name,
-					    (int)h->server_pid);
-				rc = -EADDRINUSE;
-			}
-			munmap(h, sizeof(*h));
-		}
-	}
-	close(fd);
-	if (rc == 0)
-		shm_unlink(name); /* stale: its server is dead (a new epoch replaces it) */
-	return rc;
+        int fd = shm_open(name, O_RDONLY, 0);
+        if (fd < 0)
+                return errno == ENOENT ? 0 : -errno;
+        struct stat st;
+        int rc = 0;
+        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= sizeof(struct eng_seg_hdr)) {
+                struct eng_seg_hdr *h = mmap(NULL, sizeof(*h), PROT_READ, MAP_SHARED, fd, 0);
+                if (h != MAP_FAILED) {
+                        if (h->magic == SEG_MAGIC && h->state != SRV_STOPPED &&
+                            pid_alive(h->server_pid)) {
+                                eng_set_err("segment %s is served by live pid %d", name,
+                                            (int)h->server_pid);
+                                rc = -EADDRINUSE;
+                        }
+                        munmap(h, sizeof(*h));
+                }
+        }
+        close(fd);
+        if (rc == 0)
+                shm_unlink(name); /* stale: its server is dead (a new epoch replaces it) */
+        return rc;
 }
 
 int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
-	       eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
-	       uint32_t max_shift)
+               eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
+               uint32_t max_shift)
 {
-	memset(sg, 0, sizeof(*sg));
-	sg->fd = -1;
-	if (!name_ok(name)) {
-		eng_set_err("bad segment name '%s' (want /name, no other slash)", name);
-		return -EINVAL;
-	}
-	if (depth < 2 || depth > 65536 || (depth & (depth - 1))) {
-		eng_set_err("ring depth %u is not a power of two in 2..65536", depth);
-		return -EINVAL;
-	}
-	if (transport != ENG_TRANSPORT_LOCKFREE) {
-		eng_set_err("transport %d is not available", (int)transport);
-		return -ENOTSUP;
-	}
-	int rc = seg_check_stale(name);
-	if (rc != 0)
-		return rc;
-	int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode);
-	if (fd < 0) {
-		rc = -errno;
-		eng_set_err("shm_open(%s): %s", name, strerror(errno));
-		return rc == -EEXIST ? -EADDRINUSE : rc;
-	}
-	fchmod(fd, mode); /* the umask must not widen or narrow what was configured */
-	if (ftruncate(fd, (off_t)size) != 0) {
-		rc = -errno;
-		eng_set_err("ftruncate(%s, %llu): %s", name, (unsigned long long)size,
-			    strerror(errno));
-		goto fail;
-	}
-	void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (base == MAP_FAILED) {
-		rc = -errno;
-		eng_set_err("mmap(%s): %s", name, strerror(errno));
-		goto fail;
-	}
-	sg->fd = fd;
-	sg->base = base;
-	sg->size = size;
-	sg->hdr = base;
-	snprintf(sg->name, sizeof(sg->name), "%s", name);
+        memset(sg, 0, sizeof(*sg));
+        sg->fd = -1;
+        if (!name_ok(name)) {
+                eng_set_err("bad segment name '%s' (want /name, no other slash)", name);
+                return -EINVAL;
+        }
+        if (depth < 2 || depth > 65536 || (depth & (depth - 1))) {
+                eng_set_err("ring depth %u is not a power of two in 2..65536", depth);
+                return -EINVAL;
+        }
+        if (transport != ENG_TRANSPORT_LOCKFREE) {
+                eng_set_err("transport %d is not available", (int)transport);
+                return -ENOTSUP;
+        }
+        int rc = seg_check_stale(name);
+        if (rc != 0)
+                return rc;
+        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode);
+        if (fd < 0) {
+                rc = -errno;
+                eng_set_err("shm_open(%s): %s", name, strerror(errno));
+                return rc == -EEXIST ? -EADDRINUSE : rc;
+        }
+        fchmod(fd, mode); /* the umask must not widen or narrow what was configured */
+        if (ftruncate(fd, (off_t)size) != 0) {
+                rc = -errno;
+                eng_set_err("ftruncate(%s, %llu): %s", name, (unsigned long long)size,
+                            strerror(errno));
+                goto fail;
+        }
+        void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) {
+                rc = -errno;
+                eng_set_err("mmap(%s): %s", name, strerror(errno));
+                goto fail;
+        }
+        sg->fd = fd;
+        sg->base = base;
+        sg->size = size;
+        sg->hdr = base;
+        snprintf(sg->name, sizeof(sg->name), "%s", name);
 
-	uint64_t rb = ENG_ARENA_HDR_BYTES + ((rec_bytes(depth) + 63) & ~63ull);
-	uint64_t fit = size / rb;
-	if (max_streams == 0 || max_streams > fit)
-		max_streams = fit > 65536 ? 65536 : (uint32_t)fit;
-	if (max_streams < 2) {
-		rc = -ENOSPC;
-		eng_set_err("segment of %llu bytes cannot hold two stream records",
-			    (unsigned long long)size);
-		goto fail_map;
-	}
-	uint32_t words = (max_streams + 63) / 64;
-	uint64_t hdr_bytes = (sizeof(struct eng_seg_hdr) + 63) & ~63ull;
-	uint64_t arena_off = (hdr_bytes + words * 8ull + 4095) & ~4095ull;
-	if (arena_off >= size) {
-		rc = -ENOSPC;
-		eng_set_err("segment too small");
-		goto fail_map;
-	}
-	memset(base, 0, arena_off);
-	eng_arena_cfg_t acfg = {.kind = ENG_ARENA_LOCKFREE,
-				.record_size = (uint32_t)rec_bytes(depth),
-				.min_class_shift = min_shift,
-				.max_class_shift = max_shift};
-	/* Formatting zeroes (so pre-faults) the whole arena. */
-	rc = eng_arena_format(&sg->arena, sg->base + arena_off, size - arena_off, &acfg);
-	if (rc != 0) {
-		eng_set_err("cannot format an arena of %llu bytes (blocks 2^%u..2^%u): %s",
-			    (unsigned long long)(size - arena_off), min_shift, max_shift,
-			    strerror(-rc));
-		goto fail_map;
-	}
-	struct eng_seg_hdr *h = sg->hdr;
-	h->version = SEG_VERSION;
-	h->transport = transport;
-	h->ring_depth = depth;
-	h->size = size;
-	h->arena_off = arena_off;
-	if (getrandom(&h->epoch, sizeof(h->epoch), 0) != sizeof(h->epoch))
-		h->epoch = eng_now_ns();
-	h->server_pid = getpid();
-	h->max_streams = max_streams;
-	h->bitmap_words = words;
-	h->hdr_bytes = (uint32_t)hdr_bytes;
-	h->state = SRV_STARTING;
-	pthread_mutexattr_t at;
-	pthread_mutexattr_init(&at);
-	pthread_mutexattr_setpshared(&at, PTHREAD_PROCESS_SHARED);
-	pthread_mutexattr_setrobust(&at, PTHREAD_MUTEX_ROBUST);
-	pthread_mutex_init(&h->boot, &at);
-	pthread_mutexattr_destroy(&at);
-	sg->bitmap = (uint64_t *)(sg->base + hdr_bytes);
-	sg->depth = depth;
-	sg->max_streams = max_streams;
-	/* Everything above is visible before the magic: attachers read the magic first. */
-	eng_store_release_u32(&h->magic, SEG_MAGIC);
-	return 0;
+        uint64_t rb = ENG_ARENA_HDR_BYTES + ((rec_bytes(depth) + 63) & ~63ull);
+        uint64_t fit = size / rb;
+        if (max_streams == 0 || max_streams > fit)
+                max_streams = fit > 65536 ? 65536 : (uint32_t)fit;
+        if (max_streams < 2) {
+                rc = -ENOSPC;
+                eng_set_err("segment of %llu bytes cannot hold two stream records",
+                            (unsigned long long)size);
+                goto fail_map;
+        }
+        uint32_t words = (max_streams + 63) / 64;
+        uint64_t hdr_bytes = (sizeof(struct eng_seg_hdr) + 63) & ~63ull;
+        uint64_t arena_off = (hdr_bytes + words * 8ull + 4095) & ~4095ull;
+        if (arena_off >= size) {
+                rc = -ENOSPC;
+                eng_set_err("segment too small");
+                goto fail_map;
+        }
+        memset(base, 0, arena_off);
+        eng_arena_cfg_t acfg = {.kind = ENG_ARENA_LOCKFREE,
+                                .record_size = (uint32_t)rec_bytes(depth),
+                                .min_class_shift = min_shift,
+                                .max_class_shift = max_shift};
+        /* Formatting zeroes (so pre-faults) the whole arena. */
+        rc = eng_arena_format(&sg->arena, sg->base + arena_off, size - arena_off, &acfg);
+        if (rc != 0) {
+                eng_set_err("cannot format an arena of %llu bytes (blocks 2^%u..2^%u): %s",
+                            (unsigned long long)(size - arena_off), min_shift, max_shift,
+                            strerror(-rc));
+                goto fail_map;
+        }
+        struct eng_seg_hdr *h = sg->hdr;
+        h->version = SEG_VERSION;
+        h->transport = transport;
+        h->ring_depth = depth;
+        h->size = size;
+        h->arena_off = arena_off;
+        if (getrandom(&h->epoch, sizeof(h->epoch), 0) != sizeof(h->epoch))
+                h->epoch = eng_now_ns();
+        h->server_pid = getpid();
+        h->max_streams = max_streams;
+        h->bitmap_words = words;
+        h->hdr_bytes = (uint32_t)hdr_bytes;
+        h->state = SRV_STARTING;
+        pthread_mutexattr_t at;
+        pthread_mutexattr_init(&at);
+        pthread_mutexattr_setpshared(&at, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&at, PTHREAD_MUTEX_ROBUST);
+        pthread_mutex_init(&h->boot, &at);
+        pthread_mutexattr_destroy(&at);
+        sg->bitmap = (uint64_t *)(sg->base + hdr_bytes);
+        sg->depth = depth;
+        sg->max_streams = max_streams;
+        /* Everything above is visible before the magic: attachers read the magic first. */
+        eng_store_release_u32(&h->magic, SEG_MAGIC);
+        return 0;
 fail_map:
-	munmap(base, size);
-	sg->base = NULL;
+        munmap(base, size);
+        sg->base = NULL;
 fail:
-	close(fd);
-	sg->fd = -1;
-	shm_unlink(name);
-	return rc;
+        close(fd);
+        sg->fd = -1;
+        shm_unlink(name);
+        return rc;
 }
 
 int seg_attach(struct eng_seg *sg, const char *name)
 {
-	memset(sg, 0, sizeof(*sg));
-	sg->fd = -1;
-	if (!name_ok(name)) {
-		eng_set_err("bad segment name '%s' (want /name, no other slash)", name);
-		return -EINVAL;
-	}
-	int fd = shm_open(name, O_RDWR, 0);
-	if (fd < 0) {
-		int rc = -errno;
-		eng_set_err(errno == ENOENT ? "no server: segment %s does not exist"
-					    : "cannot open segment %s: %s",
-			    name, strerror(errno));
-		return rc == -ENOENT ? -ECONNREFUSED : rc;
-	}
-	struct stat st;
-	if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < 4096) {
-		close(fd);
-		eng_set_err("segment %s is too small to be ours (%lld bytes)", name,
-			    (long long)st.st_size);
-		return -EPROTO;
-	}
-	uint64_t size = (uint64_t)st.st_size;
-	void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (base == MAP_FAILED) {
-		int rc = -errno;
-		close(fd);
-		eng_set_err("mmap(%s): %s", name, strerror(errno));
-		return rc;
-	}
-	struct eng_seg_hdr *h = base;
-	int rc = 0;
-	if (eng_load_acquire_u32(&h->magic) != SEG_MAGIC) {
-		eng_set_err("segment %s: bad magic 0x%08x (not an engine segment, or still starting)",
-			    name, h->magic);
-		rc = -EPROTO;
-	} else if (h->version != SEG_VERSION) {
-		eng_set_err("segment %s: layout version %u, this program speaks %u", name,
-			    h->version, SEG_VERSION);
-		rc = -EPROTONOSUPPORT;
-	} else if (h->size != size) {
-		eng_set_err("segment %s: header says %llu bytes, the object has %llu", name,
-			    (unsigned long long)h->size, (unsigned long long)size);
-		rc = -EUCLEAN;
-	} else if (h->ring_depth < 2 || h->ring_depth > 65536 ||
-		   (h->ring_depth & (h->ring_depth - 1)) || h->max_streams == 0 ||
-		   h->max_streams > 65536 || h->bitmap_words != (h->max_streams + 63) / 64 ||
-		   h->arena_off >= size || h->arena_off < h->hdr_bytes + h->bitmap_words * 8ull ||
-		   h->hdr_bytes < sizeof(struct eng_seg_hdr)) {
-		eng_set_err("segment %s: inconsistent header", name);
-		rc = -EUCLEAN;
-	} else if (h->transport != ENG_TRANSPORT_LOCKFREE &&
-		   h->transport != ENG_TRANSPORT_MUTEX) {
-		eng_set_err("segment %s: transport %u is not supported", name, h->transport);
-		rc = -EPROTONOSUPPORT;
-	} else if ((rc = eng_arena_attach(&sg->arena, (unsigned char *)base + h->arena_off,
-					  size - h->arena_off)) != 0) {
-		eng_set_err("segment %s: arena header is invalid (%s)", name, strerror(-rc));
-	}
-	if (rc == 0 && eng_arena_rec_stride(&sg->arena) < ENG_ARENA_HDR_BYTES + rec_bytes(h->ring_depth)) {
-		eng_set_err("segment %s: record slots too small for ring depth %u", name,
-			    h->ring_depth);
-		rc = -EUCLEAN;
-	}
-	if (rc != 0) {
-		munmap(base, size);
-		close(fd);
-		return rc;
-	}
-	sg->fd = fd;
-	sg->base = base;
-	sg->size = size;
-	sg->hdr = h;
-	sg->bitmap = (uint64_t *)((unsigned char *)base + h->hdr_bytes);
-	sg->depth = h->ring_depth;
-	sg->max_streams = h->max_streams;
-	snprintf(sg->name, sizeof(sg->name), "%s", name);
-	if (eng_arena_rec_max_slots(&sg->arena) < sg->max_streams)
-		sg->max_streams = (uint32_t)eng_arena_rec_max_slots(&sg->arena);
-	return 0;
+        memset(sg, 0, sizeof(*sg));
+        sg->fd = -1;
+        if (!name_ok(name)) {
+                eng_set_err("bad segment name '%s' (want /name, no other slash)", name);
+                return -EINVAL;
+        }
+        int fd = shm_open(name, O_RDWR, 0);
+        if (fd < 0) {
+                int rc = -errno;
+                eng_set_err(errno == ENOENT ? "no server: segment %s does not exist"
+                                            : "cannot open segment %s: %s",
+                            name, strerror(errno));
+                return rc == -ENOENT ? -ECONNREFUSED : rc;
+        }
+        struct stat st;
+        if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < 4096) {
+                close(fd);
+                eng_set_err("segment %s is too small to be ours (%lld bytes)", name,
+                            (long long)st.st_size);
+                return -EPROTO;
+        }
+        uint64_t size = (uint64_t)st.st_size;
+        void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) {
+                int rc = -errno;
+                close(fd);
+                eng_set_err("mmap(%s): %s", name, strerror(errno));
+                return rc;
+        }
+        struct eng_seg_hdr *h = base;
+        int rc = 0;
+        if (eng_load_acquire_u32(&h->magic) != SEG_MAGIC) {
+                eng_set_err(
+                    "segment %s: bad magic 0x%08x (not an engine segment, or still starting)", name,
+                    h->magic);
+                rc = -EPROTO;
+        } else if (h->version != SEG_VERSION) {
+                eng_set_err("segment %s: layout version %u, this program speaks %u", name,
+                            h->version, SEG_VERSION);
+                rc = -EPROTONOSUPPORT;
+        } else if (h->size != size) {
+                eng_set_err("segment %s: header says %llu bytes, the object has %llu", name,
+                            (unsigned long long)h->size, (unsigned long long)size);
+                rc = -EUCLEAN;
+        } else if (h->ring_depth < 2 || h->ring_depth > 65536 ||
+                   (h->ring_depth & (h->ring_depth - 1)) || h->max_streams == 0 ||
+                   h->max_streams > 65536 || h->bitmap_words != (h->max_streams + 63) / 64 ||
+                   h->arena_off >= size || h->arena_off < h->hdr_bytes + h->bitmap_words * 8ull ||
+                   h->hdr_bytes < sizeof(struct eng_seg_hdr)) {
+                eng_set_err("segment %s: inconsistent header", name);
+                rc = -EUCLEAN;
+        } else if (h->transport != ENG_TRANSPORT_LOCKFREE && h->transport != ENG_TRANSPORT_MUTEX) {
+                eng_set_err("segment %s: transport %u is not supported", name, h->transport);
+                rc = -EPROTONOSUPPORT;
+        } else if ((rc = eng_arena_attach(&sg->arena, (unsigned char *)base + h->arena_off,
+                                          size - h->arena_off)) != 0) {
+                eng_set_err("segment %s: arena header is invalid (%s)", name, strerror(-rc));
+        }
+        if (rc == 0 &&
+            eng_arena_rec_stride(&sg->arena) < ENG_ARENA_HDR_BYTES + rec_bytes(h->ring_depth)) {
+                eng_set_err("segment %s: record slots too small for ring depth %u", name,
+                            h->ring_depth);
+                rc = -EUCLEAN;
+        }
+        if (rc != 0) {
+                munmap(base, size);
+                close(fd);
+                return rc;
+        }
+        sg->fd = fd;
+        sg->base = base;
+        sg->size = size;
+        sg->hdr = h;
+        sg->bitmap = (uint64_t *)((unsigned char *)base + h->hdr_bytes);
+        sg->depth = h->ring_depth;
+        sg->max_streams = h->max_streams;
+        snprintf(sg->name, sizeof(sg->name), "%s", name);
+        if (eng_arena_rec_max_slots(&sg->arena) < sg->max_streams)
+                sg->max_streams = (uint32_t)eng_arena_rec_max_slots(&sg->arena);
+        return 0;
 }
 
 void seg_unmap(struct eng_seg *sg)
 {
-	if (sg->base)
-		munmap(sg->base, sg->size);
-	if (sg->fd >= 0)
-		close(sg->fd);
-	sg->base = NULL;
-	sg->fd = -1;
+        if (sg->base)
+                munmap(sg->base, sg->size);
+        if (sg->fd >= 0)
+                close(sg->fd);
+        sg->base = NULL;
+        sg->fd = -1;
 }

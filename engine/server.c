@@ -22,548 +22,555 @@
 #define RUN_BATCH 64 /* messages per turn before a stream goes to the back of the line */
 
 struct eng_sstream {
-	uint32_t busy; /* private exclusivity (server memory, not the segment) */
-	uint32_t idx;
-	bool live;     /* between offer and finalisation */
-	bool known;    /* accepted: ring ends attached, hooks told */
-	bool ended;    /* we sent CLOSE/ERROR; waiting for the client's FIN */
-	bool pushed;   /* this turn produced something for the client */
-	uint32_t type;
-	uint32_t session;
-	uint32_t user_id;
-	pid_t pid;
-	int pidfd;
-	uint64_t seq_in, seq_out;
-	struct ring_end in, out;
-	struct eng_rec *rec;
-	struct eng_server *srv;
-	void *user;
+        uint32_t busy; /* private exclusivity (server memory, not the segment) */
+        uint32_t idx;
+        bool live;   /* between offer and finalisation */
+        bool known;  /* accepted: ring ends attached, hooks told */
+        bool ended;  /* we sent CLOSE/ERROR; waiting for the client's FIN */
+        bool pushed; /* this turn produced something for the client */
+        uint32_t type;
+        uint32_t session;
+        uint32_t user_id;
+        pid_t pid;
+        int pidfd;
+        uint64_t seq_in, seq_out;
+        struct ring_end in, out;
+        struct eng_rec *rec;
+        struct eng_server *srv;
+        void *user;
 };
 
 struct eng_server {
-	struct eng_seg sg;
-	eng_server_cfg_t cfg;
-	struct eng_sstream *tab;
-	uint32_t ntab;
-	pthread_t ctl;
-	pthread_t *workers;
-	uint32_t nworkers;
-	uint32_t stop;
-	uint32_t offered; /* index currently on offer (+1), 0 if none */
+        struct eng_seg sg;
+        eng_server_cfg_t cfg;
+        struct eng_sstream *tab;
+        uint32_t ntab;
+        pthread_t ctl;
+        pthread_t *workers;
+        uint32_t nworkers;
+        uint32_t stop;
+        uint32_t offered; /* index currently on offer (+1), 0 if none */
 };
 
 static uint32_t owner_of(uint32_t idx)
 {
-	return idx + 1;
+        return idx + 1;
 }
 
 uint32_t eng_sstream_id(const eng_sstream_t *s)
 {
-	return s->user_id;
+        return s->user_id;
 }
 
 pid_t eng_sstream_pid(const eng_sstream_t *s)
 {
-	return s->pid;
+        return s->pid;
 }
 
 void **eng_sstream_user(eng_sstream_t *s)
 {
-	return &s->user;
+        return &s->user;
 }
 
 uint32_t eng_server_workers(const eng_server_t *srv)
 {
-	return srv->nworkers;
+        return srv->nworkers;
 }
 
 int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off)
 {
-	int rc = eng_arena_alloc(&s->srv->sg.arena, len, owner_of(s->idx), off);
-	if (rc == -ENOMEM)
-		return -EAGAIN;
-	if (rc == 0)
-		*p = eng_arena_ptr(&s->srv->sg.arena, *off, len);
-	return rc;
+        int rc = eng_arena_alloc(&s->srv->sg.arena, len, owner_of(s->idx), off);
+        if (rc == -ENOMEM)
+                return -EAGAIN;
+        if (rc == 0)
+                *p = eng_arena_ptr(&s->srv->sg.arena, *off, len);
+        return rc;
 }
 
 void eng_sstream_free(eng_sstream_t *s, uint64_t off)
 {
-	if (off)
-		eng_arena_free(&s->srv->sg.arena, off);
+        if (off)
+                eng_arena_free(&s->srv->sg.arena, off);
 }
 
 static int push_out(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-	struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
-	if (!ring_push_spsc(&s->out, &d))
-		return -EAGAIN;
-	s->seq_out++;
-	s->pushed = true;
-	return 0;
+        struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
+        if (!ring_push_spsc(&s->out, &d))
+                return -EAGAIN;
+        s->seq_out++;
+        s->pushed = true;
+        return 0;
 }
 
 int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-	if (cmd < ENG_CMD_SERVER_MIN || cmd > ENG_CMD_SERVER_MAX)
-		return -EINVAL;
-	if (s->ended)
-		return -EPIPE;
-	if (off != 0 && eng_arena_capacity(&s->srv->sg.arena, off) < len)
-		return -EINVAL;
-	return push_out(s, cmd, arg, off, len);
+        if (cmd < ENG_CMD_SERVER_MIN || cmd > ENG_CMD_SERVER_MAX)
+                return -EINVAL;
+        if (s->ended)
+                return -EPIPE;
+        if (off != 0 && eng_arena_capacity(&s->srv->sg.arena, off) < len)
+                return -EINVAL;
+        return push_out(s, cmd, arg, off, len);
 }
 
 /* Wake the client's session if it announced it is waiting. The full fence orders our ring
  * publications (stores) before the load of `waiting` (Dekker with eng_client_ticket). */
 static void wake_session(struct eng_server *srv, eng_sstream_t *s)
 {
-	struct eng_rec *sr = seg_rec(&srv->sg, s->type == REC_SESSION ? s->idx : s->session);
-	if (sr == NULL)
-		return;
-	eng_fence_full();
-	uint32_t w = eng_load_relaxed_u32(&sr->waiting);
-	if (w != WAIT_NONE) {
-		eng_faa_u32(&sr->wake, 1);
-		if (w == WAIT_SLEEP)
-			eng_futex_wake(&sr->wake, INT32_MAX);
-	}
+        struct eng_rec *sr = seg_rec(&srv->sg, s->type == REC_SESSION ? s->idx : s->session);
+        if (sr == NULL)
+                return;
+        eng_fence_full();
+        uint32_t w = eng_load_relaxed_u32(&sr->waiting);
+        if (w != WAIT_NONE) {
+                eng_faa_u32(&sr->wake, 1);
+                if (w == WAIT_SLEEP)
+                        eng_futex_wake(&sr->wake, INT32_MAX);
+        }
 }
 
 /* End the stream from our side: tell the client why (best effort: if its ring is full it
  * will still see state ENDED), tell the hooks once. */
 static void end_stream(struct eng_server *srv, eng_sstream_t *s, int err)
 {
-	if (s->ended)
-		return;
-	s->ended = true;
-	if (s->known) {
-		push_out(s, err == 0 ? CMD_S_CLOSE : CMD_S_ERROR, (uint64_t)(int64_t)-err, 0, 0);
-		if (s->type == REC_STREAM && srv->cfg.hooks.on_close)
-			srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
-	}
-	eng_store_release_u32(&s->rec->state, ST_ENDED);
-	eng_faa_u64(&srv->sg.hdr->ended, 1);
-	wake_session(srv, s);
+        if (s->ended)
+                return;
+        s->ended = true;
+        if (s->known) {
+                push_out(s, err == 0 ? CMD_S_CLOSE : CMD_S_ERROR, (uint64_t)(int64_t)-err, 0, 0);
+                if (s->type == REC_STREAM && srv->cfg.hooks.on_close)
+                        srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
+        }
+        eng_store_release_u32(&s->rec->state, ST_ENDED);
+        eng_faa_u64(&srv->sg.hdr->ended, 1);
+        wake_session(srv, s);
 }
 
 /* The client is done with the record (FIN) or dead: give everything back. */
 static void finalize(struct eng_server *srv, eng_sstream_t *s, int err)
 {
-	if (!s->ended) {
-		s->ended = true;
-		if (s->known && s->type == REC_STREAM && srv->cfg.hooks.on_close)
-			srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
-	}
-	eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
-	if (s->pidfd >= 0)
-		close(s->pidfd);
-	s->pidfd = -1;
-	s->live = false;
-	s->known = false;
-	s->user = NULL;
-	eng_faa_u64(&srv->sg.hdr->closes, 1);
-	eng_arena_rec_free(&srv->sg.arena, eng_arena_rec_offset(&srv->sg.arena, s->idx));
+        if (!s->ended) {
+                s->ended = true;
+                if (s->known && s->type == REC_STREAM && srv->cfg.hooks.on_close)
+                        srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
+        }
+        eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
+        if (s->pidfd >= 0)
+                close(s->pidfd);
+        s->pidfd = -1;
+        s->live = false;
+        s->known = false;
+        s->user = NULL;
+        eng_faa_u64(&srv->sg.hdr->closes, 1);
+        eng_arena_rec_free(&srv->sg.arena, eng_arena_rec_offset(&srv->sg.arena, s->idx));
 }
 
 static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
 {
-	struct eng_rec *r = s->rec;
-	/* CLAIMED was published with release after the owner fields. */
-	if (eng_load_acquire_u32(&r->state) != ST_CLAIMED)
-		return -EAGAIN;
-	uint32_t depth = srv->sg.depth;
-	s->type = r->type;
-	s->session = r->session;
-	s->user_id = r->user_id;
-	s->pid = r->owner_pid;
-	s->seq_in = s->seq_out = 0;
-	ring_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, false);
-	ring_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, true);
-	s->known = true;
-	int rc = 0;
-	if (s->type == REC_STREAM) {
-		eng_sstream_t *ss = s->session < srv->ntab ? &srv->tab[s->session] : NULL;
-		if (ss == NULL || !ss->known || ss->type != REC_SESSION || ss->pid != s->pid)
-			rc = -EPROTO;
-	} else if (s->type != REC_SESSION) {
-		rc = -EPROTO;
-	}
-	if (rc == 0 && s->pid > 0 && s->type == REC_SESSION)
-		s->pidfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
-	if (rc == 0 && s->type == REC_STREAM && srv->cfg.hooks.on_open)
-		rc = srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx);
-	if (rc == 0) {
-		eng_store_release_u32(&r->state, ST_OPEN);
-		eng_faa_u64(&srv->sg.hdr->opens, 1);
-	}
-	return rc;
+        struct eng_rec *r = s->rec;
+        /* CLAIMED was published with release after the owner fields. */
+        if (eng_load_acquire_u32(&r->state) != ST_CLAIMED)
+                return -EAGAIN;
+        uint32_t depth = srv->sg.depth;
+        s->type = r->type;
+        s->session = r->session;
+        s->user_id = r->user_id;
+        s->pid = r->owner_pid;
+        s->seq_in = s->seq_out = 0;
+        ring_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, false);
+        ring_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, true);
+        s->known = true;
+        int rc = 0;
+        if (s->type == REC_STREAM) {
+                eng_sstream_t *ss = s->session < srv->ntab ? &srv->tab[s->session] : NULL;
+                if (ss == NULL || !ss->known || ss->type != REC_SESSION || ss->pid != s->pid)
+                        rc = -EPROTO;
+        } else if (s->type != REC_SESSION) {
+                rc = -EPROTO;
+        }
+        if (rc == 0 && s->pid > 0 && s->type == REC_SESSION)
+                s->pidfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
+        if (rc == 0 && s->type == REC_STREAM && srv->cfg.hooks.on_open)
+                rc = srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx);
+        if (rc == 0) {
+                eng_store_release_u32(&r->state, ST_OPEN);
+                eng_faa_u64(&srv->sg.hdr->opens, 1);
+        }
+        return rc;
 }
 
 /* One message from the client. Returns < 0 to end the stream. */
 static int handle(struct eng_server *srv, eng_sstream_t *s, const struct eng_desc *d)
 {
-	if (d->seq != s->seq_in + 1)
-		return -EPROTO; /* lost, duplicated or forged descriptor */
-	s->seq_in++;
-	if (d->cmd == CMD_C_CLOSE) {
-		end_stream(srv, s, 0);
-		return 0;
-	}
-	if (d->cmd < ENG_CMD_CLIENT_MIN || d->cmd > ENG_CMD_CLIENT_MAX)
-		return -EPROTO; /* a server code, a reserved code, or garbage */
-	eng_msg_t m = {.cmd = d->cmd,
-		       .flags = d->flags,
-		       .len = d->len,
-		       .seq = d->seq,
-		       .arg = d->arg,
-		       .off = d->off};
-	if (d->off != 0) {
-		/* The buffer must be a live block of this very stream, and big enough. */
-		if (eng_arena_owner(&srv->sg.arena, d->off) != owner_of(s->idx) ||
-		    eng_arena_capacity(&srv->sg.arena, d->off) < d->len)
-			return -EPROTO;
-		m.data = eng_arena_ptr(&srv->sg.arena, d->off, d->len);
-	} else if (d->len != 0) {
-		return -EPROTO;
-	}
-	if (s->type != REC_STREAM)
-		return -EPROTO;
-	int rc = srv->cfg.hooks.on_msg ? srv->cfg.hooks.on_msg(s, &m, srv->cfg.hooks.ctx) : 0;
-	if (m.off != 0)
-		eng_arena_free(&srv->sg.arena, m.off);
-	return rc;
+        if (d->seq != s->seq_in + 1)
+                return -EPROTO; /* lost, duplicated or forged descriptor */
+        s->seq_in++;
+        if (d->cmd == CMD_C_CLOSE) {
+                end_stream(srv, s, 0);
+                return 0;
+        }
+        if (d->cmd < ENG_CMD_CLIENT_MIN || d->cmd > ENG_CMD_CLIENT_MAX)
+                return -EPROTO; /* a server code, a reserved code, or garbage */
+        eng_msg_t m = {.cmd = d->cmd,
+                       .flags = d->flags,
+                       .len = d->len,
+                       .seq = d->seq,
+                       .arg = d->arg,
+                       .off = d->off};
+        if (d->off != 0) {
+                /* The buffer must be a live block of this very stream, and big enough. */
+                if (eng_arena_owner(&srv->sg.arena, d->off) != owner_of(s->idx) ||
+                    eng_arena_capacity(&srv->sg.arena, d->off) < d->len)
+                        return -EPROTO;
+                m.data = eng_arena_ptr(&srv->sg.arena, d->off, d->len);
+        } else if (d->len != 0) {
+                return -EPROTO;
+        }
+        if (s->type != REC_STREAM)
+                return -EPROTO;
+        int rc = srv->cfg.hooks.on_msg ? srv->cfg.hooks.on_msg(s, &m, srv->cfg.hooks.ctx) : 0;
+        if (m.off != 0)
+                eng_arena_free(&srv->sg.arena, m.off);
+        return rc;
 }
 
 /* Drain up to RUN_BATCH messages. Returns true if the batch limit was hit. */
 static bool drain(struct eng_server *srv, eng_sstream_t *s)
 {
-	for (int n = 0; n < RUN_BATCH; n++) {
-		if (s->ended)
-			return false;
-		if (ring_free(&s->out) < 2) {
-			/* Room for a reply and a final CLOSE/ERROR is reserved: stop taking requests
-			 * until the client reads. Flag, fence, re-check (Dekker with its recv). */
-			eng_store_relaxed_u32(&s->rec->want_space, 1);
-			eng_fence_full();
-			if (ring_free(&s->out) < 2)
-				return false;
-		}
-		struct eng_desc d;
-		if (!ring_pop_spsc(&s->in, &d))
-			return false;
-		s->pushed = true; /* a consumed slot is news for a client blocked on a full ring */
-		int rc = handle(srv, s, &d);
-		if (rc < 0)
-			end_stream(srv, s, rc);
-	}
-	return true;
+        for (int n = 0; n < RUN_BATCH; n++) {
+                if (s->ended)
+                        return false;
+                if (ring_free(&s->out) < 2) {
+                        /* Room for a reply and a final CLOSE/ERROR is reserved: stop taking
+                         * requests until the client reads. Flag, fence, re-check (Dekker with its
+                         * recv). */
+                        eng_store_relaxed_u32(&s->rec->want_space, 1);
+                        eng_fence_full();
+                        if (ring_free(&s->out) < 2)
+                                return false;
+                }
+                struct eng_desc d;
+                if (!ring_pop_spsc(&s->in, &d))
+                        return false;
+                s->pushed = true; /* a consumed slot is news for a client blocked on a full ring */
+                int rc = handle(srv, s, &d);
+                if (rc < 0)
+                        end_stream(srv, s, rc);
+        }
+        return true;
 }
 
 static void run_stream(struct eng_server *srv, uint32_t idx)
 {
-	if (idx >= srv->ntab)
-		return;
-	eng_sstream_t *s = &srv->tab[idx];
-	uint32_t seen;
-	if (!eng_cas_u32(&s->busy, 0, 1, &seen))
-		return; /* another worker has it: a duplicate wake-up (or a scribbled sched) */
-	if (!s->live)
-		goto out;
-	struct eng_rec *r = s->rec;
-	uint32_t st = eng_load_relaxed_u32(&r->sched);
-	for (;;) {
-		if (st == RUN_FIN) {
-			finalize(srv, s, 0);
-			goto out;
-		}
-		if (eng_cas_u32(&r->sched, st, RUN_RUNNING, &st))
-			break;
-	}
-	for (;;) {
-		s->pushed = false;
-		bool more = false;
-		if (!s->known) {
-			int rc = accept_stream(srv, s);
-			if (rc == -EAGAIN) {
-				/* still on offer (a stray wake-up): leave it idle */
-			} else if (rc < 0) {
-				end_stream(srv, s, rc);
-			}
-		}
-		if (s->known && !s->ended)
-			more = drain(srv, s);
-		if (s->pushed)
-			wake_session(srv, s);
-		if (more) {
-			/* Fairness: back of the line. RUNNING -> QUEUED unless the client already
-			 * finished (FIN); AGAIN -> QUEUED too (the bit covers both). */
-			st = RUN_RUNNING;
-			while (!eng_cas_u32(&r->sched, st, RUN_QUEUED, &st)) {
-				if (st == RUN_FIN)
-					break;
-			}
-			if (st == RUN_FIN)
-				continue;
-			ready_post(&srv->sg, idx);
-			goto out;
-		}
-		st = RUN_RUNNING;
-		if (eng_cas_u32(&r->sched, st, RUN_IDLE, &st))
-			goto out;
-		if (st == RUN_FIN) {
-			finalize(srv, s, 0);
-			goto out;
-		}
-		/* AGAIN (or garbage): run once more */
-		eng_store_relaxed_u32(&r->sched, RUN_RUNNING);
-	}
+        if (idx >= srv->ntab)
+                return;
+        eng_sstream_t *s = &srv->tab[idx];
+        uint32_t seen;
+        if (!eng_cas_u32(&s->busy, 0, 1, &seen)) {
+                /* Another worker is just finishing this stream (it set IDLE, the client queued it
+                 * again, and the first worker has not released busy yet). Put the bit back so the
+                 * work is not lost; it is taken again once the other worker lets go. */
+                ready_post(&srv->sg, idx);
+                return;
+        }
+        if (!s->live)
+                goto out;
+        struct eng_rec *r = s->rec;
+        uint32_t st = eng_load_relaxed_u32(&r->sched);
+        for (;;) {
+                if (st == RUN_FIN) {
+                        finalize(srv, s, 0);
+                        goto out;
+                }
+                if (eng_cas_u32(&r->sched, st, RUN_RUNNING, &st))
+                        break;
+        }
+        for (;;) {
+                s->pushed = false;
+                bool more = false;
+                if (!s->known) {
+                        int rc = accept_stream(srv, s);
+                        if (rc == -EAGAIN) {
+                                /* still on offer (a stray wake-up): leave it idle */
+                        } else if (rc < 0) {
+                                end_stream(srv, s, rc);
+                        }
+                }
+                if (s->known && !s->ended)
+                        more = drain(srv, s);
+                if (s->pushed)
+                        wake_session(srv, s);
+                if (more) {
+                        /* Fairness: back of the line. RUNNING -> QUEUED unless the client already
+                         * finished (FIN); AGAIN -> QUEUED too (the bit covers both). */
+                        st = RUN_RUNNING;
+                        while (!eng_cas_u32(&r->sched, st, RUN_QUEUED, &st)) {
+                                if (st == RUN_FIN)
+                                        break;
+                        }
+                        if (st == RUN_FIN)
+                                continue;
+                        ready_post(&srv->sg, idx);
+                        goto out;
+                }
+                st = RUN_RUNNING;
+                if (eng_cas_u32(&r->sched, st, RUN_IDLE, &st))
+                        goto out;
+                if (st == RUN_FIN) {
+                        finalize(srv, s, 0);
+                        goto out;
+                }
+                /* AGAIN (or garbage): run once more */
+                eng_store_relaxed_u32(&r->sched, RUN_RUNNING);
+        }
 out:
-	eng_store_release_u32(&s->busy, 0);
+        eng_store_release_u32(&s->busy, 0);
 }
 
 static void *worker_main(void *arg)
 {
-	struct eng_server *srv = arg;
-	struct eng_seg *sg = &srv->sg;
-	uint32_t cursor = (uint32_t)(uintptr_t)pthread_self();
-	uint32_t spins = 0;
-	while (!eng_load_relaxed_u32(&srv->stop)) {
-		uint32_t idx;
-		if (ready_take(sg, &cursor, &idx)) {
-			run_stream(srv, idx);
-			spins = 0;
-			continue;
-		}
-		if (++spins < srv->cfg.spin) {
-			eng_cpu_relax();
-			continue;
-		}
-		/* Announce, then re-check (Dekker with ready_post), then sleep. */
-		eng_faa_u32(&sg->hdr->srv_sleepers, 1);
-		uint32_t seq = eng_load_acquire_u32(&sg->hdr->srv_wake);
-		if (!ready_any(sg) && !eng_load_relaxed_u32(&srv->stop))
-			eng_futex_wait(&sg->hdr->srv_wake, seq, 200 * 1000000ll);
-		eng_faa_u32(&sg->hdr->srv_sleepers, (uint32_t)-1);
-		spins = 0;
-	}
-	return NULL;
+        struct eng_server *srv = arg;
+        struct eng_seg *sg = &srv->sg;
+        uint32_t cursor = (uint32_t)(uintptr_t)pthread_self();
+        uint32_t spins = 0;
+        while (!eng_load_relaxed_u32(&srv->stop)) {
+                uint32_t idx;
+                if (ready_take(sg, &cursor, &idx)) {
+                        run_stream(srv, idx);
+                        spins = 0;
+                        continue;
+                }
+                if (++spins < srv->cfg.spin) {
+                        eng_cpu_relax();
+                        continue;
+                }
+                /* Announce, then re-check (Dekker with ready_post), then sleep. */
+                eng_faa_u32(&sg->hdr->srv_sleepers, 1);
+                uint32_t seq = eng_load_acquire_u32(&sg->hdr->srv_wake);
+                if (!ready_any(sg) && !eng_load_relaxed_u32(&srv->stop))
+                        eng_futex_wait(&sg->hdr->srv_wake, seq, 200 * 1000000ll);
+                eng_faa_u32(&sg->hdr->srv_sleepers, (uint32_t)-1);
+                spins = 0;
+        }
+        return NULL;
 }
 
 /* ---- control thread: the GUID hand-out and liveness ---------------------------------- */
 
 static int offer_new(struct eng_server *srv)
 {
-	struct eng_seg *sg = &srv->sg;
-	uint64_t off;
-	int rc = eng_arena_rec_alloc(&sg->arena, 0, &off);
-	if (rc != 0)
-		return rc;
-	int64_t idx = eng_arena_rec_index(&sg->arena, off);
-	if (idx < 0 || (uint64_t)idx >= sg->max_streams || (uint64_t)idx >= srv->ntab) {
-		eng_arena_rec_free(&sg->arena, off);
-		return -ENOMEM;
-	}
-	eng_sstream_t *s = &srv->tab[idx];
-	/* A stray ready bit may have a worker glance at the entry: own it while resetting. */
-	uint32_t seen;
-	while (!eng_cas_u32(&s->busy, 0, 1, &seen))
-		eng_cpu_relax();
-	struct eng_rec *r = (struct eng_rec *)(sg->arena.base + off);
-	memset(r, 0, sizeof(*r));
-	r->type = 0;
-	if (getrandom(r->guid, sizeof(r->guid), 0) != sizeof(r->guid)) {
-		r->guid[0] = eng_now_ns();
-		r->guid[1] = (uint64_t)idx << 32 | (uint32_t)getpid();
-	}
-	r->epoch = sg->hdr->epoch;
-	r->depth = sg->depth;
-	ring_init_shared(&r->c2s, sg->depth, UINT32_MAX - 3 * sg->depth);
-	ring_init_shared(&r->s2c, sg->depth, UINT32_MAX - 5 * sg->depth);
-	r->sched = RUN_IDLE;
-	memset((char *)s + sizeof(s->busy), 0, sizeof(*s) - sizeof(s->busy));
-	s->idx = (uint32_t)idx;
-	s->rec = r;
-	s->srv = srv;
-	s->pidfd = -1;
-	s->live = true;
-	eng_store_release_u32(&s->busy, 0);
-	eng_store_release_u32(&r->state, ST_OFFERED);
+        struct eng_seg *sg = &srv->sg;
+        uint64_t off;
+        int rc = eng_arena_rec_alloc(&sg->arena, 0, &off);
+        if (rc != 0)
+                return rc;
+        int64_t idx = eng_arena_rec_index(&sg->arena, off);
+        if (idx < 0 || (uint64_t)idx >= sg->max_streams || (uint64_t)idx >= srv->ntab) {
+                eng_arena_rec_free(&sg->arena, off);
+                return -ENOMEM;
+        }
+        eng_sstream_t *s = &srv->tab[idx];
+        /* A stray ready bit may have a worker glance at the entry: own it while resetting. */
+        uint32_t seen;
+        while (!eng_cas_u32(&s->busy, 0, 1, &seen))
+                eng_cpu_relax();
+        struct eng_rec *r = (struct eng_rec *)(sg->arena.base + off);
+        memset(r, 0, sizeof(*r));
+        r->type = 0;
+        if (getrandom(r->guid, sizeof(r->guid), 0) != sizeof(r->guid)) {
+                r->guid[0] = eng_now_ns();
+                r->guid[1] = (uint64_t)idx << 32 | (uint32_t)getpid();
+        }
+        r->epoch = sg->hdr->epoch;
+        r->depth = sg->depth;
+        ring_init_shared(&r->c2s, sg->depth, UINT32_MAX - 3 * sg->depth);
+        ring_init_shared(&r->s2c, sg->depth, UINT32_MAX - 5 * sg->depth);
+        r->sched = RUN_IDLE;
+        memset((char *)s + sizeof(s->busy), 0, sizeof(*s) - sizeof(s->busy));
+        s->idx = (uint32_t)idx;
+        s->rec = r;
+        s->srv = srv;
+        s->pidfd = -1;
+        s->live = true;
+        eng_store_release_u32(&s->busy, 0);
+        eng_store_release_u32(&r->state, ST_OFFERED);
 
-	int lrc = pthread_mutex_lock(&sg->hdr->boot);
-	if (lrc == EOWNERDEAD)
-		pthread_mutex_consistent(&sg->hdr->boot);
-	sg->hdr->offer_guid[0] = r->guid[0];
-	sg->hdr->offer_guid[1] = r->guid[1];
-	sg->hdr->offer_idx = (uint32_t)idx;
-	sg->hdr->offer_state = 1;
-	pthread_mutex_unlock(&sg->hdr->boot);
-	srv->offered = (uint32_t)idx + 1;
-	eng_faa_u32(&sg->hdr->boot_wake, 1);
-	eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
-	return 0;
+        int lrc = pthread_mutex_lock(&sg->hdr->boot);
+        if (lrc == EOWNERDEAD)
+                pthread_mutex_consistent(&sg->hdr->boot);
+        sg->hdr->offer_guid[0] = r->guid[0];
+        sg->hdr->offer_guid[1] = r->guid[1];
+        sg->hdr->offer_idx = (uint32_t)idx;
+        sg->hdr->offer_state = 1;
+        pthread_mutex_unlock(&sg->hdr->boot);
+        srv->offered = (uint32_t)idx + 1;
+        eng_faa_u32(&sg->hdr->boot_wake, 1);
+        eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
+        return 0;
 }
 
 /* A session whose process is gone: end it and every stream of it. */
 static void reap_dead(struct eng_server *srv)
 {
-	for (uint32_t i = 0; i < srv->ntab; i++) {
-		eng_sstream_t *s = &srv->tab[i];
-		if (!s->live || !s->known || s->type != REC_SESSION || s->pidfd < 0)
-			continue;
-		struct pollfd p = {.fd = s->pidfd, .events = POLLIN};
-		if (poll(&p, 1, 0) != 1)
-			continue;
-		pid_t dead = s->pid;
-		for (uint32_t j = 0; j < srv->ntab; j++) {
-			eng_sstream_t *t = &srv->tab[j];
-			if (t->live && t->pid == dead && (t->known || t->rec->owner_pid == dead)) {
-				/* Take the stream away from the workers first. */
-				uint32_t seen;
-				while (!eng_cas_u32(&t->busy, 0, 1, &seen))
-					eng_cpu_relax();
-				if (t->live)
-					finalize(srv, t, -EPIPE);
-				eng_store_release_u32(&t->busy, 0);
-			}
-		}
-	}
+        for (uint32_t i = 0; i < srv->ntab; i++) {
+                eng_sstream_t *s = &srv->tab[i];
+                if (!s->live || !s->known || s->type != REC_SESSION || s->pidfd < 0)
+                        continue;
+                struct pollfd p = {.fd = s->pidfd, .events = POLLIN};
+                if (poll(&p, 1, 0) != 1)
+                        continue;
+                pid_t dead = s->pid;
+                for (uint32_t j = 0; j < srv->ntab; j++) {
+                        eng_sstream_t *t = &srv->tab[j];
+                        if (t->live && t->pid == dead && (t->known || t->rec->owner_pid == dead)) {
+                                /* Take the stream away from the workers first. */
+                                uint32_t seen;
+                                while (!eng_cas_u32(&t->busy, 0, 1, &seen))
+                                        eng_cpu_relax();
+                                if (t->live)
+                                        finalize(srv, t, -EPIPE);
+                                eng_store_release_u32(&t->busy, 0);
+                        }
+                }
+        }
 }
 
 static void *ctl_main(void *arg)
 {
-	struct eng_server *srv = arg;
-	struct eng_seg *sg = &srv->sg;
-	uint64_t last_reap = 0;
-	while (!eng_load_relaxed_u32(&srv->stop)) {
-		uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
-		/* Was the offer taken? (read without the mutex: it only goes 1 -> 2 by clients) */
-		if (eng_load_acquire_u32(&sg->hdr->offer_state) != 1) {
-			if (srv->offered) {
-				/* Let a worker accept it promptly, even if the client stays silent. */
-				uint32_t idx = srv->offered - 1;
-				srv->offered = 0;
-				ready_post(sg, idx);
-			}
-			if (offer_new(srv) != 0) {
-				/* Full: try again when something is freed (or soon). */
-				eng_futex_wait(&sg->hdr->ctl_wake, seq, 20 * 1000000ll);
-				continue;
-			}
-			continue;
-		}
-		uint64_t now = eng_now_ns();
-		if (now - last_reap > 50 * 1000000ull) {
-			reap_dead(srv);
-			last_reap = now;
-		}
-		eng_futex_wait(&sg->hdr->ctl_wake, seq, 50 * 1000000ll);
-	}
-	return NULL;
+        struct eng_server *srv = arg;
+        struct eng_seg *sg = &srv->sg;
+        uint64_t last_reap = 0;
+        while (!eng_load_relaxed_u32(&srv->stop)) {
+                uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
+                /* Was the offer taken? (read without the mutex: it only goes 1 -> 2 by clients) */
+                if (eng_load_acquire_u32(&sg->hdr->offer_state) != 1) {
+                        if (srv->offered) {
+                                /* Let a worker accept it promptly, even if the client stays silent.
+                                 */
+                                uint32_t idx = srv->offered - 1;
+                                srv->offered = 0;
+                                ready_post(sg, idx);
+                        }
+                        if (offer_new(srv) != 0) {
+                                /* Full: try again when something is freed (or soon). */
+                                eng_futex_wait(&sg->hdr->ctl_wake, seq, 20 * 1000000ll);
+                                continue;
+                        }
+                        continue;
+                }
+                uint64_t now = eng_now_ns();
+                if (now - last_reap > 50 * 1000000ull) {
+                        reap_dead(srv);
+                        last_reap = now;
+                }
+                eng_futex_wait(&sg->hdr->ctl_wake, seq, 50 * 1000000ll);
+        }
+        return NULL;
 }
 
 int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
 {
-	eng_server_t *srv = calloc(1, sizeof(*srv));
-	if (srv == NULL)
-		return -ENOMEM;
-	srv->cfg = *cfg_in;
-	eng_server_cfg_t *cfg = &srv->cfg;
-	if (cfg->name == NULL)
-		cfg->name = "/engine-default";
-	if (cfg->size == 0)
-		cfg->size = 64ull << 20;
-	if (cfg->mode == 0)
-		cfg->mode = 0600;
-	if (cfg->transport == 0)
-		cfg->transport = ENG_TRANSPORT_LOCKFREE;
-	if (cfg->workers == 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		cfg->workers = n > 0 ? (uint32_t)n : 1;
-	}
-	if (cfg->ring_depth == 0)
-		cfg->ring_depth = 128;
-	if (cfg->spin == 0)
-		cfg->spin = 4096;
-	if (cfg->min_block_shift == 0)
-		cfg->min_block_shift = 12;
-	if (cfg->max_block_shift == 0)
-		cfg->max_block_shift = 20;
-	int rc = seg_create(&srv->sg, cfg->name, cfg->size, cfg->mode, cfg->transport,
-			    cfg->ring_depth, cfg->max_streams, cfg->min_block_shift,
-			    cfg->max_block_shift);
-	if (rc != 0) {
-		free(srv);
-		return rc;
-	}
-	srv->ntab = srv->sg.max_streams;
-	srv->tab = calloc(srv->ntab, sizeof(*srv->tab));
-	srv->workers = calloc(cfg->workers, sizeof(pthread_t));
-	if (srv->tab == NULL || srv->workers == NULL) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	for (uint32_t i = 0; i < srv->ntab; i++)
-		srv->tab[i].pidfd = -1;
-	rc = offer_new(srv);
-	if (rc != 0) {
-		eng_set_err("segment too small for a single stream record");
-		goto fail;
-	}
-	for (uint32_t i = 0; i < cfg->workers; i++) {
-		if ((rc = -pthread_create(&srv->workers[i], NULL, worker_main, srv)) != 0)
-			goto fail_threads;
-		srv->nworkers++;
-	}
-	if ((rc = -pthread_create(&srv->ctl, NULL, ctl_main, srv)) != 0)
-		goto fail_threads;
-	eng_store_release_u32(&srv->sg.hdr->state, SRV_READY);
-	*out = srv;
-	return 0;
+        eng_server_t *srv = calloc(1, sizeof(*srv));
+        if (srv == NULL)
+                return -ENOMEM;
+        srv->cfg = *cfg_in;
+        eng_server_cfg_t *cfg = &srv->cfg;
+        if (cfg->name == NULL)
+                cfg->name = "/engine-default";
+        if (cfg->size == 0)
+                cfg->size = 64ull << 20;
+        if (cfg->mode == 0)
+                cfg->mode = 0600;
+        if (cfg->transport == 0)
+                cfg->transport = ENG_TRANSPORT_LOCKFREE;
+        if (cfg->workers == 0) {
+                long n = sysconf(_SC_NPROCESSORS_ONLN);
+                cfg->workers = n > 0 ? (uint32_t)n : 1;
+        }
+        if (cfg->ring_depth == 0)
+                cfg->ring_depth = 128;
+        if (cfg->spin == 0)
+                cfg->spin = 4096;
+        if (cfg->min_block_shift == 0)
+                cfg->min_block_shift = 12;
+        if (cfg->max_block_shift == 0)
+                cfg->max_block_shift = 20;
+        int rc =
+            seg_create(&srv->sg, cfg->name, cfg->size, cfg->mode, cfg->transport, cfg->ring_depth,
+                       cfg->max_streams, cfg->min_block_shift, cfg->max_block_shift);
+        if (rc != 0) {
+                free(srv);
+                return rc;
+        }
+        srv->ntab = srv->sg.max_streams;
+        srv->tab = calloc(srv->ntab, sizeof(*srv->tab));
+        srv->workers = calloc(cfg->workers, sizeof(pthread_t));
+        if (srv->tab == NULL || srv->workers == NULL) {
+                rc = -ENOMEM;
+                goto fail;
+        }
+        for (uint32_t i = 0; i < srv->ntab; i++)
+                srv->tab[i].pidfd = -1;
+        rc = offer_new(srv);
+        if (rc != 0) {
+                eng_set_err("segment too small for a single stream record");
+                goto fail;
+        }
+        for (uint32_t i = 0; i < cfg->workers; i++) {
+                if ((rc = -pthread_create(&srv->workers[i], NULL, worker_main, srv)) != 0)
+                        goto fail_threads;
+                srv->nworkers++;
+        }
+        if ((rc = -pthread_create(&srv->ctl, NULL, ctl_main, srv)) != 0)
+                goto fail_threads;
+        eng_store_release_u32(&srv->sg.hdr->state, SRV_READY);
+        *out = srv;
+        return 0;
 fail_threads:
-	eng_store_relaxed_u32(&srv->stop, 1);
-	eng_faa_u32(&srv->sg.hdr->srv_wake, 1);
-	eng_futex_wake(&srv->sg.hdr->srv_wake, INT32_MAX);
-	for (uint32_t i = 0; i < srv->nworkers; i++)
-		pthread_join(srv->workers[i], NULL);
-	eng_set_err("cannot start server threads: %s", strerror(-rc));
+        eng_store_relaxed_u32(&srv->stop, 1);
+        eng_faa_u32(&srv->sg.hdr->srv_wake, 1);
+        eng_futex_wake(&srv->sg.hdr->srv_wake, INT32_MAX);
+        for (uint32_t i = 0; i < srv->nworkers; i++)
+                pthread_join(srv->workers[i], NULL);
+        eng_set_err("cannot start server threads: %s", strerror(-rc));
 fail:
-	shm_unlink(srv->sg.name);
-	seg_unmap(&srv->sg);
-	free(srv->tab);
-	free(srv->workers);
-	free(srv);
-	return rc;
+        shm_unlink(srv->sg.name);
+        seg_unmap(&srv->sg);
+        free(srv->tab);
+        free(srv->workers);
+        free(srv);
+        return rc;
 }
 
 void eng_server_stop(eng_server_t *srv)
 {
-	if (srv == NULL)
-		return;
-	struct eng_seg *sg = &srv->sg;
-	eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
-	eng_store_relaxed_u32(&srv->stop, 1);
-	eng_faa_u32(&sg->hdr->srv_wake, 1);
-	eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);
-	eng_faa_u32(&sg->hdr->ctl_wake, 1);
-	eng_futex_wake(&sg->hdr->ctl_wake, INT32_MAX);
-	for (uint32_t i = 0; i < srv->nworkers; i++)
-		pthread_join(srv->workers[i], NULL);
-	pthread_join(srv->ctl, NULL);
-	/* Workers are gone: end what is still open so every client learns it (-EPIPE). */
-	for (uint32_t i = 0; i < srv->ntab; i++) {
-		eng_sstream_t *s = &srv->tab[i];
-		if (s->live && s->known && !s->ended)
-			end_stream(srv, s, -ESHUTDOWN);
-		if (s->pidfd >= 0)
-			close(s->pidfd);
-	}
-	eng_store_release_u32(&sg->hdr->state, SRV_STOPPED);
-	eng_faa_u32(&sg->hdr->boot_wake, 1);
-	eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
-	shm_unlink(sg->name);
-	seg_unmap(sg);
-	free(srv->tab);
-	free(srv->workers);
-	free(srv);
+        if (srv == NULL)
+                return;
+        struct eng_seg *sg = &srv->sg;
+        eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
+        eng_store_relaxed_u32(&srv->stop, 1);
+        eng_faa_u32(&sg->hdr->srv_wake, 1);
+        eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);
+        eng_faa_u32(&sg->hdr->ctl_wake, 1);
+        eng_futex_wake(&sg->hdr->ctl_wake, INT32_MAX);
+        for (uint32_t i = 0; i < srv->nworkers; i++)
+                pthread_join(srv->workers[i], NULL);
+        pthread_join(srv->ctl, NULL);
+        /* Workers are gone: end what is still open so every client learns it (-EPIPE). */
+        for (uint32_t i = 0; i < srv->ntab; i++) {
+                eng_sstream_t *s = &srv->tab[i];
+                if (s->live && s->known && !s->ended)
+                        end_stream(srv, s, -ESHUTDOWN);
+                if (s->pidfd >= 0)
+                        close(s->pidfd);
+        }
+        eng_store_release_u32(&sg->hdr->state, SRV_STOPPED);
+        eng_faa_u32(&sg->hdr->boot_wake, 1);
+        eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
+        shm_unlink(sg->name);
+        seg_unmap(sg);
+        free(srv->tab);
+        free(srv->workers);
+        free(srv);
 }

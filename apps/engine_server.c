@@ -1,0 +1,163 @@
+/*
+ * engine-server: receives files from engine-client processes through the shared segment
+ * configured in options.xml. Serves until SIGINT/SIGTERM; then refuses new files, gives the
+ * transfers in flight a grace period to finish, ends the rest with a clear error (their
+ * temporary files are removed) and unlinks the segment. A second signal stops at once.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "options.h"
+#include "proto.h"
+
+#define GRACE_S 5
+
+static void logf_ts(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logf_ts(const char *fmt, ...)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        struct tm tm;
+        localtime_r(&ts.tv_sec, &tm);
+        char line[1024];
+        int n = (int)strftime(line, sizeof(line), "%H:%M:%S", &tm);
+        n += snprintf(line + n, sizeof(line) - (size_t)n,
+                      ".%03ld engine-server: ", ts.tv_nsec / 1000000);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "%s\n", line);
+}
+
+static void report(const eng_xfer_result_t *r, void *ctx)
+{
+        (void)ctx;
+        double s = (double)r->ns / 1e9;
+        double mbs = s > 0 ? (double)r->received / s / 1e6 : 0;
+        if (r->err == 0)
+                logf_ts("stream %u (pid %d) %s: %llu bytes in %.3f s, %.1f MB/s, verified",
+                        r->stream_id, (int)r->pid, r->name, (unsigned long long)r->size, s, mbs);
+        else
+                logf_ts("stream %u (pid %d) %s: FAILED after %llu of %llu bytes (%.3f s): %s",
+                        r->stream_id, (int)r->pid, r->name, (unsigned long long)r->received,
+                        (unsigned long long)r->size, s, r->why);
+}
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "usage: engine-server [-c FILE]\n"
+                "\n"
+                "Receive files from engine-client processes through shared memory.\n"
+                "\n"
+                "  -c, --config FILE  options file (default ./options.xml)\n"
+                "  -h, --help         this text\n"
+                "  -V, --version      version\n"
+                "\n"
+                "Stops on SIGINT/SIGTERM: transfers in flight get %d s to finish, then fail\n"
+                "cleanly (no partial file is left under a final name).\n",
+                GRACE_S);
+}
+
+int main(int argc, char **argv)
+{
+        const char *config = "options.xml";
+        static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {"version", no_argument, NULL, 'V'},
+                                           {NULL, 0, NULL, 0}};
+        int ch;
+        while ((ch = getopt_long(argc, argv, "c:hV", lo, NULL)) != -1) {
+                switch (ch) {
+                case 'c':
+                        config = optarg;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                case 'V':
+                        printf("engine-server %s\n", ENG_VERSION);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "engine-server: unexpected argument '%s'\n", argv[optind]);
+                usage(stderr);
+                return 2;
+        }
+        char err[1024];
+        eng_opts_t o;
+        if (eng_opts_load(config, &o, err, sizeof(err)) != 0) {
+                fprintf(stderr, "engine-server: %s\n", err);
+                return 2;
+        }
+
+        /* Signals are taken synchronously by the main thread; the engine's threads inherit the
+         * mask. A file-size limit must fail a write (EFBIG), not kill the server. */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        signal(SIGXFSZ, SIG_IGN);
+        signal(SIGPIPE, SIG_IGN);
+
+        eng_xfer_server_t *x;
+        eng_xfer_server_cfg_t xc = {
+            .outdir = o.outputpath, .file_mode = o.file_mode, .report = report};
+        if (eng_xfer_server_new(&xc, &x, err, sizeof(err)) != 0) {
+                fprintf(stderr, "engine-server: %s\n", err);
+                eng_opts_free(&o);
+                return 1;
+        }
+        eng_server_cfg_t sc = {.name = o.name,
+                               .size = o.size,
+                               .mode = o.seg_mode,
+                               .transport = o.transport,
+                               .workers = o.workers,
+                               .ring_depth = o.ring_depth,
+                               .spin = o.spin};
+        eng_xfer_server_hooks(x, &sc.hooks);
+        eng_server_t *srv;
+        int rc = eng_server_start(&sc, &srv);
+        if (rc != 0) {
+                fprintf(stderr, "engine-server: cannot serve %s: %s%s%s\n", o.name,
+                        eng_strerror(rc), *eng_errmsg() ? ": " : "", eng_errmsg());
+                eng_xfer_server_free(x);
+                eng_opts_free(&o);
+                return 1;
+        }
+        logf_ts("serving %s (%llu MiB, %s, %u workers), writing to %s", o.name,
+                (unsigned long long)(o.size >> 20),
+                o.transport == ENG_TRANSPORT_MUTEX ? "mutex" : "lockfree", eng_server_workers(srv),
+                o.outputpath);
+
+        int sig = sigwaitinfo(&set, NULL);
+        logf_ts("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        eng_xfer_server_drain(x);
+        struct timespec grace = {.tv_sec = 0, .tv_nsec = 50 * 1000000};
+        for (int i = 0; i < GRACE_S * 20 && eng_xfer_server_active(x) > 0; i++) {
+                if (i == 0)
+                        logf_ts("waiting up to %d s for %u transfer(s) in flight (signal again to "
+                                "stop now)",
+                                GRACE_S, eng_xfer_server_active(x));
+                if (sigtimedwait(&set, NULL, &grace) > 0)
+                        break;
+        }
+        eng_server_stop(srv); /* ends what is left: clients see the error, temp files go */
+        eng_xfer_server_free(x);
+        logf_ts("stopped; segment %s removed", o.name);
+        eng_opts_free(&o);
+        return 0;
+}
