@@ -20,8 +20,8 @@ struct eng_stream {
         uint32_t idx;
         uint32_t owner;
         struct eng_rec *rec;
-        struct ring_end out; /* c2s, we produce */
-        struct ring_end in;  /* s2c, we consume */
+        struct chan_end out; /* c2s, we produce */
+        struct chan_end in;  /* s2c, we consume */
         uint64_t seq_out, seq_in;
         int ended; /* 0, or the error the stream ended with (-EPIPE when closed by the server) */
 };
@@ -119,6 +119,31 @@ int eng_client_wait(eng_client_t *c, uint32_t ticket, int timeout_ms)
         return wait_until(c, ticket, deadline_of(c, timeout_ms));
 }
 
+/*
+ * Wait until one direction of one stream may have changed. Lock-free transport: the session
+ * word (ticket taken before the caller's attempt). Mutex transport: spin polling the queue,
+ * then its condition variable (the baseline waits the way a mutex design would).
+ */
+static int stream_wait(eng_client_t *c, struct chan_end *ch, uint32_t ticket, uint64_t deadline)
+{
+        if (!ch->mutex)
+                return wait_until(c, ticket, deadline);
+        eng_store_relaxed_u32(&c->session->rec->waiting, WAIT_NONE);
+        for (uint32_t i = 0; i < c->cfg.spin; i++) {
+                if (ch->producer ? chan_free(ch) > 0 : chan_used(ch) > 0)
+                        return 0;
+                eng_cpu_relax();
+        }
+        int rc = eng_client_check_server(c);
+        if (rc != 0)
+                return rc;
+        int64_t left = remaining_ns(deadline);
+        if (left == 0)
+                return -ETIMEDOUT;
+        chan_wait(ch, eng_now_ns() + (uint64_t)(left < SLICE_NS ? left : SLICE_NS));
+        return 0;
+}
+
 /* ---- the hand-out ------------------------------------------------------------------- */
 
 static int boot_lock(struct eng_seg *sg)
@@ -201,8 +226,10 @@ static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx)
         s->idx = idx;
         s->owner = idx + 1;
         s->rec = r;
-        ring_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth, true);
-        ring_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth, false);
+        chan_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth,
+                    (eng_transport_t)c->sg.hdr->transport, true);
+        chan_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth,
+                    (eng_transport_t)c->sg.hdr->transport, false);
         return s;
 }
 
@@ -281,7 +308,7 @@ static int stream_state(eng_stream_t *s)
 {
         if (s->ended)
                 return s->ended;
-        if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && ring_used(&s->in) == 0)
+        if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && chan_used(&s->in) == 0)
                 s->ended = -EPIPE;
         return s->ended;
 }
@@ -345,7 +372,7 @@ void eng_stream_unloan(eng_stream_t *s, uint64_t off)
 static int push(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
         struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
-        if (!ring_push_spsc(&s->out, &d))
+        if (!chan_push(&s->out, &d))
                 return -EAGAIN;
         s->seq_out++;
         sched_stream(&s->c->sg, s->rec, s->idx);
@@ -376,7 +403,7 @@ int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, u
                 int rc = eng_stream_try_send(s, cmd, arg, off, len);
                 if (rc != -EAGAIN)
                         return rc;
-                rc = wait_until(c, t, deadline);
+                rc = stream_wait(c, &s->out, t, deadline);
                 if (rc != 0)
                         return rc;
         }
@@ -385,7 +412,7 @@ int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, u
 int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
 {
         struct eng_desc d;
-        if (!ring_pop_spsc(&s->in, &d)) {
+        if (!chan_pop(&s->in, &d)) {
                 int rc = stream_state(s);
                 return rc != 0 ? rc : -EAGAIN;
         }
@@ -447,7 +474,7 @@ int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms)
                 int rc = eng_stream_try_recv(s, m);
                 if (rc != -EAGAIN)
                         return rc;
-                rc = wait_until(c, t, deadline);
+                rc = stream_wait(c, &s->in, t, deadline);
                 if (rc != 0)
                         return rc;
         }
@@ -471,7 +498,7 @@ static int stream_end(eng_stream_t *s)
                 while (rc == -EAGAIN) { /* ring full: wait for the server to drain */
                         uint32_t t = eng_client_ticket(c);
                         rc = push(s, CMD_C_CLOSE, 0, 0, 0);
-                        if (rc == -EAGAIN && (rc = wait_until(c, t, deadline)) == 0)
+                        if (rc == -EAGAIN && (rc = stream_wait(c, &s->out, t, deadline)) == 0)
                                 rc = -EAGAIN;
                 }
                 /* Wait for the acknowledgement, dropping replies still in flight. */

@@ -57,6 +57,27 @@ CK_RING_PROTOTYPE(desc, eng_desc)
 #define CL 64
 
 /*
+ * The mutex baseline's queue (transport "mutex"): the same slots and depth as the ring,
+ * guarded by a process-shared robust mutex, with one condition variable signalled on every
+ * push and pop (a queue cannot be full and empty at once, so its one producer and one
+ * consumer never wait on it together).
+ */
+struct mq {
+        pthread_mutex_t m;
+        pthread_cond_t cv;
+        uint32_t head; /* consumer counter */
+        uint32_t tail; /* producer counter */
+};
+
+/* A channel's control block: a ck_ring (lock-free) or an mq (mutex), three cache lines. */
+union rec_chan {
+        struct ck_ring r;
+        struct mq q;
+        unsigned char lines[3 * 64];
+};
+_Static_assert(sizeof(struct mq) <= 3 * 64, "mq fits the ring's lines");
+
+/*
  * A record body (the arena gives fixed-size slots; the body follows the arena's 64-byte slot
  * header). Lines are grouped by writer so that the two processes never write one cache line.
  */
@@ -78,9 +99,9 @@ struct eng_rec {
         /* line 2: session wake-up (session records): server bumps, client sleeps */
         _Alignas(CL) uint32_t wake;
         uint32_t waiting;
-        /* lines 3..5 and 6..8: the two rings' control blocks (ck_ring pads its counters) */
-        _Alignas(CL) struct ck_ring c2s;
-        _Alignas(CL) struct ck_ring s2c;
+        /* lines 3..5 and 6..8: the two channels' control blocks (ring or mutex queue) */
+        _Alignas(CL) union rec_chan c2s;
+        _Alignas(CL) union rec_chan s2c;
         /* then: struct eng_desc c2s_slots[depth], s2c_slots[depth] */
         _Alignas(CL) struct eng_desc slots[];
 };
@@ -185,7 +206,30 @@ bool ring_push_spsc(struct ring_end *e, const struct eng_desc *d);
 bool ring_pop_spsc(struct ring_end *e, struct eng_desc *d);
 uint32_t ring_used(const struct ring_end *e); /* slots holding descriptors */
 uint32_t ring_free(const struct ring_end *e); /* slots a producer can still fill */
-void ring_publish_producer(struct ring_end *e);
+
+/*
+ * Channels (chan.c): the one interface the server and client use for a direction of a
+ * stream, whatever the transport. Lock-free: the ring_* functions above. Mutex: struct mq.
+ */
+struct chan_end {
+        struct ring_end ring;
+        struct mq *q;
+        struct eng_desc *slots;
+        uint32_t mask;
+        bool mutex;
+        bool producer;
+};
+void chan_init_shared(union rec_chan *c, eng_transport_t t, uint32_t depth, uint32_t start);
+void chan_attach(struct chan_end *e, union rec_chan *c, struct eng_desc *slots, uint32_t depth,
+                 eng_transport_t t, bool producer);
+bool chan_push(struct chan_end *e, const struct eng_desc *d);
+bool chan_pop(struct chan_end *e, struct eng_desc *d);
+uint32_t chan_used(const struct chan_end *e);
+uint32_t chan_free(const struct chan_end *e);
+/* Mutex transport only: if the queue is full (producer) or empty (consumer), sleep on its
+ * condition variable once, at most until deadline (CLOCK_MONOTONIC ns). The lock-free
+ * transport waits on the session word instead (client.c); this returns at once for it. */
+void chan_wait(struct chan_end *e, uint64_t deadline);
 
 /* Ready set (ready.c): one bit per record index. */
 bool ready_set(struct eng_seg *sg, uint32_t idx); /* true if the bit was clear */

@@ -315,9 +315,9 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                 eng_set_err("ring depth %u is not a power of two in 2..65536", depth);
                 return -EINVAL;
         }
-        if (transport != ENG_TRANSPORT_LOCKFREE) {
-                eng_set_err("transport %d is not available", (int)transport);
-                return -ENOTSUP;
+        if (transport != ENG_TRANSPORT_LOCKFREE && transport != ENG_TRANSPORT_MUTEX) {
+                eng_set_err("unknown transport %d", (int)transport);
+                return -EINVAL;
         }
         int rc = seg_check_stale(name);
         if (rc != 0)
@@ -366,7 +366,8 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                 goto fail_map;
         }
         memset(base, 0, arena_off);
-        eng_arena_cfg_t acfg = {.kind = ENG_ARENA_LOCKFREE,
+        eng_arena_cfg_t acfg = {.kind = transport == ENG_TRANSPORT_MUTEX ? ENG_ARENA_MUTEX
+                                                                         : ENG_ARENA_LOCKFREE,
                                 .record_size = (uint32_t)rec_bytes(depth),
                                 .min_class_shift = min_shift,
                                 .max_class_shift = max_shift};

@@ -34,7 +34,7 @@ struct eng_sstream {
         pid_t pid;
         int pidfd;
         uint64_t seq_in, seq_out;
-        struct ring_end in, out;
+        struct chan_end in, out;
         struct eng_rec *rec;
         struct eng_server *srv;
         void *user;
@@ -96,7 +96,7 @@ void eng_sstream_free(eng_sstream_t *s, uint64_t off)
 static int push_out(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
         struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
-        if (!ring_push_spsc(&s->out, &d))
+        if (!chan_push(&s->out, &d))
                 return -EAGAIN;
         s->seq_out++;
         s->pushed = true;
@@ -178,8 +178,8 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         s->user_id = r->user_id;
         s->pid = r->owner_pid;
         s->seq_in = s->seq_out = 0;
-        ring_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, false);
-        ring_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, true);
+        chan_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, srv->cfg.transport, false);
+        chan_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, srv->cfg.transport, true);
         s->known = true;
         int rc = 0;
         if (s->type == REC_STREAM) {
@@ -241,17 +241,17 @@ static bool drain(struct eng_server *srv, eng_sstream_t *s)
         for (int n = 0; n < RUN_BATCH; n++) {
                 if (s->ended)
                         return false;
-                if (ring_free(&s->out) < 2) {
+                if (chan_free(&s->out) < 2) {
                         /* Room for a reply and a final CLOSE/ERROR is reserved: stop taking
                          * requests until the client reads. Flag, fence, re-check (Dekker with its
                          * recv). */
                         eng_store_relaxed_u32(&s->rec->want_space, 1);
                         eng_fence_full();
-                        if (ring_free(&s->out) < 2)
+                        if (chan_free(&s->out) < 2)
                                 return false;
                 }
                 struct eng_desc d;
-                if (!ring_pop_spsc(&s->in, &d))
+                if (!chan_pop(&s->in, &d))
                         return false;
                 s->pushed = true; /* a consumed slot is news for a client blocked on a full ring */
                 int rc = handle(srv, s, &d);
@@ -384,8 +384,8 @@ static int offer_new(struct eng_server *srv)
         }
         r->epoch = sg->hdr->epoch;
         r->depth = sg->depth;
-        ring_init_shared(&r->c2s, sg->depth, UINT32_MAX - 3 * sg->depth);
-        ring_init_shared(&r->s2c, sg->depth, UINT32_MAX - 5 * sg->depth);
+        chan_init_shared(&r->c2s, srv->cfg.transport, sg->depth, UINT32_MAX - 3 * sg->depth);
+        chan_init_shared(&r->s2c, srv->cfg.transport, sg->depth, UINT32_MAX - 5 * sg->depth);
         r->sched = RUN_IDLE;
         memset((char *)s + sizeof(s->busy), 0, sizeof(*s) - sizeof(s->busy));
         s->idx = (uint32_t)idx;
