@@ -189,8 +189,12 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         } else if (s->type != REC_SESSION) {
                 rc = -EPROTO;
         }
-        if (rc == 0 && s->pid > 0 && s->type == REC_SESSION)
-                s->pidfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
+        if (rc == 0 && s->type == REC_SESSION) {
+                /* Watch the client process; if it is already gone, so is the session. */
+                s->pidfd = s->pid > 0 ? (int)syscall(SYS_pidfd_open, s->pid, 0) : -1;
+                if (s->pidfd < 0)
+                        rc = -ESRCH;
+        }
         if (rc == 0 && s->type == REC_STREAM && srv->cfg.hooks.on_open)
                 rc = srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx);
         if (rc == 0) {
@@ -293,6 +297,9 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
                         int rc = accept_stream(srv, s);
                         if (rc == -EAGAIN) {
                                 /* still on offer (a stray wake-up): leave it idle */
+                        } else if (rc == -ESRCH) {
+                                finalize(srv, s, -EPIPE); /* claimed by a dead process */
+                                goto out;
                         } else if (rc < 0) {
                                 end_stream(srv, s, rc);
                         }
