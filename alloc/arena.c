@@ -27,6 +27,20 @@ const char *eng_arena_kind_name(eng_arena_kind_t k)
         return "unknown";
 }
 
+/* Copy the immutable geometry into the private view (see arena.h). */
+static void arena_take_geometry(eng_arena_t *a)
+{
+        const struct eng_arena_hdr *h = a->hdr;
+        a->kind = (eng_arena_kind_t)h->kind;
+        a->min_shift = h->min_shift;
+        a->max_shift = h->max_shift;
+        a->nclasses = h->nclasses;
+        a->rec_base = h->rec_base;
+        a->rec_stride = h->rec_stride;
+        a->top = h->top;
+        a->rec_slots_max = h->rec_slots_max;
+}
+
 int eng_arena_format(eng_arena_t *a, void *base, uint64_t size, const eng_arena_cfg_t *cfg)
 {
         if (a == NULL || base == NULL || cfg == NULL || ((uintptr_t)base & 63u) != 0)
@@ -68,6 +82,7 @@ int eng_arena_format(eng_arena_t *a, void *base, uint64_t size, const eng_arena_
         a->base = base;
         a->size = size;
         a->hdr = h;
+        arena_take_geometry(a);
         int rc = cfg->kind == ENG_ARENA_LOCKFREE ? lf_format(a) : mx_format(a);
         if (rc != 0)
                 return rc;
@@ -90,17 +105,20 @@ int eng_arena_attach(eng_arena_t *a, void *base, uint64_t size)
             h->rec_base != ARENA_HDR_BYTES || h->top > size || h->top <= h->rec_base ||
             h->rec_stride < 128 || (h->rec_stride & 63u) || h->min_shift < 7 || h->max_shift > 30 ||
             h->min_shift > h->max_shift ||
-            (h->kind == ENG_ARENA_LOCKFREE && h->nclasses != h->max_shift - h->min_shift + 1))
+            h->rec_slots_max != (h->top - h->rec_base) / h->rec_stride ||
+            (h->kind == ENG_ARENA_LOCKFREE && (h->nclasses != h->max_shift - h->min_shift + 1 ||
+                                               h->top % ((uint64_t)1 << h->max_shift) != 0)))
                 return -EUCLEAN;
         a->base = base;
         a->size = size;
         a->hdr = h;
+        arena_take_geometry(a);
         return 0;
 }
 
 eng_arena_kind_t eng_arena_kind(const eng_arena_t *a)
 {
-        return (eng_arena_kind_t)a->hdr->kind;
+        return (eng_arena_kind_t)a->kind;
 }
 
 void *eng_arena_ptr(const eng_arena_t *a, uint64_t off, uint64_t len)
@@ -147,33 +165,34 @@ static uint64_t rec_top(const eng_arena_t *a)
 
 int64_t eng_arena_rec_index(const eng_arena_t *a, uint64_t off)
 {
-        const struct eng_arena_hdr *h = a->hdr;
-        if (off < h->rec_base + ENG_ARENA_HDR_BYTES)
+        if (off < a->rec_base + ENG_ARENA_HDR_BYTES)
                 return -1;
-        uint64_t slot = off - ENG_ARENA_HDR_BYTES - h->rec_base;
-        if (slot % h->rec_stride != 0 || off + h->rec_stride - ENG_ARENA_HDR_BYTES > rec_top(a))
+        uint64_t slot = off - ENG_ARENA_HDR_BYTES - a->rec_base;
+        uint64_t rt = rec_top(a);
+        if (slot % a->rec_stride != 0 || off >= rt ||
+            rt - (off - ENG_ARENA_HDR_BYTES) < a->rec_stride)
                 return -1;
-        return (int64_t)(slot / h->rec_stride);
+        return (int64_t)(slot / a->rec_stride);
 }
 
 uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index)
 {
-        return a->hdr->rec_base + index * a->hdr->rec_stride + ENG_ARENA_HDR_BYTES;
+        return a->rec_base + index * a->rec_stride + ENG_ARENA_HDR_BYTES;
 }
 
 uint64_t eng_arena_rec_slots(const eng_arena_t *a)
 {
-        return (rec_top(a) - a->hdr->rec_base) / a->hdr->rec_stride;
+        return (rec_top(a) - a->rec_base) / a->rec_stride;
 }
 
 uint64_t eng_arena_rec_stride(const eng_arena_t *a)
 {
-        return a->hdr->rec_stride;
+        return a->rec_stride;
 }
 
 uint64_t eng_arena_rec_max_slots(const eng_arena_t *a)
 {
-        return a->hdr->rec_slots_max;
+        return a->rec_slots_max;
 }
 
 /*
@@ -191,8 +210,8 @@ int arena_rec_alloc_common(eng_arena_t *a, uint32_t owner, uint64_t *off)
                 if (u == 0)
                         break;
                 uint64_t s = units_to_off(u);
-                if (s < h->rec_base || (s - h->rec_base) % h->rec_stride ||
-                    s + h->rec_stride > rec_top(a)) {
+                if (s < a->rec_base || (s - a->rec_base) % a->rec_stride ||
+                    s + a->rec_stride > rec_top(a)) {
                         eng_faa_u64(&h->bad_frees, 1); /* corrupted list: stop using it */
                         break;
                 }
@@ -209,10 +228,10 @@ int arena_rec_alloc_common(eng_arena_t *a, uint32_t owner, uint64_t *off)
                 for (;;) {
                         uint64_t rt = units_to_off(marks_rec_top(m));
                         uint64_t bb = units_to_off(marks_buf_bottom(m));
-                        if (rt + h->rec_stride > bb)
+                        if (rt + a->rec_stride > bb)
                                 return -ENOMEM;
                         uint64_t nm =
-                            marks_pack(off_to_units(rt + h->rec_stride), marks_buf_bottom(m));
+                            marks_pack(off_to_units(rt + a->rec_stride), marks_buf_bottom(m));
                         if (eng_cas_u64(&h->marks, m, nm, &m)) {
                                 slot = rt;
                                 break;
@@ -257,14 +276,14 @@ int arena_rec_free_common(eng_arena_t *a, uint64_t off)
 
 int eng_arena_rec_alloc(eng_arena_t *a, uint32_t owner, uint64_t *off)
 {
-        if (a->hdr->kind == ENG_ARENA_MUTEX)
+        if (a->kind == ENG_ARENA_MUTEX)
                 return mx_rec_alloc(a, owner, off);
         return arena_rec_alloc_common(a, owner, off);
 }
 
 int eng_arena_rec_free(eng_arena_t *a, uint64_t off)
 {
-        if (a->hdr->kind == ENG_ARENA_MUTEX)
+        if (a->kind == ENG_ARENA_MUTEX)
                 return mx_rec_free(a, off);
         return arena_rec_free_common(a, off);
 }
@@ -273,14 +292,14 @@ int eng_arena_rec_free(eng_arena_t *a, uint64_t off)
 
 int eng_arena_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
 {
-        if (a->hdr->kind == ENG_ARENA_MUTEX)
+        if (a->kind == ENG_ARENA_MUTEX)
                 return mx_alloc(a, len, owner, off);
         return lf_alloc(a, len, owner, off);
 }
 
 int eng_arena_free(eng_arena_t *a, uint64_t off)
 {
-        int rc = a->hdr->kind == ENG_ARENA_MUTEX ? mx_free(a, off) : lf_free(a, off);
+        int rc = a->kind == ENG_ARENA_MUTEX ? mx_free(a, off) : lf_free(a, off);
         if (rc == 0)
                 arena_wake_space_waiters(a);
         else
@@ -290,14 +309,14 @@ int eng_arena_free(eng_arena_t *a, uint64_t off)
 
 uint64_t eng_arena_capacity(const eng_arena_t *a, uint64_t off)
 {
-        return a->hdr->kind == ENG_ARENA_MUTEX ? mx_capacity(a, off) : lf_capacity(a, off);
+        return a->kind == ENG_ARENA_MUTEX ? mx_capacity(a, off) : lf_capacity(a, off);
 }
 
 uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off)
 {
         uint64_t blk, w;
-        int rc = a->hdr->kind == ENG_ARENA_MUTEX ? mx_block_of(a, off, &blk, &w)
-                                                 : lf_block_of(a, off, &blk, &w);
+        int rc = a->kind == ENG_ARENA_MUTEX ? mx_block_of(a, off, &blk, &w)
+                                            : lf_block_of(a, off, &blk, &w);
         if (rc != 0 || blk_state(w) != BLK_USED)
                 return 0;
         return blk_owner(w);
@@ -305,14 +324,14 @@ uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off)
 
 uint64_t eng_arena_max_alloc(const eng_arena_t *a)
 {
-        return a->hdr->kind == ENG_ARENA_MUTEX ? mx_max_alloc(a) : lf_max_alloc(a);
+        return a->kind == ENG_ARENA_MUTEX ? mx_max_alloc(a) : lf_max_alloc(a);
 }
 
 int64_t eng_arena_reclaim(eng_arena_t *a, uint32_t owner)
 {
         if (owner == 0)
                 return -EINVAL;
-        int64_t n = a->hdr->kind == ENG_ARENA_MUTEX ? mx_reclaim(a, owner) : lf_reclaim(a, owner);
+        int64_t n = a->kind == ENG_ARENA_MUTEX ? mx_reclaim(a, owner) : lf_reclaim(a, owner);
         if (n > 0)
                 arena_wake_space_waiters(a);
         return n;
@@ -323,23 +342,23 @@ void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st)
         const struct eng_arena_hdr *h = a->hdr;
         memset(st, 0, sizeof(*st));
         uint64_t m = eng_load_acquire_u64((uint64_t *)&h->marks);
-        st->kind = (eng_arena_kind_t)h->kind;
+        st->kind = (eng_arena_kind_t)a->kind;
         st->size = h->size;
-        st->rec_base = h->rec_base;
-        st->top = h->top;
+        st->rec_base = a->rec_base;
+        st->top = a->top;
         st->rec_top = units_to_off(marks_rec_top(m));
         st->buf_bottom = units_to_off(marks_buf_bottom(m));
-        st->rec_stride = h->rec_stride;
+        st->rec_stride = a->rec_stride;
         st->rec_used = eng_load_relaxed_u64((uint64_t *)&h->rec_used);
         st->rec_free = eng_load_relaxed_u64((uint64_t *)&h->rec_free);
         st->bad_frees = eng_load_relaxed_u64((uint64_t *)&h->bad_frees);
-        if (h->kind == ENG_ARENA_MUTEX)
+        if (a->kind == ENG_ARENA_MUTEX)
                 mx_stats(a, st);
         else
                 lf_stats(a, st);
 }
 
-int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen)
+static int arena_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen)
 {
         char tmp[8];
         if (why == NULL) {
@@ -350,19 +369,21 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen)
         const struct eng_arena_hdr *h = a->hdr;
         uint64_t m = h->marks;
         uint64_t rt = units_to_off(marks_rec_top(m)), bb = units_to_off(marks_buf_bottom(m));
-        if (rt < h->rec_base || rt > bb || bb > h->top || (rt - h->rec_base) % h->rec_stride) {
+        if (rt < a->rec_base || rt > bb || bb > a->top || (rt - a->rec_base) % a->rec_stride) {
                 snprintf(why, whylen, "watermarks out of order: rec_top %llu buf_bottom %llu",
                          (unsigned long long)rt, (unsigned long long)bb);
                 return -EUCLEAN;
         }
         /* Records: every carved slot is used or on the free list, and the list is exact. */
-        uint64_t nslots = (rt - h->rec_base) / h->rec_stride, used = 0, freed = 0;
+        uint64_t nslots = (rt - a->rec_base) / a->rec_stride, used = 0, freed = 0;
         for (uint64_t i = 0; i < nslots; i++) {
-                uint64_t w = blk_at(a, h->rec_base + i * h->rec_stride)->word;
+                uint64_t w = blk_at(a, a->rec_base + i * a->rec_stride)->word;
                 if (blk_magic(w) == BLK_MAGIC && blk_state(w) == BLK_RUSED)
                         used++;
                 else if (blk_magic(w) == BLK_MAGIC && blk_state(w) == BLK_RFREE)
                         freed++;
+                else if (leaked != NULL && w == 0)
+                        *leaked += a->rec_stride; /* carved by a process killed at once */
                 else {
                         snprintf(why, whylen, "record slot %llu has a bad header",
                                  (unsigned long long)i);
@@ -373,13 +394,13 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen)
         for (uint32_t u = head_units(h->rec_head); u != 0;
              u = (uint32_t)blk_at(a, units_to_off(u))->next) {
                 uint64_t s = units_to_off(u);
-                if (s < h->rec_base || s >= rt || (s - h->rec_base) % h->rec_stride ||
+                if (s < a->rec_base || s >= rt || (s - a->rec_base) % a->rec_stride ||
                     blk_state(blk_at(a, s)->word) != BLK_RFREE || ++listed > freed) {
                         snprintf(why, whylen, "record free list is corrupt");
                         return -EUCLEAN;
                 }
         }
-        if (listed != freed || used != h->rec_used || freed != h->rec_free) {
+        if (listed != freed || (leaked == NULL && (used != h->rec_used || freed != h->rec_free))) {
                 snprintf(why, whylen,
                          "records: %llu used, %llu free, %llu listed; counters say %llu/%llu",
                          (unsigned long long)used, (unsigned long long)freed,
@@ -387,5 +408,17 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen)
                          (unsigned long long)h->rec_free);
                 return -EUCLEAN;
         }
-        return h->kind == ENG_ARENA_MUTEX ? mx_check(a, why, whylen) : lf_check(a, why, whylen);
+        return a->kind == ENG_ARENA_MUTEX ? mx_check(a, leaked, why, whylen)
+                                          : lf_check(a, leaked, why, whylen);
+}
+
+int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen)
+{
+        return arena_check(a, NULL, why, whylen);
+}
+
+int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen)
+{
+        *leaked = 0;
+        return arena_check(a, leaked, why, whylen);
 }

@@ -59,6 +59,12 @@ typedef struct eng_arena {
         unsigned char *base;
         uint64_t size;
         struct eng_arena_hdr *hdr;
+        /* Private copies of the immutable geometry, taken at format/attach: every bound the
+         * allocator checks comes from here, never from the shared header a peer could
+         * scribble on, so a corrupted header cannot make us touch memory outside the region. */
+        eng_arena_kind_t kind;
+        uint32_t min_shift, max_shift, nclasses;
+        uint64_t rec_base, rec_stride, top, rec_slots_max;
 } eng_arena_t;
 
 typedef struct eng_arena_class_stats {
@@ -128,6 +134,16 @@ void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st);
  * Returns 0 if consistent, else -EUCLEAN with a reason in why (if non-NULL).
  */
 int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
+
+/*
+ * The same walk, tolerating what a process SIGKILLed inside an allocation can leave behind:
+ * a superblock carved but not yet split, a buddy whose header was written but which was not
+ * yet pushed, a record slot carved but not yet stamped (all three: nobody's, lost until the
+ * segment is recreated; their bytes go to *leaked), and counters off by the operations that
+ * were in flight. Any corruption of the lists still fails. The mutex arena repairs itself at
+ * the next lock, so it never leaks.
+ */
+int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 
 /*
  * A word that changes on every buffer free, for callers that wait for space: read it, retry

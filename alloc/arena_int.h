@@ -161,7 +161,7 @@ int lf_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off);
 int lf_free(eng_arena_t *a, uint64_t off);
 int64_t lf_reclaim(eng_arena_t *a, uint32_t owner);
 void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st);
-int lf_check(const eng_arena_t *a, char *why, size_t whylen);
+int lf_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 uint64_t lf_capacity(const eng_arena_t *a, uint64_t off);
 uint64_t lf_max_alloc(const eng_arena_t *a);
 int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word);
@@ -172,13 +172,13 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off);
 int mx_free(eng_arena_t *a, uint64_t off);
 int64_t mx_reclaim(eng_arena_t *a, uint32_t owner);
 void mx_stats(const eng_arena_t *a, eng_arena_stats_t *st);
-int mx_check(const eng_arena_t *a, char *why, size_t whylen);
+int mx_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 uint64_t mx_capacity(const eng_arena_t *a, uint64_t off);
 uint64_t mx_max_alloc(const eng_arena_t *a);
 int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word);
 int mx_rec_alloc(eng_arena_t *a, uint32_t owner, uint64_t *off);
 int mx_rec_free(eng_arena_t *a, uint64_t off);
-int arena_mx_lock(struct eng_arena_hdr *h);
-void arena_mx_unlock(struct eng_arena_hdr *h);
+int arena_mx_lock(eng_arena_t *a);
+void arena_mx_unlock(eng_arena_t *a);
 
 #endif

@@ -23,18 +23,19 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "arena_int.h"
 
-static inline uint64_t sb_bytes(const struct eng_arena_hdr *h)
+static inline uint64_t sb_bytes(const eng_arena_t *a)
 {
-        return (uint64_t)1 << h->max_shift;
+        return (uint64_t)1 << a->max_shift;
 }
 
-static inline uint64_t cls_bytes(const struct eng_arena_hdr *h, uint32_t c)
+static inline uint64_t cls_bytes(const eng_arena_t *a, uint32_t c)
 {
-        return (uint64_t)1 << (h->min_shift + c);
+        return (uint64_t)1 << (a->min_shift + c);
 }
 
 int lf_format(eng_arena_t *a)
@@ -45,16 +46,16 @@ int lf_format(eng_arena_t *a)
 
 uint64_t lf_max_alloc(const eng_arena_t *a)
 {
-        return sb_bytes(a->hdr) - ENG_ARENA_HDR_BYTES;
+        return sb_bytes(a) - ENG_ARENA_HDR_BYTES;
 }
 
-static int class_for(const struct eng_arena_hdr *h, uint64_t len, uint32_t *c)
+static int class_for(const eng_arena_t *a, uint64_t len, uint32_t *c)
 {
         uint64_t need = len + ENG_ARENA_HDR_BYTES;
-        if (len > sb_bytes(h) - ENG_ARENA_HDR_BYTES)
+        if (len > sb_bytes(a) - ENG_ARENA_HDR_BYTES)
                 return -E2BIG;
         uint32_t k = 0;
-        while (cls_bytes(h, k) < need)
+        while (cls_bytes(a, k) < need)
                 k++;
         *c = k;
         return 0;
@@ -65,8 +66,8 @@ static bool lf_block_ok(const eng_arena_t *a, uint64_t blk, uint32_t c)
 {
         const struct eng_arena_hdr *h = a->hdr;
         uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-        return c < h->nclasses && blk >= bb && blk < h->top && (blk & (cls_bytes(h, c) - 1)) == 0 &&
-               blk + cls_bytes(h, c) <= h->top;
+        return c < a->nclasses && blk >= bb && blk < a->top && (blk & (cls_bytes(a, c) - 1)) == 0 &&
+               blk + cls_bytes(a, c) <= a->top;
 }
 
 static void lf_push(eng_arena_t *a, uint32_t c, uint64_t blk)
@@ -113,7 +114,7 @@ static bool lf_pop(eng_arena_t *a, uint32_t c, uint64_t *blk)
 static bool lf_carve(eng_arena_t *a, uint64_t *blk)
 {
         struct eng_arena_hdr *h = a->hdr;
-        uint64_t sb = sb_bytes(h);
+        uint64_t sb = sb_bytes(a);
         uint64_t m = eng_load_acquire_u64(&h->marks);
         for (;;) {
                 uint64_t rt = units_to_off(marks_rec_top(m));
@@ -135,39 +136,117 @@ static bool lf_carve(eng_arena_t *a, uint64_t *blk)
  */
 static void lf_split_claim(eng_arena_t *a, uint64_t blk, uint32_t j, uint32_t c, uint32_t owner)
 {
-        struct eng_arena_hdr *h = a->hdr;
         for (uint32_t s = j; s-- > c;) {
-                struct blk_hdr *bd = blk_at(a, blk + cls_bytes(h, s));
-                bd->bytes = cls_bytes(h, s);
+                struct blk_hdr *bd = blk_at(a, blk + cls_bytes(a, s));
+                bd->bytes = cls_bytes(a, s);
                 bd->next = 0;
                 eng_store_relaxed_u64(&bd->word, blk_word(s, BLK_FREE, 0));
         }
         struct blk_hdr *b = blk_at(a, blk);
-        b->bytes = cls_bytes(h, c);
+        b->bytes = cls_bytes(a, c);
         b->next = 0;
         eng_store_release_u64(&b->word, blk_word(c, BLK_USED, owner));
         for (uint32_t s = j; s-- > c;)
-                lf_push(a, s, blk + cls_bytes(h, s));
+                lf_push(a, s, blk + cls_bytes(a, s));
+}
+
+struct frag {
+        uint64_t off;
+        uint32_t c;
+};
+
+static int frag_cmp(const void *x, const void *y)
+{
+        const struct frag *p = x, *q = y;
+        return p->off < q->off ? -1 : p->off > q->off;
+}
+
+/*
+ * Coalescing, on the failure path only. Pop every free block below the largest class (each
+ * pop makes the block exclusively ours, exactly as an allocation would), merge buddy pairs
+ * (a 2^k block at an offset that is a multiple of 2^(k+1) and the 2^k block right after it),
+ * cascading upwards, then write each merged block's header (release) and push everything
+ * back. Only pops and pushes touch shared state, so every invariant of the lists and of the
+ * walk holds throughout: a walker that read the old, smaller header steps onto the old buddy
+ * header, which we leave intact inside the merged block. Blocks freed meanwhile by others are
+ * simply not merged this time. Returns true if anything merged.
+ */
+static bool lf_coalesce(eng_arena_t *a)
+{
+        size_t n = 0, cap = 1024;
+        struct frag *v = malloc(cap * sizeof(*v));
+        if (v == NULL)
+                return false;
+        for (uint32_t c = 0; c + 1 < a->nclasses; c++) {
+                uint64_t b;
+                while (lf_pop(a, c, &b)) {
+                        if (n == cap) {
+                                struct frag *w = realloc(v, 2 * cap * sizeof(*v));
+                                if (w == NULL) {
+                                        lf_push(a, c, b);
+                                        goto merge;
+                                }
+                                v = w;
+                                cap *= 2;
+                        }
+                        v[n++] = (struct frag){.off = b, .c = c};
+                }
+        }
+merge:
+        qsort(v, n, sizeof(*v), frag_cmp);
+        bool merged = false;
+        size_t m = 0; /* v[0..m) is the merged prefix */
+        for (size_t i = 0; i < n; i++) {
+                v[m++] = v[i];
+                while (m >= 2) {
+                        struct frag *lo = &v[m - 2], *hi = &v[m - 1];
+                        uint64_t sz = cls_bytes(a, lo->c);
+                        if (lo->c != hi->c || lo->c + 1 >= a->nclasses ||
+                            (lo->off & (2 * sz - 1)) || hi->off != lo->off + sz)
+                                break;
+                        lo->c++;
+                        m--;
+                        merged = true;
+                }
+        }
+        for (size_t i = 0; i < m; i++) {
+                struct blk_hdr *b = blk_at(a, v[i].off);
+                uint64_t w = blk_word(v[i].c, BLK_FREE, 0);
+                if (eng_load_relaxed_u64(&b->word) != w) {
+                        b->bytes = cls_bytes(a, v[i].c);
+                        eng_store_release_u64(&b->word, w);
+                }
+                lf_push(a, v[i].c, v[i].off);
+        }
+        free(v);
+        return merged;
 }
 
 int lf_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
 {
         struct eng_arena_hdr *h = a->hdr;
         uint32_t c;
-        int rc = class_for(h, len, &c);
+        int rc = class_for(a, len, &c);
         if (rc != 0)
                 return rc;
         uint64_t blk;
         uint32_t j = c;
         /* Own class, then split a larger free block, then carve fresh space: splitting before
          * carving keeps the gap between the watermarks for records (stream opens). */
-        for (; j < h->nclasses; j++) {
+        for (; j < a->nclasses; j++) {
                 if (lf_pop(a, j, &blk))
                         goto got;
         }
         if (lf_carve(a, &blk)) {
-                j = h->nclasses - 1;
+                j = a->nclasses - 1;
                 goto got;
+        }
+        /* Enough bytes may be free in smaller pieces: merge buddies and look once more. */
+        if (lf_coalesce(a)) {
+                for (j = c; j < a->nclasses; j++) {
+                        if (lf_pop(a, j, &blk))
+                                goto got;
+                }
         }
         eng_faa_u64(&h->cls[c].failed, 1);
         return -ENOMEM;
@@ -184,7 +263,7 @@ int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *wor
         if (off < ENG_ARENA_HDR_BYTES || (off & 63u))
                 return -EINVAL;
         uint64_t b = off - ENG_ARENA_HDR_BYTES;
-        if (b < a->hdr->rec_base || b >= a->hdr->top)
+        if (b < a->rec_base || b >= a->top)
                 return -EINVAL;
         uint64_t w = eng_load_acquire_u64(&blk_at(a, b)->word);
         if (blk_magic(w) != BLK_MAGIC || !lf_block_ok(a, b, blk_class(w)))
@@ -199,7 +278,7 @@ uint64_t lf_capacity(const eng_arena_t *a, uint64_t off)
         uint64_t b, w;
         if (lf_block_of(a, off, &b, &w) != 0 || blk_state(w) != BLK_USED)
                 return 0;
-        return cls_bytes(a->hdr, blk_class(w)) - ENG_ARENA_HDR_BYTES;
+        return cls_bytes(a, blk_class(w)) - ENG_ARENA_HDR_BYTES;
 }
 
 /* USED -> FREE by CAS (a second free of the same block finds FREE and is refused). */
@@ -238,9 +317,9 @@ typedef int (*lf_visit_fn)(eng_arena_t *a, uint64_t blk, uint64_t word, void *ar
 static int lf_walk(const eng_arena_t *a, lf_visit_fn fn, void *arg, uint64_t *unborn)
 {
         const struct eng_arena_hdr *h = a->hdr;
-        uint64_t sb = sb_bytes(h);
+        uint64_t sb = sb_bytes(a);
         uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-        for (uint64_t s = h->top; s >= bb + sb; s -= sb) {
+        for (uint64_t s = a->top; s >= bb + sb; s -= sb) {
                 uint64_t start = s - sb;
                 uint64_t w = eng_load_acquire_u64(&blk_at(a, start)->word);
                 if (w == 0) {
@@ -251,13 +330,13 @@ static int lf_walk(const eng_arena_t *a, lf_visit_fn fn, void *arg, uint64_t *un
                 for (uint64_t o = start; o < s;) {
                         w = eng_load_acquire_u64(&blk_at(a, o)->word);
                         uint32_t c = blk_class(w);
-                        if (blk_magic(w) != BLK_MAGIC || c >= h->nclasses ||
-                            (o & (cls_bytes(h, c) - 1)) || o + cls_bytes(h, c) > s)
+                        if (blk_magic(w) != BLK_MAGIC || c >= a->nclasses ||
+                            (o & (cls_bytes(a, c) - 1)) || o + cls_bytes(a, c) > s)
                                 return -EUCLEAN; /* corrupted header: stop, never step blindly */
                         int rc = fn((eng_arena_t *)a, o, w, arg);
                         if (rc != 0)
                                 return rc;
-                        o += cls_bytes(h, c);
+                        o += cls_bytes(a, c);
                 }
         }
         return 0;
@@ -287,11 +366,11 @@ int64_t lf_reclaim(eng_arena_t *a, uint32_t owner)
 void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st)
 {
         const struct eng_arena_hdr *h = a->hdr;
-        st->nclasses = h->nclasses;
-        for (uint32_t c = 0; c < h->nclasses; c++) {
+        st->nclasses = a->nclasses;
+        for (uint32_t c = 0; c < a->nclasses; c++) {
                 struct arena_class *k = (struct arena_class *)&h->cls[c];
                 eng_arena_class_stats_t *cs = &st->cls[c];
-                cs->block_bytes = cls_bytes(h, c);
+                cs->block_bytes = cls_bytes(a, c);
                 cs->used_blocks = eng_load_relaxed_u64(&k->used_blocks);
                 cs->free_blocks = eng_load_relaxed_u64(&k->free_blocks);
                 cs->allocs = eng_load_relaxed_u64(&k->allocs);
@@ -322,11 +401,11 @@ static int check_one(eng_arena_t *a, uint64_t blk, uint64_t w, void *arg)
                 ck->freed[c]++;
         else
                 return -EUCLEAN;
-        ck->bytes += cls_bytes(a->hdr, c);
+        ck->bytes += cls_bytes(a, c);
         return 0;
 }
 
-int lf_check(const eng_arena_t *a, char *why, size_t whylen)
+int lf_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen)
 {
         const struct eng_arena_hdr *h = a->hdr;
         struct check_arg ck;
@@ -337,13 +416,15 @@ int lf_check(const eng_arena_t *a, char *why, size_t whylen)
                 return -EUCLEAN;
         }
         uint64_t bb = units_to_off(marks_buf_bottom(h->marks));
-        if (unborn != 0 || ck.bytes != h->top - bb) {
+        if (ck.bytes + unborn * sb_bytes(a) != a->top - bb || (leaked == NULL && unborn != 0)) {
                 snprintf(why, whylen, "walked %llu bytes of %llu (%llu unborn superblocks)",
-                         (unsigned long long)ck.bytes, (unsigned long long)(h->top - bb),
+                         (unsigned long long)ck.bytes, (unsigned long long)(a->top - bb),
                          (unsigned long long)unborn);
                 return -EUCLEAN;
         }
-        for (uint32_t c = 0; c < h->nclasses; c++) {
+        if (leaked)
+                *leaked += unborn * sb_bytes(a);
+        for (uint32_t c = 0; c < a->nclasses; c++) {
                 uint64_t listed = 0;
                 for (uint32_t u = head_units(h->cls[c].head); u != 0;
                      u = (uint32_t)blk_at(a, units_to_off(u))->next) {
@@ -355,8 +436,15 @@ int lf_check(const eng_arena_t *a, char *why, size_t whylen)
                                 return -EUCLEAN;
                         }
                 }
-                if (listed != ck.freed[c] || listed != h->cls[c].free_blocks ||
-                    ck.used[c] != h->cls[c].used_blocks) {
+                /* A free block on no list can only come from a process killed between
+                 * writing a buddy's header and pushing it: nobody's, lost, not corrupt. */
+                bool exact = listed == ck.freed[c] && listed == h->cls[c].free_blocks &&
+                             ck.used[c] == h->cls[c].used_blocks;
+                if (leaked != NULL && listed <= ck.freed[c]) {
+                        *leaked += (ck.freed[c] - listed) * cls_bytes(a, c);
+                        exact = true;
+                }
+                if (!exact) {
                         snprintf(why, whylen,
                                  "class %u: walked %llu used/%llu free, listed %llu, counters "
                                  "%llu/%llu",

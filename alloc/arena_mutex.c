@@ -31,54 +31,73 @@ static void mx_set_bb(eng_arena_t *a, uint64_t bb)
                 ;
 }
 
-/* Rebuild the free list and counters from the headers after a holder died. */
+/*
+ * Rebuild the free list and counters from the headers after a holder died. Every path that
+ * changes the block layout writes the new headers before it makes them reachable (a carved
+ * block's header before buf_bottom moves, a split-off tail's header before the front
+ * shrinks), so the walk from buf_bottom always finds valid headers; adjacent free blocks are
+ * merged and a free block at buf_bottom goes back to the gap, as mx_free_locked would do.
+ */
 static void mx_repair(eng_arena_t *a)
 {
         struct eng_arena_hdr *h = a->hdr;
         uint64_t prev = 0, bb = mx_bb(a);
         h->mx_free_head = 0;
         h->mx_used_blocks = h->mx_used_bytes = h->mx_free_blocks = h->mx_free_bytes = 0;
-        for (uint64_t o = bb; o < h->top;) {
+        for (uint64_t o = bb; o < a->top;) {
                 struct blk_hdr *b = blk_at(a, o);
-                if (blk_magic(b->word) != BLK_MAGIC || b->bytes < 128 || (b->bytes & 63u) ||
-                    b->bytes > h->top - o) {
-                        /* Unrecoverable tail: hand everything below o... to nobody; make the rest
-                         * one free block so the arena stays usable. */
-                        b->bytes = h->top - o;
+                if (blk_magic(b->word) != BLK_MAGIC || b->bytes < MX_MIN_SPLIT ||
+                    (b->bytes & 63u) || b->bytes > a->top - o) {
+                        /* Only a scribbler gets here: make the rest one free block so the
+                         * arena stays usable (whatever it held is lost). */
+                        b->bytes = a->top - o;
                         b->word = blk_word(0, BLK_FREE, 0);
                 }
+                uint64_t bytes = b->bytes;
                 if (blk_state(b->word) == BLK_FREE) {
                         b->next = 0;
-                        if (prev)
-                                blk_at(a, prev)->next = off_to_units(o);
-                        else
-                                h->mx_free_head = off_to_units(o);
-                        prev = o;
-                        h->mx_free_blocks++;
-                        h->mx_free_bytes += b->bytes;
+                        h->mx_free_bytes += bytes;
+                        if (prev && prev + blk_at(a, prev)->bytes == o) {
+                                blk_at(a, prev)->bytes += bytes; /* merge */
+                        } else {
+                                if (prev)
+                                        blk_at(a, prev)->next = off_to_units(o);
+                                else
+                                        h->mx_free_head = off_to_units(o);
+                                prev = o;
+                                h->mx_free_blocks++;
+                        }
                 } else {
                         h->mx_used_blocks++;
-                        h->mx_used_bytes += b->bytes;
+                        h->mx_used_bytes += bytes;
                 }
-                o += b->bytes;
+                o += bytes;
+        }
+        uint64_t first = units_to_off((uint32_t)h->mx_free_head);
+        if (first != 0 && first == bb) {
+                struct blk_hdr *b = blk_at(a, first);
+                h->mx_free_head = b->next;
+                h->mx_free_blocks--;
+                h->mx_free_bytes -= b->bytes;
+                mx_set_bb(a, first + b->bytes);
         }
 }
 
-int arena_mx_lock(struct eng_arena_hdr *h)
+int arena_mx_lock(eng_arena_t *a)
 {
+        struct eng_arena_hdr *h = a->hdr;
         int rc = pthread_mutex_lock(&h->mx);
         if (rc == EOWNERDEAD) {
-                eng_arena_t a = {.base = (unsigned char *)h, .size = h->size, .hdr = h};
-                mx_repair(&a);
+                mx_repair(a);
                 pthread_mutex_consistent(&h->mx);
                 rc = 0;
         }
         return rc == 0 ? 0 : -rc;
 }
 
-void arena_mx_unlock(struct eng_arena_hdr *h)
+void arena_mx_unlock(eng_arena_t *a)
 {
-        pthread_mutex_unlock(&h->mx);
+        pthread_mutex_unlock(&a->hdr->mx);
 }
 
 int mx_format(eng_arena_t *a)
@@ -94,7 +113,7 @@ int mx_format(eng_arena_t *a)
 
 uint64_t mx_max_alloc(const eng_arena_t *a)
 {
-        return a->hdr->top - a->hdr->rec_base - ENG_ARENA_HDR_BYTES;
+        return a->top - a->rec_base - ENG_ARENA_HDR_BYTES;
 }
 
 static void mx_mark_used(eng_arena_t *a, uint64_t o, uint64_t bytes, uint32_t owner)
@@ -116,7 +135,7 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
         uint64_t need = ((len + 63u) & ~(uint64_t)63u) + ENG_ARENA_HDR_BYTES;
         if (need < MX_MIN_SPLIT)
                 need = MX_MIN_SPLIT;
-        int rc = arena_mx_lock(h);
+        int rc = arena_mx_lock(a);
         if (rc != 0)
                 return rc;
         uint64_t prev = 0;
@@ -128,11 +147,16 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
                         h->mx_free_blocks--;
                         h->mx_free_bytes -= b->bytes;
                         if (b->bytes - need >= MX_MIN_SPLIT) {
-                                /* Keep the front on the list (its position does not change). */
+                                /* Keep the front on the list (its position does not change).
+                                 * The tail's header is written before the front shrinks. */
+                                take = o + b->bytes - need;
+                                mx_mark_used(a, take, need, owner);
                                 b->bytes -= need;
-                                take = o + b->bytes;
                                 h->mx_free_blocks++;
                                 h->mx_free_bytes += b->bytes;
+                                arena_mx_unlock(a);
+                                *off = take + ENG_ARENA_HDR_BYTES;
+                                return 0;
                         } else {
                                 need = b->bytes;
                                 if (prev)
@@ -141,7 +165,7 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
                                         h->mx_free_head = b->next;
                         }
                         mx_mark_used(a, take, need, owner);
-                        arena_mx_unlock(h);
+                        arena_mx_unlock(a);
                         *off = take + ENG_ARENA_HDR_BYTES;
                         return 0;
                 }
@@ -150,14 +174,14 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
         }
         uint64_t bb = mx_bb(a), rt = units_to_off(marks_rec_top(h->marks));
         if (bb >= rt + need) {
+                mx_mark_used(a, bb - need, need, owner); /* header first, then the watermark */
                 mx_set_bb(a, bb - need);
-                mx_mark_used(a, bb - need, need, owner);
-                arena_mx_unlock(h);
+                arena_mx_unlock(a);
                 *off = bb - need + ENG_ARENA_HDR_BYTES;
                 return 0;
         }
         h->mx_failed++;
-        arena_mx_unlock(h);
+        arena_mx_unlock(a);
         return -ENOMEM;
 }
 
@@ -168,13 +192,13 @@ int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *wor
                 return -EINVAL;
         uint64_t b = off - ENG_ARENA_HDR_BYTES;
         uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-        if (b < bb || b >= h->top)
+        if (b < bb || b >= a->top)
                 return -EINVAL;
         const struct blk_hdr *bh = blk_at(a, b);
         uint64_t w = eng_load_acquire_u64((uint64_t *)&bh->word);
         uint64_t bytes = bh->bytes;
         if (blk_magic(w) != BLK_MAGIC || bytes < MX_MIN_SPLIT || (bytes & 63u) ||
-            bytes > h->top - b)
+            bytes > a->top - b)
                 return -EINVAL;
         *blk = b;
         *word = w;
@@ -240,8 +264,7 @@ static uint64_t mx_free_locked(eng_arena_t *a, uint64_t o)
 
 int mx_free(eng_arena_t *a, uint64_t off)
 {
-        struct eng_arena_hdr *h = a->hdr;
-        int rc = arena_mx_lock(h);
+        int rc = arena_mx_lock(a);
         if (rc != 0)
                 return rc;
         uint64_t b, w;
@@ -250,21 +273,20 @@ int mx_free(eng_arena_t *a, uint64_t off)
                 rc = blk_state(w) == BLK_FREE ? -EALREADY : -EINVAL;
         if (rc == 0)
                 mx_free_locked(a, b);
-        arena_mx_unlock(h);
+        arena_mx_unlock(a);
         return rc;
 }
 
 int64_t mx_reclaim(eng_arena_t *a, uint32_t owner)
 {
-        struct eng_arena_hdr *h = a->hdr;
-        int rc = arena_mx_lock(h);
+        int rc = arena_mx_lock(a);
         if (rc != 0)
                 return rc;
         int64_t n = 0;
-        for (uint64_t o = mx_bb(a); o < h->top;) {
+        for (uint64_t o = mx_bb(a); o < a->top;) {
                 struct blk_hdr *b = blk_at(a, o);
                 if (blk_magic(b->word) != BLK_MAGIC || b->bytes < MX_MIN_SPLIT ||
-                    b->bytes > h->top - o)
+                    b->bytes > a->top - o)
                         break;
                 if (blk_state(b->word) == BLK_USED && blk_owner(b->word) == owner) {
                         n++;
@@ -274,7 +296,7 @@ int64_t mx_reclaim(eng_arena_t *a, uint32_t owner)
                 }
                 o += b->bytes;
         }
-        arena_mx_unlock(h);
+        arena_mx_unlock(a);
         return n;
 }
 
@@ -288,15 +310,15 @@ void mx_stats(const eng_arena_t *a, eng_arena_stats_t *st)
         st->failed = eng_load_relaxed_u64((uint64_t *)&h->mx_failed);
 }
 
-int mx_check(const eng_arena_t *a, char *why, size_t whylen)
+int mx_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen)
 {
         const struct eng_arena_hdr *h = a->hdr;
         uint64_t used = 0, used_bytes = 0, freed = 0, free_bytes = 0, bytes = 0;
         uint64_t bb = mx_bb(a);
-        for (uint64_t o = bb; o < h->top;) {
+        for (uint64_t o = bb; o < a->top;) {
                 const struct blk_hdr *b = blk_at(a, o);
                 if (blk_magic(b->word) != BLK_MAGIC || b->bytes < MX_MIN_SPLIT ||
-                    (b->bytes & 63u) || b->bytes > h->top - o) {
+                    (b->bytes & 63u) || b->bytes > a->top - o) {
                         snprintf(why, whylen, "bad block header at %llu", (unsigned long long)o);
                         return -EUCLEAN;
                 }
@@ -313,7 +335,7 @@ int mx_check(const eng_arena_t *a, char *why, size_t whylen)
         uint64_t listed = 0, last = 0;
         for (uint64_t o = units_to_off((uint32_t)h->mx_free_head); o != 0;
              o = units_to_off((uint32_t)blk_at(a, o)->next)) {
-                if (o < bb || o >= h->top || o <= last ||
+                if (o < bb || o >= a->top || o <= last ||
                     blk_state(blk_at(a, o)->word) != BLK_FREE || ++listed > freed) {
                         snprintf(why, whylen, "free list is corrupt or out of order");
                         return -EUCLEAN;
@@ -324,14 +346,15 @@ int mx_check(const eng_arena_t *a, char *why, size_t whylen)
                 }
                 last = o;
         }
-        if (bytes != h->top - bb || listed != freed || used != h->mx_used_blocks ||
+        (void)leaked; /* the mutex arena repairs itself: nothing is ever leaked */
+        if (bytes != a->top - bb || listed != freed || used != h->mx_used_blocks ||
             used_bytes != h->mx_used_bytes || freed != h->mx_free_blocks ||
             free_bytes != h->mx_free_bytes) {
                 snprintf(why, whylen,
                          "walked %llu used/%llu free blocks (%llu bytes of %llu), listed %llu; "
                          "counters %llu/%llu",
                          (unsigned long long)used, (unsigned long long)freed,
-                         (unsigned long long)bytes, (unsigned long long)(h->top - bb),
+                         (unsigned long long)bytes, (unsigned long long)(a->top - bb),
                          (unsigned long long)listed, (unsigned long long)h->mx_used_blocks,
                          (unsigned long long)h->mx_free_blocks);
                 return -EUCLEAN;
@@ -341,20 +364,20 @@ int mx_check(const eng_arena_t *a, char *why, size_t whylen)
 
 int mx_rec_alloc(eng_arena_t *a, uint32_t owner, uint64_t *off)
 {
-        int rc = arena_mx_lock(a->hdr);
+        int rc = arena_mx_lock(a);
         if (rc != 0)
                 return rc;
         rc = arena_rec_alloc_common(a, owner, off);
-        arena_mx_unlock(a->hdr);
+        arena_mx_unlock(a);
         return rc;
 }
 
 int mx_rec_free(eng_arena_t *a, uint64_t off)
 {
-        int rc = arena_mx_lock(a->hdr);
+        int rc = arena_mx_lock(a);
         if (rc != 0)
                 return rc;
         rc = arena_rec_free_common(a, off);
-        arena_mx_unlock(a->hdr);
+        arena_mx_unlock(a);
         return rc;
 }
