@@ -39,9 +39,10 @@ struct eng_client {
 
 int eng_client_check_server(eng_client_t *c)
 {
-        struct eng_seg_hdr *h = c->sg.hdr;
-        if (eng_load_acquire_u32(&h->state) != SRV_READY || h->epoch != c->epoch ||
-            h->server_pid != c->server_pid)
+        /* The server process's pidfd is the authority. The header's state only counts once
+         * it says STOPPED: during STOPPING the server still serves transfers in flight (its
+         * grace period), and the epoch and pid we compare against are our own copies. */
+        if (eng_load_acquire_u32(&c->sg.hdr->state) == SRV_STOPPED)
                 return -EPIPE;
         if (c->server_pidfd >= 0) {
                 struct pollfd p = {.fd = c->server_pidfd, .events = POLLIN};
