@@ -71,6 +71,18 @@ static void usage(FILE *f)
                 "  -V, --version      version\n");
 }
 
+/* A whole decimal number in lo..hi, nothing else. */
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || end == s || *end || *s == '-' || *s == '+' || v < lo || v > hi)
+                return -1;
+        *out = (uint32_t)v;
+        return 0;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
         uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -85,9 +97,19 @@ static int run_ping(eng_client_t *c, uint32_t n, uint32_t payload)
                 fprintf(stderr, "engine-client: cannot open a stream: %s\n", eng_strerror(rc));
                 return 1;
         }
+        if (payload > eng_client_max_loan(c)) {
+                fprintf(stderr,
+                        "engine-client: --payload %u is larger than the largest buffer of this "
+                        "segment (%llu bytes)\n",
+                        payload, (unsigned long long)eng_client_max_loan(c));
+                eng_stream_close(st);
+                return 2;
+        }
         uint64_t *rtt = calloc(n, sizeof(*rtt));
-        if (rtt == NULL)
+        if (rtt == NULL) {
+                eng_stream_close(st);
                 return 1;
+        }
         uint32_t warm = n / 10 < 1000 ? n / 10 : 1000;
         rc = eng_ping(st, warm, payload, rtt, -1);
         if (rc == 0)
@@ -249,14 +271,21 @@ int main(int argc, char **argv)
                         config = optarg;
                         break;
                 case 'p':
-                        ping = (uint32_t)strtoul(optarg, NULL, 10);
-                        if (ping == 0) {
-                                fprintf(stderr, "engine-client: --ping wants a positive count\n");
+                        if (parse_u32(optarg, 1, 100000000, &ping) != 0) {
+                                fprintf(stderr,
+                                        "engine-client: --ping wants a count in 1..100000000, "
+                                        "not '%s'\n",
+                                        optarg);
                                 return 2;
                         }
                         break;
                 case 'P':
-                        payload = (uint32_t)strtoul(optarg, NULL, 10);
+                        if (parse_u32(optarg, 0, UINT32_MAX, &payload) != 0) {
+                                fprintf(stderr,
+                                        "engine-client: --payload wants a byte count, not '%s'\n",
+                                        optarg);
+                                return 2;
+                        }
                         break;
                 case 'q':
                         quiet = true;
@@ -283,6 +312,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "engine-client: %s\n", err);
                 return 2;
         }
+        int status = 0;
         size_t n = (size_t)(argc - optind);
         struct job *jobs = calloc(n ? n : 1, sizeof(*jobs));
         for (size_t i = 0; i < n; i++) {
@@ -291,17 +321,20 @@ int main(int argc, char **argv)
                 unsigned long id = strtoul(a, &end, 10);
                 if (*a == '\0' || *end || id == 0 || id > INT32_MAX) {
                         fprintf(stderr, "engine-client: '%s' is not a stream id\n", a);
-                        return 2;
+                        status = 2;
+                        goto out;
                 }
                 jobs[i].os = eng_opts_find(&o, (uint32_t)id);
                 if (jobs[i].os == NULL) {
                         fprintf(stderr, "engine-client: stream id %lu is not in %s\n", id, config);
-                        return 2;
+                        status = 2;
+                        goto out;
                 }
                 for (size_t k = 0; k < i; k++)
                         if (jobs[k].os == jobs[i].os) {
                                 fprintf(stderr, "engine-client: stream id %lu given twice\n", id);
-                                return 2;
+                                status = 2;
+                                goto out;
                         }
         }
         struct sigaction sa = {.sa_handler = on_signal};
@@ -315,9 +348,9 @@ int main(int argc, char **argv)
         if (rc != 0) {
                 fprintf(stderr, "engine-client: cannot reach the server on %s: %s\n", o.name,
                         *eng_errmsg() ? eng_errmsg() : eng_strerror(rc));
-                return 1;
+                status = 1;
+                goto out;
         }
-        int status = 0;
         if (ping) {
                 status = run_ping(c, ping, payload);
         } else {
@@ -349,11 +382,16 @@ int main(int argc, char **argv)
                        n);
                 for (size_t i = 0; i < n; i++) {
                         eng_xfer_send_free(jobs[i].x);
-                        if (jobs[i].st)
+                        /* A delivered stream closes in order; a failed one is given up at
+                         * once (the server drops what is left of it). */
+                        if (jobs[i].st && jobs[i].done)
                                 eng_stream_close(jobs[i].st);
+                        else if (jobs[i].st)
+                                eng_stream_abort(jobs[i].st);
                 }
         }
         eng_client_detach(c);
+out:
         free(jobs);
         eng_opts_free(&o);
         return status;

@@ -8,9 +8,11 @@
 #include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <libxml/parser.h>
@@ -23,6 +25,7 @@
 struct errbuf {
         char *buf;
         size_t len;
+        const char *path;
         bool set;
 };
 
@@ -37,7 +40,10 @@ static void xml_error(void *ctx, xmlErrorPtr e)
         size_t n = strlen(msg);
         while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
                 msg[--n] = '\0';
-        snprintf(eb->buf, eb->len, "%s:%d: %s", e->file ? e->file : "options", e->line, msg);
+        int line = e->line;
+        if (line <= 0 && e->node != NULL)
+                line = xmlGetLineNo((xmlNodePtr)e->node);
+        snprintf(eb->buf, eb->len, "%s:%d: %s", e->file ? e->file : eb->path, line, msg);
 }
 
 static void rng_error(void *ctx, const char *fmt, ...)
@@ -157,6 +163,62 @@ static char *self_dir(void)
         return strdup(dirname(buf));
 }
 
+/* The shape, checked by hand before the schema so that every message names the element,
+ * the attribute and the line (RelaxNG's own messages often carry neither). */
+static const char *const server_attrs[] = {"outputpath", "name",  "size",    "transport",
+                                           "workers",    "chunk", "spin",    "ringdepth",
+                                           "filemode",   "mode",  "timeout", NULL};
+static const char *const stream_attrs[] = {"id", "file", NULL};
+
+static bool known_attr(const char *const *list, const xmlChar *name)
+{
+        for (; *list; list++)
+                if (xmlStrcmp(name, (const xmlChar *)*list) == 0)
+                        return true;
+        return false;
+}
+
+static int check_shape(xmlNodePtr root, const char *file, char *err, size_t errlen)
+{
+        if (root == NULL || xmlStrcmp(root->name, (const xmlChar *)"streams") != 0)
+                return fail(err, errlen, file, root ? xmlGetLineNo(root) : 1,
+                            "the root element must be <streams>, not <%s>",
+                            root ? (const char *)root->name : "");
+        int server_line = 0;
+        for (xmlNodePtr n = root->children; n; n = n->next) {
+                if (n->type != XML_ELEMENT_NODE)
+                        continue;
+                int line = xmlGetLineNo(n);
+                const char *const *attrs;
+                if (xmlStrcmp(n->name, (const xmlChar *)"server") == 0) {
+                        if (server_line)
+                                return fail(err, errlen, file, line,
+                                            "a second <server> element (the first is on line %d)",
+                                            server_line);
+                        server_line = line;
+                        attrs = server_attrs;
+                } else if (xmlStrcmp(n->name, (const xmlChar *)"stream") == 0) {
+                        attrs = stream_attrs;
+                        for (const char *const *a = attrs; *a; a++)
+                                if (!xmlHasProp(n, (const xmlChar *)*a))
+                                        return fail(err, errlen, file, line,
+                                                    "<stream> lacks the attribute '%s'", *a);
+                } else {
+                        return fail(err, errlen, file, line,
+                                    "unknown element <%s> (expected <server> or <stream>)",
+                                    (const char *)n->name);
+                }
+                for (xmlAttrPtr a = n->properties; a; a = a->next)
+                        if (!known_attr(attrs, a->name))
+                                return fail(err, errlen, file, line, "<%s>: unknown attribute '%s'",
+                                            (const char *)n->name, (const char *)a->name);
+                if (n->children != NULL)
+                        return fail(err, errlen, file, line, "<%s> must be empty",
+                                    (const char *)n->name);
+        }
+        return 0;
+}
+
 static int load_server(xmlNodePtr n, eng_opts_t *o, const char *dir, const char *file, char *err,
                        size_t errlen)
 {
@@ -187,9 +249,15 @@ static int load_server(xmlNodePtr n, eng_opts_t *o, const char *dir, const char 
                         return rc;
         }
         if ((v = xmlGetProp(n, (const xmlChar *)"transport")) != NULL) {
-                o->transport = strcmp((const char *)v, "mutex") == 0 ? ENG_TRANSPORT_MUTEX
-                                                                     : ENG_TRANSPORT_LOCKFREE;
+                bool mx = strcmp((const char *)v, "mutex") == 0;
+                bool ok = mx || strcmp((const char *)v, "lockfree") == 0;
+                o->transport = mx ? ENG_TRANSPORT_MUTEX : ENG_TRANSPORT_LOCKFREE;
+                int rc = ok ? 0
+                            : fail(err, errlen, file, xmlGetLineNo(n),
+                                   "attribute 'transport': '%s' is neither lockfree nor mutex", v);
                 xmlFree(v);
+                if (rc)
+                        return rc;
         }
         if (get_size(n, "size", 1ull << 20, 1ull << 38, &o->size, file, err, errlen) ||
             get_u32(n, "workers", 0, 256, &o->workers, file, err, errlen) ||
@@ -258,16 +326,22 @@ int eng_opts_load(const char *path, eng_opts_t *o, char *err, size_t errlen)
         o->name = strdup("/engine-default");
         o->outputpath = self_dir();
         o->path = strdup(path);
-        if (access(path, R_OK) != 0) {
+        struct stat sb;
+        if (stat(path, &sb) != 0 || access(path, R_OK) != 0 || !S_ISREG(sb.st_mode)) {
+                int e = errno;
                 snprintf(err, errlen, "%s: cannot read the options file: %s", path,
-                         strerror(errno));
+                         stat(path, &sb) != 0   ? strerror(e)
+                         : S_ISDIR(sb.st_mode)  ? "it is a directory"
+                         : !S_ISREG(sb.st_mode) ? "not a regular file"
+                                                : strerror(e));
+                eng_opts_free(o);
                 return -1;
         }
         char *tmp = strdup(path);
         char *dir = strdup(dirname(tmp));
         free(tmp);
 
-        struct errbuf eb = {.buf = err, .len = errlen};
+        struct errbuf eb = {.buf = err, .len = errlen, .path = path};
         xmlSetStructuredErrorFunc(&eb, xml_error);
         int rc = -1;
         xmlDocPtr doc = NULL;
@@ -283,6 +357,8 @@ int eng_opts_load(const char *path, eng_opts_t *o, char *err, size_t errlen)
                         snprintf(err, errlen, "%s: not well-formed XML", path);
                 goto out;
         }
+        if (check_shape(xmlDocGetRootElement(doc), path, err, errlen) != 0)
+                goto out;
         pctx = xmlRelaxNGNewMemParserCtxt(eng_options_rng, (int)sizeof(eng_options_rng) - 1);
         xmlRelaxNGSetParserErrors(pctx, rng_error, rng_error, NULL);
         schema = pctx ? xmlRelaxNGParse(pctx) : NULL;

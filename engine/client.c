@@ -18,6 +18,7 @@
 struct eng_stream {
         eng_client_t *c;
         uint32_t idx;
+        uint32_t user_id; /* the caller's id for the stream, used in messages */
         uint32_t owner;
         struct eng_rec *rec;
         struct chan_end out; /* c2s, we produce */
@@ -289,6 +290,11 @@ uint32_t eng_stream_index(const eng_stream_t *s)
         return s->idx;
 }
 
+uint64_t eng_client_max_loan(const eng_client_t *c)
+{
+        return eng_arena_max_alloc(&c->sg.arena);
+}
+
 int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
 {
         uint32_t idx;
@@ -296,6 +302,8 @@ int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
         if (rc != 0)
                 return rc;
         eng_stream_t *s = stream_new(c, idx);
+        if (s != NULL)
+                s->user_id = user_id;
         if (s == NULL) {
                 sched_fin(&c->sg, seg_rec(&c->sg, idx), idx);
                 return -ENOMEM;
@@ -448,7 +456,7 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
         }
         if (d.seq != s->seq_in + 1) {
                 s->ended = -EPROTO;
-                eng_set_err("stream %u: expected message %llu, got %llu", s->idx,
+                eng_set_err("stream %u: expected message %llu, got %llu", s->user_id,
                             (unsigned long long)(s->seq_in + 1), (unsigned long long)d.seq);
                 return -EPROTO;
         }
@@ -457,13 +465,13 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
                 int err = d.cmd == CMD_S_CLOSE ? -EPIPE : -(int)(int64_t)d.arg;
                 s->ended = err < 0 ? err : -EPIPE;
                 if (d.cmd == CMD_S_ERROR)
-                        eng_set_err("stream %u ended by the server: %s", s->idx,
+                        eng_set_err("stream %u ended by the server: %s", s->user_id,
                                     eng_strerror(s->ended));
                 return s->ended;
         }
         if (d.cmd < ENG_CMD_SERVER_MIN || d.cmd > ENG_CMD_SERVER_MAX) {
                 s->ended = -EPROTO;
-                eng_set_err("stream %u: command 0x%04x is not a server command", s->idx, d.cmd);
+                eng_set_err("stream %u: command 0x%04x is not a server command", s->user_id, d.cmd);
                 return -EPROTO;
         }
         m->cmd = d.cmd;
@@ -477,7 +485,7 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
                 if (eng_arena_owner(&s->c->sg.arena, d.off) != s->owner ||
                     eng_arena_capacity(&s->c->sg.arena, d.off) < d.len) {
                         s->ended = -EPROTO;
-                        eng_set_err("stream %u: message buffer is not ours", s->idx);
+                        eng_set_err("stream %u: message buffer is not ours", s->user_id);
                         return -EPROTO;
                 }
                 m->data = eng_arena_ptr(&s->c->sg.arena, d.off, d.len);
@@ -516,13 +524,14 @@ void eng_stream_release(eng_stream_t *s, eng_msg_t *m)
         m->data = NULL;
 }
 
-static int stream_end(eng_stream_t *s)
+static int stream_end(eng_stream_t *s, int timeout_ms)
 {
         eng_client_t *c = s->c;
         int rc = 0;
-        if (s->ended == 0) {
+        if (s->ended == 0 && timeout_ms != 0) {
+                /* One deadline for the whole handshake, however many steps it takes. */
+                uint64_t deadline = deadline_of(c, timeout_ms);
                 rc = push(s, CMD_C_CLOSE, 0, 0, 0);
-                uint64_t deadline = deadline_of(c, -1);
                 while (rc == -EAGAIN) { /* ring full: wait for the server to drain */
                         uint32_t t = eng_client_ticket(c);
                         rc = push(s, CMD_C_CLOSE, 0, 0, 0);
@@ -532,7 +541,10 @@ static int stream_end(eng_stream_t *s)
                 /* Wait for the acknowledgement, dropping replies still in flight. */
                 while (rc == 0) {
                         eng_msg_t m;
-                        int r = eng_stream_recv(s, &m, -1);
+                        int64_t left = remaining_ns(deadline);
+                        int r = left == 0
+                                    ? -ETIMEDOUT
+                                    : eng_stream_recv(s, &m, (int)((left + 999999) / 1000000));
                         if (r == 0) {
                                 eng_stream_release(s, &m);
                                 continue;
@@ -541,7 +553,8 @@ static int stream_end(eng_stream_t *s)
                         break;
                 }
         }
-        /* Our last touch of the record. The server reclaims whatever the stream still owns. */
+        /* Our last touch of the record. The server reclaims whatever the stream still owns
+         * (and, for a stream that was not closed in order, tells its hooks it was aborted). */
         if (eng_client_check_server(c) == 0)
                 sched_fin(&c->sg, s->rec, s->idx);
         free(s);
@@ -552,7 +565,14 @@ int eng_stream_close(eng_stream_t *s)
 {
         if (s == NULL)
                 return 0;
-        return stream_end(s);
+        return stream_end(s, -1);
+}
+
+int eng_stream_abort(eng_stream_t *s)
+{
+        if (s == NULL)
+                return 0;
+        return stream_end(s, 0);
 }
 
 void eng_client_detach(eng_client_t *c)
@@ -560,7 +580,7 @@ void eng_client_detach(eng_client_t *c)
         if (c == NULL)
                 return;
         if (c->session)
-                stream_end(c->session);
+                stream_end(c->session, -1);
         if (c->server_pidfd >= 0)
                 close(c->server_pidfd);
         seg_unmap(&c->sg);

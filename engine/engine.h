@@ -107,7 +107,12 @@ int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
 /* Orderly close: tells the server, waits for its acknowledgement (dropping replies still in
  * flight), then gives the record back. Every loan of the stream is invalid afterwards. */
 int eng_stream_close(eng_stream_t *s);
+/* Give the stream up at once, without the close handshake: the server sees the client is
+ * done with it, tells its hooks the stream was aborted and reclaims everything it owns. */
+int eng_stream_abort(eng_stream_t *s);
 uint32_t eng_stream_index(const eng_stream_t *s);
+/* The largest buffer a loan can ever return in this segment. */
+uint64_t eng_client_max_loan(const eng_client_t *c);
 
 /* Loan a buffer of at least len bytes. -EAGAIN when the arena is full (try), or waits up to
  * timeout_ms for space (wait variant). */

@@ -24,10 +24,10 @@
 struct eng_sstream {
         uint32_t busy; /* private exclusivity (server memory, not the segment) */
         uint32_t idx;
-        bool live;   /* between offer and finalisation */
-        bool known;  /* accepted: ring ends attached, hooks told */
-        bool ended;  /* we sent CLOSE/ERROR; waiting for the client's FIN */
-        bool pushed; /* this turn produced something for the client */
+        bool live;      /* between offer and finalisation */
+        uint32_t known; /* accepted; published with release: workers read other entries' */
+        bool ended;     /* we sent CLOSE/ERROR; waiting for the client's FIN */
+        bool pushed;    /* this turn produced something for the client */
         uint32_t type;
         uint32_t session;
         uint32_t user_id;
@@ -160,7 +160,7 @@ static void finalize(struct eng_server *srv, eng_sstream_t *s, int err)
                 close(s->pidfd);
         s->pidfd = -1;
         s->live = false;
-        s->known = false;
+        eng_store_release_u32(&s->known, 0);
         s->user = NULL;
         eng_faa_u64(&srv->sg.hdr->closes, 1);
         eng_arena_rec_free(&srv->sg.arena, eng_arena_rec_offset(&srv->sg.arena, s->idx));
@@ -180,11 +180,21 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         s->seq_in = s->seq_out = 0;
         chan_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, srv->cfg.transport, false);
         chan_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, srv->cfg.transport, true);
-        s->known = true;
         int rc = 0;
         if (s->type == REC_STREAM) {
+                /* The stream's session must be an accepted SESSION of the same process. A
+                 * client schedules its session before its streams, but workers may take them
+                 * in any order: a session still being claimed means "come back later". */
                 eng_sstream_t *ss = s->session < srv->ntab ? &srv->tab[s->session] : NULL;
-                if (ss == NULL || !ss->known || ss->type != REC_SESSION || ss->pid != s->pid)
+                if (ss == NULL || !ss->live)
+                        return -EPROTO;
+                if (!eng_load_acquire_u32(&ss->known)) {
+                        struct eng_rec *sr = ss->rec;
+                        bool pending = eng_load_acquire_u32(&sr->state) == ST_CLAIMED &&
+                                       sr->type == REC_SESSION && sr->owner_pid == s->pid;
+                        return pending ? -EINPROGRESS : -EPROTO;
+                }
+                if (ss->type != REC_SESSION || ss->pid != s->pid)
                         rc = -EPROTO;
         } else if (s->type != REC_SESSION) {
                 rc = -EPROTO;
@@ -197,6 +207,9 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         }
         if (rc == 0 && s->type == REC_STREAM && srv->cfg.hooks.on_open)
                 rc = srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx);
+        /* Known from here on, even if refused (end_stream must tell the client); release:
+         * type and pid are visible to a worker that reads known with acquire. */
+        eng_store_release_u32(&s->known, 1);
         if (rc == 0) {
                 eng_store_release_u32(&r->state, ST_OPEN);
                 eng_faa_u64(&srv->sg.hdr->opens, 1);
@@ -284,7 +297,7 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
         uint32_t st = eng_load_relaxed_u32(&r->sched);
         for (;;) {
                 if (st == RUN_FIN) {
-                        finalize(srv, s, 0);
+                        finalize(srv, s, -ECONNABORTED); /* FIN without CLOSE: aborted */
                         goto out;
                 }
                 if (eng_cas_u32(&r->sched, st, RUN_RUNNING, &st))
@@ -297,6 +310,8 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
                         int rc = accept_stream(srv, s);
                         if (rc == -EAGAIN) {
                                 /* still on offer (a stray wake-up): leave it idle */
+                        } else if (rc == -EINPROGRESS) {
+                                more = true; /* its session is not accepted yet: requeue */
                         } else if (rc == -ESRCH) {
                                 finalize(srv, s, -EPIPE); /* claimed by a dead process */
                                 goto out;
@@ -325,7 +340,7 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
                 if (eng_cas_u32(&r->sched, st, RUN_IDLE, &st))
                         goto out;
                 if (st == RUN_FIN) {
-                        finalize(srv, s, 0);
+                        finalize(srv, s, -ECONNABORTED); /* FIN without CLOSE: aborted */
                         goto out;
                 }
                 /* AGAIN (or garbage): run once more */

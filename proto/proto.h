@@ -52,7 +52,7 @@ typedef struct eng_xfer_result {
         uint64_t received; /* bytes written */
         uint64_t ns;       /* from FILE_OPEN to the end */
         int err;           /* 0 = delivered and verified */
-        char why[160];
+        char why[400];
 } eng_xfer_result_t;
 
 typedef struct eng_xfer_server_cfg {

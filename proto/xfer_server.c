@@ -200,6 +200,16 @@ static void name_drop(eng_xfer_server_t *x, const char *name)
         pthread_mutex_unlock(&x->lock);
 }
 
+/* A file refused at FILE_OPEN: log it like any other failed transfer. */
+static void report_refusal(eng_xfer_server_t *x, struct rx *r, int err, const char *why)
+{
+        r->res.err = err < 0 ? err : -err;
+        r->res.ns = 0;
+        snprintf(r->res.why, sizeof(r->res.why), "refused: %s", why);
+        if (x->cfg.report)
+                x->cfg.report(&r->res, x->cfg.report_ctx);
+}
+
 /* Tell the client why, with a message in a buffer when the arena has room. */
 static void send_fail(eng_sstream_t *s, int err, const char *why)
 {
@@ -271,14 +281,24 @@ static void on_close(eng_sstream_t *s, int err, void *ctx)
         struct rx *r = *eng_sstream_user(s);
         if (r == NULL)
                 return;
-        if (r->open)
-                rx_finish(x, s, r, err ? err : -ECONNABORTED,
-                          err == -EPIPE       ? "client went away mid-transfer"
-                          : err == -ESHUTDOWN ? "server shutting down"
-                                              : "stream closed mid-transfer");
+        if (r->open) {
+                const char *why = err == -EPIPE          ? "client went away mid-transfer"
+                                  : err == -ESHUTDOWN    ? "server shutting down"
+                                  : err == -ECONNABORTED ? "client aborted the stream mid-transfer"
+                                                         : "stream closed mid-transfer";
+                rx_finish(x, s, r, err ? err : -ECONNABORTED, why);
+        }
         XXH3_freeState(r->h);
         free(r);
         *eng_sstream_user(s) = NULL;
+}
+
+/* Refuse the file being opened: tell the client and log it. */
+static int refuse(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, int err, const char *why)
+{
+        send_fail(s, err, why);
+        report_refusal(x, r, err, why);
+        return 0;
 }
 
 static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_msg_t *m)
@@ -294,19 +314,18 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
         r->t0 = now_ns();
         if (m->data == NULL ||
             eng_safe_name(m->data, m->len, r->res.name, sizeof(r->res.name), &why) != 0) {
-                send_fail(s, EINVAL, why ? why : "no file name");
-                return 0;
+                snprintf(r->res.name, sizeof(r->res.name), "(unusable name)");
+                return refuse(x, s, r, EINVAL, why ? why : "no file name");
         }
         int rc = name_take(x, r->res.name, r->tmp, sizeof(r->tmp));
         if (rc != 0) {
                 char msg[320];
                 snprintf(msg, sizeof(msg), "%s is being received on another stream right now",
                          r->res.name);
-                send_fail(s, -rc,
-                          rc == -EBUSY       ? msg
-                          : rc == -ESHUTDOWN ? "server is shutting down"
-                                             : strerror(-rc));
-                return 0;
+                return refuse(x, s, r, -rc,
+                              rc == -EBUSY       ? msg
+                              : rc == -ESHUTDOWN ? "server is shutting down"
+                                                 : strerror(-rc));
         }
         r->fd = openat(x->dirfd, r->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                        x->cfg.file_mode);
@@ -316,8 +335,7 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
                 char msg[320];
                 snprintf(msg, sizeof(msg), "cannot create a file in the output directory: %s",
                          strerror(e));
-                send_fail(s, e, msg);
-                return 0;
+                return refuse(x, s, r, e, msg);
         }
         r->open = true;
         XXH3_64bits_reset(r->h);
