@@ -130,24 +130,51 @@ static bool lf_carve(eng_arena_t *a, uint64_t *blk)
 }
 
 /*
- * Turn the class-j block at blk (which we own exclusively) into a used class-c block and
- * free buddies of classes c..j-1. Headers first, kept header (release) second, pushes last:
- * see the walkability argument at the top.
+ * Turn the class-j block at blk (which we own exclusively: just popped or carved) into a used
+ * class-c block and free buddies of classes c..j-1.
+ *
+ * Crash safety: the whole block is stamped USED by the caller's owner first, the buddies'
+ * headers are written USED by that owner too, and each buddy turns FREE only right before it
+ * is pushed. A process killed anywhere in here leaves blocks that reclaim(owner) gives back
+ * (the engine reclaims a dead client's streams); only a kill between a buddy's FREE store and
+ * its push loses that one buddy.
+ *
+ * Walkability: the kept block's header (class c, release) is written after the buddies'
+ * headers, so a walker that reads class c finds valid headers next; one that still reads the
+ * stamp (class j) steps over the whole block.
  */
+static void used_add(eng_arena_t *a, uint32_t c, int64_t d)
+{
+        eng_faa_u64(&a->hdr->cls[c].used_blocks, (uint64_t)d);
+}
+
 static void lf_split_claim(eng_arena_t *a, uint64_t blk, uint32_t j, uint32_t c, uint32_t owner)
 {
+        /* Counters follow the stamps, so that reclaiming a dead splitter's stamped blocks
+         * leaves them exact. */
+        struct blk_hdr *b = blk_at(a, blk);
+        eng_store_relaxed_u64(&b->word, blk_word(j, BLK_USED, owner));
+        used_add(a, j, 1);
+        if (j == c)
+                return;
         for (uint32_t s = j; s-- > c;) {
                 struct blk_hdr *bd = blk_at(a, blk + cls_bytes(a, s));
                 bd->bytes = cls_bytes(a, s);
                 bd->next = 0;
-                eng_store_relaxed_u64(&bd->word, blk_word(s, BLK_FREE, 0));
+                eng_store_relaxed_u64(&bd->word, blk_word(s, BLK_USED, owner));
+                used_add(a, s, 1);
         }
-        struct blk_hdr *b = blk_at(a, blk);
         b->bytes = cls_bytes(a, c);
         b->next = 0;
         eng_store_release_u64(&b->word, blk_word(c, BLK_USED, owner));
-        for (uint32_t s = j; s-- > c;)
-                lf_push(a, s, blk + cls_bytes(a, s));
+        used_add(a, c, 1);
+        used_add(a, j, -1);
+        for (uint32_t s = j; s-- > c;) {
+                uint64_t o = blk + cls_bytes(a, s);
+                used_add(a, s, -1);
+                eng_store_release_u64(&blk_at(a, o)->word, blk_word(s, BLK_FREE, 0));
+                lf_push(a, s, o);
+        }
 }
 
 struct frag {
@@ -170,8 +197,14 @@ static int frag_cmp(const void *x, const void *y)
  * walk holds throughout: a walker that read the old, smaller header steps onto the old buddy
  * header, which we leave intact inside the merged block. Blocks freed meanwhile by others are
  * simply not merged this time. Returns true if anything merged.
+ *
+ * While a block sits in our private array its header says USED by the caller's owner: a
+ * process killed mid-pass leaves blocks that reclaim(owner) gives back (the engine reclaims a
+ * dead client's streams), instead of silently losing every small free block of the arena.
+ * Merged blocks are rewritten FREE before they are pushed; a merged-away buddy's stale USED
+ * header is interior to the merged block, which walkers step over.
  */
-static bool lf_coalesce(eng_arena_t *a)
+static bool lf_coalesce(eng_arena_t *a, uint32_t owner)
 {
         size_t n = 0, cap = 1024;
         struct frag *v = malloc(cap * sizeof(*v));
@@ -180,9 +213,16 @@ static bool lf_coalesce(eng_arena_t *a)
         for (uint32_t c = 0; c + 1 < a->nclasses; c++) {
                 uint64_t b;
                 while (lf_pop(a, c, &b)) {
+                        /* Ours until pushed back: stamp it with the caller's owner, so that
+                         * if this process dies mid-pass, reclaim(owner) returns it. */
+                        eng_store_relaxed_u64(&blk_at(a, b)->word, blk_word(c, BLK_USED, owner));
+                        used_add(a, c, 1);
                         if (n == cap) {
                                 struct frag *w = realloc(v, 2 * cap * sizeof(*v));
                                 if (w == NULL) {
+                                        used_add(a, c, -1);
+                                        eng_store_release_u64(&blk_at(a, b)->word,
+                                                              blk_word(c, BLK_FREE, 0));
                                         lf_push(a, c, b);
                                         goto merge;
                                 }
@@ -194,6 +234,19 @@ static bool lf_coalesce(eng_arena_t *a)
         }
 merge:
         qsort(v, n, sizeof(*v), frag_cmp);
+        /* Keep the pieces: their headers end up inside merged blocks and are rewritten. */
+        struct frag *orig = malloc((n ? n : 1) * sizeof(*v));
+        if (orig == NULL) {
+                for (size_t i = 0; i < n; i++) {
+                        used_add(a, v[i].c, -1);
+                        eng_store_release_u64(&blk_at(a, v[i].off)->word,
+                                              blk_word(v[i].c, BLK_FREE, 0));
+                        lf_push(a, v[i].c, v[i].off);
+                }
+                free(v);
+                return false;
+        }
+        memcpy(orig, v, n * sizeof(*v));
         bool merged = false;
         size_t m = 0; /* v[0..m) is the merged prefix */
         for (size_t i = 0; i < n; i++) {
@@ -209,15 +262,25 @@ merge:
                         merged = true;
                 }
         }
+        size_t k = 0;
         for (size_t i = 0; i < m; i++) {
                 struct blk_hdr *b = blk_at(a, v[i].off);
-                uint64_t w = blk_word(v[i].c, BLK_FREE, 0);
-                if (eng_load_relaxed_u64(&b->word) != w) {
-                        b->bytes = cls_bytes(a, v[i].c);
-                        eng_store_release_u64(&b->word, w);
+                uint64_t end = v[i].off + cls_bytes(a, v[i].c);
+                b->bytes = cls_bytes(a, v[i].c);
+                eng_store_release_u64(&b->word, blk_word(v[i].c, BLK_FREE, 0));
+                used_add(a, orig[k].c, -1); /* orig[k] is this block's first piece */
+                /* The merged-away pieces' headers, now interior: stale FREE, so that a late
+                 * free of an old offset is refused (-EALREADY) rather than honoured. */
+                for (; k < n && orig[k].off < end; k++) {
+                        if (orig[k].off == v[i].off)
+                                continue;
+                        eng_store_relaxed_u64(&blk_at(a, orig[k].off)->word,
+                                              blk_word(orig[k].c, BLK_FREE, 0));
+                        used_add(a, orig[k].c, -1);
                 }
                 lf_push(a, v[i].c, v[i].off);
         }
+        free(orig);
         free(v);
         return merged;
 }
@@ -242,7 +305,7 @@ int lf_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
                 goto got;
         }
         /* Enough bytes may be free in smaller pieces: merge buddies and look once more. */
-        if (lf_coalesce(a)) {
+        if (lf_coalesce(a, owner)) {
                 for (j = c; j < a->nclasses; j++) {
                         if (lf_pop(a, j, &blk))
                                 goto got;
@@ -252,7 +315,6 @@ int lf_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
         return -ENOMEM;
 got:
         lf_split_claim(a, blk, j, c, owner);
-        eng_faa_u64(&h->cls[c].used_blocks, 1);
         eng_faa_u64(&h->cls[c].allocs, 1);
         *off = blk + ENG_ARENA_HDR_BYTES;
         return 0;
@@ -358,8 +420,16 @@ static int reclaim_one(eng_arena_t *a, uint64_t blk, uint64_t w, void *arg)
 
 int64_t lf_reclaim(eng_arena_t *a, uint32_t owner)
 {
+        /* A walk concurrent with coalescing can, rarely, step onto a merged-away header that
+         * the merged block's new owner has since overwritten: the walk stops (-EUCLEAN) rather
+         * than step blindly. Walk again; blocks already freed are not counted twice. */
         struct reclaim_arg r = {.owner = owner, .n = 0};
-        int rc = lf_walk(a, reclaim_one, &r, NULL);
+        int rc = 0;
+        for (int pass = 0; pass < 4; pass++) {
+                rc = lf_walk(a, reclaim_one, &r, NULL);
+                if (rc == 0)
+                        break;
+        }
         return rc != 0 && r.n == 0 ? rc : r.n;
 }
 

@@ -73,6 +73,26 @@ static void mx_repair(eng_arena_t *a)
                 }
                 o += bytes;
         }
+        /* Record slots too: rebuild their free list from the slot headers (a slot carved but
+         * never stamped is free). */
+        uint64_t rt = units_to_off(marks_rec_top(h->marks)), rprev = 0;
+        h->rec_head = 0;
+        h->rec_used = h->rec_free = 0;
+        for (uint64_t s = a->rec_base; s + a->rec_stride <= rt; s += a->rec_stride) {
+                struct blk_hdr *b = blk_at(a, s);
+                if (blk_magic(b->word) == BLK_MAGIC && blk_state(b->word) == BLK_RUSED) {
+                        h->rec_used++;
+                        continue;
+                }
+                b->word = blk_word(0, BLK_RFREE, 0);
+                b->next = 0;
+                if (rprev)
+                        blk_at(a, rprev)->next = off_to_units(s);
+                else
+                        h->rec_head = head_pack(off_to_units(s), head_tag(h->rec_head) + 1);
+                rprev = s;
+                h->rec_free++;
+        }
         uint64_t first = units_to_off((uint32_t)h->mx_free_head);
         if (first != 0 && first == bb) {
                 struct blk_hdr *b = blk_at(a, first);

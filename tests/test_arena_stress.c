@@ -1,0 +1,897 @@
+/*
+ * test_arena_stress.c - the arena shared by several processes (each mapping the segment at its
+ * own address, each with several threads), and processes SIGKILLed in the middle of an
+ * allocation. Both kinds; registered SERIAL, and this binary runs its tests one at a time
+ * (see main() at the end): every test here wants both cores.
+ *
+ * Children never cr_assert and never return from the test: they _exit(code) and write what
+ * they saw to a shared results page; the parent asserts on the wait status and the results.
+ *
+ * Cycle counts: ENG_ARENA_STRESS_CYCLES (per thread) overrides the default, which is 1,000,000
+ * alloc->fill->verify->free cycles per thread (so 2,000,000 per process), and 1/20 of that
+ * under AddressSanitizer. ENG_ARENA_KILL_ITERS overrides the crash tests' 400 kills.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arena.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+#define MIB            (1024u * 1024u)
+#define PROCS          4
+#define THREADS        2
+#define WINDOW         16 /* live blocks (records) per thread */
+#define STRESS_SECS    280
+#define DEADLINE_SECS  250.0 /* children still running then are SIGKILLed */
+#define KILL_KEEP      6     /* blocks the parent holds across the kills */
+#define MAX_STRESS_LEN (300u * 1024u)
+
+#define TEST_BOTH_KINDS(name, secs)                                                                \
+        static void name(eng_arena_kind_t kind);                                                   \
+        Test(lockfree, name, .timeout = (secs), .fini = unlink_segment)                            \
+        {                                                                                          \
+                name(ENG_ARENA_LOCKFREE);                                                          \
+        }                                                                                          \
+        Test(mutex, name, .timeout = (secs), .fini = unlink_segment)                               \
+        {                                                                                          \
+                name(ENG_ARENA_MUTEX);                                                             \
+        }                                                                                          \
+        static void name(eng_arena_kind_t kind)
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static uint64_t xorshift(uint64_t *s)
+{
+        uint64_t x = *s;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        return *s = x;
+}
+
+static double now_s(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_us(long us)
+{
+        struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+}
+
+static uint64_t env_u64(const char *name, uint64_t dflt)
+{
+        const char *v = getenv(name);
+        if (v == NULL || *v == '\0')
+                return dflt;
+        return strtoull(v, NULL, 0);
+}
+
+static uint64_t stress_cycles(void)
+{
+        return env_u64("ENG_ARENA_STRESS_CYCLES", UNDER_ASAN ? 50000 : 1000000);
+}
+
+/* Sizes 1 B .. 300 KiB, mostly small; or 1 .. max_len uniform if max_len is small. */
+static uint64_t stress_len(uint64_t r, uint64_t max_len)
+{
+        uint64_t pick = r % 100, x = r >> 8;
+        if (max_len < MAX_STRESS_LEN)
+                return 1 + x % max_len;
+        if (pick < 70)
+                return 1 + x % 4096;
+        if (pick < 90)
+                return 4097 + x % (28 * 1024);
+        if (pick < 98)
+                return 32 * 1024 + x % (96 * 1024);
+        return 128 * 1024 + x % (MAX_STRESS_LEN - 128 * 1024 + 1);
+}
+
+static void fill_pat(void *p, uint64_t len, uint64_t pat)
+{
+        uint64_t *w = p, n = len / 8;
+        for (uint64_t i = 0; i < n; i++)
+                w[i] = pat;
+        memcpy((unsigned char *)p + n * 8, &pat, len % 8);
+}
+
+/* 0 if p holds pat, else 1 + index of the first bad word; *seen = what was there. */
+static uint64_t check_pat(const void *p, uint64_t len, uint64_t pat, uint64_t *seen)
+{
+        const uint64_t *w = p;
+        uint64_t n = len / 8;
+        for (uint64_t i = 0; i < n; i++)
+                if (w[i] != pat) {
+                        *seen = w[i];
+                        return i + 1;
+                }
+        uint64_t tail = 0;
+        memcpy(&tail, (const unsigned char *)p + n * 8, len % 8);
+        uint64_t want = 0;
+        memcpy(&want, &pat, len % 8);
+        if (tail != want) {
+                *seen = tail;
+                return n + 1;
+        }
+        return 0;
+}
+
+/* ---- the shared segment --------------------------------------------------------------- */
+
+static char g_shm_name[96]; /* per test (each test runs in its own process) */
+static uint64_t *g_mapped;  /* shared: children that have mapped the segment by name */
+
+static void unlink_segment(void)
+{
+        if (g_shm_name[0] != '\0')
+                shm_unlink(g_shm_name);
+}
+
+struct seg {
+        unsigned char *base;
+        uint64_t size;
+        eng_arena_t a;
+};
+
+static void seg_create(struct seg *s, const char *what, eng_arena_kind_t kind, uint64_t size,
+                       uint32_t rec_size, uint32_t max_shift)
+{
+        snprintf(g_shm_name, sizeof g_shm_name, "/eng-arena-stress-%s-%s-%d", what,
+                 eng_arena_kind_name(kind), (int)getpid());
+        shm_unlink(g_shm_name);
+        int fd = shm_open(g_shm_name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        cr_assert(fd >= 0, "shm_open %s: %s", g_shm_name, strerror(errno));
+        cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+        s->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        cr_assert(s->base != MAP_FAILED);
+        s->size = size;
+        eng_arena_cfg_t cfg = {.kind = kind,
+                               .record_size = rec_size,
+                               .min_class_shift = 12,
+                               .max_class_shift = max_shift};
+        int rc = eng_arena_format(&s->a, s->base, size, &cfg);
+        cr_assert_eq(rc, 0, "format: %d", rc);
+}
+
+/* In a child: drop the inherited mapping, map the segment again at an address of our own. */
+static int seg_remap_in_child(struct seg *s, int idx, eng_arena_t *out, uintptr_t *addr)
+{
+        munmap(s->base, s->size);
+        int fd = shm_open(g_shm_name, O_RDWR, 0);
+        if (fd < 0) {
+                fprintf(stderr, "child %d: shm_open %s: %s\n", idx, g_shm_name, strerror(errno));
+                return -1;
+        }
+        /* A hint per child, high enough to stay clear of ASan's shadow. */
+        void *hint =
+            (void *)(uintptr_t)(0x500000000000ull + (uint64_t)(idx + 1) * 0x10000000000ull);
+        void *p = mmap(hint, s->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        if (p == MAP_FAILED) {
+                fprintf(stderr, "child %d: mmap: %s\n", idx, strerror(errno));
+                return -1;
+        }
+        int rc = eng_arena_attach(out, p, s->size);
+        if (rc != 0) {
+                fprintf(stderr, "child %d: attach: %d\n", idx, rc);
+                return -1;
+        }
+        *addr = (uintptr_t)p;
+        return 0;
+}
+
+/* ---- per-thread results, in a page every process shares -------------------------------- */
+
+struct tres {
+        uint64_t cycles, allocs, frees, enomem, starved, mismatches, errors, owner_checks;
+        uint64_t base; /* where this thread's process mapped the segment */
+        double secs;
+};
+
+static struct tres *results_map(int n)
+{
+        struct tres *r = mmap(NULL, sizeof(struct tres) * (size_t)n, PROT_READ | PROT_WRITE,
+                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert(r != MAP_FAILED);
+        memset(r, 0, sizeof(struct tres) * (size_t)n);
+        return r;
+}
+
+/* Wait for every child until the deadline; SIGKILL the rest then. Returns how many timed out. */
+static int wait_children(pid_t *pids, int *status, int n, double deadline_s)
+{
+        double end = now_s() + deadline_s;
+        int left = n, late = 0;
+        for (int i = 0; i < n; i++)
+                status[i] = -1;
+        while (left > 0) {
+                for (int i = 0; i < n; i++) {
+                        if (pids[i] <= 0 || status[i] != -1)
+                                continue;
+                        int st;
+                        pid_t r = waitpid(pids[i], &st, WNOHANG);
+                        if (r == pids[i]) {
+                                status[i] = st;
+                                left--;
+                        }
+                }
+                if (left == 0)
+                        break;
+                if (now_s() > end) {
+                        for (int i = 0; i < n; i++) {
+                                if (pids[i] > 0 && status[i] == -1) {
+                                        kill(pids[i], SIGKILL);
+                                        waitpid(pids[i], &status[i], 0);
+                                        late++;
+                                }
+                        }
+                        break;
+                }
+                sleep_us(20000);
+        }
+        return late;
+}
+
+static void assert_children_ok(const pid_t *pids, const int *status, int n, int late,
+                               const char *what)
+{
+        cr_assert_eq(late, 0, "%s: %d children still running at the deadline (SIGKILLed)", what,
+                     late);
+        for (int i = 0; i < n; i++) {
+                cr_assert(pids[i] > 0, "%s: fork %d failed", what, i);
+                cr_assert(WIFEXITED(status[i]), "%s: child %d died of signal %d", what, i,
+                          WIFSIGNALED(status[i]) ? WTERMSIG(status[i]) : -1);
+                cr_assert_eq(WEXITSTATUS(status[i]), 0,
+                             "%s: child %d exited %d (its stderr says why)", what, i,
+                             WEXITSTATUS(status[i]));
+        }
+}
+
+#define ASSERT_ARENA_OK(a, ctx)                                                                    \
+        do {                                                                                       \
+                char why_[256];                                                                    \
+                int rc_ = eng_arena_check((a), why_, sizeof why_);                                 \
+                cr_assert_eq(rc_, 0, "%s: %s: eng_arena_check: %s",                                \
+                             eng_arena_kind_name(eng_arena_kind(a)), (ctx), why_);                 \
+        } while (0)
+
+/* ---- buffer stress ------------------------------------------------------------------ */
+
+struct worker {
+        eng_arena_t a;
+        uint32_t owner;
+        int proc, thread;
+        uint64_t cycles, max_len;
+        struct tres *res;
+        struct {
+                uint64_t off, len, pat;
+        } win[WINDOW];
+};
+
+static void report_mismatch(struct worker *w, const char *what, uint64_t off, uint64_t len,
+                            uint64_t pat, uint64_t bad, uint64_t seen)
+{
+        w->res->mismatches++;
+        if (w->res->mismatches <= 5)
+                fprintf(stderr,
+                        "%s: owner %#x: %s at off %llu len %llu: word %llu is %#llx (owner %#x "
+                        "cycle %u), expected %#llx\n",
+                        eng_arena_kind_name(eng_arena_kind(&w->a)), w->owner, what,
+                        (unsigned long long)off, (unsigned long long)len,
+                        (unsigned long long)(bad - 1), (unsigned long long)seen,
+                        (unsigned)(seen >> 32), (unsigned)seen, (unsigned long long)pat);
+}
+
+static void error_once(struct worker *w, const char *what, int rc)
+{
+        if (w->res->errors++ < 5)
+                fprintf(stderr, "%s: owner %#x: %s: %d\n",
+                        eng_arena_kind_name(eng_arena_kind(&w->a)), w->owner, what, rc);
+}
+
+/* Verify and free slot i. */
+static void buf_release(struct worker *w, int i)
+{
+        uint64_t off = w->win[i].off, len = w->win[i].len, seen = 0;
+        const void *p = eng_arena_ptr(&w->a, off, len);
+        uint64_t bad = check_pat(p, len, w->win[i].pat, &seen);
+        if (bad)
+                report_mismatch(w, "pattern changed under its owner", off, len, w->win[i].pat, bad,
+                                seen);
+        int rc = eng_arena_free(&w->a, off);
+        if (rc != 0)
+                error_once(w, "free", rc);
+        else
+                w->res->frees++;
+        w->win[i].off = 0;
+}
+
+static void buf_release_all(struct worker *w)
+{
+        for (int i = 0; i < WINDOW; i++)
+                if (w->win[i].off)
+                        buf_release(w, i);
+}
+
+/* -ENOMEM is an expected outcome: free our own blocks, then retry with back-off. */
+static int buf_alloc_retry(struct worker *w, uint64_t len, uint64_t *off)
+{
+        int rc = eng_arena_alloc(&w->a, len, w->owner, off);
+        if (rc != -ENOMEM)
+                return rc;
+        w->res->enomem++;
+        buf_release_all(w);
+        for (int tries = 0; tries < 2000; tries++) {
+                rc = eng_arena_alloc(&w->a, len, w->owner, off);
+                if (rc != -ENOMEM)
+                        return rc;
+                if (tries < 100)
+                        sched_yield();
+                else
+                        sleep_us(50);
+        }
+        w->res->starved++;
+        return rc;
+}
+
+static void *buf_worker(void *arg)
+{
+        struct worker *w = arg;
+        uint64_t rng = 0x9e3779b97f4a7c15ull * (w->owner + 1);
+        double t0 = now_s();
+        for (uint64_t c = 0; c < w->cycles; c++) {
+                int i = (int)(xorshift(&rng) % WINDOW);
+                if (w->win[i].off)
+                        buf_release(w, i);
+                uint64_t len = stress_len(xorshift(&rng), w->max_len), off = 0;
+                int rc = buf_alloc_retry(w, len, &off);
+                w->res->cycles++;
+                if (rc == -ENOMEM)
+                        continue; /* counted as starved */
+                if (rc != 0) {
+                        error_once(w, "alloc", rc);
+                        continue;
+                }
+                w->res->allocs++;
+                uint64_t pat = ((uint64_t)w->owner << 32) | (uint32_t)c;
+                void *p = eng_arena_ptr(&w->a, off, len);
+                if (p == NULL) {
+                        error_once(w, "ptr out of the region", (int)len);
+                        continue;
+                }
+                fill_pat(p, len, pat);
+                w->win[i].off = off;
+                w->win[i].len = len;
+                w->win[i].pat = pat;
+                if ((c & 15) == 0) {
+                        w->res->owner_checks++;
+                        uint32_t o = eng_arena_owner(&w->a, off);
+                        uint64_t cap = eng_arena_capacity(&w->a, off);
+                        if (o != w->owner || cap < len) {
+                                fprintf(stderr, "owner %#x: block %llu says owner %#x cap %llu\n",
+                                        w->owner, (unsigned long long)off, o,
+                                        (unsigned long long)cap);
+                                w->res->mismatches++;
+                        }
+                }
+        }
+        buf_release_all(w);
+        w->res->secs = now_s() - t0;
+        return NULL;
+}
+
+/* ---- record stress ------------------------------------------------------------------ */
+
+#define REC_BODY 256u
+
+static void rec_release(struct worker *w, int i)
+{
+        uint64_t off = w->win[i].off, seen = 0;
+        const void *p = eng_arena_ptr(&w->a, off, REC_BODY);
+        uint64_t bad = check_pat(p, REC_BODY, w->win[i].pat, &seen);
+        if (bad)
+                report_mismatch(w, "record body changed under its owner", off, REC_BODY,
+                                w->win[i].pat, bad, seen);
+        int rc = eng_arena_rec_free(&w->a, off);
+        if (rc != 0)
+                error_once(w, "rec_free", rc);
+        else
+                w->res->frees++;
+        w->win[i].off = 0;
+}
+
+static void *rec_worker(void *arg)
+{
+        struct worker *w = arg;
+        uint64_t rng = 0x9e3779b97f4a7c15ull * (w->owner + 1);
+        double t0 = now_s();
+        for (uint64_t c = 0; c < w->cycles; c++) {
+                int i = (int)(xorshift(&rng) % WINDOW);
+                if (w->win[i].off)
+                        rec_release(w, i);
+                uint64_t off = 0;
+                int rc = eng_arena_rec_alloc(&w->a, w->owner, &off);
+                w->res->cycles++;
+                if (rc != 0) {
+                        error_once(w, "rec_alloc", rc);
+                        continue;
+                }
+                w->res->allocs++;
+                int64_t idx = eng_arena_rec_index(&w->a, off);
+                if (idx < 0 || eng_arena_rec_offset(&w->a, (uint64_t)idx) != off) {
+                        error_once(w, "rec_index of a fresh record", (int)idx);
+                        continue;
+                }
+                uint64_t pat = ((uint64_t)w->owner << 32) | (uint32_t)c;
+                fill_pat(eng_arena_ptr(&w->a, off, REC_BODY), REC_BODY, pat);
+                w->win[i].off = off;
+                w->win[i].pat = pat;
+        }
+        for (int i = 0; i < WINDOW; i++)
+                if (w->win[i].off)
+                        rec_release(w, i);
+        w->res->secs = now_s() - t0;
+        return NULL;
+}
+
+/* ---- the harness: PROCS processes x THREADS threads ------------------------------------- */
+
+/* One stress configuration. */
+struct plan {
+        const char *what;
+        bool records;
+        uint64_t size;      /* of the segment */
+        uint32_t max_shift; /* superblock 2^max_shift (lock-free) */
+        uint64_t max_len;   /* buffer sizes 1 .. max_len */
+};
+
+static uint32_t owner_of(int proc, int thread, bool records)
+{
+        return (records ? 0x10000u : 0) | (uint32_t)(proc + 1) << 8 | (uint32_t)(thread + 1);
+}
+
+static _Noreturn void stress_child(struct seg *s, int proc, struct tres *res, uint64_t cycles,
+                                   const struct plan *pl)
+{
+        bool records = pl->records;
+        eng_arena_t a;
+        uintptr_t addr;
+        if (seg_remap_in_child(s, proc, &a, &addr) != 0)
+                _exit(2);
+        __atomic_fetch_add(g_mapped, 1, __ATOMIC_SEQ_CST);
+        struct worker w[THREADS];
+        pthread_t tid[THREADS];
+        memset(w, 0, sizeof w);
+        for (int t = 0; t < THREADS; t++) {
+                w[t].a = a;
+                w[t].proc = proc;
+                w[t].thread = t;
+                w[t].owner = owner_of(proc, t, records);
+                w[t].cycles = cycles;
+                w[t].max_len = pl->max_len;
+                w[t].res = &res[proc * THREADS + t];
+                w[t].res->base = addr;
+                if (pthread_create(&tid[t], NULL, records ? rec_worker : buf_worker, &w[t]) != 0) {
+                        fprintf(stderr, "child %d: pthread_create failed\n", proc);
+                        _exit(2);
+                }
+        }
+        int bad = 0;
+        for (int t = 0; t < THREADS; t++) {
+                pthread_join(tid[t], NULL);
+                if (w[t].res->mismatches || w[t].res->errors)
+                        bad = 1;
+        }
+        _exit(bad);
+}
+
+static void run_stress(eng_arena_kind_t kind, const struct plan *pl)
+{
+        const char *k = eng_arena_kind_name(kind);
+        const char *what = pl->what;
+        bool records = pl->records;
+        uint64_t cycles = stress_cycles();
+        struct seg s;
+        seg_create(&s, what, kind, pl->size, REC_BODY, pl->max_shift);
+        struct tres *res = results_map(PROCS * THREADS);
+        g_mapped =
+            mmap(NULL, sizeof *g_mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert(g_mapped != MAP_FAILED);
+        *g_mapped = 0;
+        pid_t pids[PROCS];
+        int status[PROCS];
+        double t0 = now_s();
+        for (int p = 0; p < PROCS; p++) {
+                pids[p] = fork();
+                if (pids[p] == 0)
+                        stress_child(&s, p, res, cycles, pl);
+        }
+        /* Once every child has its own mapping the name can go: nothing is left in /dev/shm
+         * even if this test is killed by its timeout. */
+        for (double end = now_s() + 10;
+             __atomic_load_n(g_mapped, __ATOMIC_SEQ_CST) < PROCS && now_s() < end;)
+                sleep_us(1000);
+        shm_unlink(g_shm_name);
+        g_shm_name[0] = '\0';
+        int late = wait_children(pids, status, PROCS, DEADLINE_SECS);
+        double secs = now_s() - t0;
+
+        uint64_t tot_cycles = 0, tot_allocs = 0, tot_frees = 0, enomem = 0, starved = 0;
+        uint64_t mism = 0, errs = 0, owner_checks = 0;
+        for (int i = 0; i < PROCS * THREADS; i++) {
+                tot_cycles += res[i].cycles;
+                tot_allocs += res[i].allocs;
+                tot_frees += res[i].frees;
+                enomem += res[i].enomem;
+                starved += res[i].starved;
+                mism += res[i].mismatches;
+                errs += res[i].errors;
+                owner_checks += res[i].owner_checks;
+        }
+        fprintf(stderr,
+                "[stress] %s %s: %d procs x %d threads x %llu cycles in %.2f s (%.2f M "
+                "cycles/s); ENOMEM %llu, starved %llu, owner checks %llu, mismatches %llu, "
+                "errors %llu\n",
+                k, what, PROCS, THREADS, (unsigned long long)cycles, secs,
+                (double)tot_cycles / secs / 1e6, (unsigned long long)enomem,
+                (unsigned long long)starved, (unsigned long long)owner_checks,
+                (unsigned long long)mism, (unsigned long long)errs);
+
+        assert_children_ok(pids, status, PROCS, late, what);
+        cr_assert_eq(mism, 0, "%s %s: %llu pattern/owner mismatches", k, what,
+                     (unsigned long long)mism);
+        cr_assert_eq(errs, 0, "%s %s: %llu unexpected errors", k, what, (unsigned long long)errs);
+        cr_assert_eq(tot_cycles, (uint64_t)PROCS * THREADS * cycles);
+        cr_assert_eq(tot_allocs, tot_frees, "every block was freed by its owner");
+        /* Every process really had the segment at its own address. */
+        for (int i = 0; i < PROCS; i++) {
+                cr_assert_neq(res[i * THREADS].base, (uint64_t)(uintptr_t)s.base);
+                for (int j = 0; j < i; j++)
+                        cr_assert_neq(res[i * THREADS].base, res[j * THREADS].base,
+                                      "processes %d and %d mapped at the same address", i, j);
+        }
+
+        ASSERT_ARENA_OK(&s.a, "after the stress");
+        eng_arena_stats_t st;
+        eng_arena_stats(&s.a, &st);
+        cr_assert_eq(st.buf_used_blocks, 0, "%s %s: %llu blocks still used", k, what,
+                     (unsigned long long)st.buf_used_blocks);
+        cr_assert_eq(st.buf_used_bytes, 0);
+        cr_assert_eq(st.rec_used, 0, "%s %s: %llu records still used", k, what,
+                     (unsigned long long)st.rec_used);
+        cr_assert_eq(st.rec_free, eng_arena_rec_slots(&s.a), "every carved slot is free");
+        cr_assert_eq(st.bad_frees, 0);
+        if (records) {
+                /* A slot is carved only when the free list is empty, so at most every live
+                 * record plus one in flight per thread. */
+                cr_assert_leq(eng_arena_rec_slots(&s.a), (uint64_t)PROCS * THREADS * (WINDOW + 1),
+                              "%s: %llu slots carved", k,
+                              (unsigned long long)eng_arena_rec_slots(&s.a));
+                cr_assert_eq(st.buf_bottom, st.top, "no buffer was allocated");
+        } else {
+                cr_assert_eq(st.rec_top, st.rec_base, "no record was allocated");
+                if (kind == ENG_ARENA_MUTEX) {
+                        cr_assert_eq(st.buf_bottom, st.top, "all space back in the gap");
+                } else {
+                        uint64_t allocs = 0, frees = 0;
+                        for (uint32_t c = 0; c < st.nclasses; c++) {
+                                allocs += st.cls[c].allocs;
+                                frees += st.cls[c].frees;
+                        }
+                        cr_assert_eq(allocs, tot_allocs, "class counters saw every alloc");
+                        cr_assert_eq(frees, tot_frees, "class counters saw every free");
+                }
+        }
+        /* Each ENOMEM a thread saw was counted (retries may add more). */
+        cr_assert_geq(st.failed, enomem);
+        if (enomem == 0)
+                cr_assert_eq(st.failed, 0);
+        munmap(res, sizeof(struct tres) * PROCS * THREADS);
+        munmap(g_mapped, sizeof *g_mapped);
+        munmap(s.base, s.size);
+}
+
+/* Sizes 1 B .. 300 KiB in a segment with room for every thread's window: no ENOMEM expected,
+ * pure contention on the lists (and on the mutex). */
+TEST_BOTH_KINDS(buffers_survive_cross_process_stress, STRESS_SECS)
+{
+        struct plan pl = {
+            .what = "buffers", .size = 32 * MIB, .max_shift = 20, .max_len = MAX_STRESS_LEN};
+        run_stress(kind, &pl);
+}
+
+/* The same sizes in a 4 MiB segment: ENOMEM is frequent, and on the lock-free arena every
+ * failing allocation merges buddies (lf_coalesce) while the other threads keep going. */
+TEST_BOTH_KINDS(buffers_survive_stress_with_coalescing, STRESS_SECS)
+{
+        struct plan pl = {
+            .what = "buffers-4MiB", .size = 4 * MIB, .max_shift = 20, .max_len = MAX_STRESS_LEN};
+        run_stress(kind, &pl);
+}
+
+/* One size class (<= 4 KiB blocks) in a segment smaller than all the windows together:
+ * ENOMEM all the time, blocks handed from thread to thread through the free paths. */
+TEST_BOTH_KINDS(buffers_survive_stress_at_exhaustion, STRESS_SECS)
+{
+        struct plan pl = {.what = "buffers-full",
+                          .size = 256 * 1024,
+                          .max_shift = 16,
+                          .max_len = 4096 - ENG_ARENA_HDR_BYTES};
+        run_stress(kind, &pl);
+}
+
+TEST_BOTH_KINDS(records_survive_cross_process_stress, STRESS_SECS)
+{
+        struct plan pl = {.what = "records", .records = true, .size = 4 * MIB, .max_shift = 20};
+        run_stress(kind, &pl);
+}
+
+/* ---- SIGKILL in the middle of allocating ---------------------------------------------- */
+
+#define VICTIM_MAX 4096
+
+/*
+ * The victim, until it is killed, alternates two phases: (a) 64 steps of churn with 4 live
+ * blocks of random sizes; (b) small blocks until ENOMEM, free them all, then one request of
+ * eng_arena_max_alloc() (on the lock-free arena that one has to merge buddies first).
+ */
+static _Noreturn void kill_victim(eng_arena_t *a, uint32_t owner)
+{
+        static uint64_t many[VICTIM_MAX];
+        uint64_t rng = 0x9e3779b97f4a7c15ull * owner, off[4] = {0}, o;
+        for (;;) {
+                for (int step = 0; step < 64; step++) {
+                        int i = (int)(xorshift(&rng) % 4);
+                        if (off[i]) {
+                                if (eng_arena_free(a, off[i]) != 0)
+                                        _exit(3);
+                                off[i] = 0;
+                        }
+                        int rc = eng_arena_alloc(a, 1 + xorshift(&rng) % 200000, owner, &o);
+                        if (rc == 0) {
+                                memset(eng_arena_ptr(a, o, 64), 0x33, 64); /* not a header */
+                                off[i] = o;
+                        } else if (rc != -ENOMEM) {
+                                _exit(4);
+                        }
+                }
+                for (int i = 0; i < 4; i++)
+                        if (off[i] && eng_arena_free(a, off[i]) == 0)
+                                off[i] = 0;
+                int n = 0;
+                while (n < VICTIM_MAX &&
+                       eng_arena_alloc(a, 1 + xorshift(&rng) % 4000, owner, &many[n]) == 0) {
+                        memset(eng_arena_ptr(a, many[n], 64), 0x33, 64);
+                        n++;
+                }
+                while (n > 0)
+                        if (eng_arena_free(a, many[--n]) != 0)
+                                _exit(5);
+                if (eng_arena_alloc(a, eng_arena_max_alloc(a), owner, &o) == 0 &&
+                    eng_arena_free(a, o) != 0)
+                        _exit(6);
+        }
+}
+
+static pid_t fork_and_kill(void (*victim)(eng_arena_t *, uint32_t), eng_arena_t *a, uint32_t owner,
+                           uint64_t *rng, const char *k, int it)
+{
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+                victim(a, owner);
+                _exit(7);
+        }
+        sleep_us(100 + (long)(xorshift(rng) % 1400));
+        kill(pid, SIGKILL);
+        int st;
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
+                  "%s: iteration %d: the victim stopped by itself (status %#x)", k, it, st);
+        return pid;
+}
+
+/*
+ * The parent holds KILL_KEEP blocks; a child allocates/frees until SIGKILLed at a random
+ * moment (possibly holding the mutex, possibly between two steps of a lock-free update).
+ * After each kill the parent reclaims the child's owner id and must find: its own blocks
+ * live, owned and intact; the arena usable; and
+ *   mutex:     eng_arena_check passing and no other block used (the EOWNERDEAD repair
+ *              makes the arena exact again);
+ *   lock-free: eng_arena_check_leaks passing (what a kill leaves is lost but nobody's) and
+ *              at most one superblock more lost than before the kill (arena.h: a carved
+ *              superblock, an unpushed buddy...). How often the strict eng_arena_check
+ *              fails is printed.
+ */
+TEST_BOTH_KINDS(survives_sigkill_during_alloc, 120)
+{
+        const char *k = eng_arena_kind_name(kind);
+        int iters = (int)env_u64("ENG_ARENA_KILL_ITERS", 400);
+        struct seg s;
+        seg_create(&s, "kill", kind, 16 * MIB, 256, 20);
+        shm_unlink(g_shm_name); /* the victims use the mapping they inherit */
+        g_shm_name[0] = '\0';
+        eng_arena_t *a = &s.a;
+        const uint64_t keep_len[KILL_KEEP] = {100, 3000, 5000, 40000, 100000, 250000};
+        const uint64_t sb = (uint64_t)1 << 20;
+        uint64_t keep[KILL_KEEP];
+        for (int i = 0; i < KILL_KEEP; i++) {
+                cr_assert_eq(eng_arena_alloc(a, keep_len[i], 1, &keep[i]), 0);
+                fill_pat(eng_arena_ptr(a, keep[i], keep_len[i]), keep_len[i], 0x1111000000 + i);
+        }
+        uint64_t rng = 0x5eed ^ (uint64_t)getpid(), reclaimed = 0, leaked = 0;
+        int strict_failed = 0;
+        for (int it = 0; it < iters; it++) {
+                uint32_t victim = 1000 + (uint32_t)it;
+                fork_and_kill(kill_victim, a, victim, &rng, k, it);
+
+                int64_t n = eng_arena_reclaim(a, victim);
+                cr_assert_geq(n, 0, "%s: iteration %d: reclaim: %lld", k, it, (long long)n);
+                reclaimed += (uint64_t)n;
+                cr_assert_eq(eng_arena_reclaim(a, victim), 0,
+                             "%s: iteration %d: the victim still owns blocks", k, it);
+                for (int i = 0; i < KILL_KEEP; i++) {
+                        uint64_t seen, bad = check_pat(eng_arena_ptr(a, keep[i], keep_len[i]),
+                                                       keep_len[i], 0x1111000000 + i, &seen);
+                        cr_assert_eq(bad, 0, "%s: iteration %d: kept block %d overwritten", k, it,
+                                     i);
+                        cr_assert_eq(eng_arena_owner(a, keep[i]), 1,
+                                     "%s: iteration %d: kept block %d lost its owner", k, it, i);
+                }
+                char why[256];
+                eng_arena_stats_t sts;
+                eng_arena_stats(a, &sts);
+                int strict = eng_arena_check(a, why, sizeof why);
+                if (kind == ENG_ARENA_MUTEX) {
+                        cr_assert_eq(sts.buf_used_blocks, KILL_KEEP,
+                                     "%s: iteration %d: stats say %llu blocks used, the parent "
+                                     "holds %d (the victim's were reclaimed); "
+                                     "eng_arena_check: %s",
+                                     k, it, (unsigned long long)sts.buf_used_blocks, KILL_KEEP,
+                                     strict == 0 ? "passes" : why);
+                        cr_assert_eq(strict, 0, "%s: iteration %d: eng_arena_check: %s", k, it,
+                                     why);
+                } else {
+                        strict_failed += strict != 0;
+                        uint64_t now = 0;
+                        int rc = eng_arena_check_leaks(a, &now, why, sizeof why);
+                        cr_assert_eq(rc, 0, "%s: iteration %d: eng_arena_check_leaks: %s", k, it,
+                                     why);
+                        cr_assert_leq(now - leaked, sb,
+                                      "%s: iteration %d: one kill lost %llu bytes (now %llu of "
+                                      "%llu lost), more than one superblock",
+                                      k, it, (unsigned long long)(now - leaked),
+                                      (unsigned long long)now, (unsigned long long)s.size);
+                        leaked = now;
+                }
+                uint64_t x;
+                int rc = eng_arena_alloc(a, 4000, 2, &x);
+                cr_assert_eq(rc, 0, "%s: iteration %d: alloc after the kill: %d", k, it, rc);
+                fill_pat(eng_arena_ptr(a, x, 4000), 4000, 0x2222);
+                for (int i = 0; i < KILL_KEEP; i++) {
+                        uint64_t seen, bad = check_pat(eng_arena_ptr(a, keep[i], keep_len[i]),
+                                                       keep_len[i], 0x1111000000 + i, &seen);
+                        cr_assert_eq(bad, 0,
+                                     "%s: iteration %d: a new block overwrote kept block %d", k, it,
+                                     i);
+                }
+                cr_assert_eq(eng_arena_free(a, x), 0);
+        }
+        fprintf(stderr,
+                "[kill] %s: %d kills survived, %llu blocks reclaimed from victims; %llu bytes "
+                "lost to kills; strict eng_arena_check failed after %d of them\n",
+                k, iters, (unsigned long long)reclaimed, (unsigned long long)leaked, strict_failed);
+        for (int i = 0; i < KILL_KEEP; i++)
+                cr_assert_eq(eng_arena_free(a, keep[i]), 0);
+        if (kind == ENG_ARENA_MUTEX)
+                ASSERT_ARENA_OK(a, "end");
+        munmap(s.base, s.size);
+}
+
+/* Records have no reclaim: the victim's live records stay used, and that is all it may leave. */
+static _Noreturn void rec_victim(eng_arena_t *a, uint32_t owner)
+{
+        uint64_t rng = 0x9e3779b97f4a7c15ull * owner, r[4] = {0};
+        for (;;) {
+                int i = (int)(xorshift(&rng) % 4);
+                if (r[i]) {
+                        if (eng_arena_rec_free(a, r[i]) != 0)
+                                _exit(3);
+                        r[i] = 0;
+                }
+                if (eng_arena_rec_alloc(a, owner, &r[i]) != 0)
+                        _exit(4);
+                memset(eng_arena_ptr(a, r[i], REC_BODY), 0x44, REC_BODY);
+        }
+}
+
+/*
+ * Same kill loop on records. After each kill: the parent's records intact, a new record is
+ * none of them, and eng_arena_check_leaks passes (arena.h: a slot carved but not yet stamped
+ * is the only thing a kill may leave).
+ */
+TEST_BOTH_KINDS(records_survive_sigkill, 120)
+{
+        const char *k = eng_arena_kind_name(kind);
+        int iters = (int)env_u64("ENG_ARENA_KILL_ITERS", 400);
+        struct seg s;
+        seg_create(&s, "reckill", kind, 4 * MIB, REC_BODY, 20);
+        shm_unlink(g_shm_name);
+        g_shm_name[0] = '\0';
+        eng_arena_t *a = &s.a;
+        enum { KEEP_REC = 8 };
+        uint64_t keep[KEEP_REC];
+        for (int i = 0; i < KEEP_REC; i++) {
+                cr_assert_eq(eng_arena_rec_alloc(a, 1, &keep[i]), 0);
+                fill_pat(eng_arena_ptr(a, keep[i], REC_BODY), REC_BODY, 0x3333000000 + i);
+        }
+        uint64_t rng = 0xfeed ^ (uint64_t)getpid();
+        int strict_failed = 0;
+        for (int it = 0; it < iters; it++) {
+                fork_and_kill(rec_victim, a, 5000 + (uint32_t)it, &rng, k, it);
+                char why[256];
+                uint64_t leaked = 0;
+                strict_failed += eng_arena_check(a, NULL, 0) != 0;
+                int rc = eng_arena_check_leaks(a, &leaked, why, sizeof why);
+                cr_assert_eq(rc, 0, "%s: iteration %d: eng_arena_check_leaks: %s", k, it, why);
+                uint64_t r;
+                cr_assert_eq(eng_arena_rec_alloc(a, 2, &r), 0, "%s: iteration %d", k, it);
+                fill_pat(eng_arena_ptr(a, r, REC_BODY), REC_BODY, 0x4444);
+                for (int i = 0; i < KEEP_REC; i++) {
+                        uint64_t seen;
+                        cr_assert_neq(r, keep[i], "%s: iteration %d: kept record handed out", k,
+                                      it);
+                        cr_assert_eq(check_pat(eng_arena_ptr(a, keep[i], REC_BODY), REC_BODY,
+                                               0x3333000000 + i, &seen),
+                                     0, "%s: iteration %d: kept record %d overwritten", k, it, i);
+                }
+                cr_assert_eq(eng_arena_rec_free(a, r), 0);
+        }
+        fprintf(stderr,
+                "[kill] %s records: %d kills survived; strict eng_arena_check failed after "
+                "%d of them\n",
+                k, iters, strict_failed);
+        munmap(s.base, s.size);
+}
+
+/*
+ * Every test here wants both cores to itself (ctest runs this binary SERIAL): run them one
+ * at a time whatever --jobs says.
+ */
+int main(int argc, char *argv[])
+{
+        struct criterion_test_set *tests = criterion_initialize();
+        int result = 0;
+        if (criterion_handle_args(argc, argv, true)) {
+                criterion_options.jobs = 1;
+                result = !criterion_run_all_tests(tests);
+        }
+        criterion_finalize(tests);
+        return result;
+}
