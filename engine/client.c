@@ -177,6 +177,13 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                 int rc = boot_lock(sg);
                 if (rc != 0)
                         return rc;
+                if (eng_load_acquire_u32(&h->state) != SRV_READY ||
+                    eng_client_check_server(c) != 0) {
+                        /* Stopping or gone: an offer still up would never be served. */
+                        pthread_mutex_unlock(&h->boot);
+                        eng_set_err("the server is stopping or gone");
+                        return -EPIPE;
+                }
                 if (h->offer_state == 1) {
                         uint32_t idx = h->offer_idx;
                         struct eng_rec *r = seg_rec(sg, idx);
@@ -313,6 +320,7 @@ int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
         return 0;
 }
 
+/* For receiving: ended once the server ended the stream and every reply has been read. */
 static int stream_state(eng_stream_t *s)
 {
         if (s->ended)
@@ -320,6 +328,14 @@ static int stream_state(eng_stream_t *s)
         if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && chan_used(&s->in) == 0)
                 s->ended = -EPIPE;
         return s->ended;
+}
+
+/* For sending: nothing more may go to a stream the server ended, read or not. */
+static int send_state(eng_stream_t *s)
+{
+        if (s->ended)
+                return s->ended;
+        return eng_load_acquire_u32(&s->rec->state) == ST_ENDED ? -EPIPE : 0;
 }
 
 int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
@@ -392,7 +408,7 @@ int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t of
 {
         if (cmd < ENG_CMD_CLIENT_MIN || cmd > ENG_CMD_CLIENT_MAX)
                 return -EINVAL;
-        int rc = stream_state(s);
+        int rc = send_state(s);
         if (rc != 0)
                 return rc;
         if (off != 0 && eng_stream_loan_capacity(s, off) < len)
@@ -463,10 +479,13 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
         s->seq_in++;
         if (d.cmd == CMD_S_CLOSE || d.cmd == CMD_S_ERROR) {
                 int err = d.cmd == CMD_S_CLOSE ? -EPIPE : -(int)(int64_t)d.arg;
-                s->ended = err < 0 ? err : -EPIPE;
+                if (err >= 0 || err == -ESHUTDOWN)
+                        err = -EPIPE; /* the server stopped: "peer gone", as engine.h promises */
+                s->ended = err;
                 if (d.cmd == CMD_S_ERROR)
                         eng_set_err("stream %u ended by the server: %s", s->user_id,
-                                    eng_strerror(s->ended));
+                                    (int64_t)d.arg == ESHUTDOWN ? "server shutting down"
+                                                                : eng_strerror(err));
                 return s->ended;
         }
         if (d.cmd < ENG_CMD_SERVER_MIN || d.cmd > ENG_CMD_SERVER_MAX) {
@@ -532,8 +551,18 @@ static int stream_end(eng_stream_t *s, int timeout_ms)
                 /* One deadline for the whole handshake, however many steps it takes. */
                 uint64_t deadline = deadline_of(c, timeout_ms);
                 rc = push(s, CMD_C_CLOSE, 0, 0, 0);
-                while (rc == -EAGAIN) { /* ring full: wait for the server to drain */
+                while (rc == -EAGAIN) {
+                        /* Ring full: the server drains it only while it has room for replies,
+                         * so read (and drop) replies while we wait for room. */
                         uint32_t t = eng_client_ticket(c);
+                        eng_msg_t m;
+                        int r;
+                        while ((r = eng_stream_try_recv(s, &m)) == 0)
+                                eng_stream_release(s, &m);
+                        if (r != -EAGAIN) {
+                                rc = r == -EPIPE ? 0 : r; /* ended meanwhile: nothing to close */
+                                goto fin;
+                        }
                         rc = push(s, CMD_C_CLOSE, 0, 0, 0);
                         if (rc == -EAGAIN && (rc = stream_wait(c, &s->out, t, deadline)) == 0)
                                 rc = -EAGAIN;
@@ -553,6 +582,7 @@ static int stream_end(eng_stream_t *s, int timeout_ms)
                         break;
                 }
         }
+fin:
         /* Our last touch of the record. The server reclaims whatever the stream still owns
          * (and, for a stream that was not closed in order, tells its hooks it was aborted). */
         if (eng_client_check_server(c) == 0)

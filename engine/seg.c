@@ -175,20 +175,30 @@ bool ready_set(struct eng_seg *sg, uint32_t idx)
         return false;
 }
 
-/* Take one set bit, scanning from *cursor (rotating, for fairness). */
+/*
+ * Take one set bit, scanning from bit *cursor onwards and wrapping around (the cursor is a bit
+ * index, so a stream that is re-queued is not taken again before the other set bits of its
+ * word: a stream waiting for its session must let the session's bit be seen).
+ */
 bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
 {
         uint32_t nw = (sg->max_streams + 63) / 64;
-        uint32_t start = *cursor % nw;
-        for (uint32_t k = 0; k < nw; k++) {
-                uint32_t wi = (start + k) % nw;
+        uint32_t start = *cursor % (nw * 64);
+        uint32_t sw = start / 64, sb = start % 64;
+        for (uint32_t k = 0; k <= nw; k++) {
+                uint32_t wi = (sw + k) % nw;
+                uint64_t mask = ~0ull;
+                if (k == 0)
+                        mask = ~0ull << sb;
+                else if (k == nw)
+                        mask = sb ? (1ull << sb) - 1 : 0; /* the start word's low bits, last */
                 uint64_t *w = &sg->bitmap[wi];
                 uint64_t old = eng_load_relaxed_u64(w);
-                while (old != 0) {
-                        uint64_t bit = old & (~old + 1);
+                while ((old & mask) != 0) {
+                        uint64_t bit = (old & mask) & (~(old & mask) + 1);
                         if (eng_cas_u64(w, old, old & ~bit, &old)) {
                                 *idx = wi * 64 + (uint32_t)__builtin_ctzll(bit);
-                                *cursor = wi + (old & ~bit ? 0 : 1);
+                                *cursor = *idx + 1;
                                 return *idx < sg->max_streams;
                         }
                 }
@@ -213,6 +223,11 @@ bool ready_any(struct eng_seg *sg)
  */
 void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
 {
+        /* Full fence: our ring publication (a store) must be visible before we read sched.
+         * Without it a worker could see QUEUED -> RUNNING, drain a ring that does not yet show
+         * our descriptor, and go IDLE, while we read the stale QUEUED and return: the message
+         * would sit there until the next push (store->load is the one order TSO does not keep). */
+        eng_fence_full();
         uint32_t s = eng_load_relaxed_u32(&r->sched);
         for (;;) {
                 uint32_t want;

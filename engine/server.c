@@ -28,6 +28,7 @@ struct eng_sstream {
         uint32_t known; /* accepted; published with release: workers read other entries' */
         bool ended;     /* we sent CLOSE/ERROR; waiting for the client's FIN */
         bool pushed;    /* this turn produced something for the client */
+        bool opened;    /* on_open accepted it: on_close is owed exactly once */
         uint32_t type;
         uint32_t session;
         uint32_t user_id;
@@ -139,8 +140,9 @@ static void end_stream(struct eng_server *srv, eng_sstream_t *s, int err)
         s->ended = true;
         if (s->known) {
                 push_out(s, err == 0 ? CMD_S_CLOSE : CMD_S_ERROR, (uint64_t)(int64_t)-err, 0, 0);
-                if (s->type == REC_STREAM && srv->cfg.hooks.on_close)
+                if (s->opened && srv->cfg.hooks.on_close)
                         srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
+                s->opened = false;
         }
         eng_store_release_u32(&s->rec->state, ST_ENDED);
         eng_faa_u64(&srv->sg.hdr->ended, 1);
@@ -152,8 +154,9 @@ static void finalize(struct eng_server *srv, eng_sstream_t *s, int err)
 {
         if (!s->ended) {
                 s->ended = true;
-                if (s->known && s->type == REC_STREAM && srv->cfg.hooks.on_close)
+                if (s->opened && srv->cfg.hooks.on_close)
                         srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
+                s->opened = false;
         }
         eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
         if (s->pidfd >= 0)
@@ -186,13 +189,20 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
                  * client schedules its session before its streams, but workers may take them
                  * in any order: a session still being claimed means "come back later". */
                 eng_sstream_t *ss = s->session < srv->ntab ? &srv->tab[s->session] : NULL;
+                if (s->pid <= 0 || (kill(s->pid, 0) != 0 && errno == ESRCH))
+                        return -ESRCH; /* claimed by a process that is gone: reap it now */
                 if (ss == NULL || !ss->live)
                         return -EPROTO;
                 if (!eng_load_acquire_u32(&ss->known)) {
                         struct eng_rec *sr = ss->rec;
                         bool pending = eng_load_acquire_u32(&sr->state) == ST_CLAIMED &&
                                        sr->type == REC_SESSION && sr->owner_pid == s->pid;
-                        return pending ? -EINPROGRESS : -EPROTO;
+                        if (pending)
+                                return -EINPROGRESS;
+                        /* Not claimed any more: accepted (or refused) meanwhile? known is
+                         * published before the state moves on, so look again. */
+                        if (!eng_load_acquire_u32(&ss->known))
+                                return -EPROTO;
                 }
                 if (ss->type != REC_SESSION || ss->pid != s->pid)
                         rc = -EPROTO;
@@ -205,8 +215,10 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
                 if (s->pidfd < 0)
                         rc = -ESRCH;
         }
-        if (rc == 0 && s->type == REC_STREAM && srv->cfg.hooks.on_open)
-                rc = srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx);
+        if (rc == 0 && s->type == REC_STREAM) {
+                rc = srv->cfg.hooks.on_open ? srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx) : 0;
+                s->opened = rc == 0;
+        }
         /* Known from here on, even if refused (end_stream must tell the client); release:
          * type and pid are visible to a worker that reads known with acquire. */
         eng_store_release_u32(&s->known, 1);
@@ -297,7 +309,7 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
         uint32_t st = eng_load_relaxed_u32(&r->sched);
         for (;;) {
                 if (st == RUN_FIN) {
-                        finalize(srv, s, -ECONNABORTED); /* FIN without CLOSE: aborted */
+                        finalize(srv, s, s->ended ? 0 : -ECONNABORTED); /* no CLOSE: aborted */
                         goto out;
                 }
                 if (eng_cas_u32(&r->sched, st, RUN_RUNNING, &st))
@@ -336,15 +348,26 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
                         ready_post(&srv->sg, idx);
                         goto out;
                 }
+                /* Go idle: RUNNING -> IDLE. If the client pushed meanwhile (AGAIN, or garbage)
+                 * take it back to RUNNING with a CAS too, so that a FIN swapped in at any point is
+                 * never overwritten, and run again. */
                 st = RUN_RUNNING;
-                if (eng_cas_u32(&r->sched, st, RUN_IDLE, &st))
+                bool idle = false;
+                for (;;) {
+                        if (st == RUN_FIN)
+                                break;
+                        uint32_t want = st == RUN_RUNNING ? RUN_IDLE : RUN_RUNNING;
+                        if (eng_cas_u32(&r->sched, st, want, &st)) {
+                                idle = want == RUN_IDLE;
+                                break;
+                        }
+                }
+                if (idle)
                         goto out;
                 if (st == RUN_FIN) {
-                        finalize(srv, s, -ECONNABORTED); /* FIN without CLOSE: aborted */
+                        finalize(srv, s, s->ended ? 0 : -ECONNABORTED);
                         goto out;
                 }
-                /* AGAIN (or garbage): run once more */
-                eng_store_relaxed_u32(&r->sched, RUN_RUNNING);
         }
 out:
         eng_store_release_u32(&s->busy, 0);
@@ -445,7 +468,11 @@ static void reap_dead(struct eng_server *srv)
                 pid_t dead = s->pid;
                 for (uint32_t j = 0; j < srv->ntab; j++) {
                         eng_sstream_t *t = &srv->tab[j];
-                        if (t->live && t->pid == dead && (t->known || t->rec->owner_pid == dead)) {
+                        /* Accepted streams carry the pid; claimed ones only in the record. */
+                        if (t->live &&
+                            (t->known ? t->pid == dead
+                                      : eng_load_relaxed_u32(&t->rec->state) == ST_CLAIMED &&
+                                            t->rec->owner_pid == dead)) {
                                 /* Take the stream away from the workers first. */
                                 uint32_t seen;
                                 while (!eng_cas_u32(&t->busy, 0, 1, &seen))
@@ -571,6 +598,11 @@ void eng_server_stop(eng_server_t *srv)
                 return;
         struct eng_seg *sg = &srv->sg;
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
+        /* Withdraw the offer: nobody may claim a record that no worker will serve. */
+        if (pthread_mutex_lock(&sg->hdr->boot) == EOWNERDEAD)
+                pthread_mutex_consistent(&sg->hdr->boot);
+        sg->hdr->offer_state = 0;
+        pthread_mutex_unlock(&sg->hdr->boot);
         eng_store_relaxed_u32(&srv->stop, 1);
         eng_faa_u32(&sg->hdr->srv_wake, 1);
         eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);

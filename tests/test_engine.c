@@ -1,0 +1,1457 @@
+/*
+ * test_engine.c - functional behaviour of engine/: streams, messages with and without buffers,
+ * command ranges and forged descriptors, backpressure and timeouts, arena exhaustion, segment
+ * name ownership and attach validation, shutdown as seen by clients, and one thread driving
+ * many streams.
+ *
+ * The server runs in the test process (its threads); clients are either in the test process
+ * too (so they can assert) or forked children, which only use the client API, report through
+ * their exit status and a MAP_SHARED page, and _exit.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+TestSuite(engine, .timeout = 60);
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+#define CMD_ECHO      0x0101u /* reply 0x0201, arg + 1000, the same buffer */
+#define CMD_LOANREPLY 0x0102u /* reply 0x0202 with a buffer the server loans */
+#define CMD_FAIL      0x0103u /* the hook returns -ECONNABORTED */
+#define CMD_HOLD_ECHO 0x0110u /* wait for the gate, then echo */
+#define CMD_HOLD_EAT  0x0111u /* wait for the gate, then consume (no reply) */
+#define REFUSED_ID    666u
+#define SERVER_TEXT   "hello from the server"
+#define MAX_CLOSES    4096
+
+static struct hstate {
+        uint32_t gate; /* 1: HOLD commands wait */
+        uint32_t held; /* hooks waiting at the gate now */
+        uint64_t msgs;
+        uint32_t opens;
+        uint32_t last_user_id;
+        pid_t last_pid;
+        uint32_t nclose;
+        struct {
+                uint32_t user_id;
+                int err;
+        } closes[MAX_CLOSES];
+} H;
+
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ms(int ms)
+{
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000l};
+        nanosleep(&ts, NULL);
+}
+
+/*
+ * Children are forked before the server's threads exist (then released through a pipe once
+ * the server is up): a child forked from a process with running threads may inherit a lock
+ * another thread held at fork time (ASan's allocator is not fork-safe). If the parent dies
+ * first, the child reads EOF and exits.
+ */
+static pid_t fork_gated(int *gate)
+{
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                close(p[1]);
+                char b;
+                ssize_t n;
+                while ((n = read(p[0], &b, 1)) < 0 && errno == EINTR)
+                        ;
+                close(p[0]);
+                if (n != 1)
+                        _exit(99);
+                return 0;
+        }
+        close(p[0]);
+        *gate = p[1];
+        return pid;
+}
+
+static void open_gate(int gate)
+{
+        char b = 'g';
+        if (write(gate, &b, 1) != 1)
+                cr_assert_fail("cannot release a child");
+        close(gate);
+}
+
+/* Segments of this test process, unlinked at exit even if an assertion ends the test early
+ * (children leave with _exit and never run this). */
+static char g_names[16][64];
+static int g_nnames;
+
+static void unlink_names(void)
+{
+        for (int i = 0; i < g_nnames; i++)
+                shm_unlink(g_names[i]);
+}
+
+static void mkname(char *buf, size_t n, const char *tag)
+{
+        snprintf(buf, n, "/engt-%d-%s", (int)getpid(), tag);
+        if (g_nnames == 0)
+                atexit(unlink_names);
+        if (g_nnames < 16)
+                snprintf(g_names[g_nnames++], sizeof(g_names[0]), "%s", buf);
+}
+
+static int h_open(eng_sstream_t *s, void *ctx)
+{
+        (void)ctx;
+        __atomic_store_n(&H.last_user_id, eng_sstream_id(s), __ATOMIC_RELAXED);
+        __atomic_store_n(&H.last_pid, eng_sstream_pid(s), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&H.opens, 1, __ATOMIC_RELEASE);
+        return eng_sstream_id(s) == REFUSED_ID ? -EACCES : 0;
+}
+
+static void h_close(eng_sstream_t *s, int err, void *ctx)
+{
+        (void)ctx;
+        uint32_t i = __atomic_load_n(&H.nclose, __ATOMIC_RELAXED);
+        while (i < MAX_CLOSES && !__atomic_compare_exchange_n(&H.nclose, &i, i + 1, false,
+                                                              __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+                ;
+        if (i < MAX_CLOSES) {
+                H.closes[i].user_id = eng_sstream_id(s);
+                __atomic_store_n(&H.closes[i].err, err == 0 ? 1 : err, __ATOMIC_RELEASE);
+        }
+}
+
+static int echo(eng_sstream_t *s, eng_msg_t *m)
+{
+        int rc = eng_sstream_send(s, (uint16_t)(0x0200u | (m->cmd & 0xffu)), m->arg + 1000, m->off,
+                                  m->len);
+        if (rc == 0)
+                m->off = 0; /* the buffer went back to the client */
+        return rc;
+}
+
+static int h_msg(eng_sstream_t *s, eng_msg_t *m, void *ctx)
+{
+        (void)ctx;
+        __atomic_fetch_add(&H.msgs, 1, __ATOMIC_RELAXED);
+        switch (m->cmd) {
+        case CMD_LOANREPLY: {
+                void *p;
+                uint64_t off;
+                int rc = eng_sstream_loan(s, sizeof(SERVER_TEXT), &p, &off);
+                if (rc != 0)
+                        return rc;
+                memcpy(p, SERVER_TEXT, sizeof(SERVER_TEXT));
+                rc = eng_sstream_send(s, 0x0202, m->arg, off, sizeof(SERVER_TEXT));
+                if (rc != 0)
+                        eng_sstream_free(s, off);
+                return rc;
+        }
+        case CMD_FAIL:
+                return -ECONNABORTED;
+        case CMD_HOLD_ECHO:
+        case CMD_HOLD_EAT:
+                __atomic_fetch_add(&H.held, 1, __ATOMIC_ACQ_REL);
+                while (__atomic_load_n(&H.gate, __ATOMIC_ACQUIRE))
+                        sleep_ms(1);
+                __atomic_fetch_sub(&H.held, 1, __ATOMIC_ACQ_REL);
+                return m->cmd == CMD_HOLD_EAT ? 0 : echo(s, m);
+        default:
+                return echo(s, m);
+        }
+}
+
+/* The transport of the servers this test starts (0: the default, lock-free). */
+static eng_transport_t g_transport;
+
+static eng_server_t *start_server(const char *name, uint64_t size, uint32_t depth, uint32_t workers)
+{
+        eng_server_cfg_t cfg = {.name = name,
+                                .size = size,
+                                .ring_depth = depth,
+                                .workers = workers,
+                                .transport = g_transport,
+                                .hooks = {.on_open = h_open, .on_msg = h_msg, .on_close = h_close}};
+        eng_server_t *srv = NULL;
+        int rc = eng_server_start(&cfg, &srv);
+        cr_assert_eq(rc, 0, "eng_server_start(%s): %s (%s)", name, eng_strerror(rc), eng_errmsg());
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        uint32_t t = sg.hdr->transport;
+        seg_unmap(&sg);
+        cr_assert_eq(t, g_transport ? g_transport : ENG_TRANSPORT_LOCKFREE);
+        return srv;
+}
+
+static eng_client_t *attach(const char *name)
+{
+        eng_client_t *c = NULL;
+        int rc = eng_client_attach(name, NULL, &c);
+        cr_assert_eq(rc, 0, "attach(%s): %s (%s)", name, eng_strerror(rc), eng_errmsg());
+        return c;
+}
+
+static eng_stream_t *open_stream(eng_client_t *c, uint32_t user_id)
+{
+        eng_stream_t *s = NULL;
+        int rc = eng_stream_open(c, user_id, &s);
+        cr_assert_eq(rc, 0, "open: %s (%s)", eng_strerror(rc), eng_errmsg());
+        return s;
+}
+
+/* The server's on_close for user_id, waiting up to ms; 0 if none (err 0 is reported as 1). */
+static int close_err_of(uint32_t user_id, int ms)
+{
+        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        do {
+                uint32_t n = __atomic_load_n(&H.nclose, __ATOMIC_ACQUIRE);
+                for (uint32_t i = 0; i < n && i < MAX_CLOSES; i++) {
+                        int e = __atomic_load_n(&H.closes[i].err, __ATOMIC_ACQUIRE);
+                        if (e != 0 && H.closes[i].user_id == user_id)
+                                return e;
+                }
+                sleep_ms(1);
+        } while (now_ns() < end);
+        return 0;
+}
+
+/* Arena stats of a live segment through an internal view. */
+static void arena_stats(const char *name, eng_arena_stats_t *st)
+{
+        struct eng_seg sg;
+        int rc = seg_attach(&sg, name);
+        cr_assert_eq(rc, 0, "seg_attach(%s): %s", name, eng_strerror(rc));
+        eng_arena_stats(&sg.arena, st);
+        seg_unmap(&sg);
+}
+
+/* Wait until rec_used == recs and no buffer block is in use. */
+static bool arena_settles(const char *name, uint64_t recs, int ms, eng_arena_stats_t *st)
+{
+        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        for (;;) {
+                arena_stats(name, st);
+                if (st->rec_used == recs && st->buf_used_blocks == 0)
+                        return true;
+                if (now_ns() > end)
+                        return false;
+                sleep_ms(2);
+        }
+}
+
+static void fill(unsigned char *p, uint32_t len, uint32_t seed)
+{
+        for (uint32_t i = 0; i < len; i++)
+                p[i] = (unsigned char)(seed * 31u + i * 7u + (i >> 8));
+}
+
+static bool check_fill(const unsigned char *p, uint32_t len, uint32_t seed)
+{
+        for (uint32_t i = 0; i < len; i++)
+                if (p[i] != (unsigned char)(seed * 31u + i * 7u + (i >> 8)))
+                        return false;
+        return true;
+}
+
+/* A page shared with forked children. */
+static void *shared_page(size_t bytes)
+{
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert_neq(p, MAP_FAILED);
+        return p;
+}
+
+static int wait_child(pid_t pid)
+{
+        int st;
+        pid_t r;
+        while ((r = waitpid(pid, &st, 0)) < 0 && errno == EINTR)
+                ;
+        cr_assert_eq(r, pid);
+        cr_assert(WIFEXITED(st), "child %d did not exit normally (signal %d)", (int)pid,
+                  WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+        return WEXITSTATUS(st);
+}
+
+/* ---- streams and messages ----------------------------------------------------------- */
+
+static void basic_body(const char *tag)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_arena_stats_t base;
+        arena_stats(name, &base);
+        cr_assert_eq(base.rec_used, 1, "only the offered record before any client");
+        cr_assert_eq(base.buf_used_blocks, 0);
+
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 42);
+        eng_msg_t m;
+
+        /* No buffer. */
+        int rc = eng_stream_send(s, CMD_ECHO, 7, 0, 0, 2000);
+        cr_assert_eq(rc, 0, "send: %s", eng_strerror(rc));
+        rc = eng_stream_recv(s, &m, 2000);
+        cr_assert_eq(rc, 0, "recv: %s (%s)", eng_strerror(rc), eng_errmsg());
+        cr_assert_eq(m.cmd, 0x0201);
+        cr_assert_eq(m.arg, 1007);
+        cr_assert_eq(m.off, 0);
+        cr_assert_eq(m.len, 0);
+        cr_assert_null(m.data);
+        cr_assert_eq(m.seq, 1, "replies are numbered from 1");
+        eng_stream_release(s, &m);
+        cr_assert_eq(__atomic_load_n(&H.last_user_id, __ATOMIC_ACQUIRE), 42);
+        cr_assert_eq(__atomic_load_n(&H.last_pid, __ATOMIC_ACQUIRE), getpid());
+
+        /* With a buffer, several sizes: the same bytes come back in the same block. */
+        const uint32_t sizes[] = {1, 100, 4000, 4032, 65536, 1000000};
+        for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+                void *p;
+                uint64_t off;
+                rc = eng_stream_loan(s, sizes[i], &p, &off, 2000);
+                cr_assert_eq(rc, 0, "loan %u: %s", sizes[i], eng_strerror(rc));
+                cr_assert_geq(eng_stream_loan_capacity(s, off), sizes[i]);
+                fill(p, sizes[i], (uint32_t)i);
+                rc = eng_stream_send(s, CMD_ECHO, i, off, sizes[i], 2000);
+                cr_assert_eq(rc, 0, "send %u: %s", sizes[i], eng_strerror(rc));
+                rc = eng_stream_recv(s, &m, 2000);
+                cr_assert_eq(rc, 0, "recv %u: %s (%s)", sizes[i], eng_strerror(rc), eng_errmsg());
+                cr_assert_eq(m.arg, i + 1000);
+                cr_assert_eq(m.len, sizes[i]);
+                cr_assert_eq(m.off, off, "the echo returns the same block");
+                cr_assert_not_null(m.data);
+                cr_assert_eq(m.seq, i + 2);
+                cr_assert(check_fill(m.data, m.len, (uint32_t)i), "payload of %u bytes changed",
+                          sizes[i]);
+                eng_stream_release(s, &m);
+                cr_assert_eq(m.off, 0);
+        }
+
+        /* A reply in a buffer the server loaned. */
+        rc = eng_stream_send(s, CMD_LOANREPLY, 99, 0, 0, 2000);
+        cr_assert_eq(rc, 0);
+        rc = eng_stream_recv(s, &m, 2000);
+        cr_assert_eq(rc, 0, "recv: %s (%s)", eng_strerror(rc), eng_errmsg());
+        cr_assert_eq(m.cmd, 0x0202);
+        cr_assert_eq(m.arg, 99);
+        cr_assert_neq(m.off, 0);
+        cr_assert_eq(m.len, sizeof(SERVER_TEXT));
+        cr_assert_str_eq((const char *)m.data, SERVER_TEXT);
+        eng_stream_release(s, &m);
+
+        /* A loan never sent: given back explicitly. */
+        void *p;
+        uint64_t off;
+        cr_assert_eq(eng_stream_try_loan(s, 10, &p, &off), 0);
+        eng_stream_unloan(s, off);
+
+        rc = eng_stream_close(s);
+        cr_assert_eq(rc, 0, "close: %s", eng_strerror(rc));
+        cr_assert_eq(close_err_of(42, 2000), 1, "on_close(err 0) after an orderly close");
+        eng_client_detach(c);
+
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st),
+                  "after close+detach: %llu records, %llu blocks in use (want 1, 0)",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+Test(engine, open_send_recv_close_with_and_without_buffers)
+{
+        basic_body("basic");
+}
+
+Test(engine, mutex_transport_open_send_recv_close_with_and_without_buffers)
+{
+        g_transport = ENG_TRANSPORT_MUTEX;
+        basic_body("mbasic");
+}
+
+Test(engine, unsent_loans_are_reclaimed_at_close)
+{
+        char name[64];
+        mkname(name, sizeof(name), "reclaim");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        for (int i = 0; i < 10; i++) {
+                void *p;
+                uint64_t off;
+                cr_assert_eq(eng_stream_try_loan(s, 5000, &p, &off), 0);
+        }
+        /* Replies the client never reads are dropped by close and reclaimed too. */
+        for (int i = 0; i < 5; i++) {
+                void *p;
+                uint64_t off;
+                cr_assert_eq(eng_stream_try_loan(s, 100, &p, &off), 0);
+                cr_assert_eq(eng_stream_send(s, CMD_ECHO, (uint64_t)i, off, 100, 2000), 0);
+        }
+        eng_arena_stats_t st;
+        arena_stats(name, &st);
+        cr_assert_eq(st.buf_used_blocks, 15);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+Test(engine, hook_error_ends_stream_with_that_error)
+{
+        char name[64];
+        mkname(name, sizeof(name), "hookerr");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 5);
+        eng_stream_t *other = open_stream(c, 6);
+        cr_assert_eq(eng_stream_send(s, CMD_FAIL, 0, 0, 0, 2000), 0);
+        eng_msg_t m;
+        int rc = eng_stream_recv(s, &m, 2000);
+        cr_assert_eq(rc, -ECONNABORTED, "recv after a failing hook: %s", eng_strerror(rc));
+        cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, 0, 0, 0), -ECONNABORTED,
+                     "an ended stream stays ended");
+        cr_assert_eq(close_err_of(5, 2000), -ECONNABORTED);
+        /* The other stream of the same client is unaffected. */
+        cr_assert_eq(eng_stream_send(other, CMD_ECHO, 1, 0, 0, 2000), 0);
+        rc = eng_stream_recv(other, &m, 2000);
+        cr_assert_eq(rc, 0, "%s", eng_strerror(rc));
+        cr_assert_eq(m.arg, 1001);
+        eng_stream_close(s);
+        cr_assert_eq(eng_stream_close(other), 0);
+        eng_client_detach(c);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+Test(engine, refused_open_reaches_client_as_error)
+{
+        char name[64];
+        mkname(name, sizeof(name), "refuse");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, REFUSED_ID);
+        eng_msg_t m;
+        int rc = eng_stream_recv(s, &m, 2000);
+        cr_assert_eq(rc, -EACCES, "recv on a refused stream: %s", eng_strerror(rc));
+        eng_stream_close(s);
+        eng_stream_t *ok = open_stream(c, 7);
+        cr_assert_eq(eng_stream_send(ok, CMD_ECHO, 3, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(ok, &m, 2000), 0);
+        cr_assert_eq(eng_stream_close(ok), 0);
+        eng_client_detach(c);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+/* The session and the first stream are accepted by different workers, possibly in either
+ * order: a stream opened right after attach must never be refused. Workers are idle (asleep)
+ * before each attach, which is when the race is widest. */
+Test(engine, stream_opened_right_after_attach_is_accepted)
+{
+        char name[64];
+        mkname(name, sizeof(name), "fresh");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        int refused = 0, first_rc = 0, first_at = -1;
+        const int rounds = 200;
+        for (int i = 0; i < rounds; i++) {
+                sleep_ms(3);
+                eng_client_t *c = NULL;
+                cr_assert_eq(eng_client_attach(name, NULL, &c), 0);
+                eng_stream_t *s = open_stream(c, 1);
+                int rc = eng_stream_send(s, CMD_ECHO, 1, 0, 0, 2000);
+                eng_msg_t m;
+                if (rc == 0)
+                        rc = eng_stream_recv(s, &m, 2000);
+                if (rc != 0) {
+                        if (refused++ == 0) {
+                                first_rc = rc;
+                                first_at = i;
+                        }
+                }
+                eng_stream_close(s);
+                eng_client_detach(c);
+        }
+        eng_server_stop(srv);
+        cr_assert_eq(refused, 0,
+                     "%d of %d first streams failed (first: round %d, %s): stream accepted "
+                     "before its session?",
+                     refused, rounds, first_at, eng_strerror(first_rc));
+}
+
+/*
+ * Open and close back to back, many times: the close's request is pushed while the worker
+ * may still be finishing the open's turn (sched QUEUED or RUNNING). Every close must be
+ * answered: a lost wake-up here leaves the client waiting for its timeout.
+ */
+Test(engine, back_to_back_open_close_is_never_lost, .timeout = 120)
+{
+        char name[64];
+        mkname(name, sizeof(name), "b2b");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_cfg_t cfg = {.timeout_ms = 2000};
+        eng_client_t *c = NULL;
+        cr_assert_eq(eng_client_attach(name, &cfg, &c), 0);
+#ifdef __SANITIZE_ADDRESS__
+        const int rounds = 5000;
+#else
+        const int rounds = 20000;
+#endif
+        int lost = 0, first = -1;
+        uint64_t worst = 0;
+        for (int i = 0; i < rounds && lost < 3; i++) {
+                eng_stream_t *s = NULL;
+                cr_assert_eq(eng_stream_open(c, 1000 + (uint32_t)i, &s), 0);
+                uint64_t t0 = now_ns();
+                int rc = eng_stream_close(s);
+                uint64_t dt = now_ns() - t0;
+                worst = dt > worst ? dt : worst;
+                if (rc != 0) {
+                        if (lost++ == 0)
+                                first = i;
+                }
+        }
+        eng_client_detach(c);
+        eng_arena_stats_t st;
+        bool settled = arena_settles(name, 1, 2000, &st);
+        eng_server_stop(srv);
+        cr_assert_eq(lost, 0, "%d closes timed out (first at round %d; worst %.0f ms)", lost, first,
+                     (double)worst / 1e6);
+        cr_assert(settled, "records not reclaimed: %llu in use (want 1)",
+                  (unsigned long long)st.rec_used);
+}
+
+/* ---- command ranges and forged descriptors ------------------------------------------ */
+
+Test(engine, client_cannot_send_server_or_reserved_commands)
+{
+        char name[64];
+        mkname(name, sizeof(name), "cmdrange");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        const uint16_t bad[] = {0x0000, 0x00ff, 0x01f0, 0x01ff, 0x0200, 0x0201,
+                                0x02ef, 0x02f0, 0x02f1, 0x0300, 0xffff};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                cr_assert_eq(eng_stream_try_send(s, bad[i], 0, 0, 0), -EINVAL,
+                             "try_send accepted command 0x%04x", bad[i]);
+                cr_assert_eq(eng_stream_send(s, bad[i], 0, 0, 0, 100), -EINVAL,
+                             "send accepted command 0x%04x", bad[i]);
+        }
+        /* Both ends of the client range are fine, and the refusals left no trace. */
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(s, ENG_CMD_CLIENT_MIN, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        cr_assert_eq(m.seq, 1);
+        cr_assert_eq(eng_stream_send(s, ENG_CMD_CLIENT_MAX, 2, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        cr_assert_eq(m.arg, 1002);
+        /* A length without a buffer, or a buffer too small for the length, is refused too. */
+        cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, 0, 0, 10), -EINVAL);
+        void *p;
+        uint64_t off;
+        cr_assert_eq(eng_stream_try_loan(s, 100, &p, &off), 0);
+        uint64_t cap = eng_stream_loan_capacity(s, off);
+        cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, 0, off, (uint32_t)cap + 1), -EINVAL);
+        eng_stream_unloan(s, off);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+/* Write a descriptor straight into a stream's client->server ring, as a hostile client. */
+static void forge(const char *name, eng_stream_t *s, const struct eng_desc *d)
+{
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        uint32_t idx = eng_stream_index(s);
+        struct eng_rec *r = seg_rec(&sg, idx);
+        cr_assert_not_null(r);
+        struct chan_end pe;
+        chan_attach(&pe, &r->c2s, rec_c2s_slots(r, sg.depth), sg.depth,
+                    (eng_transport_t)sg.hdr->transport, true);
+        cr_assert(chan_push(&pe, d));
+        sched_stream(&sg, r, idx);
+        seg_unmap(&sg);
+}
+
+Test(engine, forged_descriptor_reaches_the_hook_when_valid)
+{
+        /* The control for the forged-command tests: the forging path itself works. */
+        char name[64];
+        mkname(name, sizeof(name), "forgeok");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        struct eng_desc d = {.cmd = CMD_ECHO, .seq = 1, .arg = 77};
+        forge(name, s, &d);
+        eng_msg_t m;
+        int rc = eng_stream_recv(s, &m, 2000);
+        cr_assert_eq(rc, 0, "%s (%s)", eng_strerror(rc), eng_errmsg());
+        cr_assert_eq(m.arg, 1077);
+        /* The client's own view of the ring is now behind: stop the server first so that the
+         * close gives up at once (-EPIPE) instead of waiting for room that never comes. */
+        eng_server_stop(srv);
+        eng_stream_close(s);
+        eng_client_detach(c);
+}
+
+static void forged_ends_stream(const char *tag, uint16_t cmd, bool bad_seq, bool foreign_buf)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        eng_stream_t *other = open_stream(c, 2);
+        eng_msg_t m;
+        /* One honest message first, so that the forged one has sequence number 2. */
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        void *p;
+        uint64_t foreign = 0;
+        if (foreign_buf) {
+                cr_assert_eq(eng_stream_try_loan(other, 64, &p, &foreign), 0);
+                fill(p, 64, 9);
+        }
+        struct eng_desc d = {
+            .cmd = cmd, .seq = bad_seq ? 5 : 2, .arg = 5, .off = foreign, .len = foreign ? 64 : 0};
+        forge(name, s, &d);
+        int rc = eng_stream_recv(s, &m, 2000);
+        cr_assert_eq(rc, -EPROTO, "%s: recv after the forged descriptor: %s", tag,
+                     eng_strerror(rc));
+        cr_assert_eq(close_err_of(1, 2000), -EPROTO, "%s: on_close(-EPROTO)", tag);
+        cr_assert_eq(__atomic_load_n(&H.msgs, __ATOMIC_ACQUIRE), 1,
+                     "%s: the forged descriptor reached the hook", tag);
+        if (foreign_buf) {
+                /* The other stream's block was neither freed nor taken over. */
+                cr_assert_eq(eng_stream_loan_capacity(other, foreign) >= 64, true);
+                cr_assert(check_fill(p, 64, 9));
+        }
+        /* The server keeps serving the other stream. */
+        for (int i = 0; i < 10; i++) {
+                cr_assert_eq(eng_stream_send(other, CMD_ECHO, (uint64_t)i, 0, 0, 2000), 0);
+                rc = eng_stream_recv(other, &m, 2000);
+                cr_assert_eq(rc, 0, "%s: other stream: %s", tag, eng_strerror(rc));
+                cr_assert_eq(m.arg, (uint64_t)i + 1000);
+        }
+        if (foreign_buf)
+                eng_stream_unloan(other, foreign);
+        eng_stream_close(s);
+        cr_assert_eq(eng_stream_close(other), 0);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+Test(engine, forged_server_command_ends_stream_with_eproto)
+{
+        forged_ends_stream("forgecmd", 0x0201, false, false);
+}
+
+Test(engine, forged_reserved_command_ends_stream_with_eproto)
+{
+        forged_ends_stream("forgeres", 0x02f0, false, false);
+}
+
+Test(engine, forged_sequence_number_ends_stream_with_eproto)
+{
+        forged_ends_stream("forgeseq", CMD_ECHO, true, false);
+}
+
+Test(engine, forged_foreign_buffer_ends_stream_with_eproto)
+{
+        forged_ends_stream("forgebuf", CMD_ECHO, false, true);
+}
+
+/* ---- backpressure ------------------------------------------------------------------- */
+
+static void wait_held(uint32_t n)
+{
+        uint64_t end = now_ns() + 2000000000ull;
+        while (__atomic_load_n(&H.held, __ATOMIC_ACQUIRE) < n) {
+                cr_assert_lt(now_ns(), end, "the hook never started holding");
+                sleep_ms(1);
+        }
+}
+
+static void *open_gate_later(void *arg)
+{
+        sleep_ms((int)(intptr_t)arg);
+        __atomic_store_n(&H.gate, 0, __ATOMIC_RELEASE);
+        return NULL;
+}
+
+/*
+ * The same race made deterministic with one worker: the worker is held in a hook while a new
+ * client attaches (its session takes the record on offer) and opens a stream, which gets a
+ * lower record index (a freed one, reused first); when the worker comes back it takes the
+ * lower index first, so it meets the stream before the session.
+ */
+Test(engine, stream_accepted_before_its_session_is_not_refused)
+{
+        char name[64];
+        mkname(name, sizeof(name), "order");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
+        eng_client_t *a = attach(name);
+        eng_stream_t *z = open_stream(a, 1);
+        eng_stream_t *g = open_stream(a, 2);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(z, CMD_ECHO, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(z, &m, 2000), 0);
+        cr_assert_eq(eng_stream_send(g, CMD_ECHO, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(g, &m, 2000), 0);
+        eng_arena_stats_t st;
+        arena_stats(name, &st);
+        uint64_t before = st.rec_used;
+        uint32_t zi = eng_stream_index(z);
+        cr_assert_eq(eng_stream_close(z), 0);
+        uint64_t end = now_ns() + 2000000000ull;
+        do {
+                sleep_ms(1);
+                arena_stats(name, &st);
+        } while (st.rec_used != before - 1 && now_ns() < end);
+        cr_assert_eq(
+            st.rec_used, before - 1,
+            "the closed stream's record was not freed (%llu records in use, %llu before the close)",
+            (unsigned long long)st.rec_used, (unsigned long long)before);
+
+        __atomic_store_n(&H.gate, 1, __ATOMIC_RELEASE);
+        cr_assert_eq(eng_stream_try_send(g, CMD_HOLD_ECHO, 2, 0, 0), 0);
+        wait_held(1);
+        eng_client_t *b = NULL;
+        cr_assert_eq(eng_client_attach(name, NULL, &b), 0);
+        eng_stream_t *s = open_stream(b, 3);
+        uint32_t si = eng_stream_index(s);
+        cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, 3, 0, 0), 0);
+        __atomic_store_n(&H.gate, 0, __ATOMIC_RELEASE);
+        int rc = eng_stream_recv(s, &m, 2000);
+        cr_log_info("new stream at record %u (the freed one was %u): %s", si, zi, eng_strerror(rc));
+        cr_assert_eq(eng_stream_recv(g, &m, 2000), 0);
+        cr_assert_eq(rc, 0,
+                     "first stream of a new client (record %u, below its session's): %s (%s)", si,
+                     eng_strerror(rc), eng_errmsg());
+        eng_stream_close(s);
+        eng_client_detach(b);
+        eng_stream_close(g);
+        eng_client_detach(a);
+        eng_server_stop(srv);
+}
+
+static void backpressure_body(const char *tag)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        const uint32_t depth = 8;
+        eng_server_t *srv = start_server(name, 16 << 20, depth, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        __atomic_store_n(&H.gate, 1, __ATOMIC_RELEASE);
+        cr_assert_eq(eng_stream_try_send(s, CMD_HOLD_ECHO, 0, 0, 0), 0);
+        wait_held(1); /* the worker took it out of the ring and sits in the hook */
+        uint32_t accepted = 0;
+        int rc;
+        while ((rc = eng_stream_try_send(s, CMD_ECHO, accepted + 1, 0, 0)) == 0)
+                cr_assert_lt(++accepted, 1000, "try_send never reported a full ring");
+        cr_assert_eq(rc, -EAGAIN, "full ring: %s", eng_strerror(rc));
+        cr_assert_eq(accepted, depth - 1, "a ring of %u holds %u, accepted %u", depth, depth - 1,
+                     accepted);
+        uint64_t t0 = now_ns();
+        rc = eng_stream_send(s, CMD_ECHO, 999, 0, 0, 150);
+        uint64_t dt = (now_ns() - t0) / 1000000;
+        cr_assert_eq(rc, -ETIMEDOUT, "blocking send on a full ring: %s", eng_strerror(rc));
+        cr_assert(dt >= 140 && dt < 1000, "send timed out after %llu ms (asked 150)",
+                  (unsigned long long)dt);
+
+        /* The server catches up: every message is answered in order, the extra reply space
+         * handling (the reply ring is as small as the request ring) included. */
+        __atomic_store_n(&H.gate, 0, __ATOMIC_RELEASE);
+        eng_msg_t m;
+        for (uint32_t i = 0; i <= accepted; i++) {
+                rc = eng_stream_recv(s, &m, 2000);
+                cr_assert_eq(rc, 0, "reply %u: %s (%s)", i, eng_strerror(rc), eng_errmsg());
+                cr_assert_eq(m.arg, (uint64_t)i + 1000);
+        }
+
+        /* A blocked send completes as soon as the server makes room. */
+        __atomic_store_n(&H.gate, 1, __ATOMIC_RELEASE);
+        cr_assert_eq(eng_stream_try_send(s, CMD_HOLD_ECHO, 0, 0, 0), 0);
+        wait_held(1);
+        for (uint32_t i = 0; i < depth - 1; i++)
+                cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, i + 1, 0, 0), 0);
+        cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, 0, 0, 0), -EAGAIN);
+        pthread_t th;
+        pthread_create(&th, NULL, open_gate_later, (void *)(intptr_t)100);
+        t0 = now_ns();
+        rc = eng_stream_send(s, CMD_ECHO, depth, 0, 0, 5000);
+        dt = (now_ns() - t0) / 1000000;
+        pthread_join(th, NULL);
+        cr_assert_eq(rc, 0, "send after the server made room: %s", eng_strerror(rc));
+        cr_assert(dt >= 80 && dt < 1000, "blocked send returned after %llu ms",
+                  (unsigned long long)dt);
+        for (uint32_t i = 0; i <= depth; i++) {
+                rc = eng_stream_recv(s, &m, 2000);
+                cr_assert_eq(rc, 0, "reply %u: %s (%s)", i, eng_strerror(rc), eng_errmsg());
+                cr_assert_eq(m.arg, (uint64_t)i + 1000);
+        }
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+Test(engine, full_ring_gives_eagain_and_send_times_out)
+{
+        backpressure_body("backpr");
+}
+
+Test(engine, mutex_transport_full_ring_gives_eagain_and_send_times_out)
+{
+        g_transport = ENG_TRANSPORT_MUTEX;
+        backpressure_body("mbackpr");
+}
+
+/* The client never reads: the server stops taking requests once the reply ring is nearly
+ * full (it keeps room for a reply and for the final CLOSE/ERROR), so close still works. */
+Test(engine, client_that_never_reads_can_still_close)
+{
+        char name[64];
+        mkname(name, sizeof(name), "noread");
+        const uint32_t depth = 8;
+        eng_server_t *srv = start_server(name, 16 << 20, depth, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 3);
+        uint32_t sent = 0;
+        for (int round = 0; round < 200 && sent < 4 * depth; round++) {
+                if (eng_stream_try_send(s, CMD_ECHO, sent, 0, 0) == 0)
+                        sent++;
+                else
+                        sleep_ms(1);
+        }
+        cr_assert_lt(sent, 4 * depth, "the server kept consuming with a full reply ring");
+        cr_assert_geq(sent, depth - 1);
+        int rc = eng_stream_send(s, CMD_ECHO, 0, 0, 0, 100);
+        cr_assert_eq(rc, -ETIMEDOUT, "%s", eng_strerror(rc));
+        uint64_t t0 = now_ns();
+        rc = eng_stream_close(s);
+        uint64_t dt = (now_ns() - t0) / 1000000;
+        cr_assert_eq(rc, 0,
+                     "close after %u sends, unread replies, a full request ring: %s after %llu ms",
+                     sent, eng_strerror(rc), (unsigned long long)dt);
+        cr_assert_lt(dt, 1000, "close took %llu ms", (unsigned long long)dt);
+        cr_assert_eq(close_err_of(3, 2000), 1);
+        eng_client_detach(c);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+/*
+ * Fairness: with one worker, a stream that always has more than a batch of work must not
+ * starve the others. A forked "hog" keeps its stream's ring full (its records sit below the
+ * victim's in the ready set, which workers scan lowest bit first); every one of the victim's
+ * round trips must still complete within a second (the machine may be loaded: no tighter).
+ */
+struct hog_report {
+        uint32_t ready;
+        uint32_t stop;
+        uint64_t msgs;
+};
+
+static int hog_child(const char *name, struct hog_report *rep)
+{
+        eng_client_t *c;
+        if (eng_client_attach(name, NULL, &c) != 0)
+                return 10;
+        eng_stream_t *s;
+        if (eng_stream_open(c, 11, &s) != 0)
+                return 11;
+        uint64_t n = 0;
+        while (!__atomic_load_n(&rep->stop, __ATOMIC_ACQUIRE)) {
+                while (eng_stream_try_send(s, CMD_ECHO, n, 0, 0) == 0)
+                        n++;
+                eng_msg_t m;
+                int rc;
+                while ((rc = eng_stream_try_recv(s, &m)) == 0)
+                        __atomic_fetch_add(&rep->msgs, 1, __ATOMIC_RELAXED);
+                if (rc != -EAGAIN)
+                        return 12;
+                __atomic_store_n(&rep->ready, 1, __ATOMIC_RELEASE);
+        }
+        if (eng_stream_close(s) != 0)
+                return 13;
+        eng_client_detach(c);
+        return 0;
+}
+
+Test(engine, busy_stream_does_not_starve_others)
+{
+        char name[64];
+        mkname(name, sizeof(name), "fair");
+        struct hog_report *rep = shared_page(4096);
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0)
+                _exit(hog_child(name, rep));
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
+        open_gate(gate);
+        uint64_t end = now_ns() + 5000000000ull;
+        while (!__atomic_load_n(&rep->ready, __ATOMIC_ACQUIRE) && now_ns() < end)
+                sleep_ms(1);
+        sleep_ms(50);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 12);
+        int done = 0, rc = 0;
+        uint64_t worst = 0;
+        uint64_t hog_before = __atomic_load_n(&rep->msgs, __ATOMIC_RELAXED);
+        uint64_t until = now_ns() + 300000000ull; /* 300 ms of round trips */
+        for (; now_ns() < until; done++) {
+                eng_msg_t m;
+                uint64_t t0 = now_ns();
+                rc = eng_stream_send(s, CMD_ECHO, (uint64_t)done, 0, 0, 1000);
+                if (rc == 0)
+                        rc = eng_stream_recv(s, &m, 1000);
+                uint64_t dt = now_ns() - t0;
+                worst = dt > worst ? dt : worst;
+                if (rc != 0)
+                        break;
+        }
+        uint64_t hog_msgs = __atomic_load_n(&rep->msgs, __ATOMIC_RELAXED) - hog_before;
+        __atomic_store_n(&rep->stop, 1, __ATOMIC_RELEASE);
+        int code = wait_child(pid);
+        cr_log_info("victim: %d round trips, worst %.1f ms; hog: %llu round trips meanwhile", done,
+                    (double)worst / 1e6, (unsigned long long)hog_msgs);
+        cr_assert_eq(code, 0, "hog failed with %d", code);
+        cr_assert_eq(rc, 0, "victim round trip %d next to a busy stream: %s (worst %.0f ms)", done,
+                     eng_strerror(rc), (double)worst / 1e6);
+        eng_stream_close(s);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+/* ---- arena exhaustion ---------------------------------------------------------------- */
+
+Test(engine, loan_waits_for_space_then_succeeds_after_frees)
+{
+        char name[64];
+        mkname(name, sizeof(name), "loanfull");
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 2);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        const uint32_t big = (1u << 20) - 64; /* one whole superblock each */
+        uint64_t offs[16];
+        int n = 0;
+        void *p;
+        int rc;
+        while ((rc = eng_stream_try_loan(s, big, &p, &offs[n])) == 0)
+                cr_assert_lt(++n, 16, "an 8 MiB segment gave 16 MiB of loans");
+        cr_assert_eq(rc, -EAGAIN, "exhausted arena: %s", eng_strerror(rc));
+        cr_assert_geq(n, 3);
+        uint64_t small;
+        /* Nothing else fits either: every superblock is taken by a whole-block loan. */
+        rc = eng_stream_try_loan(s, 100, &p, &small);
+        cr_assert_eq(rc, -EAGAIN, "a small loan on a full arena: %s", eng_strerror(rc));
+
+        uint64_t t0 = now_ns();
+        rc = eng_stream_loan(s, big, &p, &small, 150);
+        uint64_t dt = (now_ns() - t0) / 1000000;
+        cr_assert_eq(rc, -ETIMEDOUT, "loan on a full arena: %s", eng_strerror(rc));
+        cr_assert(dt >= 140 && dt < 1000, "loan timed out after %llu ms", (unsigned long long)dt);
+
+        /* A free makes the next loan succeed at once. */
+        eng_stream_unloan(s, offs[--n]);
+        rc = eng_stream_try_loan(s, big, &p, &offs[n]);
+        cr_assert_eq(rc, 0, "loan after a free: %s", eng_strerror(rc));
+        n++;
+
+        /* A waiting loan is woken by a free in another party: hand one block to the server,
+         * which holds it in the hook and frees it when the gate opens. */
+        __atomic_store_n(&H.gate, 1, __ATOMIC_RELEASE);
+        uint64_t given = offs[--n];
+        cr_assert_eq(eng_stream_send(s, CMD_HOLD_EAT, 0, given, big, 2000), 0);
+        wait_held(1);
+        cr_assert_eq(eng_stream_try_loan(s, big, &p, &small), -EAGAIN);
+        pthread_t th;
+        pthread_create(&th, NULL, open_gate_later, (void *)(intptr_t)100);
+        t0 = now_ns();
+        rc = eng_stream_loan(s, big, &p, &offs[n], 5000);
+        dt = (now_ns() - t0) / 1000000;
+        pthread_join(th, NULL);
+        cr_assert_eq(rc, 0, "waiting loan: %s", eng_strerror(rc));
+        cr_assert(dt >= 80 && dt < 1000, "waiting loan returned after %llu ms",
+                  (unsigned long long)dt);
+        n++;
+        while (n > 0)
+                eng_stream_unloan(s, offs[--n]);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+/* ---- segment names and attach validation --------------------------------------------- */
+
+Test(engine, second_server_on_a_live_name_is_refused)
+{
+        char name[64];
+        mkname(name, sizeof(name), "twice");
+        eng_server_cfg_t cfg = {.name = name, .size = 8 << 20, .workers = 1};
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0) {
+                eng_server_t *s3 = NULL;
+                int r = eng_server_start(&cfg, &s3);
+                _exit(r == -EADDRINUSE ? 0 : 1);
+        }
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        eng_server_t *srv2 = NULL;
+        int rc = eng_server_start(&cfg, &srv2);
+        cr_assert_eq(rc, -EADDRINUSE, "second start: %s", eng_strerror(rc));
+        cr_assert_null(srv2);
+        /* Also from another process. */
+        open_gate(gate);
+        cr_assert_eq(wait_child(pid), 0, "a second server in another process was not refused");
+        /* The refused starts left the live segment alone. */
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+        /* Once stopped, the name is free again. */
+        rc = eng_server_start(&cfg, &srv2);
+        cr_assert_eq(rc, 0, "start after stop: %s (%s)", eng_strerror(rc), eng_errmsg());
+        eng_server_stop(srv2);
+}
+
+Test(engine, attach_to_missing_name_is_refused)
+{
+        char name[64];
+        mkname(name, sizeof(name), "nobody");
+        eng_client_t *c = NULL;
+        int rc = eng_client_attach(name, NULL, &c);
+        cr_assert_eq(rc, -ECONNREFUSED, "%s", eng_strerror(rc));
+        cr_assert_null(c);
+        cr_assert_not_null(strstr(eng_errmsg(), name), "errmsg: %s", eng_errmsg());
+}
+
+Test(engine, attach_to_dead_servers_segment_is_refused_and_name_reusable)
+{
+        char name[64];
+        mkname(name, sizeof(name), "dead");
+        pid_t pid = fork();
+        if (pid == 0) {
+                eng_server_cfg_t cfg = {.name = name, .size = 8 << 20, .workers = 1};
+                eng_server_t *srv;
+                _exit(eng_server_start(&cfg, &srv) == 0 ? 0 : 1); /* dies without stopping */
+        }
+        cr_assert_eq(wait_child(pid), 0);
+        eng_client_t *c = NULL;
+        uint64_t t0 = now_ns();
+        int rc = eng_client_attach(name, NULL, &c);
+        cr_assert_eq(rc, -ECONNREFUSED, "attach to a dead server's segment: %s", eng_strerror(rc));
+        cr_assert_lt(now_ns() - t0, 1000000000ull, "refusal took more than a second");
+        /* A new server replaces the stale segment. */
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+/* Copy a live server's segment into a new shm object named copy, patch its header. */
+enum patch { PATCH_NONE, PATCH_MAGIC, PATCH_VERSION, PATCH_SIZE };
+
+static void copy_segment(const char *live, const char *copy, enum patch what)
+{
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, live), 0);
+        int fd = shm_open(copy, O_RDWR | O_CREAT | O_EXCL, 0600);
+        cr_assert_geq(fd, 0, "shm_open(%s): %s", copy, strerror(errno));
+        cr_assert_eq(ftruncate(fd, (off_t)sg.size), 0);
+        unsigned char *dst = mmap(NULL, sg.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        cr_assert_neq(dst, MAP_FAILED);
+        memcpy(dst, sg.base, sg.size);
+        struct eng_seg_hdr *h = (struct eng_seg_hdr *)dst;
+        switch (what) {
+        case PATCH_MAGIC:
+                h->magic = 0x0badf00du;
+                break;
+        case PATCH_VERSION:
+                h->version = SEG_VERSION + 41;
+                break;
+        case PATCH_SIZE:
+                h->size = sg.size + 4096;
+                break;
+        case PATCH_NONE:
+                break;
+        }
+        munmap(dst, sg.size);
+        close(fd);
+        seg_unmap(&sg);
+}
+
+static void attach_to_patched(enum patch what, int want, const char *needle1, const char *needle2)
+{
+        char live[64], copy[64], intact[64];
+        mkname(live, sizeof(live), "live");
+        mkname(copy, sizeof(copy), "copy");
+        mkname(intact, sizeof(intact), "intact");
+        eng_server_t *srv = start_server(live, 4 << 20, 0, 1);
+        /* Control: an unpatched copy passes the segment validation. */
+        copy_segment(live, intact, PATCH_NONE);
+        struct eng_seg sg;
+        int rc = seg_attach(&sg, intact);
+        cr_assert_eq(rc, 0, "unpatched copy: %s (%s)", eng_strerror(rc), eng_errmsg());
+        seg_unmap(&sg);
+        shm_unlink(intact);
+
+        copy_segment(live, copy, what);
+        eng_client_t *c = NULL;
+        rc = eng_client_attach(copy, NULL, &c);
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", eng_errmsg());
+        shm_unlink(copy);
+        eng_server_stop(srv);
+        cr_assert_eq(rc, want, "attach: got %d (%s), want %d (%s); errmsg: %s", rc,
+                     eng_strerror(rc), want, eng_strerror(want), msg);
+        cr_assert_null(c);
+        cr_assert_not_null(strstr(msg, needle1), "errmsg does not say '%s': %s", needle1, msg);
+        if (needle2)
+                cr_assert_not_null(strstr(msg, needle2), "errmsg does not say '%s': %s", needle2,
+                                   msg);
+}
+
+Test(engine, attach_rejects_wrong_magic)
+{
+        attach_to_patched(PATCH_MAGIC, -EPROTO, "magic", "0x0badf00d");
+}
+
+Test(engine, attach_rejects_wrong_version)
+{
+        char v[16];
+        snprintf(v, sizeof(v), "%u", SEG_VERSION + 41);
+        attach_to_patched(PATCH_VERSION, -EPROTONOSUPPORT, "version", v);
+}
+
+Test(engine, attach_rejects_wrong_size)
+{
+        /* 4 MiB object, header claiming 4 MiB + 4 KiB: both numbers must be named. */
+        char hs[32], os[32];
+        snprintf(hs, sizeof(hs), "%llu", (unsigned long long)((4ull << 20) + 4096));
+        snprintf(os, sizeof(os), "%llu", (unsigned long long)(4ull << 20));
+        attach_to_patched(PATCH_SIZE, -EUCLEAN, hs, os);
+}
+
+Test(engine, attach_rejects_tiny_or_empty_object)
+{
+        char name[64];
+        mkname(name, sizeof(name), "tiny");
+        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(ftruncate(fd, 100), 0);
+        close(fd);
+        eng_client_t *c = NULL;
+        int rc = eng_client_attach(name, NULL, &c);
+        shm_unlink(name);
+        cr_assert_eq(rc, -EPROTO, "%s", eng_strerror(rc));
+        cr_assert_null(c);
+}
+
+/* ---- shutdown as seen by clients ---------------------------------------------------- */
+
+struct stop_report {
+        int ready;
+        int rc;
+        int wakes; /* waits that returned 0 before the final result */
+        uint64_t t_ret;
+        uint64_t t_stop;
+};
+
+enum stop_mode { STOP_WAIT_NO_STREAM, STOP_WAIT_WITH_STREAM, STOP_RECV };
+
+static int stop_child(const char *name, enum stop_mode mode, struct stop_report *rep)
+{
+        eng_client_t *c;
+        if (eng_client_attach(name, NULL, &c) != 0)
+                return 10;
+        eng_stream_t *s = NULL;
+        if (mode != STOP_WAIT_NO_STREAM && eng_stream_open(c, 1, &s) != 0)
+                return 11;
+        __atomic_store_n(&rep->ready, 1, __ATOMIC_RELEASE);
+        int rc;
+        if (mode == STOP_RECV) {
+                eng_msg_t m;
+                rc = eng_stream_recv(s, &m, 10000);
+        } else {
+                for (;;) {
+                        uint32_t t = eng_client_ticket(c);
+                        rc = eng_client_wait(c, t, 10000);
+                        if (rc != 0 || ++rep->wakes > 1000)
+                                break;
+                }
+        }
+        rep->t_ret = now_ns();
+        rep->rc = rc;
+        return 0;
+}
+
+static void stop_while_blocked(const char *tag, enum stop_mode mode)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        struct stop_report *rep = shared_page(4096);
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0)
+                _exit(stop_child(name, mode, rep));
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 2);
+        open_gate(gate);
+        uint64_t end = now_ns() + 5000000000ull;
+        while (!__atomic_load_n(&rep->ready, __ATOMIC_ACQUIRE) && now_ns() < end)
+                sleep_ms(1);
+        sleep_ms(200); /* let the child go to sleep in its wait */
+        rep->t_stop = now_ns();
+        eng_server_stop(srv);
+        int code = wait_child(pid);
+        cr_assert_eq(code, 0, "%s: child failed with %d", tag, code);
+        double ms = (double)(rep->t_ret - rep->t_stop) / 1e6;
+        cr_log_info("%s: returned %s %.1f ms after stop (after %d wake-ups)", tag,
+                    eng_strerror(rep->rc), ms, rep->wakes);
+        cr_assert_eq(rep->rc, -EPIPE, "%s: got %d (%s) instead of -EPIPE", tag, rep->rc,
+                     eng_strerror(rep->rc));
+        cr_assert_lt(ms, 1000.0, "%s: returned %.0f ms after stop", tag, ms);
+        cr_assert_leq(rep->wakes, 10, "%s: %d wake-ups before -EPIPE", tag, rep->wakes);
+}
+
+Test(engine, client_wait_returns_epipe_soon_after_server_stop)
+{
+        stop_while_blocked("stopwait", STOP_WAIT_NO_STREAM);
+}
+
+Test(engine, client_wait_with_open_stream_returns_epipe_soon_after_server_stop)
+{
+        stop_while_blocked("stopwaits", STOP_WAIT_WITH_STREAM);
+}
+
+Test(engine, blocked_recv_returns_epipe_soon_after_server_stop)
+{
+        stop_while_blocked("stoprecv", STOP_RECV);
+}
+
+enum after_call { AFTER_SEND, AFTER_RECV, AFTER_OPEN };
+
+/* Stop the server under an open stream (with the next record already on offer, as between
+ * opens), then make one call: it must fail with -EPIPE at once. */
+static void call_after_stop(const char *tag, enum after_call what)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        cr_assert_eq(eng_client_check_server(c), 0);
+        /* The stream is accepted (a round trip), and the next record is on offer. */
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        uint64_t end = now_ns() + 2000000000ull;
+        while (eng_load_acquire_u32(&sg.hdr->offer_state) != 1 && now_ns() < end)
+                sleep_ms(1);
+        seg_unmap(&sg);
+        eng_server_stop(srv);
+        cr_assert_eq(eng_client_check_server(c), -EPIPE);
+        eng_stream_t *s2 = NULL;
+        int rc = 0;
+        uint64_t t0 = now_ns();
+        switch (what) {
+        case AFTER_SEND:
+                rc = eng_stream_send(s, CMD_ECHO, 0, 0, 0, 5000);
+                break;
+        case AFTER_RECV:
+                rc = eng_stream_recv(s, &m, 5000);
+                break;
+        case AFTER_OPEN:
+                rc = eng_stream_open(c, 2, &s2);
+                break;
+        }
+        uint64_t dt = (now_ns() - t0) / 1000000;
+        if (s2 != NULL)
+                eng_stream_close(s2);
+        eng_stream_close(s);
+        eng_client_detach(c);
+        cr_assert_eq(rc, -EPIPE, "%s after stop: %d (%s), want -EPIPE", tag, rc, eng_strerror(rc));
+        cr_assert_lt(dt, 1000, "%s after stop took %llu ms", tag, (unsigned long long)dt);
+}
+
+Test(engine, send_after_server_stop_fails_with_epipe)
+{
+        call_after_stop("aftersend", AFTER_SEND);
+}
+
+Test(engine, recv_after_server_stop_fails_with_epipe)
+{
+        call_after_stop("afterrecv", AFTER_RECV);
+}
+
+Test(engine, open_after_server_stop_fails_with_epipe)
+{
+        call_after_stop("afteropen", AFTER_OPEN);
+}
+
+/* ---- many streams, one thread --------------------------------------------------------- */
+
+#define MS_STREAMS 32
+#ifdef __SANITIZE_ADDRESS__
+#define MS_MSGS 500
+#else
+#define MS_MSGS 3000
+#endif
+#define MS_WINDOW 4
+
+static int many_streams_child(const char *name)
+{
+        eng_client_t *c;
+        int rc = eng_client_attach(name, NULL, &c);
+        if (rc != 0)
+                return 10;
+        eng_stream_t *s[MS_STREAMS];
+        uint32_t sent[MS_STREAMS] = {0}, got[MS_STREAMS] = {0};
+        for (int i = 0; i < MS_STREAMS; i++)
+                if (eng_stream_open(c, 100 + (uint32_t)i, &s[i]) != 0)
+                        return 11;
+        uint32_t done = 0;
+        while (done < MS_STREAMS) {
+                uint32_t t = eng_client_ticket(c);
+                bool moved = false;
+                for (int i = 0; i < MS_STREAMS; i++) {
+                        while (sent[i] < MS_MSGS && sent[i] - got[i] < MS_WINDOW) {
+                                uint32_t k = sent[i];
+                                uint64_t off = 0;
+                                uint32_t len = (k % 3 == 0) ? 0 : 1 + (k * 37u) % 3000u;
+                                void *p;
+                                if (len) {
+                                        rc = eng_stream_try_loan(s[i], len, &p, &off);
+                                        if (rc == -EAGAIN)
+                                                break;
+                                        if (rc != 0)
+                                                return 12;
+                                        fill(p, len, k + (uint32_t)i);
+                                }
+                                rc = eng_stream_try_send(s[i], CMD_ECHO, ((uint64_t)i << 32) | k,
+                                                         off, len);
+                                if (rc == -EAGAIN) {
+                                        eng_stream_unloan(s[i], off);
+                                        break;
+                                }
+                                if (rc != 0) {
+                                        fprintf(stderr, "send: %s\n", eng_strerror(rc));
+                                        return 13;
+                                }
+                                sent[i]++;
+                                moved = true;
+                        }
+                        eng_msg_t m;
+                        while ((rc = eng_stream_try_recv(s[i], &m)) == 0) {
+                                uint32_t k = got[i];
+                                uint32_t len = (k % 3 == 0) ? 0 : 1 + (k * 37u) % 3000u;
+                                if (m.arg != (((uint64_t)i << 32) | k) + 1000 || m.len != len ||
+                                    (len && !check_fill(m.data, len, k + (uint32_t)i))) {
+                                        fprintf(stderr,
+                                                "stream %d reply %u wrong (arg %llx len %u)\n", i,
+                                                k, (unsigned long long)m.arg, m.len);
+                                        return 14;
+                                }
+                                eng_stream_release(s[i], &m);
+                                if (++got[i] == MS_MSGS)
+                                        done++;
+                                moved = true;
+                        }
+                        if (rc != -EAGAIN) {
+                                fprintf(stderr, "recv: %s\n", eng_strerror(rc));
+                                return 15;
+                        }
+                }
+                if (!moved) {
+                        rc = eng_client_wait(c, t, 5000);
+                        if (rc != 0) {
+                                fprintf(stderr, "wait: %s\n", eng_strerror(rc));
+                                return 16;
+                        }
+                }
+        }
+        for (int i = 0; i < MS_STREAMS; i++)
+                if (eng_stream_close(s[i]) != 0)
+                        return 17;
+        eng_client_detach(c);
+        return 0;
+}
+
+static void many_streams_body(const char *tag)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0)
+                _exit(many_streams_child(name));
+        eng_server_t *srv = start_server(name, 32 << 20, 0, 2);
+        open_gate(gate);
+        int code = wait_child(pid);
+        cr_assert_eq(code, 0, "client failed with %d", code);
+        cr_assert_eq(__atomic_load_n(&H.msgs, __ATOMIC_ACQUIRE), (uint64_t)MS_STREAMS * MS_MSGS);
+        cr_assert_eq(__atomic_load_n(&H.opens, __ATOMIC_ACQUIRE), MS_STREAMS);
+        cr_assert_eq(__atomic_load_n(&H.last_pid, __ATOMIC_ACQUIRE), pid);
+        for (uint32_t i = 0; i < MS_STREAMS; i++)
+                cr_assert_eq(close_err_of(100 + i, 2000), 1, "stream %u not closed cleanly", i);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+Test(engine, one_thread_drives_32_streams)
+{
+        many_streams_body("many");
+}
+
+Test(engine, mutex_transport_one_thread_drives_32_streams)
+{
+        g_transport = ENG_TRANSPORT_MUTEX;
+        many_streams_body("mmany");
+}

@@ -1,0 +1,848 @@
+/*
+ * test_xfer.c - the file-transfer service end to end: the real engine-server and
+ * engine-client binaries, fork+exec'd with a per-test options file, folder and segment name.
+ *
+ * What a user relies on: every file arrives byte-identical (sizes around the chunk payload,
+ * a large one, many streams from two processes at once); the command lines fail clearly
+ * and with the documented status; shutdown (SIGTERM, grace period, a second SIGTERM) and a
+ * client's death never leave a partial file under a final name, a temporary file, or the
+ * segment behind; two streams sending one name at once are refused, not interleaved; a later
+ * transfer replaces a file atomically; ping prints its percentiles; output is plain when it
+ * is not a terminal.
+ */
+#include "xfer_util.h"
+
+#define CHUNK ((256u << 10) - 64) /* payload of the default 256 KiB chunk block */
+#define MiB   (1ull << 20)
+
+TestSuite(xfer, .init = xu_setup, .fini = xu_teardown, .timeout = 120);
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+/* The line of text starting with prefix, as a new string (NULL if none). */
+static char *line_of(const char *text, const char *prefix)
+{
+        size_t n = strlen(prefix);
+        for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+                if (strncmp(p, prefix, n) == 0) {
+                        const char *e = strchr(p, '\n');
+                        return strndup(p, e ? (size_t)(e - p) : strlen(p));
+                }
+        }
+        return NULL;
+}
+
+/* The client's stdout line for stream id says "delivered and verified". */
+static void assert_client_delivered(const char *tag, unsigned id)
+{
+        char *out = xu_slurp(xu_path("%s.out", tag));
+        char prefix[32];
+        snprintf(prefix, sizeof(prefix), "stream %u ", id);
+        char *l = line_of(out, prefix);
+        cr_assert_not_null(l, "no line for stream %u in the client's output:\n%s", id, out);
+        cr_assert_not_null(strstr(l, "delivered and verified"), "stream %u: %s", id, l);
+        free(l);
+        free(out);
+}
+
+/* Lines of the server log about stream id ("stream <id> (pid ..."). */
+static int log_lines(const char *log, unsigned id, const char *also)
+{
+        char needle[48];
+        snprintf(needle, sizeof(needle), "engine-server: stream %u (pid ", id);
+        int n = 0;
+        for (const char *p = log; (p = strstr(p, needle)) != NULL; p++) {
+                const char *e = strchr(p, '\n');
+                char *l = strndup(p, e ? (size_t)(e - p) : strlen(p));
+                if (also == NULL || strstr(l, also))
+                        n++;
+                free(l);
+        }
+        return n;
+}
+
+/* Each stream id has exactly one "verified" line in the server log, and no other line. */
+static void assert_log_one_line_each(const unsigned *ids, size_t n)
+{
+        char *log = xu_slurp(X.slog);
+        for (size_t i = 0; i < n; i++) {
+                cr_assert_eq(log_lines(log, ids[i], NULL), 1,
+                             "stream %u: want exactly one line in the server log:\n%s", ids[i],
+                             log);
+                cr_assert_eq(log_lines(log, ids[i], "verified"), 1,
+                             "stream %u not verified in the server log:\n%s", ids[i], log);
+        }
+        cr_assert_eq(xu_count(log, "verified"), (int)n, "server log:\n%s", log);
+        free(log);
+}
+
+static void assert_no_temps(void)
+{
+        cr_assert_eq(xu_temps(), 0, "temporary .eng-* files left in %s", X.out);
+}
+
+/* Wait until the server log contains needle (bounded). */
+static bool log_wait(const char *needle, long ms)
+{
+        uint64_t end = xu_now_ms() + (uint64_t)ms;
+        do {
+                if (xu_file_has(X.slog, needle))
+                        return true;
+                xu_sleep_ms(5);
+        } while (xu_now_ms() < end);
+        return false;
+}
+
+/* Send the given sizes as streams 1..n (files src/f<id>.bin), one client run per stream
+ * or all in one run, and check everything a user would. */
+static void send_sizes(const char *extra, const uint64_t *sizes, size_t n, bool one_run)
+{
+        xu_stream_t st[16];
+        char names[16][64];
+        unsigned ids[16];
+        cr_assert_leq(n, 16);
+        for (size_t i = 0; i < n; i++) {
+                ids[i] = (unsigned)i + 1;
+                snprintf(names[i], sizeof(names[i]), "src/f%u.bin", ids[i]);
+                st[i] = (xu_stream_t){ids[i], names[i]};
+                xu_make_file(xu_path("%s", names[i]), sizes[i], i + 1);
+        }
+        xu_write_opts(extra, st, n);
+        xu_server_start();
+        if (one_run) {
+                const char *args[16];
+                char num[16][12];
+                for (size_t i = 0; i < n; i++) {
+                        snprintf(num[i], sizeof(num[i]), "%u", ids[i]);
+                        args[i] = num[i];
+                }
+                int rc = xu_client_v("c", 60000, args, n);
+                char *o = xu_output("c");
+                cr_assert_eq(rc, 0, "client exit %d\n%s", rc, o);
+                free(o);
+                for (size_t i = 0; i < n; i++)
+                        assert_client_delivered("c", ids[i]);
+        } else {
+                for (size_t i = 0; i < n; i++) {
+                        char tag[16], num[12];
+                        snprintf(tag, sizeof(tag), "c%u", ids[i]);
+                        snprintf(num, sizeof(num), "%u", ids[i]);
+                        int rc = xu_client(tag, 60000, num);
+                        char *o = xu_output(tag);
+                        cr_assert_eq(rc, 0, "%llu-byte file: client exit %d\n%s",
+                                     (unsigned long long)sizes[i], rc, o);
+                        free(o);
+                        assert_client_delivered(tag, ids[i]);
+                }
+        }
+        for (size_t i = 0; i < n; i++)
+                xu_assert_same(xu_path("%s", names[i]), xu_path("out/f%u.bin", ids[i]));
+        assert_no_temps();
+        cr_assert_eq(xu_server_stop(), 0);
+        assert_log_one_line_each(ids, n);
+}
+
+/* ---- delivery ----------------------------------------------------------------------- */
+
+Test(xfer, files_at_the_chunk_boundaries_each_arrive_byte_identical)
+{
+        const uint64_t sizes[] = {0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1};
+        send_sizes(NULL, sizes, sizeof(sizes) / sizeof(sizes[0]), false);
+}
+
+Test(xfer, file_over_100_MiB_arrives_byte_identical)
+{
+        const uint64_t sizes[] = {100 * MiB + 12345};
+        send_sizes(NULL, sizes, 1, false);
+}
+
+Test(xfer, small_chunk_setting_splits_files_at_its_own_boundaries)
+{
+        const uint32_t c = 4096 - 64;
+        const uint64_t sizes[] = {c - 1, c, c + 1, 3 * c, MiB + 1};
+        send_sizes("chunk=\"4KiB\"", sizes, sizeof(sizes) / sizeof(sizes[0]), true);
+}
+
+Test(xfer, two_clients_with_six_streams_each_deliver_every_file_at_once)
+{
+        const uint64_t sizes[12] = {0,       1,           4096,     CHUNK - 1,
+                                    CHUNK,   CHUNK + 1,   MiB,      3 * MiB + 12345,
+                                    5 * MiB, 8 * MiB + 1, 10 * MiB, 16 * MiB - 1};
+        xu_stream_t st[12];
+        char names[12][32];
+        unsigned ids[12];
+        for (unsigned i = 0; i < 12; i++) {
+                ids[i] = i + 1;
+                snprintf(names[i], sizeof(names[i]), "src/s%u.bin", i + 1);
+                st[i] = (xu_stream_t){i + 1, names[i]};
+                xu_make_file(xu_path("%s", names[i]), sizes[i], 100 + i);
+        }
+        xu_write_opts(NULL, st, 12);
+        xu_server_start();
+        pid_t a = xu_client_spawn("a", XU_ARGS("1", "2", "3", "4", "5", "6"), 6);
+        pid_t b = xu_client_spawn("b", XU_ARGS("7", "8", "9", "10", "11", "12"), 6);
+        int ra = xu_finish(a, 60000, "client a"), rb = xu_finish(b, 60000, "client b");
+        char *oa = xu_output("a"), *ob = xu_output("b");
+        cr_assert(ra == 0 && rb == 0, "clients exited %d and %d\n%s\n%s", ra, rb, oa, ob);
+        free(oa);
+        free(ob);
+        for (unsigned i = 0; i < 12; i++) {
+                assert_client_delivered(i < 6 ? "a" : "b", i + 1);
+                xu_assert_same(xu_path("%s", names[i]), xu_path("out/s%u.bin", i + 1));
+        }
+        assert_no_temps();
+        cr_assert_eq(xu_server_stop(), 0);
+        assert_log_one_line_each(ids, 12);
+}
+
+Test(xfer, received_files_get_the_configured_file_mode)
+{
+        xu_make_file(xu_path("a.bin"), 1000, 1);
+        xu_write_opts("filemode=\"0640\"", &(xu_stream_t){1, "a.bin"}, 1);
+        xu_server_start();
+        int rc = xu_client("c", 30000, "1");
+        cr_assert_eq(rc, 0);
+        struct stat sb;
+        cr_assert_eq(stat(xu_path("out/a.bin"), &sb), 0);
+        cr_assert_eq(sb.st_mode & 07777, 0640, "mode %o", (unsigned)(sb.st_mode & 07777));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+Test(xfer, missing_source_file_fails_only_its_own_stream)
+{
+        xu_make_file(xu_path("a.bin"), 5000, 1);
+        xu_write_opts(NULL, (xu_stream_t[]){{1, "a.bin"}, {2, "not-there.bin"}}, 2);
+        xu_server_start();
+        int rc = xu_client("c", 30000, "1", "2");
+        char *o = xu_output("c");
+        cr_assert_eq(rc, 1, "exit %d\n%s", rc, o);
+        assert_client_delivered("c", 1);
+        char *out = xu_slurp(xu_path("c.out"));
+        char *l = line_of(out, "stream 2 ");
+        cr_assert_not_null(l, "%s", o);
+        cr_assert_not_null(strstr(l, "FAILED"), "%s", l);
+        cr_assert_not_null(strstr(l, "not-there.bin"), "the message should name the file: %s", l);
+        cr_assert_not_null(strstr(l, "No such file"), "%s", l);
+        free(l);
+        free(out);
+        free(o);
+        xu_assert_same(xu_path("a.bin"), xu_path("out/a.bin"));
+        cr_assert(!xu_exists(xu_path("out/not-there.bin")));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* ---- command lines ------------------------------------------------------------------ */
+
+Test(xfer, client_without_ids_prints_usage_on_stderr_and_exits_2)
+{
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        cr_assert_eq(xu_client("c", 5000), 2);
+        char *e = xu_slurp(xu_path("c.err")), *o = xu_slurp(xu_path("c.out"));
+        cr_assert_not_null(strstr(e, "usage: engine-client"), "stderr:\n%s", e);
+        cr_assert_str_empty(o, "stdout should stay empty:\n%s", o);
+        free(e);
+        free(o);
+        char *argv[] = {XU_CLIENT, NULL};
+        cr_assert_eq(xu_run(5000, NULL, xu_path("bare.err"), argv), 2);
+        cr_assert(xu_file_has(xu_path("bare.err"), "usage: engine-client"));
+}
+
+Test(xfer, client_with_an_unknown_id_exits_2_and_names_it)
+{
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        cr_assert_eq(xu_client("c", 5000, "1", "99"), 2);
+        char *e = xu_slurp(xu_path("c.err"));
+        cr_assert_not_null(strstr(e, "99"), "stderr should name the id:\n%s", e);
+        free(e);
+        cr_assert_eq(xu_client("d", 5000, "abc"), 2);
+        cr_assert(xu_file_has(xu_path("d.err"), "'abc'"));
+        cr_assert_eq(xu_client("z", 5000, "0"), 2);
+        cr_assert(xu_file_has(xu_path("z.err"), "'0'"));
+        cr_assert_eq(xu_client("t", 5000, "1", "1"), 2);
+        cr_assert(xu_file_has(xu_path("t.err"), "twice"));
+}
+
+Test(xfer, help_goes_to_stdout_with_status_0_for_both_programs)
+{
+        char *c[] = {XU_CLIENT, "--help", NULL}, *s[] = {XU_SERVER, "--help", NULL};
+        cr_assert_eq(xu_run(5000, xu_path("c.out"), xu_path("c.err"), c), 0);
+        cr_assert_eq(xu_run(5000, xu_path("s.out"), xu_path("s.err"), s), 0);
+        cr_assert(xu_file_has(xu_path("c.out"), "usage: engine-client"));
+        cr_assert(xu_file_has(xu_path("s.out"), "usage: engine-server"));
+        char *ce = xu_slurp(xu_path("c.err")), *se = xu_slurp(xu_path("s.err"));
+        cr_assert_str_empty(ce);
+        cr_assert_str_empty(se);
+        free(ce);
+        free(se);
+}
+
+Test(xfer, unknown_option_or_argument_exits_2)
+{
+        char *c[] = {XU_CLIENT, "--frobnicate", NULL}, *s[] = {XU_SERVER, "--frobnicate", NULL};
+        char *s2[] = {XU_SERVER, "extra", NULL};
+        cr_assert_eq(xu_run(5000, NULL, xu_path("c.err"), c), 2);
+        cr_assert_eq(xu_run(5000, NULL, xu_path("s.err"), s), 2);
+        cr_assert_eq(xu_run(5000, NULL, xu_path("s2.err"), s2), 2);
+        cr_assert(xu_file_has(xu_path("c.err"), "usage:"));
+        cr_assert(xu_file_has(xu_path("s.err"), "usage:"));
+        cr_assert(xu_file_has(xu_path("s2.err"), "extra"));
+}
+
+Test(xfer, bad_config_makes_both_programs_exit_2_with_file_and_line)
+{
+        xu_write_text(X.cfg, "<streams>\n"
+                             "  <server outputpath=\"out\"/>\n"
+                             "  <stream id=\"1\" file=\"a.bin\"/>\n"
+                             "  <stream id=\"0\" file=\"b.bin\"/>\n"
+                             "</streams>\n");
+        char at[XU_PATH + 8];
+        snprintf(at, sizeof(at), "%s:4:", X.cfg);
+        char *s[] = {XU_SERVER, "-c", X.cfg, NULL};
+        cr_assert_eq(xu_run(5000, NULL, xu_path("s.err"), s), 2);
+        char *e = xu_slurp(xu_path("s.err"));
+        cr_assert_not_null(strstr(e, at), "server stderr should contain '%s':\n%s", at, e);
+        free(e);
+        cr_assert_eq(xu_client("c", 5000, "1"), 2);
+        e = xu_slurp(xu_path("c.err"));
+        cr_assert_not_null(strstr(e, at), "client stderr should contain '%s':\n%s", at, e);
+        free(e);
+        cr_assert(!xu_exists(X.shm), "a refused config must not create the segment");
+}
+
+Test(xfer, missing_config_file_makes_both_programs_exit_2_saying_so)
+{
+        char *s[] = {XU_SERVER, "-c", X.cfg, NULL};
+        cr_assert_eq(xu_run(5000, NULL, xu_path("s.err"), s), 2);
+        cr_assert_eq(xu_client("c", 5000, "1"), 2);
+        char *se = xu_slurp(xu_path("s.err")), *ce = xu_slurp(xu_path("c.err"));
+        cr_assert(strstr(se, X.cfg) && strstr(se, "No such file"), "%s", se);
+        cr_assert(strstr(ce, X.cfg) && strstr(ce, "No such file"), "%s", ce);
+        free(se);
+        free(ce);
+}
+
+Test(xfer, malformed_ping_count_or_payload_is_refused_with_exit_2)
+{
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        static const char *const bad[][4] = {
+            {"--ping", "-1", NULL},
+            {"--ping", "1x", NULL},
+            {"--ping", "4294967297", NULL},
+            {"--ping", "10", "--payload", "abc"},
+            {"--ping", "10", "--payload", "-5"},
+            {"--ping", "abc", NULL},
+        };
+        char problems[4096] = "";
+        size_t k = 0;
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                size_t n = bad[i][2] ? 4 : 2;
+                int rc = xu_client_v("c", 10000, bad[i], n);
+                char *e = xu_slurp(xu_path("c.err"));
+                char *nl = strchr(e, '\n');
+                if (nl)
+                        *nl = '\0';
+                if (rc != 2 || strstr(e, bad[i][n - 1]) == NULL)
+                        k += (size_t)snprintf(problems + k, sizeof(problems) - k,
+                                              "  %s %s%s%s: exit %d, '%s'\n", bad[i][0], bad[i][1],
+                                              n > 2 ? " --payload " : "", n > 2 ? bad[i][3] : "",
+                                              rc, e);
+                free(e);
+                if (k >= sizeof(problems))
+                        break;
+        }
+        cr_assert_eq(k, 0,
+                     "want exit 2 and a message quoting the bad value; these were accepted or "
+                     "unclear:\n%s",
+                     problems);
+}
+
+Test(xfer, unusable_output_folder_stops_the_server_at_start_naming_it)
+{
+        xu_write_text(xu_path("blocker"), "a file, not a folder\n");
+        char extra[XU_PATH + 32];
+        snprintf(extra, sizeof(extra), "outputpath=\"blocker/out\"");
+        /* xu_write_opts writes outputpath="out" first; write this one by hand */
+        char text[2 * XU_PATH];
+        snprintf(text, sizeof(text),
+                 "<streams>\n  <server %s name=\"%s\"/>\n"
+                 "  <stream id=\"1\" file=\"a.bin\"/>\n</streams>\n",
+                 extra, X.name);
+        xu_write_text(X.cfg, text);
+        char *s[] = {XU_SERVER, "-c", X.cfg, NULL};
+        int rc = xu_run(10000, NULL, xu_path("s.err"), s);
+        char *e = xu_slurp(xu_path("s.err"));
+        cr_assert(rc != 0 && rc < 128, "exit %d:\n%s", rc, e);
+        cr_assert_not_null(strstr(e, "blocker/out"), "the message should name the folder:\n%s", e);
+        free(e);
+        cr_assert(!xu_exists(X.shm), "segment left behind");
+}
+
+/* ---- no server, a dead server, two servers ------------------------------------------ */
+
+Test(xfer, client_without_a_server_fails_fast_and_clearly)
+{
+        xu_make_file(xu_path("a.bin"), 10, 1);
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        uint64_t t0 = xu_now_ms();
+        int rc = xu_client("c", 10000, "1");
+        uint64_t ms = xu_now_ms() - t0;
+        char *o = xu_output("c");
+        cr_assert_neq(rc, 0, "%s", o);
+        cr_assert_lt(rc, 128, "the client crashed:\n%s", o);
+        cr_assert_lt(ms, 5000, "took %llu ms", (unsigned long long)ms);
+        char *e = xu_slurp(xu_path("c.err"));
+        cr_assert_not_null(strstr(e, "server"), "%s", o);
+        cr_assert_not_null(strstr(e, X.name), "the message should name the segment:\n%s", o);
+        free(e);
+        free(o);
+        cr_assert_neq(xu_client("p", 10000, "--ping", "10"), 0);
+}
+
+Test(xfer, segment_of_a_killed_server_is_refused_by_clients_and_reclaimed_by_a_new_server)
+{
+        xu_make_file(xu_path("a.bin"), 300000, 1);
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        xu_server_start();
+        xu_kill(X.server);
+        X.server = 0;
+        cr_assert(xu_exists(X.shm), "expected the killed server's segment to stay behind");
+        uint64_t t0 = xu_now_ms();
+        int rc = xu_client("dead", 15000, "1");
+        uint64_t ms = xu_now_ms() - t0;
+        char *o = xu_output("dead");
+        cr_assert(rc != 0 && rc < 128, "exit %d\n%s", rc, o);
+        cr_assert_lt(ms, 5000, "took %llu ms", (unsigned long long)ms);
+        cr_assert_not_null(strstr(o, "server"), "%s", o);
+        free(o);
+
+        X.server = xu_server_start_log(xu_path("server2.log"));
+        rc = xu_client("c", 30000, "1");
+        o = xu_output("c");
+        cr_assert_eq(rc, 0, "%s", o);
+        free(o);
+        xu_assert_same(xu_path("a.bin"), xu_path("out/a.bin"));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+Test(xfer, second_server_on_a_live_segment_refuses_and_the_first_keeps_serving)
+{
+        xu_make_file(xu_path("a.bin"), 300000, 1);
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        xu_server_start();
+        char *s[] = {XU_SERVER, "-c", X.cfg, NULL};
+        int rc = xu_run(10000, NULL, xu_path("s2.err"), s);
+        char *e = xu_slurp(xu_path("s2.err"));
+        cr_assert(rc != 0 && rc < 128, "second server exit %d:\n%s", rc, e);
+        cr_assert_not_null(strstr(e, "live server"), "%s", e);
+        free(e);
+        cr_assert(xu_exists(X.shm), "the refused server removed the live server's segment");
+        rc = xu_client("c", 30000, "1");
+        char *o = xu_output("c");
+        cr_assert_eq(rc, 0, "%s", o);
+        free(o);
+        xu_assert_same(xu_path("a.bin"), xu_path("out/a.bin"));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* ---- shutdown ----------------------------------------------------------------------- */
+
+/* A server with one big stream; returns the client's pid once the server holds the
+ * transfer's temporary file (the transfer is in flight). */
+static pid_t start_big_transfer(uint64_t size)
+{
+        xu_make_file(xu_path("big.bin"), size, 7);
+        xu_write_opts(NULL, &(xu_stream_t){1, "big.bin"}, 1);
+        xu_server_start();
+        pid_t c = xu_client_spawn("c", XU_ARGS("1"), 1);
+        if (!xu_wait_temp(10000, c)) {
+                int rc = xu_finish(c, 5000, "engine-client");
+                char *o = xu_output("c");
+                cr_assert_fail("no transfer in flight within 10 s; the client exited %d:\n%s", rc,
+                               o);
+        }
+        return c;
+}
+
+/* The transfer failed: the client says so (mentioning the server), nothing is left. */
+static void assert_failed_cleanly(pid_t c)
+{
+        int rc = xu_finish(c, 40000, "engine-client");
+        char *o = xu_output("c");
+        cr_assert(rc != 0 && rc < 128, "client exit %d:\n%s", rc, o);
+        char *out = xu_slurp(xu_path("c.out"));
+        char *l = line_of(out, "stream 1 ");
+        cr_assert_not_null(l, "no report for stream 1:\n%s", o);
+        cr_assert_not_null(strstr(l, "FAILED"), "%s", l);
+        cr_assert_not_null(strstr(l, "server"), "the reason should mention the server: %s", l);
+        free(l);
+        free(out);
+        free(o);
+        cr_assert(!xu_exists(xu_path("out/big.bin")), "a partial file carries the final name");
+        assert_no_temps();
+}
+
+Test(xfer, sigterm_mid_transfer_completes_it_or_fails_it_cleanly)
+{
+        pid_t c = start_big_transfer(512 * MiB);
+        cr_assert_eq(xu_server_stop(), 0); /* also asserts the segment is gone */
+        int rc = xu_finish(c, 40000, "engine-client");
+        char *o = xu_output("c");
+        cr_assert_lt(rc, 128, "the client crashed:\n%s", o);
+        cr_log_info("the transfer %s before the server stopped", rc == 0 ? "completed" : "failed");
+        if (rc == 0) {
+                xu_assert_same(xu_path("big.bin"), xu_path("out/big.bin"));
+        } else {
+                cr_assert_not_null(strstr(o, "FAILED"), "%s", o);
+                cr_assert(!xu_exists(xu_path("out/big.bin")),
+                          "a partial file carries the final name");
+        }
+        free(o);
+        assert_no_temps();
+        char *log = xu_slurp(X.slog);
+        cr_assert_not_null(strstr(log, "SIGTERM: stopping"), "%s", log);
+        cr_assert_not_null(strstr(log, "stopped; segment"), "%s", log);
+        free(log);
+}
+
+Test(xfer, shutdown_refuses_new_files_and_fails_a_transfer_outliving_the_grace_period)
+{
+        pid_t c = start_big_transfer(256 * MiB);
+        kill(c, SIGSTOP); /* the client makes no progress: the grace period must run out */
+        cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
+        uint64_t t0 = xu_now_ms();
+        kill(X.server, SIGTERM);
+        cr_assert(log_wait("waiting up to", 4000), "the server did not start its grace period");
+        /* during the grace period new files are refused, promptly and clearly */
+        xu_make_file(xu_path("late.bin"), 10, 3);
+        char late[XU_PATH];
+        snprintf(late, sizeof(late), "%s", xu_path("late.xml"));
+        {
+                char text[XU_PATH + 256];
+                snprintf(text, sizeof(text),
+                         "<streams><server outputpath=\"out\" name=\"%s\"/>"
+                         "<stream id=\"2\" file=\"late.bin\"/></streams>\n",
+                         X.name);
+                xu_write_text(late, text);
+        }
+        char *lc[] = {XU_CLIENT, "-c", late, "2", NULL};
+        int lrc = xu_run(4000, xu_path("late.out"), xu_path("late.err"), lc);
+        char *lo = xu_output("late");
+        cr_assert(lrc != 0 && lrc < 128, "a new file during shutdown: exit %d\n%s", lrc, lo);
+        cr_assert_not_null(strstr(lo, "shutting down"), "%s", lo);
+        free(lo);
+        cr_assert(!xu_exists(xu_path("out/late.bin")));
+        int st;
+        bool ended = xu_wait(X.server, 12000, &st);
+        uint64_t ms = xu_now_ms() - t0;
+        cr_assert(ended, "server still running 12 s after SIGTERM");
+        X.server = 0;
+        cr_assert_eq(xu_code(st), 0);
+        cr_assert_geq(ms, 4000, "the server stopped after %llu ms: no grace period",
+                      (unsigned long long)ms);
+        char *log = xu_slurp(X.slog);
+        cr_assert_not_null(strstr(log, "waiting up to 5 s for 1 transfer"), "%s", log);
+        cr_assert_eq(log_lines(log, 1, "FAILED"), 1, "server log:\n%s", log);
+        free(log);
+        cr_assert(!xu_exists(X.shm), "segment left behind");
+        assert_no_temps(); /* even before the client runs again */
+        kill(c, SIGCONT);
+        assert_failed_cleanly(c);
+}
+
+Test(xfer, second_sigterm_stops_at_once_and_the_transfer_fails_cleanly)
+{
+        pid_t c = start_big_transfer(256 * MiB);
+        kill(c, SIGSTOP);
+        cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
+        kill(X.server, SIGTERM);
+        cr_assert(log_wait("waiting up to", 5000), "the server did not start its grace period");
+        uint64_t t0 = xu_now_ms();
+        kill(X.server, SIGTERM);
+        int st;
+        bool ended = xu_wait(X.server, 10000, &st);
+        uint64_t ms = xu_now_ms() - t0;
+        cr_assert(ended, "server still running 10 s after the second SIGTERM");
+        X.server = 0;
+        cr_assert_eq(xu_code(st), 0);
+        cr_assert_lt(ms, 2000, "second SIGTERM took %llu ms", (unsigned long long)ms);
+        cr_assert(!xu_exists(X.shm), "segment left behind");
+        assert_no_temps();
+        kill(c, SIGCONT);
+        assert_failed_cleanly(c);
+}
+
+Test(xfer, client_killed_mid_transfer_leaves_nothing_and_the_server_keeps_serving)
+{
+        pid_t c = start_big_transfer(256 * MiB);
+        kill(c, SIGSTOP);
+        cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
+        xu_kill(c);
+        cr_assert(log_wait("FAILED", 5000), "the server did not notice the client's death");
+        char *log = xu_slurp(X.slog);
+        cr_assert_not_null(strstr(log, "client went away"), "%s", log);
+        free(log);
+        assert_no_temps();
+        cr_assert(!xu_exists(xu_path("out/big.bin")));
+        int rc = xu_client("again", 60000, "1");
+        char *o = xu_output("again");
+        cr_assert_eq(rc, 0, "%s", o);
+        free(o);
+        xu_assert_same(xu_path("big.bin"), xu_path("out/big.bin"));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+Test(xfer, interrupted_client_reports_it_and_leaves_no_temporary_file)
+{
+        pid_t c = start_big_transfer(256 * MiB);
+        kill(c, SIGSTOP);
+        cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
+        kill(c, SIGINT);
+        kill(c, SIGCONT);
+        int rc = xu_finish(c, 15000, "engine-client");
+        char *o = xu_output("c");
+        cr_assert(rc != 0 && rc < 128, "exit %d\n%s", rc, o);
+        cr_assert_not_null(strstr(o, "interrupted"), "%s", o);
+        free(o);
+        cr_assert(log_wait("FAILED", 5000), "the server did not report the failed transfer");
+        assert_no_temps();
+        cr_assert(!xu_exists(xu_path("out/big.bin")));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+Test(xfer, stalled_server_makes_the_client_give_up_after_the_configured_timeout)
+{
+        xu_make_file(xu_path("big.bin"), 256 * MiB, 7);
+        xu_write_opts("timeout=\"2\"", &(xu_stream_t){1, "big.bin"}, 1);
+        xu_server_start();
+        pid_t c = xu_client_spawn("c", XU_ARGS("1"), 1);
+        cr_assert(xu_wait_temp(10000, c), "no transfer in flight within 10 s");
+        kill(X.server, SIGSTOP);
+        cr_assert_eq(xu_temps(), 1, "the transfer ended before the server could be paused");
+        uint64_t t0 = xu_now_ms();
+        int rc = xu_finish(c, 20000, "engine-client with a stalled server");
+        uint64_t ms = xu_now_ms() - t0;
+        kill(X.server, SIGCONT);
+        char *o = xu_output("c");
+        cr_assert(rc != 0 && rc < 128, "exit %d\n%s", rc, o);
+        cr_assert_geq(ms, 1500, "gave up after %llu ms, before the 2 s timeout\n%s",
+                      (unsigned long long)ms, o);
+        cr_assert_not_null(strstr(o, "FAILED"), "%s", o);
+        free(o);
+        cr_assert(log_wait("FAILED", 5000), "the server did not end the abandoned transfer");
+        assert_no_temps();
+        cr_assert(!xu_exists(xu_path("out/big.bin")));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* ---- one name on two streams -------------------------------------------------------- */
+
+Test(xfer, same_name_on_two_streams_at_once_is_delivered_once_or_refused)
+{
+        xu_make_file(xu_path("a/data.bin"), 64 * MiB, 1);
+        xu_make_file(xu_path("b/data.bin"), 64 * MiB, 2);
+        xu_write_opts(NULL, (xu_stream_t[]){{1, "a/data.bin"}, {2, "b/data.bin"}}, 2);
+        xu_server_start();
+        int rc = xu_client("c", 60000, "1", "2");
+        char *o = xu_output("c");
+        cr_assert(rc == 0 || rc == 1, "exit %d\n%s", rc, o);
+        char *out = xu_slurp(xu_path("c.out"));
+        bool delivered[2];
+        for (unsigned id = 1; id <= 2; id++) {
+                char prefix[16];
+                snprintf(prefix, sizeof(prefix), "stream %u ", id);
+                char *l = line_of(out, prefix);
+                cr_assert_not_null(l, "no line for stream %u\n%s", id, o);
+                delivered[id - 1] = strstr(l, "delivered and verified") != NULL;
+                cr_assert(delivered[id - 1] ||
+                              strstr(l, "being received on another stream") != NULL,
+                          "stream %u: neither delivered nor refused as a duplicate: %s", id, l);
+                free(l);
+        }
+        cr_assert(delivered[0] || delivered[1], "neither stream delivered\n%s", o);
+        cr_assert_eq(rc, delivered[0] && delivered[1] ? 0 : 1, "exit %d\n%s", rc, o);
+        free(out);
+        free(o);
+        if (delivered[0] && !delivered[1])
+                xu_assert_same(xu_path("a/data.bin"), xu_path("out/data.bin"));
+        else if (delivered[1] && !delivered[0])
+                xu_assert_same(xu_path("b/data.bin"), xu_path("out/data.bin"));
+        else {
+                /* both went through one after the other: the file is one of them, whole */
+                struct stat sb;
+                cr_assert_eq(stat(xu_path("out/data.bin"), &sb), 0);
+                cr_assert_eq((uint64_t)sb.st_size, 64 * MiB);
+        }
+        assert_no_temps();
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* Both halves (first and last 64 KiB) of the file at path come from one source. */
+static int whole_version(const char *path, const unsigned char *a, const unsigned char *b,
+                         uint64_t size)
+{
+        enum { PIECE = 64 << 10 };
+        static unsigned char head[PIECE], tail[PIECE];
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -1; /* the final name vanished */
+        struct stat sb;
+        fstat(fd, &sb);
+        int v = -2; /* wrong size */
+        if ((uint64_t)sb.st_size == size && pread(fd, head, PIECE, 0) == PIECE &&
+            pread(fd, tail, PIECE, (off_t)(size - PIECE)) == PIECE) {
+                if (memcmp(head, a, PIECE) == 0 && memcmp(tail, a + size - PIECE, PIECE) == 0)
+                        v = 1;
+                else if (memcmp(head, b, PIECE) == 0 && memcmp(tail, b + size - PIECE, PIECE) == 0)
+                        v = 2;
+                else
+                        v = -3; /* mixed or garbage */
+        }
+        close(fd);
+        return v;
+}
+
+static const unsigned char *map_file(const char *path, uint64_t size)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        cr_assert(p != MAP_FAILED);
+        close(fd);
+        return p;
+}
+
+Test(xfer, later_transfer_of_the_same_name_replaces_the_file_atomically)
+{
+        const uint64_t size = 64 * MiB;
+        xu_make_file(xu_path("a/data.bin"), size, 1);
+        xu_make_file(xu_path("b/data.bin"), size, 2);
+        xu_write_opts(NULL, (xu_stream_t[]){{1, "a/data.bin"}, {2, "b/data.bin"}}, 2);
+        xu_server_start();
+        int rc = xu_client("first", 60000, "1");
+        cr_assert_eq(rc, 0);
+        xu_assert_same(xu_path("a/data.bin"), xu_path("out/data.bin"));
+
+        const unsigned char *a = map_file(xu_path("a/data.bin"), size);
+        const unsigned char *b = map_file(xu_path("b/data.bin"), size);
+        char final[XU_PATH];
+        snprintf(final, sizeof(final), "%s", xu_path("out/data.bin"));
+        pid_t c = xu_client_spawn("second", XU_ARGS("2"), 1);
+        int looks = 0, st = 0;
+        uint64_t end = xu_now_ms() + 60000;
+        bool ended = false;
+        while (!ended && xu_now_ms() < end) {
+                ended = xu_wait(c, 0, &st);
+                int v = whole_version(final, a, b, size);
+                looks++;
+                cr_assert(v > 0, "look %d at %s during the replacement saw %s", looks, final,
+                          v == -1   ? "no file"
+                          : v == -2 ? "a file of the wrong size"
+                                    : "a mix of both versions");
+        }
+        if (!ended)
+                xu_kill(c);
+        cr_assert(ended, "the second client hung");
+        char *o = xu_output("second");
+        cr_assert_eq(xu_code(st), 0, "%s", o);
+        free(o);
+        cr_assert_gt(looks, 1);
+        xu_assert_same(xu_path("b/data.bin"), final);
+        munmap((void *)a, size);
+        munmap((void *)b, size);
+        assert_no_temps();
+        cr_assert_eq(xu_server_stop(), 0);
+        char *log = xu_slurp(X.slog);
+        cr_assert_eq(log_lines(log, 1, "verified"), 1, "%s", log);
+        cr_assert_eq(log_lines(log, 2, "verified"), 1, "%s", log);
+        free(log);
+}
+
+/* ---- ping, repeated clients, output ------------------------------------------------- */
+
+Test(xfer, ping_prints_latency_percentiles)
+{
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        xu_server_start();
+        int rc = xu_client("p", 30000, "--ping", "2000");
+        char *o = xu_output("p");
+        cr_assert_eq(rc, 0, "%s", o);
+        char *out = xu_slurp(xu_path("p.out"));
+        for (const char *w = "p50 \0p99 \0p99.9 \0max \0"; *w; w += strlen(w) + 1)
+                cr_assert_not_null(strstr(out, w), "'%s' missing:\n%s", w, o);
+        cr_assert_not_null(strstr(out, "2000 round trips"), "%s", o);
+        free(out);
+        rc = xu_client("q", 30000, "--ping", "500", "--payload", "4096");
+        free(o);
+        o = xu_output("q");
+        cr_assert_eq(rc, 0, "%s", o);
+        cr_assert(xu_file_has(xu_path("q.out"), "4096-byte payload"), "%s", o);
+        free(o);
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+Test(xfer, ping_payload_too_large_for_a_buffer_is_refused_clearly)
+{
+        xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
+        xu_server_start();
+        int rc = xu_client("p", 30000, "--ping", "10", "--payload", "2000000");
+        char *o = xu_output("p");
+        cr_assert(rc != 0 && rc < 128, "exit %d\n%s", rc, o);
+        cr_assert_not_null(strstr(o, "payload"),
+                           "the message should say the payload is too big:\n%s", o);
+        free(o);
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* Short-lived clients one after another: each attaches, opens a stream at once and uses it.
+ * Every one of them must succeed. */
+Test(xfer, many_short_lived_clients_in_a_row_all_succeed)
+{
+        xu_make_file(xu_path("one.bin"), 1, 1);
+        xu_write_opts(NULL, &(xu_stream_t){1, "one.bin"}, 1);
+        xu_server_start();
+        int bad = 0;
+        char first[4096] = "";
+        for (int i = 0; i < 30; i++) {
+                int rc = xu_client("p", 10000, "--ping", "10");
+                if (rc != 0 && bad++ == 0) {
+                        char *o = xu_output("p");
+                        snprintf(first, sizeof(first), "run %d (--ping 10) exit %d:\n%s", i, rc, o);
+                        free(o);
+                }
+                rc = xu_client("c", 10000, "1");
+                if (rc != 0 && bad++ == 0) {
+                        char *o = xu_output("c");
+                        snprintf(first, sizeof(first), "run %d (send) exit %d:\n%s", i, rc, o);
+                        free(o);
+                }
+        }
+        cr_assert_eq(bad, 0, "%d of 60 client runs failed; the first:\n%s", bad, first);
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+Test(xfer, client_output_without_a_terminal_is_plain_lines)
+{
+        xu_make_file(xu_path("a.bin"), 3 * MiB, 1);
+        xu_make_file(xu_path("b.bin"), 10, 2);
+        xu_write_opts(NULL, (xu_stream_t[]){{1, "a.bin"}, {2, "b.bin"}}, 2);
+        xu_server_start();
+        int rc = xu_client("c", 30000, "1", "2");
+        char *o = xu_output("c");
+        cr_assert_eq(rc, 0, "%s", o);
+        cr_assert_null(strchr(o, '\033'), "ANSI escape sequence in:\n%s", o);
+        cr_assert_null(strchr(o, '\r'), "carriage return in:\n%s", o);
+        free(o);
+        char *out = xu_slurp(xu_path("c.out")), *err = xu_slurp(xu_path("c.err"));
+        for (char *l = strtok(out, "\n"); l; l = strtok(NULL, "\n"))
+                cr_assert(strncmp(l, "stream ", 7) == 0 || strncmp(l, "total: ", 7) == 0,
+                          "unexpected stdout line: '%s'", l);
+        for (char *l = strtok(err, "\n"); l; l = strtok(NULL, "\n"))
+                cr_assert(strncmp(l, "engine-client: ", 15) == 0, "unexpected stderr line: '%s'",
+                          l);
+        free(out);
+        free(err);
+        cr_assert_eq(xu_server_stop(), 0);
+        char *log = xu_slurp(X.slog);
+        cr_assert_null(strchr(log, '\033'), "ANSI escape sequence in the server log:\n%s", log);
+        free(log);
+}
