@@ -325,8 +325,10 @@ static int stream_state(eng_stream_t *s)
 {
         if (s->ended)
                 return s->ended;
-        if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && chan_used(&s->in) == 0)
+        if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && chan_used(&s->in) == 0) {
                 s->ended = -EPIPE;
+                eng_set_err("stream %u was ended by the server", s->user_id);
+        }
         return s->ended;
 }
 

@@ -89,8 +89,8 @@ static int poll_reply(eng_xfer_send_t *x)
         if (rc == -EAGAIN)
                 return 0;
         if (rc != 0) {
-                eng_xfer_send_fail(x, rc,
-                                   rc == -EPIPE ? "stream ended by the server" : eng_errmsg());
+                const char *why = eng_errmsg();
+                eng_xfer_send_fail(x, rc, *why ? why : "stream ended by the server");
                 return -1;
         }
         int ret = 1;
@@ -151,6 +151,8 @@ static int send_data(eng_xfer_send_t *x)
                     eng_stream_try_send(x->st, ENG_C_FILE_DATA, x->sent, x->pend_off, x->pend_len);
                 if (rc == -EAGAIN)
                         break; /* ring full: keep the filled buffer for the next step */
+                if (rc == -EPIPE && poll_reply(x) < 0)
+                        return -1; /* the server ended the stream: its reason is in the ring */
                 if (rc != 0) {
                         eng_xfer_send_fail(x, rc, "send failed");
                         return -1;
@@ -165,6 +167,8 @@ static int send_data(eng_xfer_send_t *x)
                         x->state = ENG_XFER_WAIT_DONE;
                         moved = 1;
                 } else if (rc != -EAGAIN) {
+                        if (rc == -EPIPE && poll_reply(x) < 0)
+                                return -1;
                         eng_xfer_send_fail(x, rc, "send failed");
                         return -1;
                 }
