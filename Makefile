@@ -3,11 +3,13 @@
 
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
+FUZZ_SECONDS ?= 30
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 SHELL      := /bin/bash
-PKGS       := cmake make gcc pkg-config bc libck-dev libxml2-dev libcriterion-dev libxxhash-dev
+PKGS       := cmake make gcc pkg-config bc clang libclang-rt-14-dev libck-dev libxml2-dev \
+              libcriterion-dev libxxhash-dev
 
-.PHONY: all deps build run test test-asan bench clean format
+.PHONY: all deps build run test test-quick test-asan fuzz bench clean format
 
 all: build
 
@@ -32,16 +34,25 @@ run: build
 
 # The whole suite. Criterion's per-binary "Synthesis" lines and ctest's summary reach stdout.
 test: build
+	@BUILD=$(BUILD) BUILD_ASAN=$(BUILD_ASAN) JOBS=$(JOBS) ./tests/test-all.sh
+
+# Only the normal build's suites (quicker while developing).
+test-quick: build
 	@./tests/run-suite.sh $(BUILD) $(JOBS)
+
+# The libFuzzer harnesses for FUZZ_SECONDS each.
+fuzz: deps
+	@./fuzz/run-fuzzers.sh $(FUZZ_SECONDS)
 
 # The Criterion suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: deps
 	@cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DENG_ASAN=ON >/dev/null
 	@cmake --build $(BUILD_ASAN) -j $(JOBS)
-	@ASAN_OPTIONS=handle_segv=0:detect_leaks=1 ./tests/run-suite.sh $(BUILD_ASAN) $(JOBS)
+	@ASAN_OPTIONS=handle_segv=0:detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./tests/run-suite.sh $(BUILD_ASAN) $(JOBS)
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) build-fuzz
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -158,9 +158,15 @@ void arena_wake_space_waiters(eng_arena_t *a)
 
 /* ---- records ------------------------------------------------------------------------ */
 
+/* The record watermark, clamped to the private geometry (a scribbled value cannot make a
+ * slot index reach past the region). */
 static uint64_t rec_top(const eng_arena_t *a)
 {
-        return units_to_off(marks_rec_top(eng_load_acquire_u64(&a->hdr->marks)));
+        uint64_t rt = units_to_off(marks_rec_top(eng_load_acquire_u64(&a->hdr->marks)));
+        uint64_t max = a->rec_base + a->rec_slots_max * a->rec_stride;
+        if (rt < a->rec_base)
+                return a->rec_base;
+        return rt > max ? max : rt;
 }
 
 int64_t eng_arena_rec_index(const eng_arena_t *a, uint64_t off)
@@ -226,8 +232,11 @@ int arena_rec_alloc_common(eng_arena_t *a, uint32_t owner, uint64_t *off)
         if (slot == 0) {
                 uint64_t m = eng_load_acquire_u64(&h->marks);
                 for (;;) {
-                        uint64_t rt = units_to_off(marks_rec_top(m));
-                        uint64_t bb = units_to_off(marks_buf_bottom(m));
+                        uint64_t rt, bb;
+                        if (!marks_sane(a, m, &rt, &bb)) {
+                                eng_faa_u64(&h->bad_frees, 1); /* scribbled watermarks */
+                                return -ENOMEM;
+                        }
                         if (rt + a->rec_stride > bb)
                                 return -ENOMEM;
                         uint64_t nm =

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -148,6 +149,19 @@ static inline uint64_t units_to_off(uint32_t u)
 static inline uint32_t off_to_units(uint64_t off)
 {
         return (uint32_t)(off / ARENA_UNIT);
+}
+
+/*
+ * Read the watermarks and check them against the private geometry: rec_top on a slot boundary
+ * at or above rec_base, rec_top <= buf_bottom <= top. A peer can scribble the shared word;
+ * an insane value must make allocation fail, never make us carve outside the region.
+ */
+static inline bool marks_sane(const eng_arena_t *a, uint64_t m, uint64_t *rt, uint64_t *bb)
+{
+        *rt = units_to_off(marks_rec_top(m));
+        *bb = units_to_off(marks_buf_bottom(m));
+        return *rt >= a->rec_base && (*rt - a->rec_base) % a->rec_stride == 0 && *rt <= *bb &&
+               *bb <= a->top;
 }
 
 /* Shared by both implementations (arena.c). */

@@ -66,8 +66,8 @@ static bool lf_block_ok(const eng_arena_t *a, uint64_t blk, uint32_t c)
 {
         const struct eng_arena_hdr *h = a->hdr;
         uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-        return c < a->nclasses && blk >= bb && blk < a->top && (blk & (cls_bytes(a, c) - 1)) == 0 &&
-               blk + cls_bytes(a, c) <= a->top;
+        return c < a->nclasses && blk >= bb && blk >= a->rec_base && blk < a->top &&
+               (blk & (cls_bytes(a, c) - 1)) == 0 && blk + cls_bytes(a, c) <= a->top;
 }
 
 static void lf_push(eng_arena_t *a, uint32_t c, uint64_t blk)
@@ -117,8 +117,9 @@ static bool lf_carve(eng_arena_t *a, uint64_t *blk)
         uint64_t sb = sb_bytes(a);
         uint64_t m = eng_load_acquire_u64(&h->marks);
         for (;;) {
-                uint64_t rt = units_to_off(marks_rec_top(m));
-                uint64_t bb = units_to_off(marks_buf_bottom(m));
+                uint64_t rt, bb;
+                if (!marks_sane(a, m, &rt, &bb) || (bb & (sb - 1)) != 0)
+                        return false; /* scribbled watermarks: never carve outside the region */
                 if (bb < sb || bb - sb < rt)
                         return false;
                 if (eng_cas_u64(&h->marks, m, marks_pack(marks_rec_top(m), off_to_units(bb - sb)),
@@ -381,6 +382,8 @@ static int lf_walk(const eng_arena_t *a, lf_visit_fn fn, void *arg, uint64_t *un
         const struct eng_arena_hdr *h = a->hdr;
         uint64_t sb = sb_bytes(a);
         uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
+        if (bb < a->rec_base || bb > a->top)
+                bb = a->top; /* scribbled: walk nothing rather than the records or beyond */
         for (uint64_t s = a->top; s >= bb + sb; s -= sb) {
                 uint64_t start = s - sb;
                 uint64_t w = eng_load_acquire_u64(&blk_at(a, start)->word);

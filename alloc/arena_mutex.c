@@ -192,8 +192,9 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
                 prev = o;
                 o = next;
         }
-        uint64_t bb = mx_bb(a), rt = units_to_off(marks_rec_top(h->marks));
-        if (bb >= rt + need) {
+        uint64_t bb, rt;
+        bool sane = marks_sane(a, h->marks, &rt, &bb);
+        if (sane && bb >= rt + need) {
                 mx_mark_used(a, bb - need, need, owner); /* header first, then the watermark */
                 mx_set_bb(a, bb - need);
                 arena_mx_unlock(a);
@@ -212,7 +213,7 @@ int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *wor
                 return -EINVAL;
         uint64_t b = off - ENG_ARENA_HDR_BYTES;
         uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64((uint64_t *)&h->marks)));
-        if (b < bb || b >= a->top)
+        if (b < bb || b < a->rec_base || b >= a->top)
                 return -EINVAL;
         const struct blk_hdr *bh = blk_at(a, b);
         uint64_t w = eng_load_acquire_u64((uint64_t *)&bh->word);

@@ -34,6 +34,7 @@ struct eng_client {
         pid_t server_pid;
         int server_pidfd;
         eng_stream_t *session;
+        eng_transport_t transport; /* private copy, taken (and validated) at attach */
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
@@ -235,10 +236,10 @@ static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx)
         s->idx = idx;
         s->owner = idx + 1;
         s->rec = r;
-        chan_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth,
-                    (eng_transport_t)c->sg.hdr->transport, true);
-        chan_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth,
-                    (eng_transport_t)c->sg.hdr->transport, false);
+        chan_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth, c->transport,
+                    true);
+        chan_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth, c->transport,
+                    false);
         return s;
 }
 
@@ -261,6 +262,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         }
         struct eng_seg_hdr *h = c->sg.hdr;
         c->epoch = h->epoch;
+        c->transport = (eng_transport_t)h->transport; /* seg_attach validated it */
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
         if (eng_load_acquire_u32(&h->state) != SRV_READY || eng_client_check_server(c) != 0) {

@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -403,6 +404,28 @@ static void *worker_main(void *arg)
 
 /* ---- control thread: the GUID hand-out and liveness ---------------------------------- */
 
+/*
+ * The bootstrap mutex, with a deadline: a client may hold it (alive, stopped or hostile) for
+ * as long as it likes, and the control thread must go on reaping, and shutdown must finish.
+ */
+static int boot_lock_timed(struct eng_seg *sg, uint64_t ms)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)(ms / 1000);
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        int rc = pthread_mutex_timedlock(&sg->hdr->boot, &ts);
+        if (rc == EOWNERDEAD) {
+                pthread_mutex_consistent(&sg->hdr->boot);
+                rc = 0;
+        }
+        return -rc;
+}
+
 static int offer_new(struct eng_server *srv)
 {
         struct eng_seg *sg = &srv->sg;
@@ -441,9 +464,13 @@ static int offer_new(struct eng_server *srv)
         eng_store_release_u32(&s->busy, 0);
         eng_store_release_u32(&r->state, ST_OFFERED);
 
-        int lrc = pthread_mutex_lock(&sg->hdr->boot);
-        if (lrc == EOWNERDEAD)
-                pthread_mutex_consistent(&sg->hdr->boot);
+        if (boot_lock_timed(sg, 100) != 0) {
+                /* Held by a client for 100 ms: give the slot back and try again later (the
+                 * control thread keeps reaping meanwhile). */
+                s->live = false;
+                eng_arena_rec_free(&sg->arena, off);
+                return -EAGAIN;
+        }
         sg->hdr->offer_guid[0] = r->guid[0];
         sg->hdr->offer_guid[1] = r->guid[1];
         sg->hdr->offer_idx = (uint32_t)idx;
@@ -455,12 +482,36 @@ static int offer_new(struct eng_server *srv)
         return 0;
 }
 
-/* A session whose process is gone: end it and every stream of it. */
+/* Take a stream away from the workers and give everything back. */
+static void reap(struct eng_server *srv, eng_sstream_t *t)
+{
+        uint32_t seen;
+        while (!eng_cas_u32(&t->busy, 0, 1, &seen))
+                eng_cpu_relax();
+        if (t->live)
+                finalize(srv, t, -EPIPE);
+        eng_store_release_u32(&t->busy, 0);
+}
+
+static bool pid_gone(pid_t pid)
+{
+        return pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH);
+}
+
+/*
+ * Peers that are gone. A session's pidfd says when its process exits: then every record that
+ * process holds goes — accepted streams (by pid), and records it claimed but the server never
+ * accepted, whatever their state now says (by the owner pid in the record; never the record on
+ * offer). Streams whose session was closed while they stayed open (a client that detached
+ * without closing them) have no pidfd watching them any more: they are checked by pid.
+ */
 static void reap_dead(struct eng_server *srv)
 {
+        uint32_t offered = srv->offered ? srv->offered - 1 : UINT32_MAX;
         for (uint32_t i = 0; i < srv->ntab; i++) {
                 eng_sstream_t *s = &srv->tab[i];
-                if (!s->live || !s->known || s->type != REC_SESSION || s->pidfd < 0)
+                if (!s->live || !eng_load_acquire_u32(&s->known) || s->type != REC_SESSION ||
+                    s->pidfd < 0)
                         continue;
                 struct pollfd p = {.fd = s->pidfd, .events = POLLIN};
                 if (poll(&p, 1, 0) != 1)
@@ -468,20 +519,23 @@ static void reap_dead(struct eng_server *srv)
                 pid_t dead = s->pid;
                 for (uint32_t j = 0; j < srv->ntab; j++) {
                         eng_sstream_t *t = &srv->tab[j];
-                        /* Accepted streams carry the pid; claimed ones only in the record. */
-                        if (t->live &&
-                            (t->known ? t->pid == dead
-                                      : eng_load_relaxed_u32(&t->rec->state) == ST_CLAIMED &&
-                                            t->rec->owner_pid == dead)) {
-                                /* Take the stream away from the workers first. */
-                                uint32_t seen;
-                                while (!eng_cas_u32(&t->busy, 0, 1, &seen))
-                                        eng_cpu_relax();
-                                if (t->live)
-                                        finalize(srv, t, -EPIPE);
-                                eng_store_release_u32(&t->busy, 0);
-                        }
+                        if (!t->live || j == offered)
+                                continue;
+                        bool mine = eng_load_acquire_u32(&t->known) ? t->pid == dead
+                                                                    : t->rec->owner_pid == dead;
+                        if (mine)
+                                reap(srv, t);
                 }
+        }
+        for (uint32_t j = 0; j < srv->ntab; j++) {
+                eng_sstream_t *t = &srv->tab[j];
+                if (!t->live || !eng_load_acquire_u32(&t->known) || t->type != REC_STREAM)
+                        continue;
+                eng_sstream_t *ss = t->session < srv->ntab ? &srv->tab[t->session] : NULL;
+                bool watched = ss != NULL && ss->live && ss->type == REC_SESSION &&
+                               ss->pid == t->pid && ss->pidfd >= 0;
+                if (!watched && pid_gone(t->pid))
+                        reap(srv, t);
         }
 }
 
@@ -599,10 +653,10 @@ void eng_server_stop(eng_server_t *srv)
         struct eng_seg *sg = &srv->sg;
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
         /* Withdraw the offer: nobody may claim a record that no worker will serve. */
-        if (pthread_mutex_lock(&sg->hdr->boot) == EOWNERDEAD)
-                pthread_mutex_consistent(&sg->hdr->boot);
-        sg->hdr->offer_state = 0;
-        pthread_mutex_unlock(&sg->hdr->boot);
+        bool locked = boot_lock_timed(sg, 1000) == 0;
+        sg->hdr->offer_state = 0; /* without the lock if a client sits on it: we are stopping */
+        if (locked)
+                pthread_mutex_unlock(&sg->hdr->boot);
         eng_store_relaxed_u32(&srv->stop, 1);
         eng_faa_u32(&sg->hdr->srv_wake, 1);
         eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);

@@ -312,8 +312,16 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
         r->res.pid = eng_sstream_pid(s);
         r->res.size = m->arg;
         r->t0 = now_ns();
-        if (m->data == NULL ||
-            eng_safe_name(m->data, m->len, r->res.name, sizeof(r->res.name), &why) != 0) {
+        /* The name lives in shared memory, where the client can still change it: copy it
+         * once into our own memory and check and use only the copy. */
+        char name[4096];
+        size_t nlen = m->len < sizeof(name) ? m->len : sizeof(name);
+        if (m->data != NULL)
+                memcpy(name, m->data, nlen);
+        if (m->data == NULL || m->len > sizeof(name) ||
+            eng_safe_name(name, nlen, r->res.name, sizeof(r->res.name), &why) != 0) {
+                if (m->data != NULL && m->len > sizeof(name))
+                        why = "name is longer than 255 bytes";
                 snprintf(r->res.name, sizeof(r->res.name), "(unusable name)");
                 return refuse(x, s, r, EINVAL, why ? why : "no file name");
         }
