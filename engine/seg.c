@@ -180,9 +180,18 @@ bool ready_set(struct eng_seg *sg, uint32_t idx)
  * index, so a stream that is re-queued is not taken again before the other set bits of its
  * word: a stream waiting for its session must let the session's bit be seen).
  */
+/* Words of the bitmap that can hold a set bit: only records ever carved can be scheduled, so
+ * the scan costs what the arena's record area holds, not what the segment could hold. */
+static uint32_t ready_words(struct eng_seg *sg)
+{
+        uint64_t slots = eng_arena_rec_slots(&sg->arena); /* clamped to the private geometry */
+        uint32_t n = (uint32_t)((slots < sg->max_streams ? slots : sg->max_streams) + 63) / 64;
+        return n ? n : 1;
+}
+
 bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
 {
-        uint32_t nw = (sg->max_streams + 63) / 64;
+        uint32_t nw = ready_words(sg);
         uint32_t start = *cursor % (nw * 64);
         uint32_t sw = start / 64, sb = start % 64;
         for (uint32_t k = 0; k <= nw; k++) {
@@ -208,7 +217,7 @@ bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
 
 bool ready_any(struct eng_seg *sg)
 {
-        uint32_t nw = (sg->max_streams + 63) / 64;
+        uint32_t nw = ready_words(sg);
         for (uint32_t i = 0; i < nw; i++)
                 if (eng_load_relaxed_u64(&sg->bitmap[i]))
                         return true;
