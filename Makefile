@@ -9,12 +9,16 @@ SHELL      := /bin/bash
 PKGS       := cmake make gcc pkg-config bc clang libclang-rt-14-dev libck-dev libxml2-dev \
               libcriterion-dev libxxhash-dev
 
-.PHONY: all deps build run test test-quick test-asan fuzz bench clean format
+.PHONY: all deps install-pkgs build run test test-quick test-asan fuzz bench clean format
 
 all: build
 
 deps:
-	@missing=""; for p in $(PKGS); do \
+	@$(MAKE) --no-print-directory install-pkgs P="$(PKGS)"
+
+# Install whichever of the packages P are missing (apt-get update once, then install).
+install-pkgs:
+	@missing=""; for p in $(P); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -39,6 +43,15 @@ test: build
 # Only the normal build's suites (quicker while developing).
 test-quick: build
 	@./tests/run-suite.sh $(BUILD) $(JOBS)
+
+# engine-bench --quick with its reference rows (Boost.Interprocess needs libboost-dev and g++;
+# the report's plots need gnuplot). Writes out/bench.json and out/bench/index.html.
+BENCH_PKGS := libboost-dev g++ gnuplot-nox
+bench: deps
+	@$(MAKE) --no-print-directory install-pkgs P="$(BENCH_PKGS)"
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target engine-bench arena-bench
+	@mkdir -p out && $(BUILD)/bin/engine-bench --quick --json out/bench.json --report out/bench
 
 # The libFuzzer harnesses for FUZZ_SECONDS each.
 fuzz: deps
