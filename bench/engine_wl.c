@@ -1,0 +1,671 @@
+/*
+ * engine_wl.c - the engine's workloads: round trip, one-way throughput, file transfer and
+ * stream open/close, for each transport. The server runs in one child process (engine
+ * server with the bench's own echo/sink hooks, or the file-transfer hooks of proto/), the
+ * client in another.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "proto.h"
+
+#define EB_C_DATA 0x0120       /* one-way data: consumed and counted by the sink */
+#define EB_C_WARM 0x0121       /* one-way data before the measured phase: consumed, not counted */
+#define EB_FINAL  (1ull << 63) /* PING arg flag: the last message of a stream's measured phase */
+
+#define CALL_TIMEOUT_MS 5000 /* every blocking engine call of the bench */
+
+const uint64_t eb_rtt_payloads[4] = {0, 64, 4096, 1u << 20};
+const uint64_t eb_tput_payloads[6] = {0, 64, 1024, 4096, 65536, 1u << 20};
+const uint32_t eb_tput_streams[4] = {1, 2, 8, 64};
+
+static const char *tname(int t)
+{
+        return t == ENG_TRANSPORT_MUTEX ? "mutex" : "lockfree";
+}
+
+/* ---- server side: echo (PING -> PONG) and sink (DATA) hooks --------------------------- */
+
+struct sink {
+        uint64_t msgs, bytes, bad, sink;
+};
+
+static int hk_open(eng_sstream_t *s, void *ctx)
+{
+        (void)ctx;
+        struct sink *k = calloc(1, sizeof(*k));
+        if (k == NULL)
+                return -ENOMEM;
+        *eng_sstream_user(s) = k;
+        return 0;
+}
+
+static void hk_close(eng_sstream_t *s, int err, void *ctx)
+{
+        (void)err;
+        eb_xchg_t *x = ctx;
+        struct sink *k = *eng_sstream_user(s);
+        if (k) {
+                __atomic_fetch_xor(&x->sink, k->sink, __ATOMIC_RELAXED);
+                free(k);
+        }
+        *eng_sstream_user(s) = NULL;
+}
+
+static uint64_t stamp_of(const eng_msg_t *m)
+{
+        uint64_t v = 0;
+        if (m->data && m->len >= 8)
+                memcpy(&v, m->data, 8);
+        return v;
+}
+
+static int hk_msg(eng_sstream_t *s, eng_msg_t *m, void *ctx)
+{
+        eb_xchg_t *x = ctx;
+        struct sink *k = *eng_sstream_user(s);
+        switch (m->cmd) {
+        case EB_C_DATA:
+                if (m->data) {
+                        k->sink ^= eb_consume(m->data, m->len);
+                        if (m->len >= 8 && stamp_of(m) != m->arg)
+                                k->bad++;
+                }
+                k->msgs++;
+                k->bytes += m->len;
+                return 0; /* the engine frees the buffer after the hook */
+        case EB_C_WARM:
+                if (m->data)
+                        k->sink ^= eb_consume(m->data, m->len);
+                return 0;
+        case ENG_C_PING:
+                if (m->data)
+                        k->sink ^= eb_consume(m->data, m->len);
+                if (m->arg & EB_FINAL) {
+                        /* Everything this stream sent before arrived before this (FIFO). */
+                        uint64_t now = eb_now_ns();
+                        __atomic_fetch_add(&x->srv_msgs, k->msgs, __ATOMIC_RELAXED);
+                        __atomic_fetch_add(&x->srv_bytes, k->bytes, __ATOMIC_RELAXED);
+                        __atomic_fetch_add(&x->srv_bad, k->bad, __ATOMIC_RELAXED);
+                        k->msgs = k->bytes = k->bad = 0;
+                        uint64_t cur = __atomic_load_n(&x->t_last_ns, __ATOMIC_RELAXED);
+                        while (now > cur &&
+                               !__atomic_compare_exchange_n(&x->t_last_ns, &cur, now, false,
+                                                            __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                                ;
+                }
+                {
+                        int rc = eng_sstream_send(s, ENG_S_PONG, m->arg, m->off, m->len);
+                        if (rc == 0)
+                                m->off = 0; /* the buffer travels back */
+                        return rc;
+                }
+        default:
+                return -EPROTO;
+        }
+}
+
+static void xfer_report(const eng_xfer_result_t *r, void *ctx)
+{
+        eb_xchg_t *x = ctx;
+        if (r->err == 0) {
+                __atomic_fetch_add(&x->xfer_ok, 1, __ATOMIC_RELAXED);
+                __atomic_fetch_add(&x->srv_bytes, r->received, __ATOMIC_RELAXED);
+        } else {
+                __atomic_fetch_add(&x->xfer_failed, 1, __ATOMIC_RELAXED);
+                snprintf(x->xfer_why, sizeof(x->xfer_why), "%.100s: %.200s", r->name, r->why);
+        }
+}
+
+static void outdir_of(const eb_cell_t *c, const eb_opts_t *o, char *out, size_t n)
+{
+        snprintf(out, n, "%s/out-%d", o->workdir, c->seq);
+}
+
+/* spin: the budget (nobody sleeps); block: 1 (both sides sleep at once); default: 0, the
+ * engine's own default (spin a little, then sleep). */
+static uint32_t spin_of(const eb_cell_t *c, const eb_opts_t *o)
+{
+        if (c->spin)
+                return o->spin_budget;
+        return strcmp(c->mode, "default") == 0 ? 0 : 1;
+}
+
+static void engine_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_xfer_server_t *xs = NULL;
+        eng_server_cfg_t cfg = {.name = c->seg,
+                                .size = o->seg_bytes,
+                                .transport = (eng_transport_t)c->transport,
+                                .workers = o->workers,
+                                .spin = spin_of(c, o),
+                                .min_block_shift = o->min_shift,
+                                .max_block_shift = o->max_shift};
+        char why[400];
+        if (strcmp(c->group, "xfer") == 0) {
+                char dir[600];
+                outdir_of(c, o, dir, sizeof(dir));
+                eng_xfer_server_cfg_t xc = {.outdir = dir, .report = xfer_report, .report_ctx = x};
+                int rc = eng_xfer_server_new(&xc, &xs, why, sizeof(why));
+                if (rc != 0) {
+                        eb_server_ready(x, SRV_FAILED, rc, why);
+                        return;
+                }
+                eng_xfer_server_hooks(xs, &cfg.hooks);
+        } else {
+                cfg.hooks = (eng_server_hooks_t){
+                    .on_open = hk_open, .on_msg = hk_msg, .on_close = hk_close, .ctx = x};
+        }
+        eng_server_t *srv;
+        int rc = eng_server_start(&cfg, &srv);
+        if (rc != 0) {
+                eb_errf(why, sizeof(why), "eng_server_start: %s%s%s", eng_strerror(rc),
+                        *eng_errmsg() ? ": " : "", eng_errmsg());
+                eb_server_ready(x, rc == -ENOTSUP ? SRV_UNAVAILABLE : SRV_FAILED, rc, why);
+                eng_xfer_server_free(xs);
+                return;
+        }
+        eb_server_ready(x, SRV_READY, 0, NULL);
+        eb_server_wait_stop(x);
+        eng_server_stop(srv);
+        eng_xfer_server_free(xs);
+}
+
+/* ---- client side -------------------------------------------------------------------- */
+
+static int fail(eb_xchg_t *x, const char *what, int rc)
+{
+        eb_errf(x->cli_err, sizeof(x->cli_err), "%s: %s%s%s", what, eng_strerror(rc),
+                *eng_errmsg() ? ": " : "", eng_errmsg());
+        return rc ? rc : -1;
+}
+
+static int attach(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o, eng_client_t **cl)
+{
+        eng_client_cfg_t cc = {.spin = spin_of(c, o), .timeout_ms = CALL_TIMEOUT_MS};
+        int rc = eng_client_attach(c->seg, &cc, cl);
+        return rc ? fail(x, "eng_client_attach", rc) : 0;
+}
+
+static int one_rtt(eb_xchg_t *x, eng_stream_t *st, uint64_t i, uint32_t P, const void *src)
+{
+        uint64_t off = 0;
+        void *p = NULL;
+        int rc;
+        if (P > 0) {
+                rc = eng_stream_loan(st, P, &p, &off, CALL_TIMEOUT_MS);
+                if (rc != 0)
+                        return fail(x, "loan", rc);
+                eb_fill(p, src, P, i);
+        }
+        rc = eng_stream_try_send(st, ENG_C_PING, i, off, P);
+        if (rc == -EAGAIN)
+                rc = eng_stream_send(st, ENG_C_PING, i, off, P, CALL_TIMEOUT_MS);
+        if (rc != 0) {
+                eng_stream_unloan(st, off);
+                return fail(x, "send", rc);
+        }
+        eng_msg_t m;
+        rc = eng_stream_recv(st, &m, CALL_TIMEOUT_MS);
+        if (rc != 0)
+                return fail(x, "recv", rc);
+        bool ok = m.cmd == ENG_S_PONG && m.arg == i && m.len == P;
+        if (m.data)
+                x->sink ^= eb_consume(m.data, m.len);
+        eng_stream_release(st, &m);
+        if (!ok) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "unexpected reply 0x%x arg %llu len %u",
+                        m.cmd, (unsigned long long)m.arg, m.len);
+                return -EPROTO;
+        }
+        return 0;
+}
+
+static int rtt_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_client_t *cl;
+        eng_stream_t *st;
+        int rc = attach(x, c, o, &cl);
+        if (rc)
+                return rc;
+        if ((rc = eng_stream_open(cl, 1, &st)) != 0)
+                return fail(x, "eng_stream_open", rc);
+        uint32_t P = (uint32_t)c->payload;
+        const void *src = eb_src(P);
+        uint64_t n = c->spin ? o->rtt_spin_n : o->rtt_block_n;
+        uint64_t warm = n / 10 < 1000 ? n / 10 : 1000;
+        uint64_t i = 0;
+        for (; i < warm && rc == 0; i++)
+                rc = one_rtt(x, st, i, P, src);
+        uint64_t t = eb_now_ns(), end = t + o->rtt_ms * 1000000ull;
+        x->t0_ns = t;
+        uint64_t k = 0;
+        for (; k < n && rc == 0 && t < end; k++, i++) {
+                rc = one_rtt(x, st, i, P, src);
+                uint64_t t1 = eb_now_ns();
+                eb_hist_add(&x->hist, t1 - t);
+                t = t1;
+        }
+        x->t1_ns = t;
+        x->cli_iters = k;
+        int crc = eng_stream_close(st);
+        eng_client_detach(cl);
+        if (rc == 0 && crc != 0)
+                return fail(x, "eng_stream_close", crc);
+        return rc;
+}
+
+struct tx {
+        eng_stream_t *st;
+        uint64_t pend_off; /* a filled buffer the ring had no room for */
+        uint64_t seq;      /* next stamp (== messages sent on this stream) */
+};
+
+/* Send on every stream as much as fits; returns messages sent, < 0 on error. */
+static int64_t tx_pass(eb_xchg_t *x, struct tx *t, uint32_t ns, uint32_t P, uint16_t cmd,
+                       const void *src, bool *arena_full)
+{
+        int64_t moved = 0;
+        for (uint32_t k = 0; k < ns; k++) {
+                struct tx *s = &t[k];
+                for (int b = 0; b < 64; b++) {
+                        if (P > 0 && s->pend_off == 0) {
+                                void *p;
+                                int rc = eng_stream_try_loan(s->st, P, &p, &s->pend_off);
+                                if (rc == -EAGAIN) {
+                                        *arena_full = true;
+                                        break;
+                                }
+                                if (rc != 0)
+                                        return fail(x, "loan", rc);
+                                eb_fill(p, src, P, s->seq);
+                        }
+                        int rc = eng_stream_try_send(s->st, cmd, s->seq, s->pend_off, P);
+                        if (rc == -EAGAIN)
+                                break;
+                        if (rc != 0)
+                                return fail(x, "try_send", rc);
+                        s->pend_off = 0;
+                        s->seq++;
+                        moved++;
+                }
+        }
+        return moved;
+}
+
+/* Push for dur_ns (cmd DATA or WARM); waits only when nothing could move. */
+static int tx_run(eb_xchg_t *x, eng_client_t *cl, struct tx *t, uint32_t ns, uint32_t P,
+                  uint16_t cmd, uint64_t dur_ns, uint64_t *sent)
+{
+        const void *src = eb_src(P);
+        uint64_t end = eb_now_ns() + dur_ns, total = 0;
+        for (;;) {
+                bool full = false;
+                int64_t m = tx_pass(x, t, ns, P, cmd, src, &full);
+                if (m < 0)
+                        return (int)m;
+                if (m == 0) {
+                        /* Ticket, look again, then wait: a wake-up between our look and the
+                         * wait is not lost (the ticket moved). */
+                        uint32_t tk = eng_client_ticket(cl);
+                        m = tx_pass(x, t, ns, P, cmd, src, &full);
+                        if (m < 0)
+                                return (int)m;
+                        if (m == 0) {
+                                int rc = eng_client_wait(cl, tk, CALL_TIMEOUT_MS);
+                                if (rc != 0 && rc != -ETIMEDOUT)
+                                        return fail(x, "eng_client_wait", rc);
+                                if (rc == -ETIMEDOUT)
+                                        return fail(
+                                            x, full ? "arena full for 5 s" : "ring full for 5 s",
+                                            rc);
+                        }
+                }
+                total += (uint64_t)m;
+                if (eb_now_ns() >= end) /* once per pass: at most 64 messages per stream */
+                        break;
+        }
+        /* Free every buffer: a filled loan that did not fit goes back. */
+        for (uint32_t k = 0; k < ns; k++)
+                if (t[k].pend_off) {
+                        eng_stream_unloan(t[k].st, t[k].pend_off);
+                        t[k].pend_off = 0;
+                }
+        *sent = total;
+        return 0;
+}
+
+/* A PING (flag) on every stream, then every PONG. */
+static int ping_all(eb_xchg_t *x, struct tx *t, uint32_t ns, uint64_t flag)
+{
+        for (uint32_t k = 0; k < ns; k++) {
+                int rc = eng_stream_send(t[k].st, ENG_C_PING, flag | k, 0, 0, CALL_TIMEOUT_MS);
+                if (rc != 0)
+                        return fail(x, "send PING", rc);
+        }
+        for (uint32_t k = 0; k < ns; k++) {
+                eng_msg_t m;
+                int rc = eng_stream_recv(t[k].st, &m, CALL_TIMEOUT_MS);
+                if (rc != 0)
+                        return fail(x, "recv PONG", rc);
+                bool ok = m.cmd == ENG_S_PONG && m.arg == (flag | k);
+                eng_stream_release(t[k].st, &m);
+                if (!ok) {
+                        eb_errf(x->cli_err, sizeof(x->cli_err), "unexpected reply on stream %u", k);
+                        return -EPROTO;
+                }
+        }
+        return 0;
+}
+
+static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_client_t *cl;
+        int rc = attach(x, c, o, &cl);
+        if (rc)
+                return rc;
+        uint32_t ns = c->streams, P = (uint32_t)c->payload;
+        struct tx *t = calloc(ns, sizeof(*t));
+        if (t == NULL)
+                return fail(x, "calloc", -ENOMEM);
+        uint32_t opened = 0;
+        for (; opened < ns; opened++)
+                if ((rc = eng_stream_open(cl, opened + 1, &t[opened].st)) != 0) {
+                        fail(x, "eng_stream_open", rc);
+                        goto out;
+                }
+        uint64_t sent = 0;
+        /* Warm-up (not counted): streams accepted, buffers carved, caches hot. */
+        if ((rc = ping_all(x, t, ns, 0)) != 0)
+                goto out;
+        uint64_t warm_ns = o->tput_ms * 1000000ull / 5;
+        if ((rc = tx_run(x, cl, t, ns, P, EB_C_WARM, warm_ns, &sent)) != 0)
+                goto out;
+        if ((rc = ping_all(x, t, ns, 0)) != 0)
+                goto out;
+        for (uint32_t k = 0; k < ns; k++)
+                t[k].seq = 0;
+        x->t0_ns = eb_now_ns();
+        rc = tx_run(x, cl, t, ns, P, EB_C_DATA, o->tput_ms * 1000000ull, &sent);
+        if (rc == 0)
+                rc = ping_all(x, t, ns, EB_FINAL);
+        x->t1_ns = eb_now_ns();
+        x->cli_msgs = sent;
+        x->cli_bytes = sent * P;
+out:
+        for (uint32_t k = 0; k < opened; k++) {
+                int crc = eng_stream_close(t[k].st);
+                if (rc == 0 && crc != 0)
+                        rc = fail(x, "eng_stream_close", crc);
+        }
+        free(t);
+        eng_client_detach(cl);
+        return rc;
+}
+
+static int xfer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_client_t *cl;
+        int rc = attach(x, c, o, &cl);
+        if (rc)
+                return rc;
+        uint32_t ns = c->streams;
+        eng_stream_t **st = calloc(ns, sizeof(*st));
+        eng_xfer_send_t **xs = calloc(ns, sizeof(*xs));
+        bool *done = calloc(ns, sizeof(*done));
+        if (st == NULL || xs == NULL || done == NULL)
+                return fail(x, "calloc", -ENOMEM);
+        char why[400];
+        uint32_t opened = 0;
+        for (; opened < ns; opened++) {
+                char path[700];
+                eb_files_path(o, (int)ns, (int)opened, path, sizeof(path));
+                if ((rc = eng_stream_open(cl, opened + 1, &st[opened])) != 0) {
+                        fail(x, "eng_stream_open", rc);
+                        goto out;
+                }
+                rc = eng_xfer_send_new(st[opened], path, NULL, o->xfer_chunk, &xs[opened], why,
+                                       sizeof(why));
+                if (rc != 0) {
+                        eng_stream_close(st[opened]);
+                        eb_errf(x->cli_err, sizeof(x->cli_err), "%s", why);
+                        goto out;
+                }
+        }
+        x->t0_ns = eb_now_ns();
+        uint32_t left = ns;
+        uint64_t last_move = x->t0_ns, total = 0;
+        while (left > 0) {
+                uint32_t tk = eng_client_ticket(cl);
+                bool moved = false;
+                for (uint32_t k = 0; k < ns; k++) {
+                        if (done[k])
+                                continue;
+                        int r = eng_xfer_send_step(xs[k]);
+                        if (r > 0)
+                                moved = true;
+                        eng_xfer_state_t s = eng_xfer_send_state(xs[k]);
+                        if (s == ENG_XFER_DONE) {
+                                done[k] = true;
+                                left--;
+                                total += eng_xfer_send_size(xs[k]);
+                        } else if (s == ENG_XFER_FAILED || r < 0) {
+                                eb_errf(x->cli_err, sizeof(x->cli_err), "stream %u: %s", k,
+                                        eng_xfer_send_why(xs[k]));
+                                rc = -EIO;
+                                goto out;
+                        }
+                }
+                uint64_t now = eb_now_ns();
+                if (moved) {
+                        last_move = now;
+                        continue;
+                }
+                if (now - last_move > (uint64_t)CALL_TIMEOUT_MS * 2000000ull) {
+                        eb_errf(x->cli_err, sizeof(x->cli_err), "no progress for %d s",
+                                2 * CALL_TIMEOUT_MS / 1000);
+                        rc = -ETIMEDOUT;
+                        goto out;
+                }
+                int w = eng_client_wait(cl, tk, 100);
+                if (w == -EPIPE) {
+                        rc = fail(x, "eng_client_wait", w);
+                        goto out;
+                }
+        }
+        x->t1_ns = eb_now_ns();
+        x->cli_bytes = total;
+out:
+        for (uint32_t k = 0; k < opened; k++) {
+                eng_xfer_send_free(xs[k]);
+                eng_stream_close(st[k]);
+        }
+        free(st);
+        free(xs);
+        free(done);
+        eng_client_detach(cl);
+        return rc;
+}
+
+static int openclose_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_client_t *cl;
+        int rc = attach(x, c, o, &cl);
+        if (rc)
+                return rc;
+        for (int i = 0; i < 20 && rc == 0; i++) {
+                eng_stream_t *st;
+                if ((rc = eng_stream_open(cl, 1, &st)) != 0)
+                        return fail(x, "eng_stream_open", rc);
+                if ((rc = eng_stream_close(st)) != 0)
+                        return fail(x, "eng_stream_close", rc);
+        }
+        uint64_t t = eb_now_ns(), end = t + o->misc_ms * 1000000ull;
+        x->t0_ns = t;
+        uint64_t k = 0;
+        for (; t < end && k < 10000000; k++) {
+                eng_stream_t *st;
+                if ((rc = eng_stream_open(cl, (uint32_t)k + 1, &st)) != 0)
+                        return fail(x, "eng_stream_open", rc);
+                if ((rc = eng_stream_close(st)) != 0)
+                        return fail(x, "eng_stream_close", rc);
+                uint64_t t1 = eb_now_ns();
+                eb_hist_add(&x->hist, t1 - t);
+                t = t1;
+        }
+        x->t1_ns = t;
+        x->cli_iters = k;
+        eng_client_detach(cl);
+        return 0;
+}
+
+/* ---- cells -------------------------------------------------------------------------- */
+
+static void hist_result(eb_result_t *r, const eb_hist_t *h)
+{
+        r->hist = malloc(sizeof(*r->hist));
+        if (r->hist)
+                memcpy(r->hist, h, sizeof(*h));
+        snprintf(r->hist_unit, sizeof(r->hist_unit), "ns");
+        static const struct {
+                const char *k;
+                double p;
+        } pc[] = {{"p50_ns", 50},     {"p90_ns", 90},       {"p99_ns", 99},
+                  {"p99.9_ns", 99.9}, {"p99.99_ns", 99.99}, {"max_ns", 100}};
+        for (size_t i = 0; i < sizeof(pc) / sizeof(pc[0]); i++)
+                eb_metric_set(r, pc[i].k, (double)eb_hist_pct(h, pc[i].p));
+        eb_metric_set(r, "min_ns", (double)(h->count ? h->min : 0));
+        eb_metric_set(r, "mean_ns", eb_hist_mean(h));
+        eb_metric_set(r, "n", (double)h->count);
+}
+
+static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
+{
+        snprintf(c->seg, sizeof(c->seg), "/%s-%d", o->tag, c->seq);
+        eb_xchg_t *x = eb_xchg_new();
+        if (x == NULL) {
+                r->status = EB_FAIL;
+                eb_errf(r->reason, sizeof(r->reason), "mmap: %s", strerror(errno));
+                return;
+        }
+        eb_client_fn cf = NULL;
+        uint64_t timeout_ms = 60000;
+        bool xfer = strcmp(c->group, "xfer") == 0;
+        char dir[600];
+        if (strcmp(c->group, "rtt") == 0) {
+                cf = rtt_client;
+                timeout_ms = o->rtt_ms + 60000;
+        } else if (strcmp(c->group, "tput") == 0) {
+                cf = tput_client;
+                timeout_ms = 2 * o->tput_ms + 60000;
+        } else if (xfer) {
+                cf = xfer_client;
+                timeout_ms = 300000;
+                outdir_of(c, o, dir, sizeof(dir));
+                eb_rmdir_files(dir);
+                eb_files_warm(o, (int)c->streams);
+                eb_memory_warm(o->file_bytes + (o->file_bytes >> 2));
+        } else {
+                cf = openclose_client;
+                timeout_ms = o->misc_ms + 60000;
+        }
+        r->status = eb_run_children(c, o, x, engine_server, cf, timeout_ms, r);
+        shm_unlink(c->seg); /* in case a child was killed before it could */
+        double secs = x->t1_ns > x->t0_ns ? (double)(x->t1_ns - x->t0_ns) / 1e9 : 0;
+        if (r->status == EB_OK) {
+                if (strcmp(c->group, "rtt") == 0 || strcmp(c->group, "openclose") == 0) {
+                        hist_result(r, &x->hist);
+                        eb_metric_set(r, "ops_per_s", secs > 0 ? (double)x->cli_iters / secs : 0);
+                } else if (strcmp(c->group, "tput") == 0) {
+                        double s =
+                            x->t_last_ns > x->t0_ns ? (double)(x->t_last_ns - x->t0_ns) / 1e9 : 0;
+                        eb_metric_set(r, "msgs", (double)x->srv_msgs);
+                        eb_metric_set(r, "bytes", (double)x->srv_bytes);
+                        eb_metric_set(r, "secs", s);
+                        eb_metric_set(r, "client_secs", secs);
+                        eb_metric_set(r, "msgs_per_s", s > 0 ? (double)x->srv_msgs / s : 0);
+                        eb_metric_set(r, "gb_per_s", s > 0 ? (double)x->srv_bytes / s / 1e9 : 0);
+                        if (x->srv_msgs != x->cli_msgs || x->srv_bad != 0) {
+                                r->status = EB_FAIL;
+                                eb_errf(r->reason, sizeof(r->reason),
+                                        "server counted %llu messages (%llu bad stamps), client "
+                                        "sent %llu",
+                                        (unsigned long long)x->srv_msgs,
+                                        (unsigned long long)x->srv_bad,
+                                        (unsigned long long)x->cli_msgs);
+                        }
+                } else if (xfer) {
+                        eb_metric_set(r, "bytes", (double)x->cli_bytes);
+                        eb_metric_set(r, "secs", secs);
+                        eb_metric_set(r, "gb_per_s",
+                                      secs > 0 ? (double)x->cli_bytes / secs / 1e9 : 0);
+                        if (x->xfer_ok != c->streams || x->srv_bytes != x->cli_bytes) {
+                                r->status = EB_FAIL;
+                                eb_errf(r->reason, sizeof(r->reason),
+                                        "server verified %u of %u files: %s", x->xfer_ok,
+                                        c->streams, x->xfer_why);
+                        }
+                }
+        } else if (xfer && x->xfer_why[0] && r->status == EB_FAIL) {
+                size_t l = strlen(r->reason);
+                snprintf(r->reason + l, sizeof(r->reason) - l, " [server: %s]", x->xfer_why);
+        }
+        if (xfer)
+                eb_rmdir_files(dir);
+        eb_xchg_free(x);
+}
+
+void eb_engine_cells(eb_cells_t *cs, const eb_opts_t *o)
+{
+        (void)o;
+        static const int tr[2] = {ENG_TRANSPORT_LOCKFREE, ENG_TRANSPORT_MUTEX};
+        char sz[16];
+        for (int m = 0; m < 2; m++)
+                for (int p = 0; p < 4; p++)
+                        for (int t = 0; t < 2; t++) {
+                                const char *mode = m == 0 ? "spin" : "block";
+                                eb_cell_t *c = eb_cell_add(cs, "rtt", tname(tr[t]), mode,
+                                                           eb_rtt_payloads[p], 1);
+                                eb_size_name(c->payload, sz, sizeof(sz));
+                                snprintf(c->name, sizeof(c->name), "rtt/%s/%s/%s", c->impl, mode,
+                                         sz);
+                                c->transport = tr[t];
+                                c->spin = m == 0;
+                                c->run = run_engine_cell;
+                        }
+        for (int s = 0; s < 4; s++)
+                for (int p = 0; p < 6; p++)
+                        for (int t = 0; t < 2; t++) {
+                                eb_cell_t *c = eb_cell_add(cs, "tput", tname(tr[t]), "spin",
+                                                           eb_tput_payloads[p], eb_tput_streams[s]);
+                                eb_size_name(c->payload, sz, sizeof(sz));
+                                snprintf(c->name, sizeof(c->name), "tput/%s/%us/%s", c->impl,
+                                         c->streams, sz);
+                                c->transport = tr[t];
+                                c->spin = true;
+                                c->run = run_engine_cell;
+                        }
+        for (int s = 0; s < 2; s++)
+                for (int t = 0; t < 2; t++) {
+                        eb_cell_t *c = eb_cell_add(cs, "xfer", tname(tr[t]), "spin", 0, s ? 8 : 1);
+                        snprintf(c->name, sizeof(c->name), "xfer/%s/%us", c->impl, c->streams);
+                        c->transport = tr[t];
+                        c->spin = true;
+                        c->run = run_engine_cell;
+                }
+        for (int t = 0; t < 2; t++) {
+                /* Opening needs the server's control thread (it offers the next record): with
+                 * a spinning worker and a spinning client on two cores it would wait for a
+                 * time slice, so this runs with the engine's default spin-then-sleep. */
+                eb_cell_t *c = eb_cell_add(cs, "openclose", tname(tr[t]), "default", 0, 1);
+                snprintf(c->name, sizeof(c->name), "openclose/%s", c->impl);
+                c->transport = tr[t];
+                c->spin = false;
+                c->run = run_engine_cell;
+        }
+}
