@@ -21,88 +21,13 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "engine_util.h"
 
 TestSuite(crash, .timeout = 120);
 
 #define CMD_ECHO 0x0101u
 
 /* ---- helpers ------------------------------------------------------------------------ */
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000l};
-        nanosleep(&ts, NULL);
-}
-
-/*
- * Children are forked before the server's threads exist (then released through a pipe once
- * the server is up): a child forked from a process with running threads may inherit a lock
- * another thread held at fork time (ASan's allocator is not fork-safe). If the parent dies
- * first, the child reads EOF and exits.
- */
-static pid_t fork_gated(int *gate)
-{
-        int p[2];
-        cr_assert_eq(pipe(p), 0);
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-                close(p[1]);
-                char b;
-                ssize_t n;
-                while ((n = read(p[0], &b, 1)) < 0 && errno == EINTR)
-                        ;
-                close(p[0]);
-                if (n != 1)
-                        _exit(99);
-                return 0;
-        }
-        close(p[0]);
-        *gate = p[1];
-        return pid;
-}
-
-static void open_gate(int gate)
-{
-        char b = 'g';
-        if (write(gate, &b, 1) != 1)
-                cr_assert_fail("cannot release a child");
-        close(gate);
-}
-
-/* Segments of this test process, unlinked at exit even if an assertion ends the test early
- * (children leave with _exit and never run this). */
-static char g_names[16][64];
-static int g_nnames;
-
-static void unlink_names(void)
-{
-        for (int i = 0; i < g_nnames; i++)
-                shm_unlink(g_names[i]);
-}
-
-static void mkname(char *buf, size_t n, const char *tag)
-{
-        snprintf(buf, n, "/engt-%d-%s", (int)getpid(), tag);
-        if (g_nnames == 0)
-                atexit(unlink_names);
-        if (g_nnames < 16)
-                snprintf(g_names[g_nnames++], sizeof(g_names[0]), "%s", buf);
-}
-
-static void *shared_mem(size_t bytes)
-{
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        cr_assert_neq(p, MAP_FAILED);
-        return p;
-}
 
 static bool wait_flag(const uint32_t *flag, int ms)
 {
