@@ -784,7 +784,7 @@ Test(xfer, ping_payload_too_large_for_a_buffer_is_refused_clearly)
 {
         xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
         xu_server_start();
-        int rc = xu_client("p", 30000, "--ping", "10", "--payload", "2000000");
+        int rc = xu_client("p", 30000, "--ping", "10", "--payload", "100000000");
         char *o = xu_output("p");
         cr_assert(rc != 0 && rc < 128, "exit %d\n%s", rc, o);
         cr_assert_not_null(strstr(o, "payload"),

@@ -264,15 +264,23 @@ typedef struct xu_stream {
         const char *file; /* relative to the test folder, or absolute */
 } xu_stream_t;
 
-/* Write X.cfg: <server outputpath="out" name=X.name extra/> and the streams. */
+/* ENG_TEST_TRANSPORT=mutex runs the same tests on the mutex baseline (ctest registers each
+ * end-to-end suite for both transports). */
+static const char *xu_transport_attr(void)
+{
+        const char *t = getenv("ENG_TEST_TRANSPORT");
+        return t && strcmp(t, "mutex") == 0 ? "transport=\"mutex\"" : "";
+}
+
+/* Write X.cfg: <server outputpath="out" name=X.name [transport] extra/> and the streams. */
 static void xu_write_opts(const char *extra, const xu_stream_t *s, size_t n)
 {
         size_t cap = 1024 + n * (XU_PATH + 64);
         char *t = malloc(cap);
         size_t k = (size_t)snprintf(t, cap,
                                     "<?xml version=\"1.0\"?>\n<streams>\n"
-                                    "  <server outputpath=\"out\" name=\"%s\" %s/>\n",
-                                    X.name, extra ? extra : "");
+                                    "  <server outputpath=\"out\" name=\"%s\" %s %s/>\n",
+                                    X.name, xu_transport_attr(), extra ? extra : "");
         for (size_t i = 0; i < n; i++)
                 k += (size_t)snprintf(t + k, cap - k, "  <stream id=\"%u\" file=\"%s\"/>\n",
                                       s[i].id, s[i].file);
