@@ -24,22 +24,6 @@ static void teardown(void)
 
 TestSuite(faults, .init = setup, .fini = teardown, .timeout = 120);
 
-static bool log_wait(const char *needle, long ms)
-{
-        uint64_t end = xu_now_ms() + (uint64_t)ms;
-        do {
-                if (xu_file_has(X.slog, needle))
-                        return true;
-                xu_sleep_ms(5);
-        } while (xu_now_ms() < end);
-        return false;
-}
-
-static void assert_no_temps(void)
-{
-        cr_assert_eq(xu_temps(), 0, "temporary .eng-* files left in %s", X.out);
-}
-
 /* chown -R the test folder to nobody, so a server running as nobody can use it. */
 static int chown_nobody(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -130,8 +114,8 @@ Test(faults, file_over_the_size_limit_fails_clearly_and_the_server_keeps_serving
         cr_assert_not_null(strstr(o, "File too large"), "%s", o);
         free(o);
         cr_assert(!xu_exists(xu_path("out/big.bin")), "a partial file got the final name");
-        assert_no_temps();
-        cr_assert(log_wait("FAILED", 2000));
+        xu_assert_no_temps();
+        cr_assert(xu_log_wait("FAILED", 2000));
         rc = xu_client("small", 30000, "2");
         o = xu_output("small");
         cr_assert_eq(rc, 0, "the server stopped serving after a failed write\n%s", o);

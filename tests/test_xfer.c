@@ -76,23 +76,6 @@ static void assert_log_one_line_each(const unsigned *ids, size_t n)
         free(log);
 }
 
-static void assert_no_temps(void)
-{
-        cr_assert_eq(xu_temps(), 0, "temporary .eng-* files left in %s", X.out);
-}
-
-/* Wait until the server log contains needle (bounded). */
-static bool log_wait(const char *needle, long ms)
-{
-        uint64_t end = xu_now_ms() + (uint64_t)ms;
-        do {
-                if (xu_file_has(X.slog, needle))
-                        return true;
-                xu_sleep_ms(5);
-        } while (xu_now_ms() < end);
-        return false;
-}
-
 /* Send the given sizes as streams 1..n (files src/f<id>.bin), one client run per stream
  * or all in one run, and check everything a user would. */
 static void send_sizes(const char *extra, const uint64_t *sizes, size_t n, bool one_run)
@@ -137,7 +120,7 @@ static void send_sizes(const char *extra, const uint64_t *sizes, size_t n, bool 
         }
         for (size_t i = 0; i < n; i++)
                 xu_assert_same(xu_path("%s", names[i]), xu_path("out/f%u.bin", ids[i]));
-        assert_no_temps();
+        xu_assert_no_temps();
         cr_assert_eq(xu_server_stop(), 0);
         assert_log_one_line_each(ids, n);
 }
@@ -190,7 +173,7 @@ Test(xfer, two_clients_with_six_streams_each_deliver_every_file_at_once)
                 assert_client_delivered(i < 6 ? "a" : "b", i + 1);
                 xu_assert_same(xu_path("%s", names[i]), xu_path("out/s%u.bin", i + 1));
         }
-        assert_no_temps();
+        xu_assert_no_temps();
         cr_assert_eq(xu_server_stop(), 0);
         assert_log_one_line_each(ids, 12);
 }
@@ -478,7 +461,7 @@ static void assert_failed_cleanly(pid_t c)
         free(out);
         free(o);
         cr_assert(!xu_exists(xu_path("out/big.bin")), "a partial file carries the final name");
-        assert_no_temps();
+        xu_assert_no_temps();
 }
 
 Test(xfer, sigterm_mid_transfer_completes_it_or_fails_it_cleanly)
@@ -497,7 +480,7 @@ Test(xfer, sigterm_mid_transfer_completes_it_or_fails_it_cleanly)
                           "a partial file carries the final name");
         }
         free(o);
-        assert_no_temps();
+        xu_assert_no_temps();
         char *log = xu_slurp(X.slog);
         cr_assert_not_null(strstr(log, "SIGTERM: stopping"), "%s", log);
         cr_assert_not_null(strstr(log, "stopped; segment"), "%s", log);
@@ -511,7 +494,7 @@ Test(xfer, shutdown_refuses_new_files_and_fails_a_transfer_outliving_the_grace_p
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         uint64_t t0 = xu_now_ms();
         kill(X.server, SIGTERM);
-        cr_assert(log_wait("waiting up to", 4000), "the server did not start its grace period");
+        cr_assert(xu_log_wait("waiting up to", 4000), "the server did not start its grace period");
         /* during the grace period new files are refused, promptly and clearly */
         xu_make_file(xu_path("late.bin"), 10, 3);
         char late[XU_PATH];
@@ -544,7 +527,7 @@ Test(xfer, shutdown_refuses_new_files_and_fails_a_transfer_outliving_the_grace_p
         cr_assert_eq(log_lines(log, 1, "FAILED"), 1, "server log:\n%s", log);
         free(log);
         cr_assert(!xu_exists(X.shm), "segment left behind");
-        assert_no_temps(); /* even before the client runs again */
+        xu_assert_no_temps(); /* even before the client runs again */
         kill(c, SIGCONT);
         assert_failed_cleanly(c);
 }
@@ -555,7 +538,7 @@ Test(xfer, second_sigterm_stops_at_once_and_the_transfer_fails_cleanly)
         kill(c, SIGSTOP);
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         kill(X.server, SIGTERM);
-        cr_assert(log_wait("waiting up to", 5000), "the server did not start its grace period");
+        cr_assert(xu_log_wait("waiting up to", 5000), "the server did not start its grace period");
         uint64_t t0 = xu_now_ms();
         kill(X.server, SIGTERM);
         int st;
@@ -566,7 +549,7 @@ Test(xfer, second_sigterm_stops_at_once_and_the_transfer_fails_cleanly)
         cr_assert_eq(xu_code(st), 0);
         cr_assert_lt(ms, 2000, "second SIGTERM took %llu ms", (unsigned long long)ms);
         cr_assert(!xu_exists(X.shm), "segment left behind");
-        assert_no_temps();
+        xu_assert_no_temps();
         kill(c, SIGCONT);
         assert_failed_cleanly(c);
 }
@@ -577,11 +560,11 @@ Test(xfer, client_killed_mid_transfer_leaves_nothing_and_the_server_keeps_servin
         kill(c, SIGSTOP);
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         xu_kill(c);
-        cr_assert(log_wait("FAILED", 5000), "the server did not notice the client's death");
+        cr_assert(xu_log_wait("FAILED", 5000), "the server did not notice the client's death");
         char *log = xu_slurp(X.slog);
         cr_assert_not_null(strstr(log, "client went away"), "%s", log);
         free(log);
-        assert_no_temps();
+        xu_assert_no_temps();
         cr_assert(!xu_exists(xu_path("out/big.bin")));
         int rc = xu_client("again", 60000, "1");
         char *o = xu_output("again");
@@ -603,8 +586,8 @@ Test(xfer, interrupted_client_reports_it_and_leaves_no_temporary_file)
         cr_assert(rc != 0 && rc < 128, "exit %d\n%s", rc, o);
         cr_assert_not_null(strstr(o, "interrupted"), "%s", o);
         free(o);
-        cr_assert(log_wait("FAILED", 5000), "the server did not report the failed transfer");
-        assert_no_temps();
+        cr_assert(xu_log_wait("FAILED", 5000), "the server did not report the failed transfer");
+        xu_assert_no_temps();
         cr_assert(!xu_exists(xu_path("out/big.bin")));
         cr_assert_eq(xu_server_stop(), 0);
 }
@@ -628,8 +611,8 @@ Test(xfer, stalled_server_makes_the_client_give_up_after_the_configured_timeout)
                       (unsigned long long)ms, o);
         cr_assert_not_null(strstr(o, "FAILED"), "%s", o);
         free(o);
-        cr_assert(log_wait("FAILED", 5000), "the server did not end the abandoned transfer");
-        assert_no_temps();
+        cr_assert(xu_log_wait("FAILED", 5000), "the server did not end the abandoned transfer");
+        xu_assert_no_temps();
         cr_assert(!xu_exists(xu_path("out/big.bin")));
         cr_assert_eq(xu_server_stop(), 0);
 }
@@ -672,7 +655,7 @@ Test(xfer, same_name_on_two_streams_at_once_is_delivered_once_or_refused)
                 cr_assert_eq(stat(xu_path("out/data.bin"), &sb), 0);
                 cr_assert_eq((uint64_t)sb.st_size, 64 * MiB);
         }
-        assert_no_temps();
+        xu_assert_no_temps();
         cr_assert_eq(xu_server_stop(), 0);
 }
 
@@ -749,7 +732,7 @@ Test(xfer, later_transfer_of_the_same_name_replaces_the_file_atomically)
         xu_assert_same(xu_path("b/data.bin"), final);
         munmap((void *)a, size);
         munmap((void *)b, size);
-        assert_no_temps();
+        xu_assert_no_temps();
         cr_assert_eq(xu_server_stop(), 0);
         char *log = xu_slurp(X.slog);
         cr_assert_eq(log_lines(log, 1, "verified"), 1, "%s", log);

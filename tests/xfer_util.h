@@ -257,6 +257,23 @@ static bool xu_wait_temp(int timeout_ms, pid_t also_watch)
         return false;
 }
 
+/* Wait until the server log contains needle (bounded). */
+static bool xu_log_wait(const char *needle, long ms)
+{
+        uint64_t end = xu_now_ms() + (uint64_t)ms;
+        do {
+                if (xu_file_has(X.slog, needle))
+                        return true;
+                xu_sleep_ms(5);
+        } while (xu_now_ms() < end);
+        return false;
+}
+
+static void xu_assert_no_temps(void)
+{
+        cr_assert_eq(xu_temps(), 0, "temporary .eng-* files left in %s", X.out);
+}
+
 /* ---- options files ------------------------------------------------------------------ */
 
 typedef struct xu_stream {
