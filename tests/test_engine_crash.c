@@ -29,15 +29,20 @@ TestSuite(crash, .timeout = 120);
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static bool wait_flag(const uint32_t *flag, int ms)
+/* Waits for a child's flag; fails at once, saying how, if the child ended instead. */
+static void wait_flag(const uint32_t *flag, pid_t child, int ms, const char *what)
 {
         uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
         while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+                int st;
+                if (waitpid(child, &st, WNOHANG) == child)
+                        cr_assert_fail("%s: the child ended first (%s %d)", what,
+                                       WIFEXITED(st) ? "exit code" : "signal",
+                                       WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
                 if (now_ns() > end)
-                        return false;
+                        cr_assert_fail("%s: still waiting after %d ms", what, ms);
                 sleep_ms(1);
         }
-        return true;
 }
 
 static void kill_and_reap(pid_t pid)
@@ -186,7 +191,7 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
         if (claim == CLAIM_STREAM) {
                 /* The scenario needs the session accepted (OPEN): poll for it, bounded. */
                 bool found = false;
-                for (int tries = 0; tries < 2000 && !found; tries++) {
+                for (uint64_t end = now_ns() + 5000000000ull; !found && now_ns() < end;) {
                         for (uint32_t i = 0;
                              i < eng_arena_rec_slots(&sg.arena) && i < sg.max_streams; i++) {
                                 struct eng_rec *r = seg_rec(&sg, i);
@@ -202,13 +207,25 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
                 if (!found)
                         return 13;
         }
-        rep->lock_rc = pthread_mutex_lock(&sg.hdr->boot);
-        if (rep->lock_rc != 0 && rep->lock_rc != EOWNERDEAD)
-                return 11;
-        if (claim != CLAIM_NOTHING) {
-                struct eng_rec *r = seg_rec(&sg, sg.hdr->offer_idx);
-                if (r == NULL || r->state != ST_OFFERED)
+        /* Like take_offer: the server may not have put the next record on offer yet (it
+         * re-offers from its control thread after the session's claim), so wait for one. */
+        struct eng_rec *r = NULL;
+        for (uint64_t end = now_ns() + 5000000000ull;;) {
+                rep->lock_rc = pthread_mutex_lock(&sg.hdr->boot);
+                if (rep->lock_rc != 0 && rep->lock_rc != EOWNERDEAD)
+                        return 11;
+                if (claim == CLAIM_NOTHING)
+                        break;
+                r = seg_rec(&sg, sg.hdr->offer_idx);
+                if (sg.hdr->offer_state == 1 && r != NULL &&
+                    eng_load_acquire_u32(&r->state) == ST_OFFERED)
+                        break;
+                pthread_mutex_unlock(&sg.hdr->boot);
+                if (now_ns() > end)
                         return 12;
+                usleep(1000);
+        }
+        if (claim != CLAIM_NOTHING) {
                 r->owner_pid = getpid();
                 r->type = claim == CLAIM_SESSION ? REC_SESSION : REC_STREAM;
                 r->user_id = 77;
@@ -233,7 +250,7 @@ static void dead_boot_holder(const char *tag, enum claim claim)
         eng_arena_stats_t base;
         stats_of(name, &base);
         open_gate(gate);
-        cr_assert(wait_flag(&rep->locked, 5000), "the child never took the mutex");
+        wait_flag(&rep->locked, pid, 10000, "the child taking the mutex");
         /* Control: the mutex really is held. */
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
@@ -338,7 +355,7 @@ Test(crash, client_killed_mid_stream_is_reaped_and_others_keep_going)
                   (unsigned long long)base.rec_used, (unsigned long long)base.buf_used_blocks);
 
         open_gate(gate);
-        cr_assert(wait_flag(&rep->ready, 5000), "the victim never got ready");
+        wait_flag(&rep->ready, pid, 10000, "the victim getting ready");
         /* All its messages handled (replies wait unread in its rings). */
         uint64_t end = now_ns() + 2000000000ull;
         while (__atomic_load_n(&H.msgs, __ATOMIC_ACQUIRE) < 1 + 2 * VICTIM_STREAMS &&
