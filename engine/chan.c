@@ -125,3 +125,13 @@ void chan_wait(struct chan_end *e, uint64_t deadline)
                 pthread_cond_timedwait(&q->cv, &q->m, &ts);
         pthread_mutex_unlock(&q->m);
 }
+
+bool chan_ready(struct chan_end *e)
+{
+        return e->mutex ? chan_used(e) > 0 : ring_ready(&e->ring);
+}
+
+bool chan_room(struct chan_end *e, uint32_t n)
+{
+        return e->mutex ? chan_free(e) >= n : ring_room(&e->ring, n);
+}

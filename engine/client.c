@@ -430,7 +430,7 @@ int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t of
 static bool spin_on(eng_stream_t *s, struct chan_end *ch)
 {
         for (uint32_t i = 0; i < s->c->cfg.spin; i++) {
-                if (ch->producer ? chan_free(ch) > 0 : chan_used(ch) > 0)
+                if (ch->producer ? chan_room(ch, 1) : chan_ready(ch))
                         return true;
                 if (eng_load_relaxed_u32(&s->rec->state) == ST_ENDED)
                         return true;

@@ -36,7 +36,7 @@ enum {
 };
 
 /* rec->sched: who owns the right to consume the client->server ring */
-enum { RUN_IDLE = 0, RUN_QUEUED = 1, RUN_RUNNING = 2, RUN_AGAIN = 3, RUN_FIN = 4 };
+enum { RUN_IDLE = 0, RUN_QUEUED = 1, RUN_RUNNING = 2, RUN_AGAIN = 3, RUN_FIN = 4, RUN_POLLING = 5 };
 
 /* waiting flags of a session (client) */
 enum { WAIT_NONE = 0, WAIT_SPIN = 1, WAIT_SLEEP = 2 };
@@ -92,10 +92,13 @@ struct eng_rec {
         uint32_t session; /* stream: record index of the client's session */
         uint32_t user_id;
         uint32_t depth;
-        uint32_t pad0[4];
-        /* line 1: scheduling word (client sets QUEUED/AGAIN, workers RUNNING/IDLE) */
+        /* Server: "I stopped draining: wake me when you read a reply"; client clears it. Both
+         * writes are rare (a full reply ring), so it shares the read-mostly identity line
+         * rather than the sched line, which the client reads after every push. */
+        uint32_t want_space;
+        uint32_t pad0[3];
+        /* line 1: scheduling word (client sets QUEUED/AGAIN, workers RUNNING/POLLING/IDLE) */
         _Alignas(CL) uint32_t sched;
-        uint32_t want_space; /* server: "I stopped draining: wake me when you read a reply" */
         /* line 2: session wake-up (session records): server bumps, client sleeps */
         _Alignas(CL) uint32_t wake;
         uint32_t waiting;
@@ -197,6 +200,7 @@ struct ring_end {
         struct ck_ring *shared;
         struct eng_desc *slots;
         uint32_t mine; /* producer: p_tail; consumer: c_head */
+        uint32_t peer; /* the peer's counter as last read (a bound that only grows stale) */
         uint32_t mask;
 };
 void ring_init_shared(struct ck_ring *r, uint32_t depth, uint32_t start);
@@ -206,6 +210,10 @@ bool ring_push_spsc(struct ring_end *e, const struct eng_desc *d);
 bool ring_pop_spsc(struct ring_end *e, struct eng_desc *d);
 uint32_t ring_used(const struct ring_end *e); /* slots holding descriptors */
 uint32_t ring_free(const struct ring_end *e); /* slots a producer can still fill */
+/* Cheap checks from the cached peer counter, re-reading the shared one only when the cache
+ * says no: "is there a descriptor to pop" (consumer) and "are n slots free" (producer). */
+bool ring_ready(struct ring_end *e);
+bool ring_room(struct ring_end *e, uint32_t n);
 
 /*
  * Channels (chan.c): the one interface the server and client use for a direction of a
@@ -226,6 +234,8 @@ bool chan_push(struct chan_end *e, const struct eng_desc *d);
 bool chan_pop(struct chan_end *e, struct eng_desc *d);
 uint32_t chan_used(const struct chan_end *e);
 uint32_t chan_free(const struct chan_end *e);
+bool chan_ready(struct chan_end *e);            /* consumer: chan_used() > 0, cheaply */
+bool chan_room(struct chan_end *e, uint32_t n); /* producer: chan_free() >= n, cheaply */
 /* Mutex transport only: if the queue is full (producer) or empty (consumer), sleep on its
  * condition variable once, at most until deadline (CLOCK_MONOTONIC ns). The lock-free
  * transport waits on the session word instead (client.c); this returns at once for it. */

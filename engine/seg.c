@@ -104,6 +104,8 @@ void ring_attach(struct ring_end *e, struct ck_ring *shared, struct eng_desc *sl
         /* Read once at attach time; from then on our own counter is the truth. */
         e->mine = producer ? eng_load_acquire_u32(&shared->p_tail)
                            : eng_load_acquire_u32(&shared->c_head);
+        e->peer = producer ? eng_load_acquire_u32(&shared->c_head)
+                           : eng_load_acquire_u32(&shared->p_tail);
 }
 
 static void ring_mirror(const struct ring_end *e, struct ck_ring *m)
@@ -112,16 +114,28 @@ static void ring_mirror(const struct ring_end *e, struct ck_ring *m)
         m->mask = e->mask;
 }
 
+/*
+ * Both ends cache the peer's counter and re-read it only when the cached value says "full"
+ * (producer) or "empty" (consumer). The cached value was read with acquire, so everything it
+ * licenses is still licensed: a consumer's old c_head only under-states the free slots, a
+ * producer's old p_tail only under-states the descriptors. In the steady state neither end
+ * reads the line the other writes on every operation, so each message moves the slot and the
+ * one counter that announces it, not the counter that acknowledges it.
+ */
 bool ring_push_spsc(struct ring_end *e, const struct eng_desc *d)
 {
         struct ck_ring m;
         ring_mirror(e, &m);
-        /* Acquire on the consumer's counter: its advance is our licence to overwrite the slot
-         * (the consumer finished copying it out before publishing c_head with release). */
-        m.c_head = eng_load_acquire_u32(&e->shared->c_head);
+        m.c_head = e->peer;
         m.p_tail = m.p_head = e->mine;
-        if (!ck_ring_enqueue_spsc_desc(&m, e->slots, (struct eng_desc *)d))
-                return false;
+        if (!ck_ring_enqueue_spsc_desc(&m, e->slots, (struct eng_desc *)d)) {
+                /* Full as far as we knew. Acquire on the consumer's counter: its advance is our
+                 * licence to overwrite the slot (the consumer finished copying it out before
+                 * publishing c_head with release). */
+                e->peer = m.c_head = eng_load_acquire_u32(&e->shared->c_head);
+                if (!ck_ring_enqueue_spsc_desc(&m, e->slots, (struct eng_desc *)d))
+                        return false;
+        }
         e->mine = m.p_tail;
         /* Release: the descriptor copied into the slot is visible before the new p_tail. */
         eng_store_release_u32(&e->shared->p_tail, e->mine);
@@ -133,15 +147,37 @@ bool ring_pop_spsc(struct ring_end *e, struct eng_desc *d)
 {
         struct ck_ring m;
         ring_mirror(e, &m);
-        /* Acquire on the producer's counter: the slot contents it published come with it. */
-        m.p_tail = eng_load_acquire_u32(&e->shared->p_tail);
+        m.p_tail = e->peer;
         m.c_head = e->mine;
-        if (!ck_ring_dequeue_spsc_desc(&m, e->slots, d))
-                return false;
+        if (!ck_ring_dequeue_spsc_desc(&m, e->slots, d)) {
+                /* Empty as far as we knew. Acquire on the producer's counter: the slot contents
+                 * it published come with it. */
+                e->peer = m.p_tail = eng_load_acquire_u32(&e->shared->p_tail);
+                if (!ck_ring_dequeue_spsc_desc(&m, e->slots, d))
+                        return false;
+        }
         e->mine = m.c_head;
         /* Release: we finished copying the slot before the producer may reuse it. */
         eng_store_release_u32(&e->shared->c_head, e->mine);
         return true;
+}
+
+bool ring_ready(struct ring_end *e)
+{
+        if (e->peer != e->mine)
+                return true;
+        e->peer = eng_load_acquire_u32(&e->shared->p_tail);
+        return e->peer != e->mine;
+}
+
+bool ring_room(struct ring_end *e, uint32_t n)
+{
+        uint32_t used = e->mine - e->peer;
+        if (used <= e->mask && e->mask - used >= n)
+                return true;
+        e->peer = eng_load_acquire_u32(&e->shared->c_head);
+        used = e->mine - e->peer;
+        return used <= e->mask && e->mask - used >= n;
 }
 
 uint32_t ring_used(const struct ring_end *e)
@@ -245,7 +281,8 @@ void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
                 else if (s == RUN_RUNNING)
                         want = RUN_AGAIN;
                 else
-                        return; /* QUEUED or AGAIN: someone will look */
+                        return; /* QUEUED or AGAIN: someone will look; POLLING: a worker is
+                                   watching the ring and re-checks it after leaving (server.c) */
                 if (eng_cas_u32(&r->sched, s, want, &s)) {
                         if (want == RUN_AGAIN)
                                 return;

@@ -265,44 +265,119 @@ static int handle(struct eng_server *srv, eng_sstream_t *s, const struct eng_des
         return rc;
 }
 
-/* Drain up to RUN_BATCH messages. Returns true if the batch limit was hit. */
-static bool drain(struct eng_server *srv, eng_sstream_t *s)
+/* Drain up to RUN_BATCH messages. Returns how many were taken; *full says the batch limit
+ * was hit (more may be waiting). */
+static int drain(struct eng_server *srv, eng_sstream_t *s, bool *full)
 {
-        for (int n = 0; n < RUN_BATCH; n++) {
+        *full = false;
+        int n = 0;
+        for (; n < RUN_BATCH; n++) {
                 if (s->ended)
-                        return false;
-                if (chan_free(&s->out) < 2) {
+                        return n;
+                if (!chan_room(&s->out, 2)) {
                         /* Room for a reply and a final CLOSE/ERROR is reserved: stop taking
                          * requests until the client reads. Flag, fence, re-check (Dekker with its
                          * recv). */
                         eng_store_relaxed_u32(&s->rec->want_space, 1);
                         eng_fence_full();
-                        if (chan_free(&s->out) < 2)
-                                return false;
+                        if (!chan_room(&s->out, 2))
+                                return n;
                 }
                 struct eng_desc d;
                 if (!chan_pop(&s->in, &d))
-                        return false;
+                        return n;
                 s->pushed = true; /* a consumed slot is news for a client blocked on a full ring */
                 int rc = handle(srv, s, &d);
                 if (rc < 0)
                         end_stream(srv, s, rc);
         }
-        return true;
+        *full = true;
+        return n;
 }
 
-static void run_stream(struct eng_server *srv, uint32_t idx)
+/*
+ * Polling. A worker that finished a turn on a lock-free stream and has nothing else to do
+ * keeps the stream (busy stays held) in state POLLING and watches its ring directly instead of
+ * the ready bitmap: a client that reads POLLING after its push does nothing more, so a busy
+ * stream costs one cache line per message each way (the ring's), not the sched word, the
+ * bitmap word and a worker wake-up as well. The worker lets go (release_poll) when other work
+ * is posted, when its spin budget is spent, and at shutdown:
+ *   POLLING -> IDLE by CAS (a full barrier), then look at the ring once more.
+ * Dekker with sched_stream (push; full fence; read sched): either the client read IDLE and
+ * queues the stream itself, or its push is visible to our second look and we queue it.
+ */
+static bool may_poll(const struct eng_server *srv, const eng_sstream_t *s)
+{
+        return srv->cfg.transport != ENG_TRANSPORT_MUTEX && srv->cfg.spin >= 64 && s->known &&
+               !s->ended && s->type == REC_STREAM;
+}
+
+/* Give up a stream we hold (busy) in any state but RUNNING: IDLE, then re-check. */
+static void release_poll(struct eng_server *srv, eng_sstream_t *s)
+{
+        struct eng_rec *r = s->rec;
+        uint32_t st = eng_load_relaxed_u32(&r->sched);
+        for (int tries = 0;; tries++) {
+                if (st == RUN_FIN) {
+                        finalize(srv, s, s->ended ? 0 : -ECONNABORTED);
+                        goto out;
+                }
+                if (tries == 1000) {
+                        /* Only a client rewriting sched in a loop gets here: run it later. */
+                        ready_post(&srv->sg, s->idx);
+                        goto out;
+                }
+                /* POLLING (or garbage a client wrote) -> IDLE; a FIN swapped in is never lost. */
+                if (eng_cas_u32(&r->sched, st, RUN_IDLE, &st))
+                        break;
+        }
+        /* Second look. A push we cannot serve yet (no room for replies) is not work: the
+         * client's recv sees want_space and schedules the stream. */
+        if (s->live && s->known && !s->ended && chan_ready(&s->in) && chan_room(&s->out, 2)) {
+                uint32_t seen = RUN_IDLE;
+                if (eng_cas_u32(&r->sched, RUN_IDLE, RUN_QUEUED, &seen))
+                        ready_post(&srv->sg, s->idx);
+                /* else the client queued it (QUEUED, bit set) or finished it (FIN, posted) */
+        }
+out:
+        eng_store_release_u32(&s->busy, 0);
+}
+
+/* One look at a polled stream: 1 if messages moved, 0 if not, -1 if it is no longer ours. */
+static int poll_once(struct eng_server *srv, eng_sstream_t *s)
+{
+        if (eng_load_relaxed_u32(&s->rec->sched) != RUN_POLLING) {
+                release_poll(srv, s); /* FIN, or a client that wrote something else */
+                return -1;
+        }
+        if (!chan_ready(&s->in))
+                return 0;
+        s->pushed = false;
+        bool full;
+        int n = drain(srv, s, &full);
+        if (s->pushed)
+                wake_session(srv, s);
+        if (s->ended) {
+                release_poll(srv, s);
+                return -1;
+        }
+        return n > 0;
+}
+
+/* Run a stream taken from the ready set. Returns true if the worker keeps it, polling. */
+static bool run_stream(struct eng_server *srv, uint32_t idx, bool poll)
 {
         if (idx >= srv->ntab)
-                return;
+                return false;
         eng_sstream_t *s = &srv->tab[idx];
         uint32_t seen;
         if (!eng_cas_u32(&s->busy, 0, 1, &seen)) {
                 /* Another worker is just finishing this stream (it set IDLE, the client queued it
-                 * again, and the first worker has not released busy yet). Put the bit back so the
-                 * work is not lost; it is taken again once the other worker lets go. */
+                 * again, and the first worker has not released busy yet), or polls it and is
+                 * about to let go. Put the bit back so the work is not lost; it is taken again
+                 * once the other worker lets go. */
                 ready_post(&srv->sg, idx);
-                return;
+                return false;
         }
         if (!s->live)
                 goto out;
@@ -333,7 +408,7 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
                         }
                 }
                 if (s->known && !s->ended)
-                        more = drain(srv, s);
+                        drain(srv, s, &more);
                 if (s->pushed)
                         wake_session(srv, s);
                 if (more) {
@@ -349,20 +424,23 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
                         ready_post(&srv->sg, idx);
                         goto out;
                 }
-                /* Go idle: RUNNING -> IDLE. If the client pushed meanwhile (AGAIN, or garbage)
-                 * take it back to RUNNING with a CAS too, so that a FIN swapped in at any point is
-                 * never overwritten, and run again. */
+                /* Go idle (or keep polling): RUNNING -> IDLE/POLLING. If the client pushed
+                 * meanwhile (AGAIN, or garbage) take it back to RUNNING with a CAS too, so that a
+                 * FIN swapped in at any point is never overwritten, and run again. */
+                uint32_t rest = poll && may_poll(srv, s) ? RUN_POLLING : RUN_IDLE;
                 st = RUN_RUNNING;
                 bool idle = false;
                 for (;;) {
                         if (st == RUN_FIN)
                                 break;
-                        uint32_t want = st == RUN_RUNNING ? RUN_IDLE : RUN_RUNNING;
+                        uint32_t want = st == RUN_RUNNING ? rest : RUN_RUNNING;
                         if (eng_cas_u32(&r->sched, st, want, &st)) {
-                                idle = want == RUN_IDLE;
+                                idle = want == rest;
                                 break;
                         }
                 }
+                if (idle && rest == RUN_POLLING)
+                        return true; /* busy stays ours */
                 if (idle)
                         goto out;
                 if (st == RUN_FIN) {
@@ -372,6 +450,7 @@ static void run_stream(struct eng_server *srv, uint32_t idx)
         }
 out:
         eng_store_release_u32(&s->busy, 0);
+        return false;
 }
 
 static void *worker_main(void *arg)
@@ -380,15 +459,36 @@ static void *worker_main(void *arg)
         struct eng_seg *sg = &srv->sg;
         uint32_t cursor = (uint32_t)(uintptr_t)pthread_self();
         uint32_t spins = 0;
+        eng_sstream_t *polled = NULL; /* held (busy), sched POLLING */
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t idx;
                 if (ready_take(sg, &cursor, &idx)) {
-                        run_stream(srv, idx);
+                        if (polled != NULL)
+                                release_poll(srv, polled);
+                        polled = NULL;
+                        /* Poll what we ran only if nothing else is waiting for a worker. */
+                        if (run_stream(srv, idx, !ready_any(sg)))
+                                polled = &srv->tab[idx];
                         spins = 0;
                         continue;
                 }
+                if (polled != NULL) {
+                        int rc = poll_once(srv, polled);
+                        if (rc < 0)
+                                polled = NULL;
+                        if (rc > 0) {
+                                spins = 0;
+                                continue;
+                        }
+                }
                 if (++spins < srv->cfg.spin) {
                         eng_cpu_relax();
+                        continue;
+                }
+                if (polled != NULL) {
+                        /* Spin budget spent: let go (which may queue it again), look once more. */
+                        release_poll(srv, polled);
+                        polled = NULL;
                         continue;
                 }
                 /* Announce, then re-check (Dekker with ready_post), then sleep. */
@@ -399,6 +499,8 @@ static void *worker_main(void *arg)
                 eng_faa_u32(&sg->hdr->srv_sleepers, (uint32_t)-1);
                 spins = 0;
         }
+        if (polled != NULL)
+                release_poll(srv, polled);
         return NULL;
 }
 
@@ -486,8 +588,12 @@ static int offer_new(struct eng_server *srv)
 static void reap(struct eng_server *srv, eng_sstream_t *t)
 {
         uint32_t seen;
-        while (!eng_cas_u32(&t->busy, 0, 1, &seen))
-                eng_cpu_relax();
+        /* A worker polling the stream lets go when anything is posted: post it. */
+        if (!eng_cas_u32(&t->busy, 0, 1, &seen)) {
+                ready_post(&srv->sg, t->idx);
+                while (!eng_cas_u32(&t->busy, 0, 1, &seen))
+                        eng_cpu_relax();
+        }
         if (t->live)
                 finalize(srv, t, -EPIPE);
         eng_store_release_u32(&t->busy, 0);
