@@ -316,6 +316,41 @@ int eng_arena_free(eng_arena_t *a, uint64_t off)
         return rc;
 }
 
+uint32_t eng_arena_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs,
+                              uint32_t n)
+{
+        if (a->kind == ENG_ARENA_MUTEX || owner == 0)
+                return 0;
+        return lf_alloc_bulk(a, len, owner, offs, n);
+}
+
+int eng_arena_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off)
+{
+        if (a->kind == ENG_ARENA_MUTEX)
+                return eng_arena_free(a, off);
+        if (b->n == ENG_ARENA_BATCH)
+                eng_arena_flush(a, b);
+        int rc = lf_free_later(a, b, off);
+        if (rc != 0)
+                eng_faa_u64(&a->hdr->bad_frees, 1);
+        return rc;
+}
+
+void eng_arena_flush(eng_arena_t *a, eng_arena_batch_t *b)
+{
+        if (b->n == 0)
+                return;
+        lf_flush(a, b);
+        arena_wake_space_waiters(a);
+}
+
+uint64_t eng_arena_class_bytes(const eng_arena_t *a, uint64_t len)
+{
+        if (a->kind == ENG_ARENA_MUTEX)
+                return len <= mx_max_alloc(a) ? len : 0;
+        return lf_class_bytes(a, len);
+}
+
 uint64_t eng_arena_capacity(const eng_arena_t *a, uint64_t off)
 {
         return a->kind == ENG_ARENA_MUTEX ? mx_capacity(a, off) : lf_capacity(a, off);

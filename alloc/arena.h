@@ -107,6 +107,35 @@ uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off);
 /* Largest request eng_arena_alloc can ever satisfy. */
 uint64_t eng_arena_max_alloc(const eng_arena_t *a);
 
+/*
+ * Batches, for hot paths (engine/ uses them per stream and per worker). On the mutex arena
+ * they do the plain operations one at a time, so callers need not care which arena they have.
+ *
+ * eng_arena_alloc_bulk: up to n blocks of the class that serves len, taken off that class's
+ * free list with one CAS and stamped USED(owner), exactly as n allocations would leave them
+ * (reclaim(owner) frees them if the caller dies). Only blocks already on that list: it never
+ * splits or carves, and returns 0 when the list is empty (or on the mutex arena): the caller
+ * then uses eng_arena_alloc. offs[] receives payload offsets.
+ *
+ * eng_arena_free_later: the checks and return values of eng_arena_free, and the block is
+ * FREE at once (a second free is refused), but it goes back onto its free list only at
+ * eng_arena_flush, with one CAS per class for the whole batch; a full batch flushes itself.
+ * Until the flush, the block is free but unlisted and the statistics still count it used:
+ * flush before the arena is checked or a caller waits for space.
+ */
+#define ENG_ARENA_BATCH 64
+typedef struct eng_arena_batch {
+        uint32_t n;
+        uint64_t blk[ENG_ARENA_BATCH]; /* block offset | class */
+} eng_arena_batch_t;
+
+uint32_t eng_arena_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs,
+                              uint32_t n);
+int eng_arena_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
+void eng_arena_flush(eng_arena_t *a, eng_arena_batch_t *b);
+/* Usable bytes of the block a request of len bytes gets (0 if none can serve it). */
+uint64_t eng_arena_class_bytes(const eng_arena_t *a, uint64_t len);
+
 /* Pointer to [off, off+len) if it lies inside the region, else NULL. */
 void *eng_arena_ptr(const eng_arena_t *a, uint64_t off, uint64_t len);
 

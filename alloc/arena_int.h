@@ -178,6 +178,10 @@ void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 int lf_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 uint64_t lf_capacity(const eng_arena_t *a, uint64_t off);
 uint64_t lf_max_alloc(const eng_arena_t *a);
+uint32_t lf_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs, uint32_t n);
+int lf_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
+void lf_flush(eng_arena_t *a, eng_arena_batch_t *b);
+uint64_t lf_class_bytes(const eng_arena_t *a, uint64_t len);
 int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word);
 
 /* arena_mutex.c */

@@ -321,6 +321,115 @@ got:
         return 0;
 }
 
+uint64_t lf_class_bytes(const eng_arena_t *a, uint64_t len)
+{
+        uint32_t c;
+        if (class_for(a, len, &c) != 0)
+                return 0;
+        return cls_bytes(a, c) - ENG_ARENA_HDR_BYTES;
+}
+
+/*
+ * Pop up to n blocks with one CAS: walk n links from the head we read, then swing the head
+ * past them. The tag changes on every push and pop, so a successful CAS proves the list was
+ * untouched between our read of the head and the CAS, hence every link we walked was the
+ * list's (a block is only written by whoever popped it; a pusher writes its own block's link
+ * before the CAS that publishes it). Links are validated before they are followed; a
+ * corrupt one ends the walk (and, as for a single pop, becomes the head: the class then
+ * looks empty). The walk reads n block headers that the consumer of those blocks is about
+ * to write anyway.
+ */
+uint32_t lf_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs, uint32_t n)
+{
+        uint32_t c;
+        if (n == 0 || class_for(a, len, &c) != 0)
+                return 0;
+        struct arena_class *k = &a->hdr->cls[c];
+        uint64_t old = eng_load_acquire_u64(&k->head);
+        uint32_t got;
+        for (;;) {
+                uint32_t u = head_units(old);
+                got = 0;
+                while (u != 0 && got < n) {
+                        uint64_t off = units_to_off(u);
+                        if (!lf_block_ok(a, off, c))
+                                break;
+                        offs[got++] = off;
+                        u = (uint32_t)eng_load_relaxed_u64(&blk_at(a, off)->next);
+                }
+                if (got == 0)
+                        return 0;
+                if (eng_cas_u64(&k->head, old, head_pack(u, head_tag(old) + 1), &old))
+                        break;
+        }
+        /* Ours now (a kill right here loses them, like a kill between a pop and its stamp). */
+        for (uint32_t i = 0; i < got; i++) {
+                eng_store_release_u64(&blk_at(a, offs[i])->word, blk_word(c, BLK_USED, owner));
+                offs[i] += ENG_ARENA_HDR_BYTES;
+        }
+        eng_faa_u64(&k->free_blocks, (uint64_t) - (int64_t)got);
+        eng_faa_u64(&k->used_blocks, got);
+        eng_faa_u64(&k->allocs, got);
+        return got;
+}
+
+/* USED -> FREE by CAS as lf_release, but the push waits for lf_flush. */
+int lf_free_later(eng_arena_t *a, eng_arena_batch_t *bt, uint64_t off)
+{
+        uint64_t b, w;
+        int rc = lf_block_of(a, off, &b, &w);
+        if (rc != 0)
+                return rc;
+        struct blk_hdr *bh = blk_at(a, b);
+        for (;;) {
+                if (blk_state(w) == BLK_FREE)
+                        return -EALREADY;
+                if (blk_state(w) != BLK_USED)
+                        return -EINVAL;
+                uint32_t c = blk_class(w);
+                if (eng_cas_u64(&bh->word, w, blk_word(c, BLK_FREE, 0), &w)) {
+                        bt->blk[bt->n++] = b | c; /* blocks are 64-byte aligned */
+                        return 0;
+                }
+                if (blk_magic(w) != BLK_MAGIC || !lf_block_ok(a, b, blk_class(w)))
+                        return -EINVAL;
+        }
+}
+
+/* Link each class's blocks of the batch privately (they are FREE and on no list: nobody else
+ * writes them), then push each chain with one CAS, and the counters with one add each. */
+void lf_flush(eng_arena_t *a, eng_arena_batch_t *bt)
+{
+        uint64_t first[ENG_ARENA_MAX_CLASSES] = {0}, last[ENG_ARENA_MAX_CLASSES] = {0};
+        uint64_t cnt[ENG_ARENA_MAX_CLASSES] = {0};
+        for (uint32_t i = 0; i < bt->n; i++) {
+                uint32_t c = (uint32_t)(bt->blk[i] & 63u);
+                uint64_t b = bt->blk[i] & ~(uint64_t)63u;
+                if (c >= a->nclasses)
+                        continue; /* cannot happen: lf_free_later stored it */
+                if (cnt[c]++ == 0)
+                        first[c] = b;
+                else
+                        eng_store_relaxed_u64(&blk_at(a, last[c])->next, off_to_units(b));
+                last[c] = b;
+        }
+        bt->n = 0;
+        for (uint32_t c = 0; c < a->nclasses; c++) {
+                if (cnt[c] == 0)
+                        continue;
+                struct arena_class *k = &a->hdr->cls[c];
+                uint64_t old = eng_load_relaxed_u64(&k->head);
+                do {
+                        eng_store_relaxed_u64(&blk_at(a, last[c])->next, head_units(old));
+                        /* The CAS (full barrier) publishes the links and headers first. */
+                } while (!eng_cas_u64(&k->head, old,
+                                      head_pack(off_to_units(first[c]), head_tag(old) + 1), &old));
+                eng_faa_u64(&k->used_blocks, (uint64_t) - (int64_t)cnt[c]);
+                eng_faa_u64(&k->frees, cnt[c]);
+                eng_faa_u64(&k->free_blocks, cnt[c]);
+        }
+}
+
 int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word)
 {
         if (off < ENG_ARENA_HDR_BYTES || (off & 63u))

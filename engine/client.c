@@ -15,6 +15,10 @@
 
 #define SLICE_NS (50 * 1000000ll) /* longest single sleep: liveness is checked between */
 
+/* Loans of at most one smallest-class block are served from a per-stream cache refilled
+ * this many blocks at a time (at most 16 x 4 KiB held per stream with the default classes). */
+#define LOAN_CACHE 16
+
 struct eng_stream {
         eng_client_t *c;
         uint32_t idx;
@@ -25,6 +29,10 @@ struct eng_stream {
         struct chan_end in;  /* s2c, we consume */
         uint64_t seq_out, seq_in;
         int ended; /* 0, or the error the stream ended with (-EPIPE when closed by the server) */
+        /* Small loans come from blocks taken off the arena LOAN_CACHE at a time (one CAS), already
+         * stamped as this stream's: a crash leaves them to the server's reclaim like any loan. */
+        uint32_t ncache;
+        uint64_t cache[LOAN_CACHE];
 };
 
 struct eng_client {
@@ -35,6 +43,8 @@ struct eng_client {
         int server_pidfd;
         eng_stream_t *session;
         eng_transport_t transport; /* private copy, taken (and validated) at attach */
+        uint64_t small_len;        /* loans up to this many bytes use the stream's cache */
+        bool asym;                 /* registered for the server's membarrier (sched_push) */
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
@@ -265,6 +275,10 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         c->transport = (eng_transport_t)h->transport; /* seg_attach validated it */
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
+        c->asym = h->asym == 1 && c->transport == ENG_TRANSPORT_LOCKFREE && eng_asym_register();
+        c->small_len = eng_arena_kind(&c->sg.arena) == ENG_ARENA_LOCKFREE
+                           ? eng_arena_class_bytes(&c->sg.arena, 1)
+                           : 0;
         if (eng_load_acquire_u32(&h->state) != SRV_READY || eng_client_check_server(c) != 0) {
                 eng_set_err("segment %s exists but its server (pid %d) is not serving", name,
                             (int)c->server_pid);
@@ -344,7 +358,21 @@ static int send_state(eng_stream_t *s)
 
 int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
 {
-        int rc = eng_arena_alloc(&s->c->sg.arena, len, s->owner, off);
+        eng_arena_t *a = &s->c->sg.arena;
+        if (len <= s->c->small_len) {
+                if (s->ncache == 0)
+                        s->ncache = eng_arena_alloc_bulk(a, len, s->owner, s->cache, LOAN_CACHE);
+                /* Each entry is still ours unless this stream sent it without loaning it
+                 * (a confused caller): then the server freed it and it is dropped here. */
+                while (s->ncache > 0) {
+                        *off = s->cache[--s->ncache];
+                        if (eng_arena_owner(a, *off) == s->owner) {
+                                *p = eng_arena_ptr(a, *off, len);
+                                return 0;
+                        }
+                }
+        }
+        int rc = eng_arena_alloc(a, len, s->owner, off);
         if (rc == -ENOMEM)
                 return -EAGAIN;
         if (rc == 0)
@@ -398,13 +426,32 @@ void eng_stream_unloan(eng_stream_t *s, uint64_t off)
                 eng_arena_free(&s->c->sg.arena, off);
 }
 
+/*
+ * After a push: make sure a worker will look. If a worker polls the stream (POLLING), it will;
+ * reading that without the full fence sched_stream pays is safe only because the worker, before
+ * it stops polling, sets IDLE and then runs membarrier(GLOBAL_EXPEDITED), which makes every
+ * registered thread pass a full barrier: either our push (program-ordered before this read)
+ * is visible to its second look at the ring, or this read comes after the barrier and sees
+ * IDLE (or later), and we take the full path. The compiler must not hoist the read above the
+ * push: the signal fence keeps program order.
+ */
+static void sched_push(eng_stream_t *s)
+{
+        if (s->c->asym) {
+                __atomic_signal_fence(__ATOMIC_SEQ_CST);
+                if (eng_load_relaxed_u32(&s->rec->sched) == RUN_POLLING)
+                        return;
+        }
+        sched_stream(&s->c->sg, s->rec, s->idx);
+}
+
 static int push(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
         struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
         if (!chan_push(&s->out, &d))
                 return -EAGAIN;
         s->seq_out++;
-        sched_stream(&s->c->sg, s->rec, s->idx);
+        sched_push(s);
         return 0;
 }
 
@@ -587,6 +634,16 @@ static int stream_end(eng_stream_t *s, int timeout_ms)
                 }
         }
 fin:
+        /* Unused cached loans go back (a batch: one CAS per class). */
+        if (s->ncache > 0) {
+                eng_arena_batch_t b = {.n = 0};
+                while (s->ncache > 0) {
+                        uint64_t off = s->cache[--s->ncache];
+                        if (eng_arena_owner(&c->sg.arena, off) == s->owner) /* see try_loan */
+                                eng_arena_free_later(&c->sg.arena, &b, off);
+                }
+                eng_arena_flush(&c->sg.arena, &b);
+        }
         /* Our last touch of the record. The server reclaims whatever the stream still owns
          * (and, for a stream that was not closed in order, tells its hooks it was aborted). */
         if (eng_client_check_server(c) == 0)

@@ -16,7 +16,7 @@
 #include "engine.h"
 
 #define SEG_MAGIC   0x53474e45u /* "ENGS" */
-#define SEG_VERSION 1u
+#define SEG_VERSION 2u
 
 /* engine-reserved commands */
 #define CMD_C_CLOSE 0x01f0u /* client: no more messages; please acknowledge */
@@ -133,6 +133,7 @@ struct eng_seg_hdr {
         uint32_t max_streams;
         uint32_t bitmap_words;
         uint32_t hdr_bytes;
+        uint32_t asym; /* 1: the server issues membarrier(GLOBAL_EXPEDITED) (see sched_push) */
         /* line 1: server state (server writes) */
         _Alignas(CL) uint32_t state;
         /* line 2: worker wake-up (clients write) */
@@ -249,6 +250,15 @@ void ready_post(struct eng_seg *sg, uint32_t idx);
 
 /* Schedule a stream for the server's workers (client side, after publishing work). */
 void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
+/*
+ * The asymmetric barrier (membarrier(2)): a client registered for it skips the full fence
+ * between its ring publication and its read of sched when that read says POLLING; a worker
+ * that takes a stream out of POLLING calls eng_asym_heavy() between its CAS and its second
+ * look at the ring. Both return false / do nothing where the kernel cannot.
+ */
+bool eng_asym_supported(void); /* server: can issue the heavy side (checked once) */
+bool eng_asym_register(void);  /* client: register this process for it */
+void eng_asym_heavy(void);     /* server: every registered thread passes a full barrier */
 /* Client's last touch of a record: sched := FIN (and schedule it if it was idle). */
 void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
 void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -292,6 +293,25 @@ void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
         ready_post(sg, idx);
 }
 
+bool eng_asym_supported(void)
+{
+        long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+        if (q < 0 || !(q & MEMBARRIER_CMD_GLOBAL_EXPEDITED))
+                return false;
+        /* Seccomp may allow the query and refuse the command: try it once. */
+        return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+
+bool eng_asym_register(void)
+{
+        return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+
+void eng_asym_heavy(void)
+{
+        syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
+}
+
 /* Set idx's ready bit and wake a worker if one sleeps. */
 void ready_post(struct eng_seg *sg, uint32_t idx)
 {
@@ -452,6 +472,7 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
         h->max_streams = max_streams;
         h->bitmap_words = words;
         h->hdr_bytes = (uint32_t)hdr_bytes;
+        h->asym = transport == ENG_TRANSPORT_LOCKFREE && eng_asym_supported();
         h->state = SRV_STARTING;
         pthread_mutexattr_t at;
         pthread_mutexattr_init(&at);

@@ -52,6 +52,7 @@ struct eng_server {
         uint32_t nworkers;
         uint32_t stop;
         uint32_t offered; /* index currently on offer (+1), 0 if none */
+        bool asym;        /* clients may skip their fence: issue the heavy barrier */
 };
 
 static uint32_t owner_of(uint32_t idx)
@@ -89,10 +90,22 @@ int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off)
         return rc;
 }
 
+/* A worker's frees are batched and pushed back once per turn (drain); elsewhere (the control
+ * thread, shutdown) they are immediate. */
+static _Thread_local eng_arena_batch_t *tl_frees;
+
+static void srv_free(struct eng_server *srv, uint64_t off)
+{
+        if (tl_frees != NULL)
+                eng_arena_free_later(&srv->sg.arena, tl_frees, off);
+        else
+                eng_arena_free(&srv->sg.arena, off);
+}
+
 void eng_sstream_free(eng_sstream_t *s, uint64_t off)
 {
         if (off)
-                eng_arena_free(&s->srv->sg.arena, off);
+                srv_free(s->srv, off);
 }
 
 static int push_out(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
@@ -261,13 +274,23 @@ static int handle(struct eng_server *srv, eng_sstream_t *s, const struct eng_des
                 return -EPROTO;
         int rc = srv->cfg.hooks.on_msg ? srv->cfg.hooks.on_msg(s, &m, srv->cfg.hooks.ctx) : 0;
         if (m.off != 0)
-                eng_arena_free(&srv->sg.arena, m.off);
+                srv_free(srv, m.off);
         return rc;
 }
 
 /* Drain up to RUN_BATCH messages. Returns how many were taken; *full says the batch limit
  * was hit (more may be waiting). */
+static int drain_batch(struct eng_server *srv, eng_sstream_t *s, bool *full);
+
 static int drain(struct eng_server *srv, eng_sstream_t *s, bool *full)
+{
+        int n = drain_batch(srv, s, full);
+        if (tl_frees != NULL)
+                eng_arena_flush(&srv->sg.arena, tl_frees);
+        return n;
+}
+
+static int drain_batch(struct eng_server *srv, eng_sstream_t *s, bool *full)
 {
         *full = false;
         int n = 0;
@@ -296,58 +319,90 @@ static int drain(struct eng_server *srv, eng_sstream_t *s, bool *full)
 }
 
 /*
- * Polling. A worker that finished a turn on a lock-free stream and has nothing else to do
- * keeps the stream (busy stays held) in state POLLING and watches its ring directly instead of
- * the ready bitmap: a client that reads POLLING after its push does nothing more, so a busy
- * stream costs one cache line per message each way (the ring's), not the sched word, the
- * bitmap word and a worker wake-up as well. The worker lets go (release_poll) when other work
- * is posted, when its spin budget is spent, and at shutdown:
- *   POLLING -> IDLE by CAS (a full barrier), then look at the ring once more.
- * Dekker with sched_stream (push; full fence; read sched): either the client read IDLE and
- * queues the stream itself, or its push is visible to our second look and we queue it.
+ * Polling. A worker that finished a turn on a lock-free stream keeps it (busy stays held) in
+ * state POLLING, in a small private set, and watches its ring directly instead of the ready
+ * bitmap: a client that reads POLLING after its push does nothing more (client.c sched_push),
+ * so a busy stream costs one cache line per message each way (the ring's), not the sched word,
+ * a bitmap word and a worker hand-off as well. A worker serves other streams from the bitmap
+ * while it polls its set, so streams are not handed back and forth.
+ *
+ * Letting go (release_polls) happens when the worker's spin budget is spent (it is about to
+ * sleep), when a polled stream is posted anyway (reap, a confused client), and at shutdown:
+ *   POLLING -> IDLE by CAS; membarrier(GLOBAL_EXPEDITED) once for the whole set if a client
+ *   may skip its fence; then a second look at each ring.
+ * Dekker with the client's push (push; barrier; read sched): either the client read IDLE and
+ * queues the stream itself, or its push is visible to our second look and we queue it. An
+ * ended stream needs no barrier: nothing the client pushes any more is served, and its FIN is
+ * a swap, which is totally ordered with our CAS.
  */
+#define POLL_MAX 16 /* streams one worker polls at most; beyond that they go IDLE as before */
+
 static bool may_poll(const struct eng_server *srv, const eng_sstream_t *s)
 {
         return srv->cfg.transport != ENG_TRANSPORT_MUTEX && srv->cfg.spin >= 64 && s->known &&
                !s->ended && s->type == REC_STREAM;
 }
 
-/* Give up a stream we hold (busy) in any state but RUNNING: IDLE, then re-check. */
-static void release_poll(struct eng_server *srv, eng_sstream_t *s)
+/* Phase 1 of letting go of a held stream: sched -> IDLE. Returns true if the stream still
+ * needs phase 2 (second look, then busy released); false if it was dealt with (finalised on
+ * FIN, or posted for later) and busy is released already. */
+static bool unpoll_begin(struct eng_server *srv, eng_sstream_t *s)
 {
         struct eng_rec *r = s->rec;
         uint32_t st = eng_load_relaxed_u32(&r->sched);
         for (int tries = 0;; tries++) {
                 if (st == RUN_FIN) {
                         finalize(srv, s, s->ended ? 0 : -ECONNABORTED);
-                        goto out;
+                        eng_store_release_u32(&s->busy, 0);
+                        return false;
                 }
                 if (tries == 1000) {
                         /* Only a client rewriting sched in a loop gets here: run it later. */
+                        eng_store_release_u32(&s->busy, 0);
                         ready_post(&srv->sg, s->idx);
-                        goto out;
+                        return false;
                 }
                 /* POLLING (or garbage a client wrote) -> IDLE; a FIN swapped in is never lost. */
                 if (eng_cas_u32(&r->sched, st, RUN_IDLE, &st))
-                        break;
+                        return true;
         }
-        /* Second look. A push we cannot serve yet (no room for replies) is not work: the
-         * client's recv sees want_space and schedules the stream. */
+}
+
+/* Phase 2: the second look. A push we cannot serve yet (no room for replies) is not work: the
+ * client's recv sees want_space and schedules the stream. */
+static void unpoll_end(struct eng_server *srv, eng_sstream_t *s)
+{
         if (s->live && s->known && !s->ended && chan_ready(&s->in) && chan_room(&s->out, 2)) {
                 uint32_t seen = RUN_IDLE;
-                if (eng_cas_u32(&r->sched, RUN_IDLE, RUN_QUEUED, &seen))
+                if (eng_cas_u32(&s->rec->sched, RUN_IDLE, RUN_QUEUED, &seen))
                         ready_post(&srv->sg, s->idx);
                 /* else the client queued it (QUEUED, bit set) or finished it (FIN, posted) */
         }
-out:
         eng_store_release_u32(&s->busy, 0);
+}
+
+static void release_polls(struct eng_server *srv, eng_sstream_t **set, uint32_t n)
+{
+        bool heavy = false;
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < n; i++) {
+                bool live = set[i]->known && !set[i]->ended;
+                if (unpoll_begin(srv, set[i])) {
+                        heavy |= live;
+                        set[k++] = set[i];
+                }
+        }
+        if (heavy && srv->asym)
+                eng_asym_heavy();
+        for (uint32_t i = 0; i < k; i++)
+                unpoll_end(srv, set[i]);
 }
 
 /* One look at a polled stream: 1 if messages moved, 0 if not, -1 if it is no longer ours. */
 static int poll_once(struct eng_server *srv, eng_sstream_t *s)
 {
-        if (eng_load_relaxed_u32(&s->rec->sched) != RUN_POLLING) {
-                release_poll(srv, s); /* FIN, or a client that wrote something else */
+        if (eng_load_relaxed_u32(&s->rec->sched) != RUN_POLLING || s->ended) {
+                release_polls(srv, &s, 1); /* FIN, a client that wrote something else, ended */
                 return -1;
         }
         if (!chan_ready(&s->in))
@@ -358,7 +413,7 @@ static int poll_once(struct eng_server *srv, eng_sstream_t *s)
         if (s->pushed)
                 wake_session(srv, s);
         if (s->ended) {
-                release_poll(srv, s);
+                release_polls(srv, &s, 1);
                 return -1;
         }
         return n > 0;
@@ -459,36 +514,51 @@ static void *worker_main(void *arg)
         struct eng_seg *sg = &srv->sg;
         uint32_t cursor = (uint32_t)(uintptr_t)pthread_self();
         uint32_t spins = 0;
-        eng_sstream_t *polled = NULL; /* held (busy), sched POLLING */
+        eng_sstream_t *set[POLL_MAX]; /* held (busy), sched POLLING */
+        uint32_t np = 0;
+        eng_arena_batch_t frees = {.n = 0};
+        tl_frees = &frees;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t idx;
                 if (ready_take(sg, &cursor, &idx)) {
-                        if (polled != NULL)
-                                release_poll(srv, polled);
-                        polled = NULL;
-                        /* Poll what we ran only if nothing else is waiting for a worker. */
-                        if (run_stream(srv, idx, !ready_any(sg)))
-                                polled = &srv->tab[idx];
+                        /* One of ours posted (reap, or a client that writes sched): let go
+                         * first, or run_stream would find it busy and post it forever. */
+                        for (uint32_t i = 0; i < np; i++) {
+                                if (set[i]->idx == idx) {
+                                        release_polls(srv, &set[i], 1);
+                                        set[i] = set[--np];
+                                        break;
+                                }
+                        }
+                        if (run_stream(srv, idx, np < POLL_MAX))
+                                set[np++] = &srv->tab[idx];
                         spins = 0;
                         continue;
                 }
-                if (polled != NULL) {
-                        int rc = poll_once(srv, polled);
+                bool moved = false;
+                for (uint32_t i = 0; i < np; i++) {
+                        int rc = poll_once(srv, set[i]);
                         if (rc < 0)
-                                polled = NULL;
-                        if (rc > 0) {
-                                spins = 0;
-                                continue;
-                        }
+                                set[i--] = set[--np];
+                        else if (rc > 0)
+                                moved = true;
+                }
+                /* Frees made outside a drain (on_close hooks, finalize) go back before we idle. */
+                if (frees.n != 0)
+                        eng_arena_flush(&srv->sg.arena, &frees);
+                if (moved) {
+                        spins = 0;
+                        continue;
                 }
                 if (++spins < srv->cfg.spin) {
                         eng_cpu_relax();
                         continue;
                 }
-                if (polled != NULL) {
-                        /* Spin budget spent: let go (which may queue it again), look once more. */
-                        release_poll(srv, polled);
-                        polled = NULL;
+                if (np != 0) {
+                        /* Spin budget spent: let go of everything (which may queue some of it
+                         * again), then look once more before sleeping. */
+                        release_polls(srv, set, np);
+                        np = 0;
                         continue;
                 }
                 /* Announce, then re-check (Dekker with ready_post), then sleep. */
@@ -499,8 +569,9 @@ static void *worker_main(void *arg)
                 eng_faa_u32(&sg->hdr->srv_sleepers, (uint32_t)-1);
                 spins = 0;
         }
-        if (polled != NULL)
-                release_poll(srv, polled);
+        release_polls(srv, set, np);
+        eng_arena_flush(&srv->sg.arena, &frees);
+        tl_frees = NULL;
         return NULL;
 }
 
@@ -713,6 +784,7 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 return rc;
         }
         srv->ntab = srv->sg.max_streams;
+        srv->asym = srv->sg.hdr->asym == 1;
         srv->tab = calloc(srv->ntab, sizeof(*srv->tab));
         srv->workers = calloc(cfg->workers, sizeof(pthread_t));
         if (srv->tab == NULL || srv->workers == NULL) {

@@ -9,6 +9,9 @@
  *   server's counters match and the arena is back to empty.
  * ten_thousand_opens_have_distinct_guids: 4 processes x 2,500 open+close; every stream's GUID
  *   (read from its record) is distinct and every record is given back.
+ * polled_streams_let_go_while_clients_push_lose_nothing: workers with the smallest spin budget
+ *   at which they poll let go of their streams every few microseconds while 4 clients x 4
+ *   streams ping with random pauses around that budget; a lost push would time out a recv.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -546,5 +549,140 @@ Test(stress, ten_thousand_opens_have_distinct_guids)
         cr_assert_eq(opens, n + OP_PROCS, "segment counted %llu opens", (unsigned long long)opens);
         cr_assert_eq(closes, n + OP_PROCS, "segment counted %llu closes",
                      (unsigned long long)closes);
+        eng_server_stop(srv);
+}
+
+/* ---- a worker letting go of polled streams while clients push ------------------------- */
+
+/*
+ * A worker keeps the streams it ran in POLLING and lets go of them after cfg.spin idle spins:
+ * POLLING -> IDLE, membarrier, second look (server.c). A client that read POLLING after its
+ * push skips its fence and does nothing more. If that hand-over lost a push, the message
+ * would sit in the ring with nobody scheduled to read it and the client's recv would time out.
+ * So: a tiny server spin budget (the workers let go every few microseconds of quiet), clients
+ * that pause for random times around that budget between messages (sometimes spinning,
+ * sometimes sleeping), several streams per client, sequence-checked replies.
+ */
+#define PR_PROCS   4u
+#define PR_STREAMS 4u
+#ifdef __SANITIZE_ADDRESS__
+#define PR_MSGS 2000u
+#else
+#define PR_MSGS 50000u
+#endif
+
+static int pr_msg(eng_sstream_t *s, eng_msg_t *m, void *ctx)
+{
+        (void)ctx;
+        struct sstate *st = *eng_sstream_user(s);
+        if (m->arg != st->next) {
+                __atomic_fetch_add(&S.errors, 1, __ATOMIC_RELAXED);
+                return -EPROTO;
+        }
+        st->next++;
+        st->msgs++;
+        return eng_sstream_send(s, 0x0201, m->arg, 0, 0);
+}
+
+static uint64_t pr_rand(uint64_t *x)
+{
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        return *x;
+}
+
+static int pr_child(const char *name, uint32_t proc)
+{
+        eng_client_cfg_t cfg = {.spin = 64, .timeout_ms = 5000};
+        eng_client_t *c;
+        if (eng_client_attach(name, &cfg, &c) != 0)
+                return 10;
+        eng_stream_t *s[PR_STREAMS];
+        uint64_t next[PR_STREAMS] = {0};
+        for (uint32_t i = 0; i < PR_STREAMS; i++)
+                if (eng_stream_open(c, proc << 8 | i, &s[i]) != 0)
+                        return 11;
+        uint64_t x = 0x9e3779b97f4a7c15ull * (proc + 1);
+        for (uint32_t k = 0; k < PR_MSGS; k++) {
+                uint32_t i = (uint32_t)(pr_rand(&x) % PR_STREAMS);
+                int rc = eng_stream_send(s[i], 0x0101, next[i], 0, 0, 5000);
+                if (rc != 0) {
+                        fprintf(stderr, "proc %u stream %u msg %llu: send: %s (%s)\n", proc, i,
+                                (unsigned long long)next[i], eng_strerror(rc), eng_errmsg());
+                        return 12;
+                }
+                eng_msg_t m;
+                rc = eng_stream_recv(s[i], &m, 5000);
+                if (rc != 0 || m.arg != next[i]) {
+                        fprintf(stderr, "proc %u stream %u msg %llu: recv: %s (%s), arg %llu\n",
+                                proc, i, (unsigned long long)next[i], eng_strerror(rc),
+                                eng_errmsg(), rc == 0 ? (unsigned long long)m.arg : 0ull);
+                        return 13;
+                }
+                next[i]++;
+                /* A pause around the workers' spin budget: busy (up to ~20 us), or asleep. */
+                uint64_t r = pr_rand(&x);
+                if (r % 8 == 0) {
+                        usleep((useconds_t)(r >> 8) % 200);
+                } else {
+                        uint64_t until = now_ns() + (r >> 8) % 20000;
+                        while (now_ns() < until)
+                                eng_cpu_relax();
+                }
+        }
+        for (uint32_t i = 0; i < PR_STREAMS; i++)
+                if (eng_stream_close(s[i]) != 0)
+                        return 14;
+        eng_client_detach(c);
+        return 0;
+}
+
+Test(stress, polled_streams_let_go_while_clients_push_lose_nothing)
+{
+        run_alone();
+        char name[64];
+        mkname(name, sizeof(name), "pollrel");
+        eng_server_cfg_t cfg = {
+            .name = name,
+            .size = 16ull << 20,
+            .workers = 2,
+            .spin = 64, /* the smallest budget at which workers poll: they let go constantly */
+            .hooks = {.on_open = st_open, .on_msg = pr_msg, .on_close = st_close}};
+        pid_t pids[PR_PROCS];
+        int gates[PR_PROCS];
+        for (uint32_t p = 0; p < PR_PROCS; p++) {
+                pids[p] = fork_gated(&gates[p]);
+                if (pids[p] == 0)
+                        _exit(pr_child(name, p));
+        }
+        eng_server_t *srv;
+        int rc = eng_server_start(&cfg, &srv);
+        cr_assert_eq(rc, 0, "%s (%s)", eng_strerror(rc), eng_errmsg());
+        /* On a kernel with membarrier the clients really skip their fence (the case to test). */
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        bool asym = sg.hdr->asym == 1;
+        seg_unmap(&sg);
+        if (eng_asym_supported())
+                cr_assert(asym, "membarrier works here but the segment does not offer it");
+        else
+                cr_log_warn("membarrier(GLOBAL_EXPEDITED) unavailable: clients always fence");
+        uint64_t t0 = now_ns();
+        for (uint32_t p = 0; p < PR_PROCS; p++)
+                open_gate(gates[p]);
+        int bad = reap_children(pids, PR_PROCS, 300);
+        double secs = (double)(now_ns() - t0) / 1e9;
+        fprintf(stderr, "[stress] poll release: %u procs x %u round trips in %.2f s (asym %d)\n",
+                PR_PROCS, PR_MSGS, secs, asym);
+        cr_assert_eq(bad, 0, "%d client processes failed (a lost wake-up times out a recv)", bad);
+        uint64_t end = now_ns() + 2000000000ull;
+        while (__atomic_load_n(&S.closes_ok, __ATOMIC_ACQUIRE) < PR_PROCS * PR_STREAMS &&
+               now_ns() < end)
+                sleep_ms(5);
+        cr_assert_eq(S.errors, 0, "the server saw %llu messages out of order",
+                     (unsigned long long)S.errors);
+        cr_assert_eq(S.msgs, (uint64_t)PR_PROCS * PR_MSGS, "the server counted %llu messages",
+                     (unsigned long long)S.msgs);
         eng_server_stop(srv);
 }

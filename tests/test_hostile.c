@@ -813,13 +813,14 @@ static int atk_foreign_block(struct hs *h, int v)
         return ok ? 0 : -1;
 }
 
-/* Our own block, but the offset is not its start. */
+/* Our own block, but the offset is not a block's start (nor a neighbour's: with per-stream
+ * loan caches the neighbouring block may well be this stream's own, hence legal). */
 static int atk_misaligned(struct hs *h, int v)
 {
         uint64_t off = hs_loan(h, 3000, NULL);
         if (off == 0)
                 return -1;
-        const int64_t d[] = {1, 8, 32, 63, 64, -64, 4096, -4096};
+        const int64_t d[] = {1, 8, 32, 63, 64, -64, 4096 + 64, -4096 - 8};
         return hs_push(h, ENG_C_FILE_DATA, 1, (uint64_t)((int64_t)off + d[v]), 16, 0) ? 0 : -1;
 }
 
