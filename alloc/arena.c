@@ -328,7 +328,7 @@ int eng_arena_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off)
 {
         if (a->kind == ENG_ARENA_MUTEX)
                 return eng_arena_free(a, off);
-        if (b->n == ENG_ARENA_BATCH)
+        if (b->n >= ENG_ARENA_BATCH)
                 eng_arena_flush(a, b);
         int rc = lf_free_later(a, b, off);
         if (rc != 0)
@@ -340,6 +340,8 @@ void eng_arena_flush(eng_arena_t *a, eng_arena_batch_t *b)
 {
         if (b->n == 0)
                 return;
+        if (b->n > ENG_ARENA_BATCH)
+                b->n = ENG_ARENA_BATCH; /* a corrupt batch: never index past it */
         lf_flush(a, b);
         arena_wake_space_waiters(a);
 }

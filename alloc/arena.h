@@ -114,14 +114,16 @@ uint64_t eng_arena_max_alloc(const eng_arena_t *a);
  * eng_arena_alloc_bulk: up to n blocks of the class that serves len, taken off that class's
  * free list with one CAS and stamped USED(owner), exactly as n allocations would leave them
  * (reclaim(owner) frees them if the caller dies). Only blocks already on that list: it never
- * splits or carves, and returns 0 when the list is empty (or on the mutex arena): the caller
- * then uses eng_arena_alloc. offs[] receives payload offsets.
+ * splits or carves, and returns 0 when the list is empty (or on the mutex arena, or for owner
+ * 0): the caller then uses eng_arena_alloc. offs[] receives payload offsets.
  *
  * eng_arena_free_later: the checks and return values of eng_arena_free, and the block is
  * FREE at once (a second free is refused), but it goes back onto its free list only at
  * eng_arena_flush, with one CAS per class for the whole batch; a full batch flushes itself.
  * Until the flush, the block is free but unlisted and the statistics still count it used:
- * flush before the arena is checked or a caller waits for space.
+ * flush before the arena is checked or a caller waits for space. A process killed with an
+ * unflushed batch loses those blocks (FREE, owner 0: reclaim cannot find them) until the
+ * segment is recreated; use it where that is acceptable (engine/: the server's workers).
  */
 #define ENG_ARENA_BATCH 64
 typedef struct eng_arena_batch {
@@ -133,7 +135,8 @@ uint32_t eng_arena_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint
                               uint32_t n);
 int eng_arena_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
 void eng_arena_flush(eng_arena_t *a, eng_arena_batch_t *b);
-/* Usable bytes of the block a request of len bytes gets (0 if none can serve it). */
+/* Usable bytes of the block a request of len bytes gets (0 if none can serve it). The mutex
+ * arena carves to size: there it is a lower bound (len itself, 0 for len 0). */
 uint64_t eng_arena_class_bytes(const eng_arena_t *a, uint64_t len);
 
 /* Pointer to [off, off+len) if it lies inside the region, else NULL. */
@@ -167,10 +170,11 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
 /*
  * The same walk, tolerating what a process SIGKILLed inside an allocation can leave behind:
  * a superblock carved but not yet split, a buddy whose header was written but which was not
- * yet pushed, a record slot carved but not yet stamped (all three: nobody's, lost until the
- * segment is recreated; their bytes go to *leaked), and counters off by the operations that
- * were in flight. Any corruption of the lists still fails. The mutex arena repairs itself at
- * the next lock, so it never leaks.
+ * yet pushed, a record slot carved but not yet stamped, blocks a bulk allocation popped but
+ * had not stamped yet, and the unflushed blocks of a free_later batch (all: nobody's, lost
+ * until the segment is recreated; their bytes go to *leaked), and counters off by the
+ * operations that were in flight. Any corruption of the lists still fails. The mutex arena repairs
+ * itself at the next lock, so it never leaks.
  */
 int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 

@@ -362,14 +362,16 @@ uint32_t lf_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *o
                 if (eng_cas_u64(&k->head, old, head_pack(u, head_tag(old) + 1), &old))
                         break;
         }
-        /* Ours now (a kill right here loses them, like a kill between a pop and its stamp). */
+        /* Ours now (a kill right here loses them, like a kill between a pop and its stamp).
+         * Counters before the stamps, as lf_split_claim: reclaiming a dead caller's stamped
+         * blocks then leaves used_blocks exact. */
+        eng_faa_u64(&k->free_blocks, 0 - (uint64_t)got);
+        eng_faa_u64(&k->used_blocks, got);
+        eng_faa_u64(&k->allocs, got);
         for (uint32_t i = 0; i < got; i++) {
                 eng_store_release_u64(&blk_at(a, offs[i])->word, blk_word(c, BLK_USED, owner));
                 offs[i] += ENG_ARENA_HDR_BYTES;
         }
-        eng_faa_u64(&k->free_blocks, (uint64_t) - (int64_t)got);
-        eng_faa_u64(&k->used_blocks, got);
-        eng_faa_u64(&k->allocs, got);
         return got;
 }
 
@@ -405,8 +407,8 @@ void lf_flush(eng_arena_t *a, eng_arena_batch_t *bt)
         for (uint32_t i = 0; i < bt->n; i++) {
                 uint32_t c = (uint32_t)(bt->blk[i] & 63u);
                 uint64_t b = bt->blk[i] & ~(uint64_t)63u;
-                if (c >= a->nclasses)
-                        continue; /* cannot happen: lf_free_later stored it */
+                if (!lf_block_ok(a, b, c))
+                        continue; /* cannot happen: lf_free_later stored it (batches are private) */
                 if (cnt[c]++ == 0)
                         first[c] = b;
                 else

@@ -634,15 +634,12 @@ static int stream_end(eng_stream_t *s, int timeout_ms)
                 }
         }
 fin:
-        /* Unused cached loans go back (a batch: one CAS per class). */
-        if (s->ncache > 0) {
-                eng_arena_batch_t b = {.n = 0};
-                while (s->ncache > 0) {
-                        uint64_t off = s->cache[--s->ncache];
-                        if (eng_arena_owner(&c->sg.arena, off) == s->owner) /* see try_loan */
-                                eng_arena_free_later(&c->sg.arena, &b, off);
-                }
-                eng_arena_flush(&c->sg.arena, &b);
+        /* Unused cached loans go back one by one (not a batch: a kill in the middle must
+         * leave them stamped as ours, for the server's reclaim). */
+        while (s->ncache > 0) {
+                uint64_t off = s->cache[--s->ncache];
+                if (eng_arena_owner(&c->sg.arena, off) == s->owner) /* see try_loan */
+                        eng_arena_free(&c->sg.arena, off);
         }
         /* Our last touch of the record. The server reclaims whatever the stream still owns
          * (and, for a stream that was not closed in order, tells its hooks it was aborted). */

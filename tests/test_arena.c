@@ -1114,6 +1114,877 @@ TEST_BOTH_KINDS(free_bumps_word_only_with_waiters, 10)
         fx_done(&f);
 }
 
+/* ---- batches: bulk allocation, deferred frees ---------------------------------------- */
+
+/*
+ * arena.h: eng_arena_alloc_bulk takes up to n blocks off the free list of len's class (never
+ * splits or carves; 0 on an empty list, on the mutex arena and for owner 0);
+ * eng_arena_free_later makes a block FREE at once but lists it only at eng_arena_flush (the
+ * mutex arena frees at once). Class-level expectations are computed from the stats'
+ * block_bytes, not from eng_arena_class_bytes (which is under test too).
+ */
+
+/* Index of the class that serves len on the lock-free arena (from the stats' geometry). */
+static uint32_t class_of(const eng_arena_stats_t *st, uint64_t len)
+{
+        for (uint32_t c = 0; c < st->nclasses; c++)
+                if (st->cls[c].block_bytes >= len + ENG_ARENA_HDR_BYTES)
+                        return c;
+        cr_assert_fail("no class serves %llu bytes", (unsigned long long)len);
+        return 0;
+}
+
+/*
+ * Allocate blocks of len for owner into held[] (each filled with its own offset as seed)
+ * until at least min are held and, on the lock-free arena, len's class list is empty: the
+ * list then holds exactly what the test frees next.
+ */
+static uint64_t hold_blocks(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *held,
+                            uint64_t min, uint64_t max)
+{
+        uint64_t n = 0;
+        for (;;) {
+                eng_arena_stats_t st = stats_of(a);
+                if (n >= min && (st.nclasses == 0 || st.cls[class_of(&st, len)].free_blocks == 0))
+                        return n;
+                cr_assert_lt(n, max, "%s: hold_blocks: the class list never emptied", KN(a));
+                int rc = eng_arena_alloc(a, len, owner, &held[n]);
+                cr_assert_eq(rc, 0, "%s: hold_blocks: alloc %llu: %d", KN(a), (unsigned long long)n,
+                             rc);
+                fill(a, held[n], len, held[n]);
+                n++;
+        }
+}
+
+/* Expected movement of one class's counters between two snapshots. */
+struct cls_delta {
+        int64_t used, freeb, allocs, frees;
+};
+
+/* Lock-free: every class moved by exactly d[c] (classes not named: not at all), and nothing
+ * was carved, failed or rejected. */
+static void assert_class_deltas(const eng_arena_stats_t *x, const eng_arena_stats_t *y,
+                                const struct cls_delta *d, const char *ctx)
+{
+        const char *k = eng_arena_kind_name(x->kind);
+        cr_assert_eq(y->buf_bottom, x->buf_bottom, "%s: %s: nothing carved", k, ctx);
+        cr_assert_eq(y->failed, x->failed, "%s: %s: failed", k, ctx);
+        cr_assert_eq(y->bad_frees, x->bad_frees, "%s: %s: bad_frees", k, ctx);
+        for (uint32_t c = 0; c < x->nclasses; c++) {
+                const eng_arena_class_stats_t *p = &x->cls[c], *q = &y->cls[c];
+                cr_assert_eq(q->used_blocks, p->used_blocks + (uint64_t)d[c].used,
+                             "%s: %s: class %u used_blocks %llu -> %llu, expected %+lld", k, ctx, c,
+                             (unsigned long long)p->used_blocks, (unsigned long long)q->used_blocks,
+                             (long long)d[c].used);
+                cr_assert_eq(q->free_blocks, p->free_blocks + (uint64_t)d[c].freeb,
+                             "%s: %s: class %u free_blocks %llu -> %llu, expected %+lld", k, ctx, c,
+                             (unsigned long long)p->free_blocks, (unsigned long long)q->free_blocks,
+                             (long long)d[c].freeb);
+                cr_assert_eq(q->allocs, p->allocs + (uint64_t)d[c].allocs,
+                             "%s: %s: class %u allocs %llu -> %llu, expected %+lld", k, ctx, c,
+                             (unsigned long long)p->allocs, (unsigned long long)q->allocs,
+                             (long long)d[c].allocs);
+                cr_assert_eq(q->frees, p->frees + (uint64_t)d[c].frees,
+                             "%s: %s: class %u frees %llu -> %llu, expected %+lld", k, ctx, c,
+                             (unsigned long long)p->frees, (unsigned long long)q->frees,
+                             (long long)d[c].frees);
+                cr_assert_eq(q->failed, p->failed, "%s: %s: class %u failed", k, ctx, c);
+        }
+}
+
+/* The same for one class c. */
+static void assert_class_moved(const eng_arena_stats_t *x, const eng_arena_stats_t *y, uint32_t c,
+                               struct cls_delta dc, const char *ctx)
+{
+        struct cls_delta d[ENG_ARENA_MAX_CLASSES];
+        memset(d, 0, sizeof d);
+        d[c] = dc;
+        assert_class_deltas(x, y, d, ctx);
+}
+
+static bool in_set(uint64_t v, const uint64_t *set, uint64_t n)
+{
+        for (uint64_t i = 0; i < n; i++)
+                if (set[i] == v)
+                        return true;
+        return false;
+}
+
+/* offs[0..n) are pairwise distinct, live, owned by owner, of capacity cap (>= len), cap-class
+ * aligned (lock-free), and none of them is in not[0..nnot). Each is filled (seed = offset). */
+static void assert_bulk_blocks(eng_arena_t *a, const uint64_t *offs, uint32_t n, uint64_t len,
+                               uint32_t owner, const uint64_t * not, uint64_t nnot, const char *ctx)
+{
+        uint64_t cap = eng_arena_class_bytes(a, len);
+        cr_assert_geq(cap, len, "%s: %s: class_bytes(%llu) = %llu", KN(a), ctx,
+                      (unsigned long long)len, (unsigned long long)cap);
+        for (uint32_t i = 0; i < n; i++) {
+                uint64_t o = offs[i];
+                for (uint32_t j = 0; j < i; j++)
+                        cr_assert_neq(offs[j], o, "%s: %s: offset %llu handed out twice", KN(a),
+                                      ctx, (unsigned long long)o);
+                cr_assert(!in_set(o, not, nnot), "%s: %s: offset %llu is a live block", KN(a), ctx,
+                          (unsigned long long)o);
+                cr_assert_eq(eng_arena_capacity(a, o), cap, "%s: %s: block %u capacity %llu", KN(a),
+                             ctx, i, (unsigned long long)eng_arena_capacity(a, o));
+                cr_assert_eq(eng_arena_owner(a, o), owner, "%s: %s: block %u owner %u", KN(a), ctx,
+                             i, eng_arena_owner(a, o));
+                cr_assert_eq((o - ENG_ARENA_HDR_BYTES) % (cap + ENG_ARENA_HDR_BYTES), 0,
+                             "%s: %s: block %u not aligned to its class", KN(a), ctx, i);
+                fill(a, o, cap, o);
+        }
+}
+
+TEST_BOTH_KINDS(bulk_alloc_on_empty_class_returns_zero, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        const uint64_t SENT = 0x5e5e5e5e5e5e5e5eull;
+        uint64_t offs[8];
+        for (int i = 0; i < 8; i++)
+                offs[i] = SENT;
+        eng_arena_stats_t s0 = stats_of(a), s1;
+        cr_assert_eq(eng_arena_alloc_bulk(a, 3000, 5, offs, 8), 0, "%s: fresh arena", KN(a));
+        s1 = stats_of(a);
+        cr_assert_eq(memcmp(&s0, &s1, sizeof s0), 0, "%s: nothing carved, nothing counted", KN(a));
+        ASSERT_ARENA_OK(a, "bulk on a fresh arena");
+
+        /* Free space elsewhere. Lock-free: the first allocation splits a superblock and leaves
+         * one buddy on each list 0..7, the second takes class 0's. Mutex: a hole. */
+        uint64_t o[3];
+        cr_assert_eq(eng_arena_alloc(a, 3000, 1, &o[0]), 0);
+        cr_assert_eq(eng_arena_alloc(a, 3000, 1, &o[1]), 0);
+        if (kind == ENG_ARENA_MUTEX) {
+                cr_assert_eq(eng_arena_alloc(a, 3000, 1, &o[2]), 0);
+                cr_assert_eq(eng_arena_free(a, o[1]), 0);
+                cr_assert_eq(stats_of(a).buf_free_blocks, 1, "precondition: a 3000-byte hole");
+        } else {
+                s0 = stats_of(a);
+                cr_assert_eq(s0.cls[0].free_blocks, 0, "precondition: class 0 list empty");
+                for (uint32_t c = 1; c + 1 < s0.nclasses; c++)
+                        cr_assert_eq(s0.cls[c].free_blocks, 1, "precondition: class %u buddy", c);
+        }
+        s0 = stats_of(a);
+        cr_assert_eq(eng_arena_alloc_bulk(a, 3000, 5, offs, 8), 0,
+                     "%s: never splits a larger free block", KN(a));
+        cr_assert_eq(eng_arena_alloc_bulk(a, 6000, 0, offs, 8), 0, "%s: owner 0", KN(a));
+        cr_assert_eq(eng_arena_alloc_bulk(a, 6000, 5, offs, 0), 0, "%s: n = 0", KN(a));
+        cr_assert_eq(eng_arena_alloc_bulk(a, eng_arena_max_alloc(a) + 1, 5, offs, 8), 0);
+        cr_assert_eq(eng_arena_alloc_bulk(a, UINT64_MAX, 5, offs, 8), 0);
+        s1 = stats_of(a);
+        cr_assert_eq(memcmp(&s0, &s1, sizeof s0), 0, "%s: refused bulks change nothing", KN(a));
+        for (int i = 0; i < 8; i++)
+                cr_assert_eq(offs[i], SENT, "%s: offs[%d] written by a bulk that returned 0", KN(a),
+                             i);
+        ASSERT_ARENA_OK(a, "refused bulks");
+
+        /* The same list, asked properly: the refusals above were not just an empty list. */
+        uint32_t got = eng_arena_alloc_bulk(a, 6000, 5, offs, 8);
+        if (kind == ENG_ARENA_LOCKFREE) {
+                cr_assert_eq(got, 1, "lockfree: the class 1 buddy");
+                assert_bulk_blocks(a, offs, got, 6000, 5, o, 2, "class 1 buddy");
+                cr_assert_eq(offs[1], SENT);
+                cr_assert_eq(eng_arena_free(a, offs[0]), 0);
+        } else {
+                cr_assert_eq(got, 0, "mutex: bulk is always 0");
+                cr_assert_eq(eng_arena_free(a, o[2]), 0);
+        }
+        cr_assert_eq(eng_arena_free(a, o[0]), 0);
+        if (kind == ENG_ARENA_LOCKFREE)
+                cr_assert_eq(eng_arena_free(a, o[1]), 0);
+        cr_assert_eq(stats_of(a).buf_used_blocks, 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(bulk_alloc_takes_exactly_the_freed_blocks, 20)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        const uint64_t len = 3000;
+        uint64_t held[64];
+        uint64_t n = hold_blocks(a, len, 1, held, 20, 64);
+        eng_arena_stats_t s0 = stats_of(a), s1;
+        uint32_t c = kind == ENG_ARENA_LOCKFREE ? class_of(&s0, len) : 0;
+
+        /* k blocks freed: the class list holds exactly them. */
+        const int idx1[] = {1, 4, 7, 10, 13};
+        enum { K1 = 5 };
+        uint64_t freed[16], nfreed = 0;
+        for (int j = 0; j < K1; j++) {
+                cr_assert_eq(eng_arena_free(a, held[idx1[j]]), 0);
+                freed[nfreed++] = held[idx1[j]];
+                held[idx1[j]] = 0;
+        }
+        s0 = stats_of(a);
+        if (kind == ENG_ARENA_LOCKFREE)
+                cr_assert_eq(s0.cls[c].free_blocks, K1, "precondition: the list holds k blocks");
+        uint64_t offs[32];
+        uint32_t got = eng_arena_alloc_bulk(a, len, 77, offs, 16);
+        s1 = stats_of(a);
+        if (kind == ENG_ARENA_LOCKFREE) {
+                cr_assert_eq(got, K1, "%s: bulk(16) with %d blocks listed returned %u", KN(a), K1,
+                             got);
+                for (uint32_t i = 0; i < got; i++)
+                        cr_assert(in_set(offs[i], freed, nfreed),
+                                  "%s: bulk returned %llu, which was not on the list", KN(a),
+                                  (unsigned long long)offs[i]);
+                assert_bulk_blocks(a, offs, got, len, 77, held, n, "bulk of k");
+                assert_class_moved(&s0, &s1, c, (struct cls_delta){K1, -K1, K1, 0}, "bulk of k");
+                cr_assert_eq(s1.buf_used_blocks, s0.buf_used_blocks + K1);
+        } else {
+                cr_assert_eq(got, 0, "mutex: bulk is always 0");
+                assert_lists_unchanged(&s0, &s1, "mutex bulk");
+        }
+        ASSERT_ARENA_OK(a, "after bulk of k");
+        for (uint64_t i = 0; i < n; i++)
+                if (held[i])
+                        cr_assert(intact(a, held[i], len, held[i]), "%s: held block %llu", KN(a),
+                                  (unsigned long long)i);
+
+        /* The list is empty now. */
+        cr_assert_eq(eng_arena_alloc_bulk(a, len, 77, offs + got, 16), 0, "%s: drained", KN(a));
+        eng_arena_stats_t s2 = stats_of(a);
+        cr_assert_eq(memcmp(&s1, &s2, sizeof s1), 0);
+
+        /* n < listed: the list gives n, then the rest; together exactly the freed blocks. */
+        const int idx2[] = {2, 3, 5, 6, 8, 9};
+        enum { K2 = 6 };
+        uint64_t freed2[K2];
+        for (int j = 0; j < K2; j++) {
+                cr_assert_eq(eng_arena_free(a, held[idx2[j]]), 0);
+                freed2[j] = held[idx2[j]];
+                held[idx2[j]] = 0;
+        }
+        s0 = stats_of(a);
+        uint64_t offs2[32];
+        uint32_t g1 = eng_arena_alloc_bulk(a, len, 78, offs2, 2);
+        uint32_t g2 = eng_arena_alloc_bulk(a, len, 78, offs2 + g1, 16);
+        s1 = stats_of(a);
+        if (kind == ENG_ARENA_LOCKFREE) {
+                cr_assert_eq(g1, 2, "%s: bulk(2) with %d listed", KN(a), K2);
+                cr_assert_eq(g2, K2 - 2, "%s: bulk(16) with %d left", KN(a), K2 - 2);
+                for (uint32_t i = 0; i < g1 + g2; i++)
+                        cr_assert(in_set(offs2[i], freed2, K2), "%s: foreign block", KN(a));
+                assert_bulk_blocks(a, offs2, g1 + g2, len, 78, offs, got, "bulk of 2 + rest");
+                assert_class_moved(&s0, &s1, c, (struct cls_delta){K2, -K2, K2, 0},
+                                   "bulk of 2 + rest");
+        } else {
+                cr_assert_eq(g1 + g2, 0);
+                assert_lists_unchanged(&s0, &s1, "mutex bulk");
+        }
+        ASSERT_ARENA_OK(a, "after bulk of 2 + rest");
+
+        /* Bulk-taken blocks are ordinary blocks: intact, and eng_arena_free takes them. */
+        for (uint32_t i = 0; i < got; i++) {
+                cr_assert(intact(a, offs[i], eng_arena_capacity(a, offs[i]), offs[i]));
+                cr_assert_eq(eng_arena_free(a, offs[i]), 0);
+        }
+        for (uint32_t i = 0; i < g1 + g2; i++) {
+                cr_assert(intact(a, offs2[i], eng_arena_capacity(a, offs2[i]), offs2[i]));
+                cr_assert_eq(eng_arena_free(a, offs2[i]), 0);
+        }
+        for (uint64_t i = 0; i < n; i++)
+                if (held[i])
+                        cr_assert_eq(eng_arena_free(a, held[i]), 0);
+        eng_arena_stats_t st = stats_of(a);
+        cr_assert_eq(st.buf_used_blocks, 0);
+        cr_assert_eq(st.bad_frees, 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(bulk_alloc_never_returns_other_classes, 20)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        enum { NC = 4, PER = 4 };
+        /* Lengths at both ends of classes 0..3: the largest payload of even classes, the
+         * smallest of odd ones (one byte over the class below). */
+        uint64_t lens[NC], o[NC][PER];
+        for (uint32_t c = 0; c < NC; c++)
+                lens[c] = c % 2 == 0 ? ((uint64_t)4096 << c) - ENG_ARENA_HDR_BYTES
+                                     : ((uint64_t)2048 << c) - ENG_ARENA_HDR_BYTES + 1;
+        for (int i = 0; i < PER; i++)
+                for (uint32_t c = 0; c < NC; c++)
+                        cr_assert_eq(eng_arena_alloc(a, lens[c], 1, &o[c][i]), 0);
+        uint64_t keep;
+        cr_assert_eq(eng_arena_alloc(a, 100000, 2, &keep), 0);
+        fill(a, keep, 100000, 99);
+        for (int i = 0; i < PER; i++)
+                for (uint32_t c = 0; c < NC; c++)
+                        cr_assert_eq(eng_arena_free(a, o[c][i]), 0);
+        ASSERT_ARENA_OK(a, "lists filled");
+
+        const uint32_t order[NC] = {3, 1, 0, 2};
+        uint64_t taken[NC][64];
+        uint32_t ntaken[NC] = {0};
+        for (int i = 0; i < NC; i++) {
+                uint32_t c = order[i];
+                eng_arena_stats_t s0 = stats_of(a);
+                ntaken[c] = eng_arena_alloc_bulk(a, lens[c], 40 + c, taken[c], 64);
+                eng_arena_stats_t s1 = stats_of(a);
+                if (kind == ENG_ARENA_MUTEX) {
+                        cr_assert_eq(ntaken[c], 0);
+                        assert_lists_unchanged(&s0, &s1, "mutex bulk");
+                        continue;
+                }
+                cr_assert_eq(class_of(&s0, lens[c]), c, "precondition: len %llu in class %u",
+                             (unsigned long long)lens[c], c);
+                uint64_t listed = s0.cls[c].free_blocks;
+                cr_assert_geq(listed, PER);
+                cr_assert_eq(ntaken[c], listed, "%s: class %u: %llu listed, bulk(64) took %u",
+                             KN(a), c, (unsigned long long)listed, ntaken[c]);
+                cr_assert_eq(eng_arena_class_bytes(a, lens[c]),
+                             ((uint64_t)4096 << c) - ENG_ARENA_HDR_BYTES);
+                /* assert_bulk_blocks checks capacity == this class's payload and alignment. */
+                assert_bulk_blocks(a, taken[c], ntaken[c], lens[c], 40 + c, &keep, 1, "class");
+                for (int j = 0; j < PER; j++)
+                        cr_assert(in_set(o[c][j], taken[c], ntaken[c]),
+                                  "%s: class %u: freed block %d not taken", KN(a), c, j);
+                assert_class_moved(
+                    &s0, &s1, c,
+                    (struct cls_delta){(int64_t)listed, -(int64_t)listed, (int64_t)listed, 0},
+                    "bulk of one class");
+        }
+        ASSERT_ARENA_OK(a, "after the bulks");
+        cr_assert(intact(a, keep, 100000, 99));
+        for (uint32_t c = 0; c < NC; c++)
+                for (uint32_t i = 0; i < ntaken[c]; i++) {
+                        cr_assert(
+                            intact(a, taken[c][i], eng_arena_capacity(a, taken[c][i]), taken[c][i]),
+                            "%s: class %u block %u overwritten by another bulk", KN(a), c, i);
+                        cr_assert_eq(eng_arena_free(a, taken[c][i]), 0);
+                }
+        cr_assert_eq(eng_arena_free(a, keep), 0);
+        cr_assert_eq(stats_of(a).buf_used_blocks, 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(free_later_rejects_what_free_rejects, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        uint64_t big, small, o[3], r1, r2;
+        cr_assert_eq(eng_arena_alloc(a, 200000, 1, &big), 0);
+        cr_assert_eq(eng_arena_alloc(a, 100, 1, &small), 0);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(eng_arena_alloc(a, 5000, 1, &o[i]), 0);
+        fill(a, big, 200000, 11);
+        fill(a, small, 100, 12);
+        cr_assert_eq(eng_arena_rec_alloc(a, 1, &r1), 0);
+        cr_assert_eq(eng_arena_rec_alloc(a, 1, &r2), 0);
+        cr_assert_eq(eng_arena_rec_free(a, r2), 0);
+        eng_arena_batch_t b = {.n = 0};
+        /* o[1] sits between two used blocks: on the mutex arena it stays a block when freed. */
+        cr_assert_eq(eng_arena_free_later(a, &b, o[1]), 0);
+        uint32_t n0 = b.n;
+        cr_assert_eq(n0, kind == ENG_ARENA_LOCKFREE ? 1u : 0u);
+        eng_arena_stats_t s0 = stats_of(a);
+
+        const uint64_t bad[] = {0,
+                                8,
+                                64,
+                                s0.rec_base,
+                                r1,
+                                r1 - ENG_ARENA_HDR_BYTES,
+                                r2,
+                                s0.rec_top,
+                                s0.buf_bottom,
+                                big + 8,
+                                big + 32,
+                                big + 64,
+                                big + 65536,
+                                big - ENG_ARENA_HDR_BYTES,
+                                o[1] - ENG_ARENA_HDR_BYTES,
+                                o[1] + 8,
+                                o[1] + 64,
+                                f.size,
+                                f.size + 64,
+                                s0.top,
+                                (uint64_t)1 << 40,
+                                (uint64_t)1 << 63,
+                                UINT64_MAX & ~(uint64_t)63,
+                                UINT64_MAX};
+        uint64_t nbad = 0;
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+                int rc = eng_arena_free_later(a, &b, bad[i]);
+                cr_assert_eq(rc, -EINVAL, "%s: free_later(bad[%zu] = %llu) = %d", KN(a), i,
+                             (unsigned long long)bad[i], rc);
+                nbad++;
+                cr_assert_eq(b.n, n0, "%s: a refused offset went into the batch", KN(a));
+        }
+        for (int i = 0; i < 2; i++) {
+                cr_assert_eq(eng_arena_free_later(a, &b, o[1]), -EALREADY, "%s", KN(a));
+                cr_assert_eq(eng_arena_free(a, o[1]), -EALREADY, "%s", KN(a));
+                nbad += 2;
+        }
+        cr_assert_eq(b.n, n0, "%s: a double free went into the batch", KN(a));
+        eng_arena_stats_t s1 = stats_of(a);
+        assert_lists_unchanged(&s0, &s1, "refused free_later");
+        cr_assert_eq(s1.bad_frees, s0.bad_frees + nbad, "%s: bad_frees %llu -> %llu, %llu refused",
+                     KN(a), (unsigned long long)s0.bad_frees, (unsigned long long)s1.bad_frees,
+                     (unsigned long long)nbad);
+        eng_arena_flush(a, &b);
+        cr_assert_eq(b.n, 0);
+        ASSERT_ARENA_OK(a, "flushed");
+        cr_assert_eq(eng_arena_free_later(a, &b, o[1]), -EALREADY, "%s: listed now", KN(a));
+        cr_assert_eq(b.n, 0);
+        cr_assert_eq(stats_of(a).bad_frees, s1.bad_frees + 1);
+        cr_assert(intact(a, big, 200000, 11) && intact(a, small, 100, 12), "%s: data intact",
+                  KN(a));
+        cr_assert_eq(eng_arena_owner(a, big), 1);
+
+        const uint64_t rest[] = {big, small, o[0], o[2]};
+        for (int i = 0; i < 4; i++)
+                cr_assert_eq(eng_arena_free_later(a, &b, rest[i]), 0);
+        eng_arena_flush(a, &b);
+        cr_assert_eq(stats_of(a).buf_used_blocks, 0);
+        cr_assert_eq(eng_arena_rec_free(a, r1), 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(free_later_frees_at_once_lists_at_flush, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        const uint64_t len = 3000;
+        uint64_t held[64];
+        uint64_t n = hold_blocks(a, len, 1, held, 8, 64);
+        eng_arena_stats_t s0 = stats_of(a);
+        uint32_t c = kind == ENG_ARENA_LOCKFREE ? class_of(&s0, len) : 0;
+        uint64_t x = held[3];
+        held[3] = 0;
+
+        eng_arena_batch_t b = {.n = 0};
+        cr_assert_eq(eng_arena_free_later(a, &b, x), 0);
+        cr_assert_eq(eng_arena_owner(a, x), 0, "%s: FREE at once", KN(a));
+        cr_assert_eq(eng_arena_capacity(a, x), 0, "%s: no longer a live block", KN(a));
+        cr_assert_eq(b.n, kind == ENG_ARENA_LOCKFREE ? 1u : 0u);
+        eng_arena_stats_t sp = stats_of(a);
+        if (kind == ENG_ARENA_LOCKFREE)
+                assert_class_moved(&s0, &sp, c, (struct cls_delta){0, 0, 0, 0},
+                                   "pending: still counted used, not listed");
+        else
+                cr_assert_eq(sp.buf_used_blocks, s0.buf_used_blocks - 1);
+        cr_assert_eq(eng_arena_free_later(a, &b, x), -EALREADY, "%s", KN(a));
+        cr_assert_eq(eng_arena_free(a, x), -EALREADY, "%s", KN(a));
+        cr_assert_eq(eng_arena_free_later(a, &b, x), -EALREADY, "%s", KN(a));
+        cr_assert_eq(b.n, kind == ENG_ARENA_LOCKFREE ? 1u : 0u, "%s: double free batched", KN(a));
+        eng_arena_stats_t s1 = stats_of(a);
+        cr_assert_eq(s1.bad_frees, sp.bad_frees + 3);
+        assert_lists_unchanged(&sp, &s1, "double free of a pending block");
+        cr_assert_eq(eng_arena_owner(a, x), 0);
+
+        if (kind == ENG_ARENA_MUTEX) {
+                /* Freed at once: checked without a flush, and reused at once. */
+                cr_assert_eq(b.n, 0);
+                ASSERT_ARENA_OK(a, "mutex free_later, no flush");
+                uint64_t z;
+                cr_assert_eq(eng_arena_alloc(a, len, 2, &z), 0);
+                cr_assert_eq(z, x, "mutex: the hole of exactly this size is reused at once");
+                cr_assert_eq(eng_arena_owner(a, z), 2);
+                cr_assert_eq(eng_arena_free(a, z), 0);
+        } else {
+                /* Pending: still counted used, not on the list, not handed out by anything. */
+                s0 = stats_of(a);
+                cr_assert_eq(s0.cls[c].free_blocks, 0, "precondition: class list empty");
+                uint64_t offs[8];
+                cr_assert_eq(eng_arena_alloc_bulk(a, len, 9, offs, 8), 0,
+                             "lockfree: a pending block is not on the list");
+                eng_arena_stats_t s2 = stats_of(a);
+                assert_class_moved(&s0, &s2, c, (struct cls_delta){0, 0, 0, 0}, "pending bulk");
+                uint64_t y[4];
+                for (int i = 0; i < 4; i++) {
+                        cr_assert_eq(eng_arena_alloc(a, len, 9, &y[i]), 0);
+                        cr_assert_neq(y[i], x, "lockfree: alloc %d reused a pending block", i);
+                }
+                for (int i = 0; i < 4; i++)
+                        cr_assert_eq(eng_arena_free(a, y[i]), 0);
+                s0 = stats_of(a);
+                eng_arena_flush(a, &b);
+                cr_assert_eq(b.n, 0);
+                s1 = stats_of(a);
+                assert_class_moved(&s0, &s1, c, (struct cls_delta){-1, 1, 0, 1}, "flush of one");
+                ASSERT_ARENA_OK(a, "flushed");
+                /* Listed now, on top: the next allocation of the class gets it. */
+                uint64_t z;
+                cr_assert_eq(eng_arena_alloc(a, len, 2, &z), 0);
+                cr_assert_eq(z, x, "lockfree: the flushed block is on top of its list");
+                cr_assert_eq(eng_arena_owner(a, z), 2);
+
+                /* A second round, checked against the snapshot before the free_later. */
+                s0 = stats_of(a);
+                cr_assert_eq(eng_arena_free_later(a, &b, z), 0);
+                s1 = stats_of(a);
+                assert_class_moved(&s0, &s1, c, (struct cls_delta){0, 0, 0, 0},
+                                   "pending: stats still count it used");
+                eng_arena_flush(a, &b);
+                eng_arena_flush(a, &b); /* an empty batch: nothing */
+                s1 = stats_of(a);
+                assert_class_moved(&s0, &s1, c, (struct cls_delta){-1, 1, 0, 1}, "second flush");
+        }
+        ASSERT_ARENA_OK(a, "after flush");
+        for (uint64_t i = 0; i < n; i++) {
+                if (held[i] == 0)
+                        continue;
+                cr_assert(intact(a, held[i], len, held[i]), "%s: held block %llu", KN(a),
+                          (unsigned long long)i);
+                cr_assert_eq(eng_arena_free_later(a, &b, held[i]), 0);
+        }
+        eng_arena_flush(a, &b);
+        cr_assert_eq(stats_of(a).buf_used_blocks, 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(flush_returns_each_block_to_its_class, 20)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        enum { NC = 4, PER = 3 };
+        uint64_t lens[NC], o[NC][PER];
+        for (uint32_t c = 0; c < NC; c++)
+                lens[c] = ((uint64_t)4096 << c) - ENG_ARENA_HDR_BYTES - 100 * (c + 1);
+        for (int i = 0; i < PER; i++)
+                for (uint32_t c = 0; c < NC; c++) {
+                        cr_assert_eq(eng_arena_alloc(a, lens[c], 1, &o[c][i]), 0);
+                        fill(a, o[c][i], lens[c], o[c][i]);
+                }
+        uint64_t keep;
+        cr_assert_eq(eng_arena_alloc(a, 3000, 2, &keep), 0);
+        fill(a, keep, 3000, 7);
+        eng_arena_stats_t s0 = stats_of(a);
+        eng_arena_batch_t b = {.n = 0};
+        /* Interleaved: the batch holds blocks of four classes in turn. */
+        for (int i = 0; i < PER; i++)
+                for (uint32_t c = 0; c < NC; c++) {
+                        cr_assert(intact(a, o[c][i], lens[c], o[c][i]));
+                        cr_assert_eq(eng_arena_free_later(a, &b, o[c][i]), 0);
+                        cr_assert_eq(eng_arena_owner(a, o[c][i]), 0);
+                        if (kind == ENG_ARENA_MUTEX) {
+                                cr_assert_eq(b.n, 0);
+                                ASSERT_ARENA_OK(a, "mutex: freed at once");
+                        }
+                }
+        eng_arena_stats_t s1 = stats_of(a);
+        if (kind == ENG_ARENA_MUTEX) {
+                cr_assert_eq(s1.buf_used_blocks, s0.buf_used_blocks - NC * PER);
+        } else {
+                cr_assert_eq(b.n, NC * PER);
+                struct cls_delta none[ENG_ARENA_MAX_CLASSES];
+                memset(none, 0, sizeof none);
+                assert_class_deltas(&s0, &s1, none, "pending: nothing moves before the flush");
+                for (uint32_t c = 0; c < NC; c++)
+                        cr_assert_eq(class_of(&s0, lens[c]), c);
+        }
+        eng_arena_flush(a, &b);
+        cr_assert_eq(b.n, 0);
+        eng_arena_stats_t s2 = stats_of(a);
+        ASSERT_ARENA_OK(a, "flushed");
+        if (kind == ENG_ARENA_MUTEX) {
+                cr_assert_eq(memcmp(&s1, &s2, sizeof s1), 0, "mutex: flush has nothing to do");
+        } else {
+                struct cls_delta d[ENG_ARENA_MAX_CLASSES];
+                memset(d, 0, sizeof d);
+                for (uint32_t c = 0; c < NC; c++)
+                        d[c] = (struct cls_delta){-PER, PER, 0, PER};
+                assert_class_deltas(&s0, &s2, d, "flush of four classes");
+                /* Each block is on its own class's list: a bulk of each class gets it back. */
+                for (uint32_t c = 0; c < NC; c++) {
+                        uint64_t offs[64];
+                        uint32_t got = eng_arena_alloc_bulk(a, lens[c], 3, offs, 64);
+                        cr_assert_eq(got, s2.cls[c].free_blocks, "class %u: all listed", c);
+                        for (int i = 0; i < PER; i++)
+                                cr_assert(in_set(o[c][i], offs, got),
+                                          "class %u: flushed block %d not on its list", c, i);
+                        assert_bulk_blocks(a, offs, got, lens[c], 3, &keep, 1, "after flush");
+                        for (uint32_t i = 0; i < got; i++)
+                                cr_assert_eq(eng_arena_free_later(a, &b, offs[i]), 0);
+                        eng_arena_flush(a, &b);
+                }
+                ASSERT_ARENA_OK(a, "bulk round trip");
+        }
+        cr_assert(intact(a, keep, 3000, 7));
+        cr_assert_eq(eng_arena_free(a, keep), 0);
+        cr_assert_eq(stats_of(a).buf_used_blocks, 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(full_batch_flushes_itself, 20)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        enum { N = 3 * ENG_ARENA_BATCH + 5 };
+        static uint64_t o[N];
+        /* Two classes, so a self-flush pushes two chains. */
+        for (int i = 0; i < N; i++)
+                cr_assert_eq(eng_arena_alloc(a, i % 3 ? 3000 : 6000, 1, &o[i]), 0);
+        eng_arena_stats_t s0 = stats_of(a);
+        eng_arena_batch_t b = {.n = 0};
+        uint64_t max_n = 0;
+        for (int i = 0; i < N; i++) {
+                cr_assert_eq(eng_arena_free_later(a, &b, o[i]), 0, "%s: free_later %d", KN(a), i);
+                cr_assert_leq(b.n, ENG_ARENA_BATCH, "%s: batch overfilled after %d", KN(a), i);
+                if (b.n > max_n)
+                        max_n = b.n;
+                eng_arena_stats_t st = stats_of(a);
+                uint64_t done = (uint64_t)i + 1;
+                if (kind == ENG_ARENA_MUTEX) {
+                        cr_assert_eq(b.n, 0);
+                        cr_assert_eq(st.buf_used_blocks, s0.buf_used_blocks - done);
+                        continue;
+                }
+                /* Everything not in the batch has been flushed, exactly. */
+                uint64_t flushed = done - b.n, frees = 0, used = 0, freeb = 0;
+                for (uint32_t c = 0; c < 2; c++) {
+                        frees += st.cls[c].frees - s0.cls[c].frees;
+                        used += s0.cls[c].used_blocks - st.cls[c].used_blocks;
+                        freeb += st.cls[c].free_blocks - s0.cls[c].free_blocks;
+                }
+                cr_assert_eq(frees, flushed,
+                             "%s: after %llu free_later with %u pending: %llu frees", KN(a),
+                             (unsigned long long)done, b.n, (unsigned long long)frees);
+                cr_assert_eq(used, flushed);
+                cr_assert_eq(freeb, flushed);
+        }
+        if (kind == ENG_ARENA_LOCKFREE) {
+                /* It accumulates (not a flush per call) up to (about) a full batch. */
+                cr_assert_geq(max_n, ENG_ARENA_BATCH - 1, "the batch never filled: %llu",
+                              (unsigned long long)max_n);
+                cr_assert_gt(b.n, 0);
+        }
+        eng_arena_flush(a, &b);
+        cr_assert_eq(b.n, 0);
+        ASSERT_ARENA_OK(a, "final flush");
+        eng_arena_stats_t s1 = stats_of(a);
+        cr_assert_eq(s1.buf_used_blocks, 0);
+        if (kind == ENG_ARENA_LOCKFREE) {
+                cr_assert_eq(s1.cls[0].frees + s1.cls[1].frees, N);
+                cr_assert_eq(s1.cls[0].frees, N - (N + 2) / 3);
+        }
+        fx_done(&f);
+}
+
+/* The space-waiting word: free_later on the lock-free arena wakes nobody (the block is not
+ * listed yet), its flush does, once; the mutex arena's free_later is a free. */
+TEST_BOTH_KINDS(free_later_wakes_waiters_at_flush, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 4 * MIB, 256, 12, 20);
+        uint32_t *fw = eng_arena_free_word(a), *wt = eng_arena_waiters_word(a);
+        uint64_t o[3];
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(eng_arena_alloc(a, 100, 1, &o[i]), 0);
+        eng_arena_batch_t b = {.n = 0};
+        uint32_t w0 = *fw;
+        *wt = 1;
+        cr_assert_eq(eng_arena_free_later(a, &b, o[0]), 0);
+        cr_assert_eq(eng_arena_free_later(a, &b, o[1]), 0);
+        cr_assert_eq(*fw, kind == ENG_ARENA_LOCKFREE ? w0 : w0 + 2, "%s: free_later", KN(a));
+        eng_arena_flush(a, &b);
+        cr_assert_eq(*fw, kind == ENG_ARENA_LOCKFREE ? w0 + 1 : w0 + 2, "%s: flush", KN(a));
+        eng_arena_flush(a, &b);
+        cr_assert_eq(*fw, kind == ENG_ARENA_LOCKFREE ? w0 + 1 : w0 + 2, "%s: empty flush", KN(a));
+        cr_assert_eq(eng_arena_free_later(a, &b, o[1]), -EALREADY);
+        eng_arena_flush(a, &b);
+        cr_assert_eq(*fw, kind == ENG_ARENA_LOCKFREE ? w0 + 1 : w0 + 2, "%s: refused", KN(a));
+        *wt = 0;
+        cr_assert_eq(eng_arena_free(a, o[2]), 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+/* A taker that dies with bulk-taken blocks it never handed out: reclaim(owner) frees them
+ * (the mutex arena has no bulk: the documented fallback, eng_arena_alloc, is reclaimed). */
+TEST_BOTH_KINDS(reclaim_frees_bulk_taken_blocks, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        uint64_t held[64], held1[32];
+        uint64_t n = hold_blocks(a, 3000, 1, held, 12, 64);
+        uint64_t n1 = hold_blocks(a, 6000, 1, held1, 4, 32);
+        uint64_t other[3];
+        const uint64_t olen[3] = {100, 7000, 50000};
+        for (int i = 0; i < 3; i++) {
+                cr_assert_eq(eng_arena_alloc(a, olen[i], 43, &other[i]), 0);
+                fill(a, other[i], olen[i], 4300 + i);
+        }
+        for (uint64_t i = 0; i < 10; i++)
+                cr_assert_eq(eng_arena_free(a, held[i]), 0);
+        for (uint64_t i = 0; i < 2; i++)
+                cr_assert_eq(eng_arena_free(a, held1[i]), 0);
+        eng_arena_stats_t s0 = stats_of(a);
+
+        /* Take 10 + 2 blocks for owner 42: bulk first, eng_arena_alloc for what it lacks. */
+        uint64_t t[12];
+        uint32_t g0 = eng_arena_alloc_bulk(a, 3000, 42, t, 10);
+        uint32_t g1 = eng_arena_alloc_bulk(a, 6000, 42, t + 10, 2);
+        cr_assert_eq(g0, kind == ENG_ARENA_LOCKFREE ? 10u : 0u, "%s: bulk of 10", KN(a));
+        cr_assert_eq(g1, kind == ENG_ARENA_LOCKFREE ? 2u : 0u, "%s: bulk of 2", KN(a));
+        for (uint32_t i = g0; i < 10; i++)
+                cr_assert_eq(eng_arena_alloc(a, 3000, 42, &t[i]), 0);
+        for (uint32_t i = 10 + g1; i < 12; i++)
+                cr_assert_eq(eng_arena_alloc(a, 6000, 42, &t[i]), 0);
+        for (int i = 0; i < 12; i++)
+                cr_assert_eq(eng_arena_owner(a, t[i]), 42);
+        ASSERT_ARENA_OK(a, "taken");
+
+        int64_t r = eng_arena_reclaim(a, 42);
+        cr_assert_eq(r, 12, "%s: reclaim(42) = %lld", KN(a), (long long)r);
+        for (int i = 0; i < 12; i++) {
+                cr_assert_eq(eng_arena_owner(a, t[i]), 0);
+                /* Mutex: the reclaimed block may have merged into a neighbour (-EINVAL). */
+                int rc = eng_arena_free(a, t[i]);
+                cr_assert(rc == -EALREADY || (kind == ENG_ARENA_MUTEX && rc == -EINVAL),
+                          "%s: free of reclaimed block %d: %d", KN(a), i, rc);
+        }
+        cr_assert_eq(eng_arena_reclaim(a, 42), 0);
+        eng_arena_stats_t s1 = stats_of(a);
+        ASSERT_ARENA_OK(a, "reclaimed");
+        cr_assert_eq(s1.buf_used_blocks, s0.buf_used_blocks, "%s: back where it was", KN(a));
+        cr_assert_eq(s1.bad_frees, s0.bad_frees + 12);
+        if (kind == ENG_ARENA_LOCKFREE) {
+                cr_assert_eq(s1.cls[0].free_blocks, s0.cls[0].free_blocks);
+                cr_assert_eq(s1.cls[1].free_blocks, s0.cls[1].free_blocks);
+        }
+        for (int i = 0; i < 3; i++) {
+                cr_assert(intact(a, other[i], olen[i], 4300 + i), "%s: owner 43's block %d", KN(a),
+                          i);
+                cr_assert_eq(eng_arena_owner(a, other[i]), 43);
+        }
+        cr_assert_eq(eng_arena_reclaim(a, 43), 3);
+        cr_assert_eq(eng_arena_reclaim(a, 1), (int64_t)(n - 10 + n1 - 2));
+        cr_assert_eq(stats_of(a).buf_used_blocks, 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+/*
+ * A failing allocation merges buddies (lf_coalesce) out of blocks it pops off the lists. A
+ * block freed with free_later and not yet flushed is on no list: it must not be merged (its
+ * flush would then push a block that no longer exists), and the flush must leave an arena
+ * that checks clean and merges fully later.
+ */
+Test(lockfree, pending_frees_are_not_merged_by_coalescing, .timeout = 30)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+        enum { MAXN = 4096 };
+        static uint64_t o[MAXN];
+        uint64_t n = 0;
+        while (eng_arena_alloc(a, 4000, 1, &o[n]) == 0)
+                cr_assert_lt(++n, MAXN);
+        eng_arena_stats_t st = stats_of(a);
+        uint64_t nsb = (st.top - st.buf_bottom) >> 20;
+        cr_assert_geq(nsb, 4);
+        eng_arena_batch_t b = {.n = 0};
+        for (uint64_t i = 0; i < n; i++)
+                cr_assert_eq(eng_arena_free_later(a, &b, o[i]), 0);
+        uint32_t pending = b.n;
+        cr_assert_gt(pending, 0);
+        const uint64_t *pend = &o[n - pending]; /* the last ones freed are still in the batch */
+
+        uint64_t big;
+        int rc = eng_arena_alloc(a, eng_arena_max_alloc(a), 2, &big);
+        cr_assert_eq(rc, 0, "the superblocks without a pending block merge: %d", rc);
+        uint64_t big_blk = big - ENG_ARENA_HDR_BYTES;
+        for (uint32_t i = 0; i < pending; i++) {
+                uint64_t p = pend[i] - ENG_ARENA_HDR_BYTES;
+                cr_assert(p < big_blk || p >= big_blk + MIB,
+                          "pending block %u (%llu) is inside the merged block at %llu", i,
+                          (unsigned long long)p, (unsigned long long)big_blk);
+                cr_assert_eq(eng_arena_owner(a, pend[i]), 0);
+        }
+        fill(a, big, eng_arena_max_alloc(a), 5);
+        eng_arena_flush(a, &b);
+        ASSERT_ARENA_OK(a, "flushed after a coalescing pass");
+        cr_assert(intact(a, big, eng_arena_max_alloc(a), 5), "the flush wrote into a live block");
+        cr_assert_eq(eng_arena_free(a, big), 0);
+
+        /* Everything is free and listed: every superblock can be had whole again. */
+        uint64_t whole[64];
+        for (uint64_t i = 0; i < nsb; i++) {
+                rc = eng_arena_alloc(a, eng_arena_max_alloc(a), 3, &whole[i]);
+                cr_assert_eq(rc, 0, "superblock %llu of %llu: %d", (unsigned long long)i,
+                             (unsigned long long)nsb, rc);
+        }
+        ASSERT_ARENA_OK(a, "all merged");
+        cr_assert_eq(eng_arena_reclaim(a, 3), (int64_t)nsb);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+/* The mutex arena has no batches: bulk is 0 even with room on its list, free_later is a free
+ * (the arena checks clean without a flush), flush has nothing to do. */
+Test(mutex, batch_calls_are_plain_operations, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_MUTEX, 8 * MIB, 256, 12, 20);
+        uint64_t o[8];
+        for (int i = 0; i < 8; i++)
+                cr_assert_eq(eng_arena_alloc(a, 3000, 1, &o[i]), 0);
+        for (int i = 1; i < 8; i += 2)
+                cr_assert_eq(eng_arena_free(a, o[i]), 0);
+        eng_arena_stats_t s0 = stats_of(a);
+        /* o[7] touched buf_bottom and went back to the gap; three holes are left. */
+        cr_assert_eq(s0.buf_free_blocks, 3);
+        uint64_t offs[8];
+        cr_assert_eq(eng_arena_alloc_bulk(a, 3000, 1, offs, 8), 0);
+        cr_assert_eq(eng_arena_alloc_bulk(a, 100, 1, offs, 8), 0);
+        eng_arena_stats_t s1 = stats_of(a);
+        cr_assert_eq(memcmp(&s0, &s1, sizeof s0), 0);
+        eng_arena_batch_t b = {.n = 0};
+        for (int i = 0; i < 8; i += 2) {
+                cr_assert_eq(eng_arena_free_later(a, &b, o[i]), 0);
+                cr_assert_eq(b.n, 0);
+                ASSERT_ARENA_OK(a, "free_later without flush");
+                cr_assert_eq(stats_of(a).buf_used_blocks, 3 - (uint64_t)i / 2);
+        }
+        eng_arena_stats_t s2 = stats_of(a);
+        cr_assert_eq(s2.buf_bottom, s2.top, "coalesced back into the gap at once");
+        eng_arena_flush(a, &b);
+        eng_arena_stats_t s3 = stats_of(a);
+        cr_assert_eq(memcmp(&s2, &s3, sizeof s2), 0);
+        fx_done(&f);
+}
+
+TEST_BOTH_KINDS(class_bytes_is_what_an_allocation_gets, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        uint64_t max = eng_arena_max_alloc(a);
+        const uint64_t lens[] = {1,    63,    64,    65,     4031,   4032,   4033,    8128,
+                                 8129, 65472, 65473, 100000, 524224, 524225, max - 1, max};
+        for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+                uint64_t len = lens[i], off;
+                uint64_t cb = eng_arena_class_bytes(a, len);
+                cr_assert_eq(eng_arena_alloc(a, len, 1, &off), 0);
+                uint64_t cap = eng_arena_capacity(a, off);
+                cr_assert_geq(cb, len, "%s: class_bytes(%llu) = %llu", KN(a),
+                              (unsigned long long)len, (unsigned long long)cb);
+                if (kind == ENG_ARENA_LOCKFREE)
+                        cr_assert_eq(cb, cap, "%s: class_bytes(%llu) = %llu, capacity %llu", KN(a),
+                                     (unsigned long long)len, (unsigned long long)cb,
+                                     (unsigned long long)cap);
+                else
+                        cr_assert_leq(cb, cap, "%s: class_bytes(%llu) = %llu, capacity %llu", KN(a),
+                                      (unsigned long long)len, (unsigned long long)cb,
+                                      (unsigned long long)cap);
+                cr_assert_eq(eng_arena_free(a, off), 0);
+        }
+        if (kind == ENG_ARENA_LOCKFREE)
+                cr_assert_eq(eng_arena_class_bytes(a, 0), 4096 - ENG_ARENA_HDR_BYTES);
+        cr_assert_eq(eng_arena_class_bytes(a, max + 1), 0, "%s: too big for any block", KN(a));
+        cr_assert_eq(eng_arena_class_bytes(a, UINT64_MAX), 0);
+        cr_assert_eq(eng_arena_class_bytes(a, UINT64_MAX - 63), 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
 /*
  * Under AddressSanitizer, run the tests one at a time whatever --jobs says: Criterion 2.4.1's
  * runner leaks a few 48-byte callocs (inside libcriterion) when it runs tests in parallel, and
