@@ -24,6 +24,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <ck_ring.h>
+
 #include "arena.h"
 #include "bench.h"
 
@@ -106,6 +108,106 @@ static int floor_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         x->cli_iters = k;
         __atomic_store_n(&x->word, UINT64_MAX, __ATOMIC_RELEASE);
         return 0;
+}
+
+/*
+ * ---- the ring floor: a raw ck_ring ping-pong -------------------------------------------
+ * Two bare ck_rings (SPSC, 32-byte slots like the engine's descriptors) in shared memory, one
+ * each way, and nothing else: no engine, no validation, no scheduling, no allocation. It is
+ * what any transport built on ck_ring pays for a round trip: each message moves the ring's
+ * p_tail line and then its slot line, where the spin floor moves one word.
+ */
+struct ckr_desc {
+        uint64_t w[4];
+};
+CK_RING_PROTOTYPE(ckr, ckr_desc)
+#define CKR_DEPTH 128
+struct ckr_pair {
+        _Alignas(64) struct ck_ring a; /* client -> server */
+        _Alignas(64) struct ck_ring b; /* server -> client */
+        _Alignas(64) struct ckr_desc sa[CKR_DEPTH];
+        _Alignas(64) struct ckr_desc sb[CKR_DEPTH];
+};
+static struct ckr_pair *g_ckr; /* MAP_SHARED, inherited by both children */
+
+static void ckr_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        (void)c;
+        (void)o;
+        eb_server_ready(x, SRV_READY, 0, NULL);
+        uint32_t n = 0;
+        for (;;) {
+                struct ckr_desc d;
+                if (ck_ring_dequeue_spsc_ckr(&g_ckr->a, g_ckr->sa, &d)) {
+                        if (d.w[0] == UINT64_MAX)
+                                break;
+                        d.w[1] = d.w[0] + 1;
+                        while (!ck_ring_enqueue_spsc_ckr(&g_ckr->b, g_ckr->sb, &d))
+                                eb_relax();
+                        continue;
+                }
+                eb_relax();
+                if (++n % 4096 == 0 && eb_stop_requested(x))
+                        break;
+        }
+}
+
+static int ckr_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        (void)c;
+        uint64_t n = o->rtt_spin_n, warm = n / 10 < 1000 ? n / 10 : 1000;
+        uint64_t t = 0, end = 0, k = 0;
+        int rc = 0;
+        for (uint64_t i = 0; i < warm + n; i++) {
+                if (i == warm) {
+                        t = eb_now_ns();
+                        end = t + o->rtt_ms * 1000000ull;
+                        x->t0_ns = t;
+                }
+                struct ckr_desc d = {.w = {i, 0, 0, 0}};
+                while (!ck_ring_enqueue_spsc_ckr(&g_ckr->a, g_ckr->sa, &d))
+                        eb_relax();
+                while (!ck_ring_dequeue_spsc_ckr(&g_ckr->b, g_ckr->sb, &d))
+                        eb_relax();
+                if (d.w[0] != i || d.w[1] != i + 1)
+                        rc = 1; /* a wrong reply: the cell fails */
+                if (i >= warm) {
+                        uint64_t t1 = eb_now_ns();
+                        eb_hist_add(&x->hist, t1 - t);
+                        t = t1;
+                        k++;
+                        if (t >= end)
+                                break;
+                }
+        }
+        x->t1_ns = t;
+        x->cli_iters = k;
+        struct ckr_desc stop = {.w = {UINT64_MAX, 0, 0, 0}};
+        while (!ck_ring_enqueue_spsc_ckr(&g_ckr->a, g_ckr->sa, &stop))
+                eb_relax();
+        return rc;
+}
+
+static void run_ckring(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
+{
+        g_ckr =
+            mmap(NULL, sizeof(*g_ckr), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (g_ckr == MAP_FAILED) {
+                r->status = EB_FAIL;
+                eb_errf(r->reason, sizeof(r->reason), "mmap: %s", strerror(errno));
+                return;
+        }
+        ck_ring_init(&g_ckr->a, CKR_DEPTH);
+        ck_ring_init(&g_ckr->b, CKR_DEPTH);
+        eb_xchg_t *x = xchg_or_fail(r);
+        if (x != NULL) {
+                r->status = eb_run_children(c, o, x, ckr_server, ckr_client, o->rtt_ms + 30000, r);
+                if (r->status == EB_OK)
+                        hist_metrics(r, &x->hist);
+                eb_xchg_free(x);
+        }
+        munmap(g_ckr, sizeof(*g_ckr));
+        g_ckr = NULL;
 }
 
 static void run_floor(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
@@ -817,6 +919,9 @@ void eb_ref_cells_floor(eb_cells_t *cs, const eb_opts_t *o)
         c = eb_cell_add(cs, "floor", "spinword", "spin", 0, 1);
         snprintf(c->name, sizeof(c->name), "floor/spinword-after");
         c->run = run_floor;
+        c = eb_cell_add(cs, "floor", "ckring", "spin", 0, 1);
+        snprintf(c->name, sizeof(c->name), "floor/ckring");
+        c->run = run_ckring;
         c = eb_cell_add(cs, "memcpy", "memcpy", "", 0, 1);
         snprintf(c->name, sizeof(c->name), "memcpy");
         c->run = run_memcpy;

@@ -168,7 +168,7 @@ static double floor_p50(const eb_run_t *run, double *drift)
 typedef struct target {
         const char *id;
         char what[160];
-        char detail[200];
+        char detail[256];
         double value; /* the measured ratio (or value / threshold) */
         double need;
         bool at_most; /* value <= need passes (else >=) */
@@ -186,9 +186,16 @@ static int targets(const eb_run_t *run, target_t *t)
         b = floor_p50(run, &drift);
         t[n] = (target_t){.id = "rtt_p50_vs_floor", .need = 1.5, .at_most = true};
         snprintf(t[n].what, sizeof(t[n].what), "round trip p50 (spinning, 0 B) / spin floor p50");
-        snprintf(t[n].detail, sizeof(t[n].detail), "%s us / %s us (floor before and after%s)",
-                 fus(a, x, sizeof(x)), fus(b, y, sizeof(y)),
-                 drift > 1.3 ? "; they differ: the machine changed speed, rerun" : "");
+        {
+                char z[32], w[32];
+                double ck = mval(run, "p50_ns", "floor/ckring");
+                snprintf(t[n].detail, sizeof(t[n].detail),
+                         "%s us / %s us (floor before and after%s); a bare ck_ring ping-pong: %s "
+                         "us, engine/that %s",
+                         fus(a, x, sizeof(x)), fus(b, y, sizeof(y)),
+                         drift > 1.3 ? "; they differ: the machine changed speed, rerun" : "",
+                         fus(ck, z, sizeof(z)), fx(ratio(a, ck), w, sizeof(w)));
+        }
         t[n++].value = ratio(a, b);
 
         a = mval(run, "msgs_per_s", "tput/lockfree/1s/64B");
@@ -277,6 +284,7 @@ static void print_rtt(const eb_run_t *run, FILE *f)
                 "p90", "p99", "p99.9", "p99.99", "max", "n");
         const eb_result_t *fl = eb_find(run, "floor/spinword");
         const eb_result_t *fl2 = eb_find(run, "floor/spinword-after");
+        const eb_result_t *ck = eb_find(run, "floor/ckring");
         static const char *modes[2] = {"spin", "block"};
         bool floors_shown = false;
         for (int m = 0; m < 2; m++)
@@ -295,6 +303,8 @@ static void print_rtt(const eb_run_t *run, FILE *f)
                                 rtt_row(f, modes[m], sz, r, NULL);
                                 if (here && fl2)
                                         rtt_row(f, "spin", "0B", fl2, "floor2");
+                                if (here && ck)
+                                        rtt_row(f, "spin", "0B", ck, "ckring");
                                 floors_shown |= here;
                         }
                 }
@@ -303,6 +313,8 @@ static void print_rtt(const eb_run_t *run, FILE *f)
                         rtt_row(f, "spin", "0B", fl, "floor");
                 if (fl2)
                         rtt_row(f, "spin", "0B", fl2, "floor2");
+                if (ck)
+                        rtt_row(f, "spin", "0B", ck, "ckring");
         }
         fprintf(f, "\n  ratios of round-trip times (lower is better; < 1 means the engine is "
                    "faster)\n");

@@ -420,10 +420,29 @@ uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off)
                    : 0;
 }
 
+/*
+ * A block the caller is done with (an unsent loan, a released reply): a smallest-class block
+ * of this stream goes back into the loan cache, still stamped as ours, so a ping-pong of small
+ * messages touches no shared allocator state at all; anything else goes back to the arena.
+ */
+static void give_back(eng_stream_t *s, uint64_t off)
+{
+        eng_arena_t *a = &s->c->sg.arena;
+        if (s->ncache < LOAN_CACHE && s->c->small_len != 0 && eng_arena_owner(a, off) == s->owner &&
+            eng_arena_capacity(a, off) == s->c->small_len) {
+                for (uint32_t i = 0; i < s->ncache; i++)
+                        if (s->cache[i] == off)
+                                return; /* given back twice: keep one entry */
+                s->cache[s->ncache++] = off;
+                return;
+        }
+        eng_arena_free(a, off);
+}
+
 void eng_stream_unloan(eng_stream_t *s, uint64_t off)
 {
         if (off)
-                eng_arena_free(&s->c->sg.arena, off);
+                give_back(s, off);
 }
 
 /*
@@ -589,7 +608,7 @@ int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms)
 void eng_stream_release(eng_stream_t *s, eng_msg_t *m)
 {
         if (m->off != 0)
-                eng_arena_free(&s->c->sg.arena, m->off);
+                give_back(s, m->off);
         m->off = 0;
         m->data = NULL;
 }
