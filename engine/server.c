@@ -94,9 +94,14 @@ int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off)
  * thread, shutdown) they are immediate. */
 static _Thread_local eng_arena_batch_t *tl_frees;
 
+#define DEFER_MAX (16u << 10) /* blocks up to this size are freed in batches */
+
 static void srv_free(struct eng_server *srv, uint64_t off)
 {
-        if (tl_frees != NULL)
+        /* Batching pays where the per-message cost is the free itself (small blocks); a large
+         * block goes back at once, so a turn of big messages does not keep a small segment's
+         * space from its clients until the turn ends. */
+        if (tl_frees != NULL && eng_arena_capacity(&srv->sg.arena, off) <= DEFER_MAX)
                 eng_arena_free_later(&srv->sg.arena, tl_frees, off);
         else
                 eng_arena_free(&srv->sg.arena, off);

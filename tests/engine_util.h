@@ -11,9 +11,20 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "engine.h"
+
+/* The transport a suite's servers use unless a test picks one: ctest runs test_engine and
+ * test_engine_crash once per transport (ENG_TEST_TRANSPORT=mutex selects the baseline). */
+static inline eng_transport_t test_transport(void)
+{
+        const char *t = getenv("ENG_TEST_TRANSPORT");
+        return t && strcmp(t, "mutex") == 0 ? ENG_TRANSPORT_MUTEX : ENG_TRANSPORT_LOCKFREE;
+}
 
 static inline uint64_t now_ns(void)
 {

@@ -111,6 +111,7 @@ static eng_server_t *start_server(const char *name, uint64_t size, uint32_t dept
                                 .size = size,
                                 .ring_depth = depth,
                                 .workers = workers,
+                                .transport = test_transport(),
                                 .hooks = {.on_msg = h_msg, .on_close = h_close}};
         eng_server_t *srv = NULL;
         int rc = eng_server_start(&cfg, &srv);
