@@ -120,10 +120,14 @@ static int poll_reply(eng_xfer_send_t *x)
         return ret;
 }
 
+/* Chunks one step sends at most: a caller driving many streams from one thread gives each a
+ * turn, so a small file is not held up until a big one beside it has been pushed. */
+#define SEND_BURST 8
+
 static int send_data(eng_xfer_send_t *x)
 {
-        int moved = 0;
-        while (x->sent < x->size || x->pend_off != 0) {
+        int moved = 0, burst = 0;
+        while ((x->sent < x->size || x->pend_off != 0) && burst++ < SEND_BURST) {
                 if (x->pend_off == 0) {
                         uint64_t left = x->size - x->sent;
                         uint32_t n = left < x->chunk ? (uint32_t)left : x->chunk;

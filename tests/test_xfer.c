@@ -178,6 +178,45 @@ Test(xfer, two_clients_with_six_streams_each_deliver_every_file_at_once)
         assert_log_one_line_each(ids, 12);
 }
 
+/* The seconds a client's stdout line reports for stream id ("... bytes in S s ..."). */
+static double client_secs(const char *tag, unsigned id)
+{
+        char *out = xu_slurp(xu_path("%s.out", tag));
+        char prefix[32];
+        snprintf(prefix, sizeof(prefix), "stream %u ", id);
+        char *l = line_of(out, prefix);
+        cr_assert_not_null(l, "no line for stream %u in the client's output:\n%s", id, out);
+        const char *in = strstr(l, " bytes in ");
+        cr_assert_not_null(in, "stream %u: %s", id, l);
+        double v = strtod(in + strlen(" bytes in "), NULL);
+        free(l);
+        free(out);
+        return v;
+}
+
+/* One client thread drives every stream: a big file must not keep a small one that started
+ * with it from finishing (each step of a stream sends a bounded burst, then the next stream
+ * gets its turn). */
+Test(xfer, small_file_finishes_long_before_a_big_one_sent_beside_it)
+{
+        xu_make_file(xu_path("src/big.bin"), 256 * MiB, 7);
+        xu_make_file(xu_path("src/small.bin"), 4096, 8);
+        xu_stream_t st[2] = {{1, "src/big.bin"}, {2, "src/small.bin"}};
+        xu_write_opts(NULL, st, 2);
+        xu_server_start();
+        int rc = xu_client("c", 60000, "1", "2");
+        char *o = xu_output("c");
+        cr_assert_eq(rc, 0, "client exited %d\n%s", rc, o);
+        free(o);
+        double big = client_secs("c", 1), small = client_secs("c", 2);
+        cr_log_info("big file %.3f s, small file beside it %.3f s", big, small);
+        cr_assert_lt(small, big / 4, "the 4 KiB file took %.3f s next to a 256 MiB one (%.3f s)",
+                     small, big);
+        xu_assert_same(xu_path("src/small.bin"), xu_path("out/small.bin"));
+        xu_assert_same(xu_path("src/big.bin"), xu_path("out/big.bin"));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
 Test(xfer, received_files_get_the_configured_file_mode)
 {
         xu_make_file(xu_path("a.bin"), 1000, 1);
