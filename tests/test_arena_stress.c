@@ -701,6 +701,28 @@ static _Noreturn void kill_victim(eng_arena_t *a, uint32_t owner)
         }
 }
 
+/* The sizes of the blocks the parent of the kill tests keeps across the kills. */
+static const uint64_t kill_keep_len[KILL_KEEP] = {100, 3000, 5000, 40000, 100000, 250000};
+
+/* After a kill: reclaim the victim's blocks (twice: the second finds none), and check that
+ * the blocks the parent keeps are intact and still its own. Returns the blocks reclaimed. */
+static uint64_t reclaim_victim(eng_arena_t *a, uint32_t victim, const uint64_t *keep,
+                               const uint64_t *keep_len, const char *k, int it)
+{
+        int64_t n = eng_arena_reclaim(a, victim);
+        cr_assert_geq(n, 0, "%s: iteration %d: reclaim: %lld", k, it, (long long)n);
+        cr_assert_eq(eng_arena_reclaim(a, victim), 0,
+                     "%s: iteration %d: the victim still owns blocks", k, it);
+        for (int i = 0; i < KILL_KEEP; i++) {
+                uint64_t seen, bad = check_pat(eng_arena_ptr(a, keep[i], keep_len[i]), keep_len[i],
+                                               0x1111000000 + i, &seen);
+                cr_assert_eq(bad, 0, "%s: iteration %d: kept block %d overwritten", k, it, i);
+                cr_assert_eq(eng_arena_owner(a, keep[i]), 1,
+                             "%s: iteration %d: kept block %d lost its owner", k, it, i);
+        }
+        return (uint64_t)n;
+}
+
 static pid_t fork_and_kill(void (*victim)(eng_arena_t *, uint32_t), eng_arena_t *a, uint32_t owner,
                            uint64_t *rng, const char *k, int it)
 {
@@ -740,7 +762,7 @@ TEST_BOTH_KINDS(survives_sigkill_during_alloc, 120)
         shm_unlink(g_shm_name); /* the victims use the mapping they inherit */
         g_shm_name[0] = '\0';
         eng_arena_t *a = &s.a;
-        const uint64_t keep_len[KILL_KEEP] = {100, 3000, 5000, 40000, 100000, 250000};
+        const uint64_t *keep_len = kill_keep_len;
         const uint64_t sb = (uint64_t)1 << 20;
         uint64_t keep[KILL_KEEP];
         for (int i = 0; i < KILL_KEEP; i++) {
@@ -753,19 +775,7 @@ TEST_BOTH_KINDS(survives_sigkill_during_alloc, 120)
                 uint32_t victim = 1000 + (uint32_t)it;
                 fork_and_kill(kill_victim, a, victim, &rng, k, it);
 
-                int64_t n = eng_arena_reclaim(a, victim);
-                cr_assert_geq(n, 0, "%s: iteration %d: reclaim: %lld", k, it, (long long)n);
-                reclaimed += (uint64_t)n;
-                cr_assert_eq(eng_arena_reclaim(a, victim), 0,
-                             "%s: iteration %d: the victim still owns blocks", k, it);
-                for (int i = 0; i < KILL_KEEP; i++) {
-                        uint64_t seen, bad = check_pat(eng_arena_ptr(a, keep[i], keep_len[i]),
-                                                       keep_len[i], 0x1111000000 + i, &seen);
-                        cr_assert_eq(bad, 0, "%s: iteration %d: kept block %d overwritten", k, it,
-                                     i);
-                        cr_assert_eq(eng_arena_owner(a, keep[i]), 1,
-                                     "%s: iteration %d: kept block %d lost its owner", k, it, i);
-                }
+                reclaimed += reclaim_victim(a, victim, keep, keep_len, k, it);
                 char why[256];
                 eng_arena_stats_t sts;
                 eng_arena_stats(a, &sts);
@@ -1489,7 +1499,7 @@ TEST_BOTH_KINDS(batches_survive_sigkill, 60)
         shm_unlink(g_shm_name); /* the victims use the mapping they inherit */
         g_shm_name[0] = '\0';
         eng_arena_t *a = &s.a;
-        const uint64_t keep_len[KILL_KEEP] = {100, 3000, 5000, 40000, 100000, 250000};
+        const uint64_t *keep_len = kill_keep_len;
         const uint64_t sb = (uint64_t)1 << 20, per_kill = sb + 8 * 8192;
         uint64_t keep[KILL_KEEP];
         for (int i = 0; i < KILL_KEEP; i++) {
@@ -1510,19 +1520,7 @@ TEST_BOTH_KINDS(batches_survive_sigkill, 60)
                 uint32_t victim = 3000 + (uint32_t)it;
                 fork_and_kill(bulk_victim, a, victim, &rng, k, it);
 
-                int64_t n = eng_arena_reclaim(a, victim);
-                cr_assert_geq(n, 0, "%s: iteration %d: reclaim: %lld", k, it, (long long)n);
-                reclaimed += (uint64_t)n;
-                cr_assert_eq(eng_arena_reclaim(a, victim), 0,
-                             "%s: iteration %d: the victim still owns blocks", k, it);
-                for (int i = 0; i < KILL_KEEP; i++) {
-                        uint64_t seen, bad = check_pat(eng_arena_ptr(a, keep[i], keep_len[i]),
-                                                       keep_len[i], 0x1111000000 + i, &seen);
-                        cr_assert_eq(bad, 0, "%s: iteration %d: kept block %d overwritten", k, it,
-                                     i);
-                        cr_assert_eq(eng_arena_owner(a, keep[i]), 1,
-                                     "%s: iteration %d: kept block %d lost its owner", k, it, i);
-                }
+                reclaimed += reclaim_victim(a, victim, keep, keep_len, k, it);
                 char why[256];
                 eng_arena_stats_t sts;
                 eng_arena_stats(a, &sts);

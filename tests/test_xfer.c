@@ -32,17 +32,24 @@ static char *line_of(const char *text, const char *prefix)
         return NULL;
 }
 
-/* The client's stdout line for stream id says "delivered and verified". */
-static void assert_client_delivered(const char *tag, unsigned id)
+/* The client's stdout line for stream id (asserts there is one). Caller frees. */
+static char *client_line(const char *tag, unsigned id)
 {
         char *out = xu_slurp(xu_path("%s.out", tag));
         char prefix[32];
         snprintf(prefix, sizeof(prefix), "stream %u ", id);
         char *l = line_of(out, prefix);
         cr_assert_not_null(l, "no line for stream %u in the client's output:\n%s", id, out);
+        free(out);
+        return l;
+}
+
+/* The client's stdout line for stream id says "delivered and verified". */
+static void assert_client_delivered(const char *tag, unsigned id)
+{
+        char *l = client_line(tag, id);
         cr_assert_not_null(strstr(l, "delivered and verified"), "stream %u: %s", id, l);
         free(l);
-        free(out);
 }
 
 /* Lines of the server log about stream id ("stream <id> (pid ..."). */
@@ -181,16 +188,11 @@ Test(xfer, two_clients_with_six_streams_each_deliver_every_file_at_once)
 /* The seconds a client's stdout line reports for stream id ("... bytes in S s ..."). */
 static double client_secs(const char *tag, unsigned id)
 {
-        char *out = xu_slurp(xu_path("%s.out", tag));
-        char prefix[32];
-        snprintf(prefix, sizeof(prefix), "stream %u ", id);
-        char *l = line_of(out, prefix);
-        cr_assert_not_null(l, "no line for stream %u in the client's output:\n%s", id, out);
+        char *l = client_line(tag, id);
         const char *in = strstr(l, " bytes in ");
         cr_assert_not_null(in, "stream %u: %s", id, l);
         double v = strtod(in + strlen(" bytes in "), NULL);
         free(l);
-        free(out);
         return v;
 }
 
