@@ -134,6 +134,13 @@ void eb_server_wait_stop(eb_xchg_t *x);
 bool eb_stop_requested(eb_xchg_t *x);
 /* client side: the server's state (futex wait up to timeout_ms) */
 int eb_wait_server(eb_xchg_t *x, uint64_t timeout_ms);
+/*
+ * The client side of a round-trip cell: min(n/10, 1000) warm-up trips, then up to n timed
+ * ones (stopping after rtt_ms), each recorded in x->hist; sets x->t0_ns, t1_ns, cli_iters.
+ * one(i, arg) does round trip i and returns 0, or non-zero to stop (that value is returned).
+ */
+int eb_rtt_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t n, int (*one)(uint64_t i, void *arg),
+                void *arg);
 
 /* Set by SIGINT/SIGTERM: waits give up, children are killed, the bench cleans up. */
 extern volatile int eb_interrupted;

@@ -59,6 +59,29 @@ static void rtt_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         eb_bmq_close(resp);
 }
 
+struct bmq_trip {
+        eb_xchg_t *x;
+        eb_bmq_t *req, *resp;
+        size_t P;
+        bool spin;
+        const void *src;
+        unsigned char *buf;
+};
+
+static int bmq_one(uint64_t i, void *arg)
+{
+        struct bmq_trip *b = arg;
+        size_t got = 0;
+        if (eb_bmq_send(b->req, b->src, b->P) != 0 ||
+            recv_msg(b->resp, b->buf, &got, b->spin, NULL) != 0 || got != b->P) {
+                eb_errf(b->x->cli_err, sizeof(b->x->cli_err), "round trip %llu failed",
+                        (unsigned long long)i);
+                return 1;
+        }
+        b->x->sink ^= eb_consume(b->buf, got);
+        return 0;
+}
+
 static int rtt_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         char a[96], b[96];
@@ -73,38 +96,13 @@ static int rtt_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         size_t P = c->payload;
         const void *src = eb_src(P);
         unsigned char buf[BMQ_MSG];
-        uint64_t n = spin ? o->rtt_spin_n : o->rtt_block_n;
-        uint64_t warm = n / 10 < 1000 ? n / 10 : 1000;
-        uint64_t t = eb_now_ns(), end = 0, k = 0;
-        for (uint64_t i = 0; i < warm + n; i++) {
-                if (i == warm) {
-                        t = eb_now_ns();
-                        end = t + o->rtt_ms * 1000000ull;
-                        x->t0_ns = t;
-                }
-                size_t got = 0;
-                if (eb_bmq_send(req, src, P) != 0 || recv_msg(resp, buf, &got, spin, NULL) != 0 ||
-                    got != P) {
-                        eb_errf(x->cli_err, sizeof(x->cli_err), "round trip %llu failed",
-                                (unsigned long long)i);
-                        return 1;
-                }
-                x->sink ^= eb_consume(buf, got);
-                if (i >= warm) {
-                        uint64_t t1 = eb_now_ns();
-                        eb_hist_add(&x->hist, t1 - t);
-                        t = t1;
-                        k++;
-                        if (t >= end)
-                                break;
-                }
-        }
-        x->t1_ns = t;
-        x->cli_iters = k;
+        struct bmq_trip bt = {
+            .x = x, .req = req, .resp = resp, .P = P, .spin = spin, .src = src, .buf = buf};
+        int rc = eb_rtt_loop(x, o, spin ? o->rtt_spin_n : o->rtt_block_n, bmq_one, &bt);
         eb_bmq_send(req, src, 0); /* stop */
         eb_bmq_close(req);
         eb_bmq_close(resp);
-        return 0;
+        return rc;
 }
 
 static void tput_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)

@@ -289,6 +289,34 @@ static void close_cell_fds(eb_cell_t *c)
                 }
 }
 
+int eb_rtt_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t n, int (*one)(uint64_t i, void *arg),
+                void *arg)
+{
+        uint64_t warm = n / 10 < 1000 ? n / 10 : 1000;
+        uint64_t t = eb_now_ns(), end = 0, k = 0;
+        int rc = 0;
+        for (uint64_t i = 0; i < warm + n; i++) {
+                if (i == warm) {
+                        t = eb_now_ns();
+                        end = t + o->rtt_ms * 1000000ull;
+                        x->t0_ns = t;
+                }
+                if ((rc = one(i, arg)) != 0)
+                        break;
+                if (i >= warm) {
+                        uint64_t t1 = eb_now_ns();
+                        eb_hist_add(&x->hist, t1 - t);
+                        t = t1;
+                        k++;
+                        if (t >= end)
+                                break;
+                }
+        }
+        x->t1_ns = t;
+        x->cli_iters = k;
+        return rc;
+}
+
 int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn server,
                     eb_client_fn client, uint64_t timeout_ms, eb_result_t *r)
 {

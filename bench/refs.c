@@ -80,32 +80,19 @@ static void floor_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         }
 }
 
+static int floor_one(uint64_t i, void *arg)
+{
+        eb_xchg_t *x = arg;
+        __atomic_store_n(&x->word, 2 * i + 1, __ATOMIC_RELEASE);
+        while (__atomic_load_n(&x->word, __ATOMIC_ACQUIRE) != 2 * i + 2)
+                eb_relax();
+        return 0;
+}
+
 static int floor_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         (void)c;
-        uint64_t n = o->rtt_spin_n, warm = n / 10 < 1000 ? n / 10 : 1000;
-        uint64_t v = 0, t = 0, end = 0, k = 0;
-        for (uint64_t i = 0; i < warm + n; i++) {
-                if (i == warm) {
-                        t = eb_now_ns();
-                        end = t + o->rtt_ms * 1000000ull;
-                        x->t0_ns = t;
-                }
-                __atomic_store_n(&x->word, v + 1, __ATOMIC_RELEASE);
-                while (__atomic_load_n(&x->word, __ATOMIC_ACQUIRE) != v + 2)
-                        eb_relax();
-                v += 2;
-                if (i >= warm) {
-                        uint64_t t1 = eb_now_ns();
-                        eb_hist_add(&x->hist, t1 - t);
-                        t = t1;
-                        k++;
-                        if (t >= end)
-                                break;
-                }
-        }
-        x->t1_ns = t;
-        x->cli_iters = k;
+        eb_rtt_loop(x, o, o->rtt_spin_n, floor_one, x);
         __atomic_store_n(&x->word, UINT64_MAX, __ATOMIC_RELEASE);
         return 0;
 }
@@ -152,36 +139,21 @@ static void ckr_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         }
 }
 
+static int ckr_one(uint64_t i, void *arg)
+{
+        (void)arg;
+        struct ckr_desc d = {.w = {i, 0, 0, 0}};
+        while (!ck_ring_enqueue_spsc_ckr(&g_ckr->a, g_ckr->sa, &d))
+                eb_relax();
+        while (!ck_ring_dequeue_spsc_ckr(&g_ckr->b, g_ckr->sb, &d))
+                eb_relax();
+        return d.w[0] != i || d.w[1] != i + 1; /* a wrong reply fails the cell */
+}
+
 static int ckr_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         (void)c;
-        uint64_t n = o->rtt_spin_n, warm = n / 10 < 1000 ? n / 10 : 1000;
-        uint64_t t = 0, end = 0, k = 0;
-        int rc = 0;
-        for (uint64_t i = 0; i < warm + n; i++) {
-                if (i == warm) {
-                        t = eb_now_ns();
-                        end = t + o->rtt_ms * 1000000ull;
-                        x->t0_ns = t;
-                }
-                struct ckr_desc d = {.w = {i, 0, 0, 0}};
-                while (!ck_ring_enqueue_spsc_ckr(&g_ckr->a, g_ckr->sa, &d))
-                        eb_relax();
-                while (!ck_ring_dequeue_spsc_ckr(&g_ckr->b, g_ckr->sb, &d))
-                        eb_relax();
-                if (d.w[0] != i || d.w[1] != i + 1)
-                        rc = 1; /* a wrong reply: the cell fails */
-                if (i >= warm) {
-                        uint64_t t1 = eb_now_ns();
-                        eb_hist_add(&x->hist, t1 - t);
-                        t = t1;
-                        k++;
-                        if (t >= end)
-                                break;
-                }
-        }
-        x->t1_ns = t;
-        x->cli_iters = k;
+        int rc = eb_rtt_loop(x, o, o->rtt_spin_n, ckr_one, NULL);
         struct ckr_desc stop = {.w = {UINT64_MAX, 0, 0, 0}};
         while (!ck_ring_enqueue_spsc_ckr(&g_ckr->a, g_ckr->sa, &stop))
                 eb_relax();
@@ -446,6 +418,28 @@ static void rtt_peer_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
         free(buf);
 }
 
+struct peer_trip {
+        eb_xchg_t *x;
+        int rfd, wfd;
+        size_t P;
+        bool spin;
+        const void *src;
+        unsigned char *buf;
+};
+
+static int peer_one(uint64_t i, void *arg)
+{
+        struct peer_trip *p = arg;
+        if (write_full(p->wfd, p->src, p->P, p->spin) != 0 ||
+            read_full(p->rfd, p->buf, p->P, p->spin) != 0) {
+                eb_errf(p->x->cli_err, sizeof(p->x->cli_err), "round trip %llu: %s",
+                        (unsigned long long)i, errno ? strerror(errno) : "EOF");
+                return 1;
+        }
+        p->x->sink ^= eb_consume(p->buf, p->P);
+        return 0;
+}
+
 static int rtt_peer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         int rfd, wfd;
@@ -457,37 +451,14 @@ static int rtt_peer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         unsigned char *buf = malloc(P);
         if (spin)
                 set_nonblock(rfd, true);
-        uint64_t n = spin ? o->rtt_spin_n : o->rtt_block_n;
-        uint64_t warm = n / 10 < 1000 ? n / 10 : 1000;
-        uint64_t t = eb_now_ns(), end = 0, k = 0;
-        for (uint64_t i = 0; i < warm + n; i++) {
-                if (i == warm) {
-                        t = eb_now_ns();
-                        end = t + o->rtt_ms * 1000000ull;
-                        x->t0_ns = t;
-                }
-                if (write_full(wfd, src, P, spin) != 0 || read_full(rfd, buf, P, spin) != 0) {
-                        eb_errf(x->cli_err, sizeof(x->cli_err), "round trip %llu: %s",
-                                (unsigned long long)i, errno ? strerror(errno) : "EOF");
-                        return 1;
-                }
-                x->sink ^= eb_consume(buf, P);
-                if (i >= warm) {
-                        uint64_t t1 = eb_now_ns();
-                        eb_hist_add(&x->hist, t1 - t);
-                        t = t1;
-                        k++;
-                        if (t >= end)
-                                break;
-                }
-        }
-        x->t1_ns = t;
-        x->cli_iters = k;
+        struct peer_trip pt = {
+            .x = x, .rfd = rfd, .wfd = wfd, .P = P, .spin = spin, .src = src, .buf = buf};
+        int rc = eb_rtt_loop(x, o, spin ? o->rtt_spin_n : o->rtt_block_n, peer_one, &pt);
         close(wfd);
         if (rfd != wfd)
                 close(rfd);
         free(buf);
-        return 0;
+        return rc;
 }
 
 static void bulk_peer_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
