@@ -260,6 +260,18 @@ static int wait_children(pid_t *pids, int *status, int n, double deadline_s)
         return late;
 }
 
+/* Once every child has its own mapping the name can go: nothing is left in /dev/shm even if
+ * the test is killed by its timeout. Then wait for the PROCS children (see wait_children). */
+static int unlink_then_wait(pid_t *pids, int *status, double deadline_s)
+{
+        for (double end = now_s() + 10;
+             __atomic_load_n(g_mapped, __ATOMIC_SEQ_CST) < PROCS && now_s() < end;)
+                sleep_us(1000);
+        shm_unlink(g_shm_name);
+        g_shm_name[0] = '\0';
+        return wait_children(pids, status, PROCS, deadline_s);
+}
+
 static void assert_children_ok(const pid_t *pids, const int *status, int n, int late,
                                const char *what)
 {
@@ -534,14 +546,7 @@ static void run_stress(eng_arena_kind_t kind, const struct plan *pl)
                 if (pids[p] == 0)
                         stress_child(&s, p, res, cycles, pl);
         }
-        /* Once every child has its own mapping the name can go: nothing is left in /dev/shm
-         * even if this test is killed by its timeout. */
-        for (double end = now_s() + 10;
-             __atomic_load_n(g_mapped, __ATOMIC_SEQ_CST) < PROCS && now_s() < end;)
-                sleep_us(1000);
-        shm_unlink(g_shm_name);
-        g_shm_name[0] = '\0';
-        int late = wait_children(pids, status, PROCS, DEADLINE_SECS);
+        int late = unlink_then_wait(pids, status, DEADLINE_SECS);
         double secs = now_s() - t0;
 
         uint64_t tot_cycles = 0, tot_allocs = 0, tot_frees = 0, enomem = 0, starved = 0;
@@ -1302,12 +1307,7 @@ static void run_batch_stress(eng_arena_kind_t kind, const char *what, uint64_t s
                 if (pids[p] == 0)
                         batch_child(&s, p, res, mb, cycles);
         }
-        for (double end = now_s() + 10;
-             __atomic_load_n(g_mapped, __ATOMIC_SEQ_CST) < PROCS && now_s() < end;)
-                sleep_us(1000);
-        shm_unlink(g_shm_name);
-        g_shm_name[0] = '\0';
-        int late = wait_children(pids, status, PROCS, BATCH_DEADLINE_SECS);
+        int late = unlink_then_wait(pids, status, BATCH_DEADLINE_SECS);
         double secs = now_s() - t0;
 
         struct bres tot;
