@@ -575,6 +575,12 @@ static void run_stress(eng_arena_kind_t kind, const struct plan *pl)
                      (unsigned long long)mism);
         cr_assert_eq(errs, 0, "%s %s: %llu unexpected errors", k, what, (unsigned long long)errs);
         cr_assert_eq(tot_cycles, (uint64_t)PROCS * THREADS * cycles);
+        /* A starved cycle (ENOMEM after every retry) would count without allocating: every
+         * cycle must have been a real alloc -> fill -> verify -> free. */
+        cr_assert_eq(starved, 0, "%s %s: %llu cycles starved", k, what,
+                     (unsigned long long)starved);
+        cr_assert_eq(tot_allocs, tot_cycles, "%s %s: %llu allocations in %llu cycles", k, what,
+                     (unsigned long long)tot_allocs, (unsigned long long)tot_cycles);
         cr_assert_eq(tot_allocs, tot_frees, "every block was freed by its owner");
         /* Every process really had the segment at its own address. */
         for (int i = 0; i < PROCS; i++) {
