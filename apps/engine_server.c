@@ -46,9 +46,10 @@ static void report(const eng_xfer_result_t *r, void *ctx)
                 logf_ts("stream %u (pid %d) %s: %llu bytes in %.3f s, %.1f MB/s, verified",
                         r->stream_id, (int)r->pid, r->name, (unsigned long long)r->size, s, mbs);
         else
-                logf_ts("stream %u (pid %d) %s: FAILED after %llu of %llu bytes (%.3f s): %s",
+                logf_ts("stream %u (pid %d) %s: FAILED after %llu of %llu bytes (%.3f s, "
+                        "%.1f MB/s): %s",
                         r->stream_id, (int)r->pid, r->name, (unsigned long long)r->received,
-                        (unsigned long long)r->size, s, r->why);
+                        (unsigned long long)r->size, s, mbs, r->why);
 }
 
 static void usage(FILE *f)
@@ -143,7 +144,10 @@ int main(int argc, char **argv)
                 o.transport == ENG_TRANSPORT_MUTEX ? "mutex" : "lockfree", eng_server_workers(srv),
                 o.outputpath);
 
-        int sig = sigwaitinfo(&set, NULL);
+        /* SIGSTOP + SIGCONT (Ctrl-Z, fg) make sigwaitinfo fail with EINTR: not a stop. */
+        int sig;
+        while ((sig = sigwaitinfo(&set, NULL)) < 0 && errno == EINTR)
+                ;
         logf_ts("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
         eng_xfer_server_drain(x);
         struct timespec grace = {.tv_sec = 0, .tv_nsec = 50 * 1000000};

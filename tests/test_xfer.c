@@ -314,23 +314,45 @@ Test(xfer, unknown_option_or_argument_exits_2)
 
 Test(xfer, bad_config_makes_both_programs_exit_2_with_file_and_line)
 {
-        xu_write_text(X.cfg, "<streams>\n"
-                             "  <server outputpath=\"out\"/>\n"
-                             "  <stream id=\"1\" file=\"a.bin\"/>\n"
-                             "  <stream id=\"0\" file=\"b.bin\"/>\n"
-                             "</streams>\n");
-        char at[XU_PATH + 8];
-        snprintf(at, sizeof(at), "%s:4:", X.cfg);
-        char *s[] = {XU_SERVER, "-c", X.cfg, NULL};
-        cr_assert_eq(xu_run(5000, NULL, xu_path("s.err"), s), 2);
-        char *e = xu_slurp(xu_path("s.err"));
-        cr_assert_not_null(strstr(e, at), "server stderr should contain '%s':\n%s", at, e);
-        free(e);
-        cr_assert_eq(xu_client("c", 5000, "1"), 2);
-        e = xu_slurp(xu_path("c.err"));
-        cr_assert_not_null(strstr(e, at), "client stderr should contain '%s':\n%s", at, e);
-        free(e);
-        cr_assert(!xu_exists(X.shm), "a refused config must not create the segment");
+        static const struct {
+                const char *what, *xml, *line, *says;
+        } bad[] = {
+            {"id out of range",
+             "<streams>\n  <server outputpath=\"out\"/>\n  <stream id=\"1\" file=\"a.bin\"/>\n"
+             "  <stream id=\"0\" file=\"b.bin\"/>\n</streams>\n",
+             "4", "id"},
+            {"malformed XML",
+             "<streams>\n  <server outputpath=\"out\"/>\n  <stream id=\"1\" file=\"a.bin\">\n"
+             "</streams>\n",
+             "4", "tag mismatch"},
+            {"missing attribute",
+             "<streams>\n  <server outputpath=\"out\"/>\n  <stream id=\"1\"/>\n</streams>\n", "3",
+             "'file'"},
+            {"duplicate id",
+             "<streams>\n  <server outputpath=\"out\"/>\n  <stream id=\"1\" file=\"a.bin\"/>\n"
+             "  <stream id=\"1\" file=\"b.bin\"/>\n</streams>\n",
+             "4", "already used on line 3"},
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                xu_write_text(X.cfg, bad[i].xml);
+                char at[XU_PATH + 8];
+                snprintf(at, sizeof(at), "%s:%s:", X.cfg, bad[i].line);
+                char *s[] = {XU_SERVER, "-c", X.cfg, NULL};
+                cr_assert_eq(xu_run(5000, NULL, xu_path("s.err"), s), 2, "%s", bad[i].what);
+                char *e = xu_slurp(xu_path("s.err"));
+                cr_assert(strstr(e, at) && strstr(e, bad[i].says),
+                          "%s: server stderr should contain '%s' and '%s':\n%s", bad[i].what, at,
+                          bad[i].says, e);
+                free(e);
+                cr_assert_eq(xu_client("c", 5000, "1"), 2, "%s", bad[i].what);
+                e = xu_slurp(xu_path("c.err"));
+                cr_assert(strstr(e, at) && strstr(e, bad[i].says),
+                          "%s: client stderr should contain '%s' and '%s':\n%s", bad[i].what, at,
+                          bad[i].says, e);
+                free(e);
+                cr_assert(!xu_exists(X.shm), "%s: a refused config must not create the segment",
+                          bad[i].what);
+        }
 }
 
 Test(xfer, missing_config_file_makes_both_programs_exit_2_saying_so)
@@ -655,6 +677,29 @@ Test(xfer, stalled_server_makes_the_client_give_up_after_the_configured_timeout)
         cr_assert(xu_log_wait("FAILED", 5000), "the server did not end the abandoned transfer");
         xu_assert_no_temps();
         cr_assert(!xu_exists(xu_path("out/big.bin")));
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* Ctrl-Z then fg: SIGSTOP + SIGCONT make sigwaitinfo fail with EINTR (signal(7)), which the
+ * server once took for a stop signal and shut down. */
+Test(xfer, server_paused_and_resumed_keeps_serving)
+{
+        xu_make_file(xu_path("f.bin"), 3 * MiB + 7, 11);
+        xu_write_opts(NULL, &(xu_stream_t){1, "f.bin"}, 1);
+        xu_server_start();
+        for (int i = 0; i < 3; i++) {
+                kill(X.server, SIGSTOP);
+                xu_sleep_ms(50);
+                kill(X.server, SIGCONT);
+                xu_sleep_ms(50);
+        }
+        cr_assert(!xu_log_wait("stopping", 300), "the server stopped after SIGSTOP + SIGCONT:\n%s",
+                  xu_slurp(X.slog));
+        int rc = xu_client_v("c", 20000, XU_ARGS("1"), 1);
+        char *o = xu_output("c");
+        cr_assert_eq(rc, 0, "exit %d after the server was paused and resumed\n%s", rc, o);
+        free(o);
+        xu_assert_same(xu_path("f.bin"), xu_path("out/f.bin"));
         cr_assert_eq(xu_server_stop(), 0);
 }
 
