@@ -703,6 +703,8 @@ Test(options, short_error_buffer_is_truncated_not_overrun)
 
 /* ---- eng_parse_size ----------------------------------------------------------------- */
 
+TestSuite(parse_size, .timeout = 20);
+
 struct size_case {
         const char *in;
         int rc;
