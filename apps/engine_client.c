@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "options.h"
@@ -141,6 +142,8 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
                 return;
         if (!first)
                 fprintf(stderr, "\033[%zuA", n);
+        struct winsize ws;
+        int cols = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col : 80;
         uint64_t now = now_ns();
         for (size_t i = 0; i < n; i++) {
                 struct job *j = &jobs[i];
@@ -156,12 +159,15 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
                 char eta[32] = "";
                 if (!j->done && !j->failed && rate > 0)
                         snprintf(eta, sizeof(eta), "ETA %.1f s", (double)(size - sent) / rate);
-                fprintf(stderr, "\033[2K[%4u] %-24.24s %10s / %-10s %5.1f%% %10s/s %s%s\n",
-                        j->os->id, j->name, a, b, pct, r,
-                        j->done     ? "verified"
-                        : j->failed ? "FAILED"
-                                    : eta,
-                        "");
+                char line[160];
+                snprintf(line, sizeof(line), "[%4u] %-24.24s %10s / %-10s %5.1f%% %10s/s %s",
+                         j->os->id, j->name, a, b, pct, r,
+                         j->done     ? "verified"
+                         : j->failed ? "FAILED"
+                                     : eta);
+                /* A line that wrapped would take two rows and the redraw (n rows up) would
+                 * overwrite the wrong ones: clip to the terminal's width. */
+                fprintf(stderr, "\033[2K%.*s\n", cols - 1, line);
         }
 }
 

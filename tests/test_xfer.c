@@ -10,6 +10,10 @@
  * transfer replaces a file atomically; ping prints its percentiles; output is plain when it
  * is not a terminal.
  */
+#include <poll.h>
+#include <pty.h>
+#include <sys/ioctl.h>
+
 #include "xfer_util.h"
 
 #define CHUNK ((256u << 10) - 64) /* payload of the default 256 KiB chunk block */
@@ -886,6 +890,72 @@ Test(xfer, many_short_lived_clients_in_a_row_all_succeed)
                 }
         }
         cr_assert_eq(bad, 0, "%d of 60 client runs failed; the first:\n%s", bad, first);
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
+/* On a terminal: one live progress row per stream, redrawn in place, each row clipped to the
+ * terminal's width (a wrapped row would make the redraw overwrite the wrong rows). */
+Test(xfer, client_progress_on_a_narrow_terminal_stays_one_row_per_stream)
+{
+        xu_make_file(xu_path("a-file-with-a-long-name.bin"), 64 * MiB, 1);
+        xu_make_file(xu_path("b.bin"), 10, 2);
+        xu_write_opts(NULL, (xu_stream_t[]){{1, "a-file-with-a-long-name.bin"}, {2, "b.bin"}}, 2);
+        xu_server_start();
+        enum { COLS = 60 };
+        struct winsize ws = {.ws_row = 24, .ws_col = COLS};
+        int fd;
+        pid_t pid = forkpty(&fd, NULL, NULL, &ws);
+        cr_assert_geq(pid, 0, "forkpty: %s", strerror(errno));
+        if (pid == 0) {
+                execl(XU_CLIENT, XU_CLIENT, "-c", X.cfg, "1", "2", (char *)NULL);
+                _exit(127);
+        }
+        xu_track(pid);
+        size_t cap = 1 << 20, len = 0;
+        char *o = malloc(cap);
+        uint64_t end = xu_now_ms() + 30000;
+        for (;;) {
+                struct pollfd p = {.fd = fd, .events = POLLIN};
+                cr_assert_lt(xu_now_ms(), end, "engine-client on a terminal ran for 30 s");
+                if (poll(&p, 1, 100) <= 0)
+                        continue;
+                ssize_t r = read(fd, o + len, cap - 1 - len);
+                if (r <= 0)
+                        break; /* EIO: the client closed the terminal (exited) */
+                len += (size_t)r;
+                cr_assert_lt(len, cap - 1, "too much output");
+        }
+        o[len] = '\0';
+        close(fd);
+        int st;
+        cr_assert(xu_wait(pid, 5000, &st), "engine-client did not exit");
+        cr_assert_eq(xu_code(st), 0, "%s", o);
+        cr_assert_not_null(strstr(o, "\033[2A"), "no redraw of the 2 progress rows in:\n%s", o);
+        cr_assert_not_null(strstr(o, "verified"), "%s", o);
+        /* Every progress row (they start by clearing the row), without its escape sequences,
+         * fits the terminal. The final result lines on stdout are not redrawn: they may wrap. */
+        int rows = 0;
+        for (char *l = strtok(o, "\n"); l; l = strtok(NULL, "\n")) {
+                if (strstr(l, "\033[2K") == NULL)
+                        continue;
+                rows++;
+                size_t w = 0;
+                for (const char *c = l; *c; c++) {
+                        if (*c == '\033') {
+                                while (c[1] && !((c[1] >= 'A' && c[1] <= 'Z') ||
+                                                 (c[1] >= 'a' && c[1] <= 'z')))
+                                        c++;
+                                if (c[1])
+                                        c++;
+                        } else if (*c != '\r') {
+                                w++;
+                        }
+                }
+                cr_assert_lt(w, COLS, "a row of %zu columns on a %d-column terminal: '%s'", w, COLS,
+                             l);
+        }
+        cr_assert_geq(rows, 4, "%d progress rows: expected a first draw and a redraw", rows);
+        free(o);
         cr_assert_eq(xu_server_stop(), 0);
 }
 
