@@ -145,7 +145,11 @@ static void wake_session(struct eng_server *srv, eng_sstream_t *s)
         uint32_t w = eng_load_relaxed_u32(&sr->waiting);
         if (w != WAIT_NONE) {
                 eng_faa_u32(&sr->wake, 1);
-                if (w == WAIT_SLEEP)
+                /* Read SPIN? The client may have gone to SLEEP since, having read wake before
+                 * our bump. Look again after the bump (a locked RMW: a full barrier): either we
+                 * see SLEEP and wake it, or its SLEEP store came later and its fenced re-read of
+                 * wake sees the bump. Without this it slept a whole 50 ms slice. */
+                if (w == WAIT_SLEEP || eng_load_relaxed_u32(&sr->waiting) == WAIT_SLEEP)
                         eng_futex_wake(&sr->wake, INT32_MAX);
         }
 }
