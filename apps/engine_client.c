@@ -159,7 +159,7 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
                 char eta[32] = "";
                 if (!j->done && !j->failed && rate > 0)
                         snprintf(eta, sizeof(eta), "ETA %.1f s", (double)(size - sent) / rate);
-                char line[160];
+                char line[512]; /* fits the widest row the format can give (484) */
                 snprintf(line, sizeof(line), "[%4u] %-24.24s %10s / %-10s %5.1f%% %10s/s %s",
                          j->os->id, j->name, a, b, pct, r,
                          j->done     ? "verified"
