@@ -52,6 +52,13 @@ static void report(const eng_xfer_result_t *r, void *ctx)
                         (unsigned long long)r->size, s, mbs, r->why);
 }
 
+/* The engine's own recovery work: dead clients reclaimed, the bootstrap mutex repaired. */
+static void log_event(const char *msg, void *ctx)
+{
+        (void)ctx;
+        logf_ts("%s", msg);
+}
+
 static void usage(FILE *f)
 {
         fprintf(f,
@@ -130,6 +137,7 @@ int main(int argc, char **argv)
                                .ring_depth = o.ring_depth,
                                .spin = o.spin};
         eng_xfer_server_hooks(x, &sc.hooks);
+        sc.hooks.on_event = log_event;
         eng_server_t *srv;
         int rc = eng_server_start(&sc, &srv);
         if (rc != 0) {

@@ -159,23 +159,38 @@ static int stream_wait(eng_client_t *c, struct chan_end *ch, uint32_t ticket, ui
 
 /* ---- the hand-out ------------------------------------------------------------------- */
 
-static int boot_lock(struct eng_seg *sg)
+/*
+ * The bootstrap mutex, in slices: whoever holds it (a stopped or hostile process) cannot keep
+ * us past our deadline, and we notice a server that died meanwhile.
+ */
+static int boot_lock(eng_client_t *c, uint64_t deadline)
 {
-        int rc = pthread_mutex_lock(&sg->hdr->boot);
-        if (rc == EOWNERDEAD) {
-                /* The holder died inside the critical section. Its only writes there are the
-                 * claim of the record on offer and offer_state; if it got as far as claiming,
-                 * the offer is spent (the server will reap the record with the dead pid). */
-                struct eng_seg_hdr *h = sg->hdr;
-                if (h->offer_state == 1) {
-                        struct eng_rec *r = seg_rec(sg, h->offer_idx);
-                        if (r == NULL || eng_load_acquire_u32(&r->state) != ST_OFFERED)
-                                h->offer_state = 2;
+        struct eng_seg *sg = &c->sg;
+        for (;;) {
+                uint64_t now = eng_now_ns();
+                uint64_t until = now + SLICE_NS < deadline ? now + SLICE_NS : deadline;
+                struct timespec rt;
+                clock_gettime(CLOCK_REALTIME, &rt);
+                uint64_t ns = (uint64_t)rt.tv_nsec + (until > now ? until - now : 0);
+                rt.tv_sec += (time_t)(ns / 1000000000ull);
+                rt.tv_nsec = (long)(ns % 1000000000ull);
+                int rc = pthread_mutex_timedlock(&sg->hdr->boot, &rt);
+                if (rc == 0)
+                        return 0;
+                if (rc == EOWNERDEAD) {
+                        seg_boot_repair(sg);
+                        return 0;
                 }
-                pthread_mutex_consistent(&h->boot);
-                rc = 0;
+                if (rc != ETIMEDOUT)
+                        return -rc;
+                rc = eng_client_check_server(c);
+                if (rc != 0)
+                        return rc;
+                if (eng_now_ns() >= deadline) {
+                        eng_set_err("the bootstrap mutex stayed held by another process");
+                        return -ETIMEDOUT;
+                }
         }
-        return -rc;
 }
 
 /* Take the record on offer as a stream (or session) of ours. */
@@ -185,7 +200,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
         struct eng_seg *sg = &c->sg;
         struct eng_seg_hdr *h = sg->hdr;
         for (;;) {
-                int rc = boot_lock(sg);
+                int rc = boot_lock(c, deadline);
                 if (rc != 0)
                         return rc;
                 if (eng_load_acquire_u32(&h->state) != SRV_READY ||

@@ -58,6 +58,9 @@ typedef struct eng_server_hooks {
         int (*on_msg)(eng_sstream_t *s, eng_msg_t *m, void *ctx);
         /* The stream ended: err 0 = closed by the client, else why (-EPIPE: client died). */
         void (*on_close)(eng_sstream_t *s, int err, void *ctx);
+        /* Optional: one line about the engine's own recovery work (a dead client's records
+         * reclaimed, the bootstrap mutex repaired), for the log. Any engine thread may call it. */
+        void (*on_event)(const char *msg, void *ctx);
         void *ctx;
 } eng_server_hooks_t;
 

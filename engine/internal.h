@@ -175,6 +175,9 @@ void seg_unmap(struct eng_seg *sg);
 
 /* Record index -> record (NULL if the index is out of range). */
 struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx);
+/* Call holding the bootstrap mutex after EOWNERDEAD: spends an offer the dead holder claimed,
+ * makes the mutex consistent. True if the offer was spent. */
+bool seg_boot_repair(struct eng_seg *sg);
 static inline struct eng_desc *rec_c2s_slots(struct eng_rec *r, uint32_t depth)
 {
         (void)depth;

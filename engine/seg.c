@@ -351,6 +351,28 @@ struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx)
         return (struct eng_rec *)(sg->arena.base + eng_arena_rec_offset(&sg->arena, idx));
 }
 
+/*
+ * A process died inside the bootstrap mutex. Its only writes there are the claim of the record
+ * on offer (owner fields, then state CLAIMED, release) and offer_state. If it got as far as
+ * CLAIMED the offer is spent: mark it so (the server gives the record to a worker, which finds
+ * its owner dead and reclaims it). Otherwise the offer stands: the next claimer overwrites the
+ * half-written owner fields.
+ */
+bool seg_boot_repair(struct eng_seg *sg)
+{
+        struct eng_seg_hdr *h = sg->hdr;
+        bool spent = false;
+        if (h->offer_state == 1) {
+                struct eng_rec *r = seg_rec(sg, h->offer_idx);
+                if (r == NULL || eng_load_acquire_u32(&r->state) != ST_OFFERED) {
+                        h->offer_state = 2;
+                        spent = true;
+                }
+        }
+        pthread_mutex_consistent(&h->boot);
+        return spent;
+}
+
 static bool pid_alive(pid_t pid)
 {
         return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +114,20 @@ void eng_sstream_free(eng_sstream_t *s, uint64_t off)
                 srv_free(s->srv, off);
 }
 
+static void srv_event(struct eng_server *srv, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void srv_event(struct eng_server *srv, const char *fmt, ...)
+{
+        if (srv->cfg.hooks.on_event == NULL)
+                return;
+        char msg[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        srv->cfg.hooks.on_event(msg, srv->cfg.hooks.ctx);
+}
+
 static int push_out(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
         struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
@@ -172,8 +187,9 @@ static void end_stream(struct eng_server *srv, eng_sstream_t *s, int err)
         wake_session(srv, s);
 }
 
-/* The client is done with the record (FIN) or dead: give everything back. */
-static void finalize(struct eng_server *srv, eng_sstream_t *s, int err)
+/* The client is done with the record (FIN) or dead: give everything back. Returns the
+ * number of buffer blocks the record's owner still held. */
+static int64_t finalize(struct eng_server *srv, eng_sstream_t *s, int err)
 {
         if (!s->ended) {
                 s->ended = true;
@@ -181,7 +197,7 @@ static void finalize(struct eng_server *srv, eng_sstream_t *s, int err)
                         srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
                 s->opened = false;
         }
-        eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
+        int64_t blocks = eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
         if (s->pidfd >= 0)
                 close(s->pidfd);
         s->pidfd = -1;
@@ -190,6 +206,7 @@ static void finalize(struct eng_server *srv, eng_sstream_t *s, int err)
         s->user = NULL;
         eng_faa_u64(&srv->sg.hdr->closes, 1);
         eng_arena_rec_free(&srv->sg.arena, eng_arena_rec_offset(&srv->sg.arena, s->idx));
+        return blocks > 0 ? blocks : 0;
 }
 
 static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
@@ -465,7 +482,12 @@ static bool run_stream(struct eng_server *srv, uint32_t idx, bool poll)
                         } else if (rc == -EINPROGRESS) {
                                 more = true; /* its session is not accepted yet: requeue */
                         } else if (rc == -ESRCH) {
-                                finalize(srv, s, -EPIPE); /* claimed by a dead process */
+                                pid_t pid = s->pid;
+                                int64_t n = finalize(srv, s, -EPIPE); /* claimed by the dead */
+                                srv_event(srv,
+                                          "record %u was claimed by pid %d, which is gone: "
+                                          "reclaimed with %lld buffer(s)",
+                                          idx, (int)pid, (long long)n);
                                 goto out;
                         } else if (rc < 0) {
                                 end_stream(srv, s, rc);
@@ -590,8 +612,18 @@ static void *worker_main(void *arg)
  * The bootstrap mutex, with a deadline: a client may hold it (alive, stopped or hostile) for
  * as long as it likes, and the control thread must go on reaping, and shutdown must finish.
  */
-static int boot_lock_timed(struct eng_seg *sg, uint64_t ms)
+/* We got the bootstrap mutex with EOWNERDEAD: a client died inside it. */
+static void boot_repair(struct eng_server *srv)
 {
+        bool spent = seg_boot_repair(&srv->sg);
+        eng_faa_u32(&srv->sg.hdr->ctl_wake, 1);
+        srv_event(srv, "a client died holding the bootstrap mutex: repaired%s",
+                  spent ? "; the record it had claimed is reclaimed" : "");
+}
+
+static int boot_lock_timed(struct eng_server *srv, uint64_t ms)
+{
+        struct eng_seg *sg = &srv->sg;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += (time_t)(ms / 1000);
@@ -602,10 +634,26 @@ static int boot_lock_timed(struct eng_seg *sg, uint64_t ms)
         }
         int rc = pthread_mutex_timedlock(&sg->hdr->boot, &ts);
         if (rc == EOWNERDEAD) {
-                pthread_mutex_consistent(&sg->hdr->boot);
+                boot_repair(srv);
                 rc = 0;
         }
         return -rc;
+}
+
+/*
+ * Do not leave a dead holder's mutex for the next client to find: every reap tick, try the
+ * mutex (never blocks) and repair it if its holder died. Without this a record the dead
+ * holder claimed stayed allocated until some other client opened a stream.
+ */
+static void boot_check(struct eng_server *srv)
+{
+        struct eng_seg_hdr *h = srv->sg.hdr;
+        int rc = pthread_mutex_trylock(&h->boot);
+        if (rc == EOWNERDEAD)
+                boot_repair(srv);
+        else if (rc != 0)
+                return; /* EBUSY: held by a live client (or one not yet seen dead) */
+        pthread_mutex_unlock(&h->boot);
 }
 
 static int offer_new(struct eng_server *srv)
@@ -646,7 +694,7 @@ static int offer_new(struct eng_server *srv)
         eng_store_release_u32(&s->busy, 0);
         eng_store_release_u32(&r->state, ST_OFFERED);
 
-        if (boot_lock_timed(sg, 100) != 0) {
+        if (boot_lock_timed(srv, 100) != 0) {
                 /* Held by a client for 100 ms: give the slot back and try again later (the
                  * control thread keeps reaping meanwhile). */
                 s->live = false;
@@ -665,7 +713,7 @@ static int offer_new(struct eng_server *srv)
 }
 
 /* Take a stream away from the workers and give everything back. */
-static void reap(struct eng_server *srv, eng_sstream_t *t)
+static int64_t reap(struct eng_server *srv, eng_sstream_t *t)
 {
         uint32_t seen;
         /* A worker polling the stream lets go when anything is posted: post it. */
@@ -674,9 +722,9 @@ static void reap(struct eng_server *srv, eng_sstream_t *t)
                 while (!eng_cas_u32(&t->busy, 0, 1, &seen))
                         eng_cpu_relax();
         }
-        if (t->live)
-                finalize(srv, t, -EPIPE);
+        int64_t blocks = t->live ? finalize(srv, t, -EPIPE) : 0;
         eng_store_release_u32(&t->busy, 0);
+        return blocks;
 }
 
 static bool pid_gone(pid_t pid)
@@ -703,15 +751,21 @@ static void reap_dead(struct eng_server *srv)
                 if (poll(&p, 1, 0) != 1)
                         continue;
                 pid_t dead = s->pid;
+                uint32_t recs = 0;
+                int64_t blocks = 0;
                 for (uint32_t j = 0; j < srv->ntab; j++) {
                         eng_sstream_t *t = &srv->tab[j];
                         if (!t->live || j == offered)
                                 continue;
                         bool mine = eng_load_acquire_u32(&t->known) ? t->pid == dead
                                                                     : t->rec->owner_pid == dead;
-                        if (mine)
-                                reap(srv, t);
+                        if (mine) {
+                                blocks += reap(srv, t);
+                                recs++;
+                        }
                 }
+                srv_event(srv, "client pid %d exited: reclaimed %u record(s), %lld buffer(s)",
+                          (int)dead, recs, (long long)blocks);
         }
         for (uint32_t j = 0; j < srv->ntab; j++) {
                 eng_sstream_t *t = &srv->tab[j];
@@ -720,8 +774,14 @@ static void reap_dead(struct eng_server *srv)
                 eng_sstream_t *ss = t->session < srv->ntab ? &srv->tab[t->session] : NULL;
                 bool watched = ss != NULL && ss->live && ss->type == REC_SESSION &&
                                ss->pid == t->pid && ss->pidfd >= 0;
-                if (!watched && pid_gone(t->pid))
-                        reap(srv, t);
+                if (!watched && pid_gone(t->pid)) {
+                        pid_t pid = t->pid;
+                        int64_t blocks = reap(srv, t);
+                        srv_event(srv,
+                                  "pid %d is gone: reclaimed its stream record %u, %lld "
+                                  "buffer(s)",
+                                  (int)pid, j, (long long)blocks);
+                }
         }
 }
 
@@ -750,6 +810,7 @@ static void *ctl_main(void *arg)
                 }
                 uint64_t now = eng_now_ns();
                 if (now - last_reap > 50 * 1000000ull) {
+                        boot_check(srv);
                         reap_dead(srv);
                         last_reap = now;
                 }
@@ -840,7 +901,7 @@ void eng_server_stop(eng_server_t *srv)
         struct eng_seg *sg = &srv->sg;
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
         /* Withdraw the offer: nobody may claim a record that no worker will serve. */
-        bool locked = boot_lock_timed(sg, 1000) == 0;
+        bool locked = boot_lock_timed(srv, 1000) == 0;
         sg->hdr->offer_state = 0; /* without the lock if a client sits on it: we are stopping */
         if (locked)
                 pthread_mutex_unlock(&sg->hdr->boot);

@@ -58,6 +58,7 @@ static void kill_and_reap(pid_t pid)
 static struct {
         uint64_t msgs;
         uint32_t nclose;
+        uint32_t ev_boot, ev_exit; /* on_event lines: mutex repaired, dead client reclaimed */
         struct {
                 uint32_t user_id;
                 int err;
@@ -86,6 +87,15 @@ static void h_close(eng_sstream_t *s, int err, void *ctx)
         }
 }
 
+static void h_event(const char *msg, void *ctx)
+{
+        (void)ctx;
+        if (strstr(msg, "bootstrap mutex") != NULL)
+                __atomic_fetch_add(&H.ev_boot, 1, __ATOMIC_RELEASE);
+        if (strstr(msg, "exited: reclaimed") != NULL)
+                __atomic_fetch_add(&H.ev_exit, 1, __ATOMIC_RELEASE);
+}
+
 /* on_close of user_id: its err (0 reported as 1) and time; 0 if not seen within ms. */
 static int close_of(uint32_t user_id, int ms, uint64_t *t)
 {
@@ -107,12 +117,13 @@ static int close_of(uint32_t user_id, int ms, uint64_t *t)
 
 static eng_server_t *start_server(const char *name, uint64_t size, uint32_t depth, uint32_t workers)
 {
-        eng_server_cfg_t cfg = {.name = name,
-                                .size = size,
-                                .ring_depth = depth,
-                                .workers = workers,
-                                .transport = test_transport(),
-                                .hooks = {.on_msg = h_msg, .on_close = h_close}};
+        eng_server_cfg_t cfg = {
+            .name = name,
+            .size = size,
+            .ring_depth = depth,
+            .workers = workers,
+            .transport = test_transport(),
+            .hooks = {.on_msg = h_msg, .on_close = h_close, .on_event = h_event}};
         eng_server_t *srv = NULL;
         int rc = eng_server_start(&cfg, &srv);
         cr_assert_eq(rc, 0, "eng_server_start(%s): %s (%s)", name, eng_strerror(rc), eng_errmsg());
@@ -259,10 +270,45 @@ static void dead_boot_holder(const char *tag, enum claim claim)
         if (trc == 0 || trc == EOWNERDEAD)
                 pthread_mutex_unlock(&sg.hdr->boot);
         cr_assert_eq(trc, EBUSY, "trylock while the child holds it: %d", trc);
-        seg_unmap(&sg);
+        uint64_t guid0 = sg.hdr->offer_guid[0], guid1 = sg.hdr->offer_guid[1];
         kill_and_reap(pid);
-        /* The next client may come at any time; give the server time to notice the death. */
-        sleep_ms(200);
+        uint64_t t_kill = now_ns();
+
+        /* With no other client coming, the server notices by itself within 1 s: the mutex is
+         * consistent again (a trylock gets 0, not EOWNERDEAD), whatever the dead holder
+         * claimed is reclaimed, a fresh record is on offer, and it says so in its log. */
+        eng_arena_stats_t st;
+        bool fresh = false, back = false;
+        uint32_t ev = 0;
+        do {
+                if (now_ns() - t_kill > 1000000000ull)
+                        break;
+                sleep_ms(2);
+                /* A claimed offer is spent: the record is reclaimed and a new GUID offered (the
+                 * slot may be the same one). An unclaimed offer stands. */
+                struct eng_rec *r = seg_rec(&sg, eng_load_acquire_u32(&sg.hdr->offer_idx));
+                fresh = eng_load_acquire_u32(&sg.hdr->offer_state) == 1 && r != NULL &&
+                        eng_load_acquire_u32(&r->state) == ST_OFFERED &&
+                        (claim == CLAIM_NOTHING || sg.hdr->offer_guid[0] != guid0 ||
+                         sg.hdr->offer_guid[1] != guid1);
+                eng_arena_stats(&sg.arena, &st);
+                back = st.rec_used == base.rec_used && st.buf_used_blocks == 0;
+                ev = __atomic_load_n(&H.ev_boot, __ATOMIC_ACQUIRE);
+        } while (!(fresh && back && ev > 0));
+        cr_assert(fresh, "%s: 1 s after the kill, with no new client, no fresh offer", tag);
+        cr_assert(back,
+                  "%s: 1 s after the kill: %llu records in use (%llu before the client), "
+                  "%llu blocks",
+                  tag, (unsigned long long)st.rec_used, (unsigned long long)base.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
+        cr_assert_eq(ev, 1, "%s: the repair was logged %u times within 1 s (want 1)", tag, ev);
+        cr_log_info("%s: repaired and reclaimed %.0f ms after the kill, without another client",
+                    tag, (double)(now_ns() - t_kill) / 1e6);
+        trc = pthread_mutex_trylock(&sg.hdr->boot);
+        if (trc == 0 || trc == EOWNERDEAD)
+                pthread_mutex_unlock(&sg.hdr->boot);
+        cr_assert_eq(trc, 0, "%s: the mutex after the server's repair: trylock gave %d", tag, trc);
+        seg_unmap(&sg);
 
         /* The next client gets through within a second. */
         uint64_t ms = use_server(name, 1000);
@@ -273,7 +319,6 @@ static void dead_boot_holder(const char *tag, enum claim claim)
         ms = use_server(name, 1000);
         cr_assert_lt(ms, 1000);
         /* Nothing the dead client touched stays allocated. */
-        eng_arena_stats_t st;
         cr_assert(settles(name, base.rec_used, 0, 2000, &st),
                   "%s: %llu records in use (%llu before the dead client), %llu blocks", tag,
                   (unsigned long long)st.rec_used, (unsigned long long)base.rec_used,
@@ -294,6 +339,37 @@ Test(crash, client_killed_after_claiming_session_inside_bootstrap_mutex_leaks_no
 Test(crash, client_killed_after_claiming_stream_inside_bootstrap_mutex_leaks_nothing)
 {
         dead_boot_holder("bootstrm", CLAIM_STREAM);
+}
+
+/* A live process that sits on the bootstrap mutex (stopped, hostile) cannot hang an opener:
+ * attach gives up at its deadline with -ETIMEDOUT, and works again once the holder is gone. */
+Test(crash, client_waiting_on_a_held_bootstrap_mutex_gives_up_at_its_deadline)
+{
+        char name[64];
+        mkname(name, sizeof(name), "boothold");
+        struct boot_report *rep = shared_mem(4096);
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0)
+                _exit(boot_holder(name, CLAIM_NOTHING, rep));
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        open_gate(gate);
+        wait_flag(&rep->locked, pid, 10000, "the child taking the mutex");
+        eng_client_cfg_t cfg = {.timeout_ms = 300};
+        eng_client_t *c = NULL;
+        uint64_t t0 = now_ns();
+        int rc = eng_client_attach(name, &cfg, &c);
+        double ms = (double)(now_ns() - t0) / 1e6;
+        cr_log_info("attach while a live process holds the mutex: %s after %.0f ms (%s)",
+                    eng_strerror(rc), ms, eng_errmsg());
+        cr_assert_eq(rc, -ETIMEDOUT, "attach: %s (%s)", eng_strerror(rc), eng_errmsg());
+        cr_assert_null(c);
+        cr_assert_geq(ms, 250.0);
+        cr_assert_lt(ms, 2000.0, "gave up only after %.0f ms (deadline 300 ms)", ms);
+        kill_and_reap(pid);
+        uint64_t took = use_server(name, 1000);
+        cr_assert_lt(took, 1000);
+        eng_server_stop(srv);
 }
 
 /* ---- a client killed mid-stream ------------------------------------------------------- */
