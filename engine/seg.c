@@ -6,10 +6,12 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -373,35 +375,143 @@ bool seg_boot_repair(struct eng_seg *sg)
         return spent;
 }
 
-static bool pid_alive(pid_t pid)
+/*
+ * Who owns a name. A serving process holds an exclusive flock on its shm object from before
+ * formatting until it unlinks the name; the kernel drops it when the process dies, however it
+ * dies. So "locked" means a live server (or one still formatting) and "lockable" means stale,
+ * and neither a reused pid nor a header a client scribbled on (state, pid, magic) can make a
+ * live segment look stale. The name is only ever unlinked by whoever holds the lock.
+ *
+ * flock belongs to the open file description, which fork shares, and a mapping of the object
+ * holds that description too: a child of a server process would keep the lock after the server
+ * died. So the server's mapping is not inherited (MADV_DONTFORK) and its descriptor is closed
+ * in the child at fork. A child that wants the segment attaches like any client.
+ */
+#define SEG_LOCKS 16
+static pthread_mutex_t locks_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct eng_seg *locks[SEG_LOCKS];
+static pthread_once_t locks_once = PTHREAD_ONCE_INIT;
+
+static void locks_prepare(void)
 {
-        return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+        pthread_mutex_lock(&locks_mu);
 }
 
-/* An existing segment under our name: refuse if its server lives, else remove it. */
+static void locks_parent(void)
+{
+        pthread_mutex_unlock(&locks_mu);
+}
+
+static void locks_child(void)
+{
+        for (int i = 0; i < SEG_LOCKS; i++) {
+                if (locks[i] != NULL && locks[i]->fd >= 0) {
+                        close(locks[i]->fd);
+                        locks[i]->fd = -1;
+                }
+                locks[i] = NULL;
+        }
+        pthread_mutex_unlock(&locks_mu);
+}
+
+static void locks_init(void)
+{
+        pthread_atfork(locks_prepare, locks_parent, locks_child);
+}
+
+static void lock_track(struct eng_seg *sg, bool on)
+{
+        pthread_once(&locks_once, locks_init);
+        pthread_mutex_lock(&locks_mu);
+        for (int i = 0; i < SEG_LOCKS; i++) {
+                if (on && locks[i] == NULL) {
+                        locks[i] = sg;
+                        break;
+                }
+                if (!on && locks[i] == sg)
+                        locks[i] = NULL;
+        }
+        pthread_mutex_unlock(&locks_mu);
+}
+
+/* An existing object under our name: refuse if a server holds it, else remove it. */
 static int seg_check_stale(const char *name)
 {
         int fd = shm_open(name, O_RDONLY, 0);
-        if (fd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        struct stat st;
-        int rc = 0;
-        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= sizeof(struct eng_seg_hdr)) {
-                struct eng_seg_hdr *h = mmap(NULL, sizeof(*h), PROT_READ, MAP_SHARED, fd, 0);
-                if (h != MAP_FAILED) {
-                        if (h->magic == SEG_MAGIC && h->state != SRV_STOPPED &&
-                            pid_alive(h->server_pid)) {
-                                eng_set_err("segment %s is served by live pid %d", name,
-                                            (int)h->server_pid);
-                                rc = -EADDRINUSE;
-                        }
-                        munmap(h, sizeof(*h));
-                }
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return 0;
+                int rc = -errno;
+                eng_set_err("segment %s exists and cannot be opened (%s): another user's?", name,
+                            strerror(errno));
+                return rc;
         }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                int rc = errno == EWOULDBLOCK ? -EADDRINUSE : -errno;
+                struct stat st;
+                pid_t pid = 0;
+                if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= sizeof(struct eng_seg_hdr)) {
+                        struct eng_seg_hdr *h =
+                            mmap(NULL, sizeof(*h), PROT_READ, MAP_SHARED, fd, 0);
+                        if (h != MAP_FAILED) {
+                                if (eng_load_acquire_u32(&h->magic) == SEG_MAGIC)
+                                        pid = h->server_pid;
+                                munmap(h, sizeof(*h));
+                        }
+                }
+                if (pid > 0)
+                        eng_set_err("segment %s is served by a live server (pid %d)", name,
+                                    (int)pid);
+                else
+                        eng_set_err("segment %s is held by a live server (still starting)", name);
+                close(fd);
+                return rc;
+        }
+        /* Nobody serves it: its server died (a new epoch replaces it). */
+        shm_unlink(name);
         close(fd);
-        if (rc == 0)
-                shm_unlink(name); /* stale: its server is dead (a new epoch replaces it) */
-        return rc;
+        return 0;
+}
+
+/* Is the object open on fd still the one under name? */
+static bool seg_is_named(int fd, const char *name)
+{
+        struct stat a, b;
+        int nfd = shm_open(name, O_RDONLY, 0);
+        if (nfd < 0)
+                return false;
+        bool same = fstat(fd, &a) == 0 && fstat(nfd, &b) == 0 && a.st_dev == b.st_dev &&
+                    a.st_ino == b.st_ino;
+        close(nfd);
+        return same;
+}
+
+/* Create the object under name, holding its lock. Another server starting at the same moment
+ * may remove a fresh object in the instant before we lock it: then try again. */
+static int seg_open_locked(const char *name, mode_t mode)
+{
+        for (int tries = 0;; tries++) {
+                int rc = seg_check_stale(name);
+                if (rc != 0)
+                        return rc;
+                int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode);
+                if (fd < 0) {
+                        if (errno != EEXIST) {
+                                rc = -errno;
+                                eng_set_err("shm_open(%s): %s", name, strerror(errno));
+                                return rc;
+                        }
+                } else if (flock(fd, LOCK_EX | LOCK_NB) == 0 && seg_is_named(fd, name)) {
+                        return fd;
+                } else {
+                        close(fd);
+                }
+                if (tries == 50) {
+                        eng_set_err("segment %s: other servers keep creating it", name);
+                        return -EADDRINUSE;
+                }
+                usleep(1000);
+        }
 }
 
 int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
@@ -422,15 +532,10 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                 eng_set_err("unknown transport %d", (int)transport);
                 return -EINVAL;
         }
-        int rc = seg_check_stale(name);
-        if (rc != 0)
-                return rc;
-        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode);
-        if (fd < 0) {
-                rc = -errno;
-                eng_set_err("shm_open(%s): %s", name, strerror(errno));
-                return rc == -EEXIST ? -EADDRINUSE : rc;
-        }
+        int fd = seg_open_locked(name, mode);
+        if (fd < 0)
+                return fd;
+        int rc;
         fchmod(fd, mode); /* the umask must not widen or narrow what was configured */
         if (ftruncate(fd, (off_t)size) != 0) {
                 rc = -errno;
@@ -444,6 +549,7 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                 eng_set_err("mmap(%s): %s", name, strerror(errno));
                 goto fail;
         }
+        madvise(base, size, MADV_DONTFORK); /* see "Who owns a name" */
         sg->fd = fd;
         sg->base = base;
         sg->size = size;
@@ -507,6 +613,7 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
         sg->max_streams = max_streams;
         /* Everything above is visible before the magic: attachers read the magic first. */
         eng_store_release_u32(&h->magic, SEG_MAGIC);
+        lock_track(sg, true);
         return 0;
 fail_map:
         munmap(base, size);
@@ -604,6 +711,7 @@ int seg_attach(struct eng_seg *sg, const char *name)
 
 void seg_unmap(struct eng_seg *sg)
 {
+        lock_track(sg, false);
         if (sg->base)
                 munmap(sg->base, sg->size);
         if (sg->fd >= 0)

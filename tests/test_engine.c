@@ -997,6 +997,165 @@ Test(engine, second_server_on_a_live_name_is_refused)
         eng_server_stop(srv2);
 }
 
+/* One echo through the server on name, from this process. */
+static void echo_once(const char *name)
+{
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 5, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0, "%s", eng_errmsg());
+        cr_assert_eq(m.arg, 1005);
+        eng_stream_release(s, &m);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+}
+
+/*
+ * Servers started at the same instant on one name: exactly one serves, the others are refused,
+ * and none removes the segment of another that is still formatting (pre-faulting 64 MiB takes
+ * tens of ms, and its magic is written last). The one under the name is the one serving.
+ */
+Test(engine, servers_starting_together_on_one_name_leave_exactly_one, .timeout = 120)
+{
+        enum { N = 4, ROUNDS = 6 };
+        char name[64];
+        mkname(name, sizeof(name), "race");
+        struct race {
+                int rc[N];
+                uint32_t done, release;
+        } *R = shared_mem(4096);
+        eng_server_cfg_t cfg = {.name = name,
+                                .size = 64 << 20,
+                                .workers = 1,
+                                .transport = test_transport(),
+                                .hooks = {.on_open = h_open, .on_msg = h_msg, .on_close = h_close}};
+        for (int round = 0; round < ROUNDS; round++) {
+                memset(R, 0, sizeof(*R));
+                pid_t kid[N];
+                int gate[N];
+                for (int i = 0; i < N; i++) {
+                        kid[i] = fork_gated(&gate[i]);
+                        if (kid[i] == 0) {
+                                eng_server_t *srv = NULL;
+                                int rc = eng_server_start(&cfg, &srv);
+                                __atomic_store_n(&R->rc[i], rc == 0 ? 1 : rc, __ATOMIC_RELEASE);
+                                __atomic_fetch_add(&R->done, 1, __ATOMIC_ACQ_REL);
+                                if (rc != 0)
+                                        _exit(0);
+                                for (int t = 0; t < 30000; t++) {
+                                        if (__atomic_load_n(&R->release, __ATOMIC_ACQUIRE))
+                                                break;
+                                        usleep(1000);
+                                }
+                                eng_server_stop(srv);
+                                _exit(0);
+                        }
+                }
+                for (int i = 0; i < N; i++)
+                        open_gate(gate[i]);
+                uint64_t end = now_ns() + 20000000000ull;
+                while (__atomic_load_n(&R->done, __ATOMIC_ACQUIRE) < N && now_ns() < end)
+                        sleep_ms(1);
+                int winners = 0, winner = -1;
+                for (int i = 0; i < N; i++) {
+                        int rc = __atomic_load_n(&R->rc[i], __ATOMIC_ACQUIRE);
+                        if (rc == 1) {
+                                winners++;
+                                winner = i;
+                        } else {
+                                cr_expect_eq(rc, -EADDRINUSE, "round %d: server %d: %s", round, i,
+                                             rc ? eng_strerror(rc) : "no answer");
+                        }
+                }
+                if (winners == 1) {
+                        struct eng_seg sg;
+                        cr_assert_eq(seg_attach(&sg, name), 0, "round %d: %s", round, eng_errmsg());
+                        pid_t owner = sg.hdr->server_pid;
+                        seg_unmap(&sg);
+                        cr_expect_eq(owner, kid[winner],
+                                     "round %d: the name leads to pid %d, the server is %d", round,
+                                     (int)owner, (int)kid[winner]);
+                        echo_once(name);
+                }
+                __atomic_store_n(&R->release, 1, __ATOMIC_RELEASE);
+                for (int i = 0; i < N; i++)
+                        cr_assert_eq(wait_child(kid[i]), 0);
+                cr_assert_eq(winners, 1, "round %d: %d servers started on one name", round,
+                             winners);
+        }
+}
+
+/* What a client can write in the header (state, pid, magic) does not make a live server's
+ * name look stale: a second server is still refused and the name still leads to the first. */
+Test(engine, scribbled_header_does_not_let_a_second_server_take_a_live_name)
+{
+        char name[64];
+        mkname(name, sizeof(name), "scrib");
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        struct eng_seg_hdr saved = *sg.hdr;
+        sg.hdr->state = SRV_STOPPED;
+        sg.hdr->server_pid = 0x7ffffff0; /* no such process */
+        sg.hdr->magic = 0;
+        eng_server_cfg_t cfg = {.name = name, .size = 8 << 20, .workers = 1};
+        eng_server_t *srv2 = NULL;
+        int rc = eng_server_start(&cfg, &srv2);
+        cr_assert_eq(rc, -EADDRINUSE, "second start over a scribbled header: %s (%s)",
+                     eng_strerror(rc), eng_errmsg());
+        cr_assert_not_null(strstr(eng_errmsg(), "live server"), "%s", eng_errmsg());
+        /* Still the same object under the name: put the words back and it serves. */
+        sg.hdr->server_pid = saved.server_pid;
+        sg.hdr->state = saved.state;
+        eng_store_release_u32(&sg.hdr->magic, saved.magic);
+        seg_unmap(&sg);
+        echo_once(name);
+        eng_server_stop(srv);
+}
+
+/* The name's lock is the server process's alone: a child the server process forked (which
+ * shares its open files) does not keep a killed server's segment looking alive. */
+Test(engine, child_of_a_killed_server_does_not_keep_its_name)
+{
+        char name[64];
+        mkname(name, sizeof(name), "forked");
+        struct {
+                pid_t grandchild;
+                uint32_t up;
+        } *sh = shared_mem(4096);
+        eng_server_cfg_t cfg = {.name = name, .size = 8 << 20, .workers = 1};
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0) {
+                eng_server_t *srv = NULL;
+                if (eng_server_start(&cfg, &srv) != 0)
+                        _exit(1);
+                pid_t g = fork();
+                if (g == 0) {
+                        for (int i = 0; i < 60000; i++) /* killed by the test long before */
+                                usleep(1000);
+                        _exit(0);
+                }
+                sh->grandchild = g;
+                __atomic_store_n(&sh->up, 1, __ATOMIC_RELEASE);
+                for (;;)
+                        pause();
+        }
+        open_gate(gate);
+        for (int i = 0; i < 10000 && !__atomic_load_n(&sh->up, __ATOMIC_ACQUIRE); i++)
+                sleep_ms(1);
+        cr_assert(__atomic_load_n(&sh->up, __ATOMIC_ACQUIRE), "the server child never came up");
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        eng_server_t *srv2 = NULL;
+        int rc = eng_server_start(&cfg, &srv2);
+        kill(sh->grandchild, SIGKILL);
+        cr_assert_eq(rc, 0, "a new server while the killed one's child lives: %s (%s)",
+                     eng_strerror(rc), eng_errmsg());
+        eng_server_stop(srv2);
+}
+
 Test(engine, attach_to_missing_name_is_refused)
 {
         char name[64];
