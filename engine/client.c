@@ -51,9 +51,11 @@ struct eng_client {
 
 int eng_client_check_server(eng_client_t *c)
 {
-        /* The server process's pidfd is the authority. The header's state only counts once
-         * it says STOPPED: during STOPPING the server still serves transfers in flight (its
-         * grace period), and the epoch and pid we compare against are our own copies. */
+        /* The server process's pidfd (taken at attach, from the pid we copied then) is the
+         * authority. The header's state only counts once it says STOPPED: during STOPPING the
+         * server still serves transfers in flight (its grace period). A new server on the name
+         * never reuses this object (it unlinks it and creates another): what we map stays the
+         * old epoch's, so its server's pidfd is the one that matters. */
         if (eng_load_acquire_u32(&c->sg.hdr->state) == SRV_STOPPED)
                 return -EPIPE;
         if (c->server_pidfd >= 0) {
@@ -215,7 +217,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         struct eng_rec *r = seg_rec(sg, idx);
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                             r->guid[0] == h->offer_guid[0] && r->guid[1] == h->offer_guid[1] &&
-                            r->depth == sg->depth) {
+                            r->depth == sg->depth && r->epoch == c->epoch) {
                                 r->owner_pid = getpid();
                                 r->type = type;
                                 r->user_id = user_id;

@@ -372,6 +372,81 @@ Test(crash, client_waiting_on_a_held_bootstrap_mutex_gives_up_at_its_deadline)
         eng_server_stop(srv);
 }
 
+/*
+ * A client of a killed server's epoch cannot corrupt the next server on the name: it fails with
+ * -EPIPE at once, and even writing garbage over everything it mapped (the old segment, header,
+ * records and arena) leaves the new server's segment and service untouched, because the new
+ * server unlinked the old object and created another.
+ */
+Test(crash, client_of_an_old_epoch_cannot_touch_the_new_segment)
+{
+        char name[64];
+        mkname(name, sizeof(name), "epoch");
+        uint32_t *up = shared_mem(4096);
+        int gate;
+        pid_t pid = fork_gated(&gate);
+        if (pid == 0) {
+                eng_server_cfg_t cfg = {.name = name,
+                                        .size = 16 << 20,
+                                        .workers = 1,
+                                        .transport = test_transport(),
+                                        .hooks = {.on_msg = h_msg, .on_close = h_close}};
+                eng_server_t *srv = NULL;
+                if (eng_server_start(&cfg, &srv) != 0)
+                        _exit(1);
+                __atomic_store_n(up, 1, __ATOMIC_RELEASE);
+                for (;;)
+                        pause();
+        }
+        open_gate(gate);
+        wait_flag(up, pid, 10000, "the first server");
+        eng_client_t *old = NULL;
+        cr_assert_eq(eng_client_attach(name, NULL, &old), 0, "%s", eng_errmsg());
+        eng_stream_t *s = NULL;
+        cr_assert_eq(eng_stream_open(old, 1, &s), 0, "%s", eng_errmsg());
+        struct eng_seg osg; /* everything the old epoch's clients can write */
+        cr_assert_eq(seg_attach(&osg, name), 0);
+        uint64_t old_epoch = osg.hdr->epoch;
+        kill_and_reap(pid);
+
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        eng_arena_stats_t base;
+        stats_of(name, &base);
+        struct eng_seg nsg;
+        cr_assert_eq(seg_attach(&nsg, name), 0);
+        cr_assert_neq(nsg.hdr->epoch, old_epoch, "the new server kept the old epoch");
+        uint64_t new_epoch = nsg.hdr->epoch;
+
+        /* The old client is told the server is gone, at once. */
+        uint64_t t0 = now_ns();
+        /* (a send with room in the ring may land in the dead segment; the answer never comes) */
+        int rc = eng_stream_send(s, CMD_ECHO, 1, 0, 0, 5000);
+        cr_assert(rc == 0 || rc == -EPIPE, "send: %s", eng_strerror(rc));
+        eng_msg_t m;
+        rc = eng_stream_recv(s, &m, 5000);
+        cr_assert_eq(rc, -EPIPE, "recv: %s", eng_strerror(rc));
+        eng_stream_t *s2 = NULL;
+        cr_assert_eq(eng_stream_open(old, 2, &s2), -EPIPE);
+        cr_assert_lt(now_ns() - t0, 1000000000ull);
+        eng_stream_abort(s);
+        eng_client_detach(old);
+        /* And a hostile process of that epoch writes garbage over all it has. */
+        memset(osg.base, 0xa5, osg.size);
+        seg_unmap(&osg);
+
+        cr_assert_eq(nsg.hdr->magic, SEG_MAGIC);
+        cr_assert_eq(nsg.hdr->epoch, new_epoch);
+        cr_assert_eq(nsg.hdr->state, SRV_READY);
+        seg_unmap(&nsg);
+        uint64_t ms = use_server(name, 1000);
+        cr_assert_lt(ms, 1000);
+        eng_arena_stats_t st;
+        cr_assert(settles(name, base.rec_used, base.buf_used_blocks, 2000, &st),
+                  "new segment after the old client's scribbles: %llu records, %llu blocks",
+                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
 /* ---- a client killed mid-stream ------------------------------------------------------- */
 
 #define VICTIM_STREAMS 3
