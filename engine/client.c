@@ -217,7 +217,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         struct eng_rec *r = seg_rec(sg, idx);
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                             r->guid[0] == h->offer_guid[0] && r->guid[1] == h->offer_guid[1] &&
-                            r->depth == sg->depth && r->epoch == c->epoch) {
+                            r->depth == sg->depth) {
                                 r->owner_pid = getpid();
                                 r->type = type;
                                 r->user_id = user_id;

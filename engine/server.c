@@ -54,6 +54,11 @@ struct eng_server {
         uint32_t stop;
         uint32_t offered; /* index currently on offer (+1), 0 if none */
         bool asym;        /* clients may skip their fence: issue the heavy barrier */
+        /* What the header says, as we wrote it: any writer can overwrite it, the control
+         * thread puts it back (heal_header). */
+        uint32_t hstate;
+        unsigned char line0[offsetof(struct eng_seg_hdr, state)];
+        uint64_t heals;
 };
 
 static uint32_t owner_of(uint32_t idx)
@@ -680,7 +685,7 @@ static int offer_new(struct eng_server *srv)
                 r->guid[0] = eng_now_ns();
                 r->guid[1] = (uint64_t)idx << 32 | (uint32_t)getpid();
         }
-        r->epoch = sg->hdr->epoch;
+        memcpy(&r->epoch, srv->line0 + offsetof(struct eng_seg_hdr, epoch), sizeof(r->epoch));
         r->depth = sg->depth;
         chan_init_shared(&r->c2s, srv->cfg.transport, sg->depth, UINT32_MAX - 3 * sg->depth);
         chan_init_shared(&r->s2c, srv->cfg.transport, sg->depth, UINT32_MAX - 5 * sg->depth);
@@ -785,36 +790,112 @@ static void reap_dead(struct eng_server *srv)
         }
 }
 
+/*
+ * The header's immutable line and the server state are ours; clients only read them, but any
+ * process that maps the segment can write them. Put them back (each tick): a forged magic or
+ * size must not keep the next client from attaching. The magic goes last, as at creation.
+ * Stop changes hstate and then the header: after writing, look at hstate again, so a heal that
+ * raced with stop cannot leave the old state behind.
+ */
+static void heal_header(struct eng_server *srv)
+{
+        struct eng_seg_hdr *h = srv->sg.hdr;
+        unsigned char *raw = (unsigned char *)h;
+        bool bad = false;
+        if (memcmp(raw, srv->line0, sizeof(srv->line0)) != 0) {
+                size_t m = sizeof(h->magic); /* magic is the first word */
+                memcpy(raw + m, srv->line0 + m, sizeof(srv->line0) - m);
+                uint32_t magic;
+                memcpy(&magic, srv->line0, sizeof(magic));
+                eng_store_release_u32(&h->magic, magic);
+                bad = true;
+        }
+        uint32_t want = eng_load_acquire_u32(&srv->hstate);
+        if (eng_load_acquire_u32(&h->state) != want) {
+                eng_store_release_u32(&h->state, want);
+                eng_fence_full();
+                uint32_t now = eng_load_acquire_u32(&srv->hstate);
+                if (now != want)
+                        eng_store_release_u32(&h->state, now);
+                bad = true;
+        }
+        if (bad && (srv->heals++ % 1000) == 0)
+                srv_event(srv,
+                          "the segment header was overwritten by a client: restored (%llu "
+                          "time(s) so far)",
+                          (unsigned long long)srv->heals);
+}
+
+/*
+ * The offer as published in the header, checked against the record we offered. If the
+ * record is still OFFERED (nobody claimed it) but the header says otherwise (offer_state,
+ * offer_idx or the GUID overwritten), publish it again rather than leaking it: a worker
+ * leaves an OFFERED record alone. Under the bootstrap mutex, as claims are. True if the
+ * offer was published again (or stands as it is).
+ */
+static bool offer_republish(struct eng_server *srv)
+{
+        if (srv->offered == 0)
+                return false;
+        struct eng_seg *sg = &srv->sg;
+        struct eng_seg_hdr *h = sg->hdr;
+        uint32_t idx = srv->offered - 1;
+        struct eng_rec *r = seg_rec(sg, idx);
+        if (r == NULL)
+                return false;
+        if (eng_load_acquire_u32(&h->offer_state) == 1 && h->offer_idx == idx &&
+            h->offer_guid[0] == r->guid[0] && h->offer_guid[1] == r->guid[1])
+                return eng_load_acquire_u32(&r->state) == ST_OFFERED; /* as published */
+        if (boot_lock_timed(srv, 100) != 0)
+                return false;
+        bool still = eng_load_acquire_u32(&r->state) == ST_OFFERED;
+        bool changed = false;
+        if (still && (h->offer_state != 1 || h->offer_idx != idx ||
+                      h->offer_guid[0] != r->guid[0] || h->offer_guid[1] != r->guid[1])) {
+                h->offer_guid[0] = r->guid[0];
+                h->offer_guid[1] = r->guid[1];
+                h->offer_idx = idx;
+                eng_store_release_u32(&h->offer_state, 1);
+                changed = true;
+        }
+        pthread_mutex_unlock(&h->boot);
+        if (changed) {
+                eng_faa_u32(&h->boot_wake, 1);
+                eng_futex_wake(&h->boot_wake, INT32_MAX);
+        }
+        return still;
+}
+
 static void *ctl_main(void *arg)
 {
         struct eng_server *srv = arg;
         struct eng_seg *sg = &srv->sg;
-        uint64_t last_reap = 0;
+        uint64_t last_tick = 0;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
-                /* Was the offer taken? (read without the mutex: it only goes 1 -> 2 by clients) */
-                if (eng_load_acquire_u32(&sg->hdr->offer_state) != 1) {
-                        if (srv->offered) {
-                                /* Let a worker accept it promptly, even if the client stays silent.
-                                 */
-                                uint32_t idx = srv->offered - 1;
-                                srv->offered = 0;
-                                ready_post(sg, idx);
-                        }
-                        if (offer_new(srv) != 0) {
-                                /* Full: try again when something is freed (or soon). */
-                                eng_futex_wait(&sg->hdr->ctl_wake, seq, 20 * 1000000ll);
-                                continue;
-                        }
-                        continue;
-                }
+                /* Every 50 ms whatever else happens (a full segment included: that is when a
+                 * dead client's records matter most). */
                 uint64_t now = eng_now_ns();
-                if (now - last_reap > 50 * 1000000ull) {
+                if (now - last_tick > 50 * 1000000ull) {
+                        heal_header(srv);
                         boot_check(srv);
                         reap_dead(srv);
-                        last_reap = now;
+                        last_tick = now;
                 }
-                eng_futex_wait(&sg->hdr->ctl_wake, seq, 50 * 1000000ll);
+                /* Still on offer? (the header's copy put right if it was overwritten) */
+                if (offer_republish(srv)) {
+                        eng_futex_wait(&sg->hdr->ctl_wake, seq, 50 * 1000000ll);
+                        continue;
+                }
+                if (srv->offered) {
+                        /* Taken: let a worker accept it promptly, even if the client stays
+                         * silent. */
+                        uint32_t idx = srv->offered - 1;
+                        srv->offered = 0;
+                        ready_post(sg, idx);
+                }
+                if (offer_new(srv) != 0) /* full: again when something is freed (or soon) */
+                        eng_futex_wait(&sg->hdr->ctl_wake, seq, 20 * 1000000ll);
         }
         return NULL;
 }
@@ -853,6 +934,9 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 free(srv);
                 return rc;
         }
+        /* Before any thread: the control thread heals the header from this copy. */
+        memcpy(srv->line0, srv->sg.hdr, sizeof(srv->line0));
+        srv->hstate = SRV_STARTING;
         srv->ntab = srv->sg.max_streams;
         srv->asym = srv->sg.hdr->asym == 1;
         srv->tab = calloc(srv->ntab, sizeof(*srv->tab));
@@ -875,6 +959,7 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
         }
         if ((rc = -pthread_create(&srv->ctl, NULL, ctl_main, srv)) != 0)
                 goto fail_threads;
+        eng_store_release_u32(&srv->hstate, SRV_READY);
         eng_store_release_u32(&srv->sg.hdr->state, SRV_READY);
         *out = srv;
         return 0;
@@ -899,6 +984,7 @@ void eng_server_stop(eng_server_t *srv)
         if (srv == NULL)
                 return;
         struct eng_seg *sg = &srv->sg;
+        eng_store_release_u32(&srv->hstate, SRV_STOPPING);
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
         /* Withdraw the offer: nobody may claim a record that no worker will serve. */
         bool locked = boot_lock_timed(srv, 1000) == 0;
@@ -921,6 +1007,7 @@ void eng_server_stop(eng_server_t *srv)
                 if (s->pidfd >= 0)
                         close(s->pidfd);
         }
+        eng_store_release_u32(&srv->hstate, SRV_STOPPED);
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPED);
         eng_faa_u32(&sg->hdr->boot_wake, 1);
         eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);

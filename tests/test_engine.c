@@ -1105,10 +1105,16 @@ Test(engine, scribbled_header_does_not_let_a_second_server_take_a_live_name)
         cr_assert_eq(rc, -EADDRINUSE, "second start over a scribbled header: %s (%s)",
                      eng_strerror(rc), eng_errmsg());
         cr_assert_not_null(strstr(eng_errmsg(), "live server"), "%s", eng_errmsg());
-        /* Still the same object under the name: put the words back and it serves. */
-        sg.hdr->server_pid = saved.server_pid;
-        sg.hdr->state = saved.state;
-        eng_store_release_u32(&sg.hdr->magic, saved.magic);
+        /* Still the same object under the name, and the server puts its words back itself
+         * (its control thread, every 50 ms). */
+        uint64_t end = now_ns() + 1000000000ull;
+        while ((eng_load_acquire_u32(&sg.hdr->magic) != saved.magic ||
+                sg.hdr->state != saved.state || sg.hdr->server_pid != saved.server_pid) &&
+               now_ns() < end)
+                sleep_ms(2);
+        cr_assert_eq(sg.hdr->magic, saved.magic, "magic not restored within 1 s");
+        cr_assert_eq(sg.hdr->state, saved.state, "state not restored within 1 s");
+        cr_assert_eq(sg.hdr->server_pid, saved.server_pid, "server pid not restored within 1 s");
         seg_unmap(&sg);
         echo_once(name);
         eng_server_stop(srv);

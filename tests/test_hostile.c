@@ -582,6 +582,9 @@ static struct eng_seg HSG; /* our own raw mapping of the segment */
 static struct {
         uint32_t transport, ring_depth, max_streams, bitmap_words, hdr_bytes;
         uint64_t arena_off, size;
+        uint32_t version, asym;
+        uint64_t epoch;
+        int32_t server_pid;
 } H0;
 static bool h_scribbled;
 
@@ -595,6 +598,10 @@ static void hdr_save(void)
         H0.hdr_bytes = h->hdr_bytes;
         H0.arena_off = h->arena_off;
         H0.size = h->size;
+        H0.version = h->version;
+        H0.asym = h->asym;
+        H0.epoch = h->epoch;
+        H0.server_pid = h->server_pid;
 }
 
 static void hdr_restore(void)
@@ -607,6 +614,12 @@ static void hdr_restore(void)
         h->hdr_bytes = H0.hdr_bytes;
         h->arena_off = H0.arena_off;
         h->size = H0.size;
+        /* (the server also puts these back itself, within 50 ms: restoring them here keeps a
+         * client that attaches right after we exit from meeting them) */
+        h->version = H0.version;
+        h->asym = H0.asym;
+        h->epoch = H0.epoch;
+        h->server_pid = H0.server_pid;
         h_scribbled = false;
 }
 
@@ -630,6 +643,26 @@ static void hdr_scribble(void)
         uint64_t ao[] = {0, H0.size + 4096, 1ull << 62, rnd()};
         h->arena_off = ao[rnd() % 4];
         h->size = rnd() % 2 ? 0 : 1ull << 40;
+        /* Words clients read at attach, and the shared wake-up and hand-out words. The server
+         * heals what is its own (line 0, the offer) and must not trust any of it. */
+        h->version = (uint32_t)rnd();
+        h->epoch = rnd();
+        h->server_pid = rnd() % 2 ? 1 : (int32_t)rnd();
+        h->asym = (uint32_t)rnd();
+        h->srv_wake += (uint32_t)rnd();
+        h->ctl_wake += (uint32_t)rnd();
+        h->boot_wake += (uint32_t)rnd();
+        switch (rnd() % 4) {
+        case 0:
+                h->offer_state = rnd() % 2 ? 2 : (uint32_t)rnd();
+                break;
+        case 1:
+                h->offer_idx = rnd() % 2 ? UINT32_MAX : (uint32_t)rnd() % (H0.max_streams + 8);
+                break;
+        case 2:
+                h->offer_guid[0] = rnd();
+                break;
+        }
         h_scribbled = true;
 }
 
