@@ -249,20 +249,31 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
                 pause();
 }
 
-static void dead_boot_holder(const char *tag, enum claim claim)
+/* A server on name, and a child holding its bootstrap mutex (after claiming as claim says);
+ * base: the arena's statistics before the child came. */
+static eng_server_t *boot_holder_up(const char *name, enum claim claim, eng_arena_stats_t *base,
+                                    pid_t *holder)
 {
-        char name[64];
-        mkname(name, sizeof(name), tag);
         struct boot_report *rep = shared_mem(4096);
         int gate;
         pid_t pid = fork_gated(&gate);
         if (pid == 0)
                 _exit(boot_holder(name, claim, rep));
         eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
-        eng_arena_stats_t base;
-        stats_of(name, &base);
+        stats_of(name, base);
         open_gate(gate);
         wait_flag(&rep->locked, pid, 10000, "the child taking the mutex");
+        *holder = pid;
+        return srv;
+}
+
+static void dead_boot_holder(const char *tag, enum claim claim)
+{
+        char name[64];
+        mkname(name, sizeof(name), tag);
+        eng_arena_stats_t base;
+        pid_t pid;
+        eng_server_t *srv = boot_holder_up(name, claim, &base, &pid);
         /* Control: the mutex really is held. */
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
@@ -347,14 +358,9 @@ Test(crash, client_waiting_on_a_held_bootstrap_mutex_gives_up_at_its_deadline)
 {
         char name[64];
         mkname(name, sizeof(name), "boothold");
-        struct boot_report *rep = shared_mem(4096);
-        int gate;
-        pid_t pid = fork_gated(&gate);
-        if (pid == 0)
-                _exit(boot_holder(name, CLAIM_NOTHING, rep));
-        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
-        open_gate(gate);
-        wait_flag(&rep->locked, pid, 10000, "the child taking the mutex");
+        eng_arena_stats_t base;
+        pid_t pid;
+        eng_server_t *srv = boot_holder_up(name, CLAIM_NOTHING, &base, &pid);
         eng_client_cfg_t cfg = {.timeout_ms = 300};
         eng_client_t *c = NULL;
         uint64_t t0 = now_ns();
