@@ -1319,6 +1319,60 @@ static size_t count_part_files(void)
         return n;
 }
 
+/* ---- names through the real protocol --------------------------------------------- */
+
+/*
+ * Names with '/' sent by a client through the file protocol land as their basename inside the
+ * output directory, byte-identical; names that have no safe basename fail with a reason and
+ * leave nothing. Nothing appears outside the output directory (which sits two levels below
+ * the test's base, so "../../x" would still be inside what we can inspect).
+ */
+Test(hostile, names_with_slashes_land_as_their_basename_or_fail, .timeout = 60)
+{
+        setup("n");
+        start_server();
+        eng_client_t *c = NULL;
+        cr_assert_eq(eng_client_attach(E.name, NULL, &c), 0, "%s", eng_errmsg());
+        static const struct {
+                const char *remote, *lands; /* lands NULL: must be refused */
+        } cases[] = {
+            {"../../escaped.bin", "escaped.bin"},
+            {"../../etc/passwd", "passwd"},
+            {"/abs/path/rooted.bin", "rooted.bin"},
+            {"a/b/c/deep.bin", "deep.bin"},
+            {"dir/", NULL},
+            {"x/..", NULL},
+            {"../", NULL},
+            {"/", NULL},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                eng_stream_t *s = NULL;
+                cr_assert_eq(eng_stream_open(c, 500 + (uint32_t)i, &s), 0, "%s", eng_errmsg());
+                char why[512] = "";
+                int rc = send_file(c, s, E.src[0], cases[i].remote, 20000, why, sizeof(why));
+                if (cases[i].lands != NULL) {
+                        cr_assert_eq(rc, 0, "'%s': %s", cases[i].remote, why);
+                        char path[PATH_MAX + 64];
+                        snprintf(path, sizeof(path), "%s/%s", E.out, cases[i].lands);
+                        cr_assert(same_file(path, E.src[0]), "'%s' did not land as %s",
+                                  cases[i].remote, path);
+                } else {
+                        cr_assert_neq(rc, 0, "'%s' was accepted", cases[i].remote);
+                        cr_assert_not_null(strstr(why, "name"),
+                                           "'%s' refused without saying "
+                                           "why the name is bad: %s",
+                                           cases[i].remote, why);
+                }
+                eng_stream_close(s);
+        }
+        eng_client_detach(c);
+        /* Exactly the four basenames, no temporary file, nothing outside. */
+        tree_list(E.out);
+        cr_assert_eq(ntree, 5, "%zu entries under the output directory (want it + 4 files)", ntree);
+        cr_assert_eq(count_part_files(), 0);
+        assert_nothing_outside_out();
+}
+
 /* ---- (a) + (b): an honest client and a hostile one ----------------------------------- */
 
 Test(hostile, garbage_ends_only_the_hostile_streams, .timeout = 240)
