@@ -626,8 +626,19 @@ Test(xfer, client_killed_mid_transfer_leaves_nothing_and_the_server_keeps_servin
         pid_t c = start_big_transfer(256 * MiB);
         kill(c, SIGSTOP);
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
+        uint64_t t0 = xu_now_ms();
         xu_kill(c);
+        /* Noticed, logged and cleaned up within 1 s (the reap tick is 50 ms). */
         cr_assert(xu_log_wait("FAILED", 5000), "the server did not notice the client's death");
+        cr_assert(xu_log_wait("exited: reclaimed", 5000), "the reclaim was not logged");
+        while (xu_temps() != 0 && xu_now_ms() - t0 < 5000)
+                usleep(2000);
+        uint64_t ms = xu_now_ms() - t0;
+        cr_log_info("client SIGKILLed: failure logged, records reclaimed, temporary file gone "
+                    "after %llu ms",
+                    (unsigned long long)ms);
+        cr_assert_lt(ms, 1000, "the server took %llu ms to clean up after a dead client",
+                     (unsigned long long)ms);
         char *log = xu_slurp(X.slog);
         cr_assert_not_null(strstr(log, "client went away"), "%s", log);
         free(log);
