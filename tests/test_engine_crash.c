@@ -489,6 +489,37 @@ static int victim(const char *name, struct victim_report *rep)
                 pause();
 }
 
+/* A survivor's echo loop across a reap: the longest round trip it saw. */
+struct survivor {
+        eng_stream_t *s;
+        uint32_t stop;
+        uint64_t rounds, worst_ns;
+        int err;
+};
+
+static void *survivor_main(void *arg)
+{
+        struct survivor *v = arg;
+        while (!__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE)) {
+                uint64_t t0 = now_ns();
+                eng_msg_t m;
+                int rc = eng_stream_send(v->s, CMD_ECHO, v->rounds, 0, 0, 5000);
+                if (rc == 0)
+                        rc = eng_stream_recv(v->s, &m, 5000);
+                if (rc == 0 && m.arg != v->rounds + 1000)
+                        rc = -EPROTO;
+                if (rc != 0) {
+                        v->err = rc;
+                        break;
+                }
+                uint64_t dt = now_ns() - t0;
+                if (dt > v->worst_ns)
+                        v->worst_ns = dt;
+                v->rounds++;
+        }
+        return NULL;
+}
+
 Test(crash, client_killed_mid_stream_is_reaped_and_others_keep_going)
 {
         char name[64];
@@ -527,6 +558,11 @@ Test(crash, client_killed_mid_stream_is_reaped_and_others_keep_going)
         cr_assert_eq(mid.buf_used_blocks, 4 * VICTIM_STREAMS,
                      "the victim holds 2 loans and 2 unread replies per stream");
 
+        /* The survivor keeps echoing while the victim dies and is reaped: no stall. */
+        struct survivor sv = {.s = s};
+        pthread_t th;
+        cr_assert_eq(pthread_create(&th, NULL, survivor_main, &sv), 0);
+        sleep_ms(20);
         uint64_t t_kill = now_ns();
         kill_and_reap(pid);
         for (uint32_t i = 0; i < VICTIM_STREAMS; i++) {
@@ -543,6 +579,17 @@ Test(crash, client_killed_mid_stream_is_reaped_and_others_keep_going)
                   "after the kill: %llu records, %llu blocks (before the victim: %llu, %llu)",
                   (unsigned long long)after.rec_used, (unsigned long long)after.buf_used_blocks,
                   (unsigned long long)base.rec_used, (unsigned long long)base.buf_used_blocks);
+
+        sleep_ms(20);
+        __atomic_store_n(&sv.stop, 1, __ATOMIC_RELEASE);
+        pthread_join(th, NULL);
+        cr_log_info("survivor across the reap: %llu round trips, the longest %.2f ms",
+                    (unsigned long long)sv.rounds, (double)sv.worst_ns / 1e6);
+        cr_assert_eq(sv.err, 0, "the survivor failed during the reap: %s", eng_strerror(sv.err));
+        cr_assert_gt(sv.rounds, 0);
+        cr_assert_lt(sv.worst_ns, 500000000ull,
+                     "the survivor stalled %.0f ms while the dead client was reaped",
+                     (double)sv.worst_ns / 1e6);
 
         /* The survivor's stream still works, and new clients too. */
         for (int i = 0; i < 100; i++) {
