@@ -152,6 +152,14 @@ struct eng_seg_hdr {
         uint64_t ended;
         /* then: the ready bitmap (uint64_t[bitmap_words]), then the arena */
 };
+/* Attachers of any build read line 0 at these offsets; the server and clients write lines 1
+ * and 2 respectively. */
+_Static_assert(offsetof(struct eng_seg_hdr, magic) == 0, "magic first");
+_Static_assert(offsetof(struct eng_seg_hdr, asym) + sizeof(uint32_t) <= CL, "line 0 is one line");
+_Static_assert(offsetof(struct eng_seg_hdr, state) == CL, "server state on line 1");
+_Static_assert(offsetof(struct eng_seg_hdr, srv_wake) == 2 * CL, "workers' wake word on line 2");
+_Static_assert(offsetof(struct eng_seg_hdr, boot) == 3 * CL, "bootstrap from line 3");
+_Static_assert(offsetof(struct eng_seg_hdr, opens) % CL == 0, "counters on their own line");
 
 /* ---- helpers shared by both sides (seg.c) ------------------------------------------ */
 
