@@ -813,6 +813,8 @@ static void heal_header(struct eng_server *srv)
         uint32_t want = eng_load_acquire_u32(&srv->hstate);
         if (eng_load_acquire_u32(&h->state) != want) {
                 eng_store_release_u32(&h->state, want);
+                /* Our header store before the re-read of hstate; stop stores hstate before
+                 * the header: one of us sees the other's store. */
                 eng_fence_full();
                 uint32_t now = eng_load_acquire_u32(&srv->hstate);
                 if (now != want)
@@ -837,6 +839,8 @@ static bool offer_republish(struct eng_server *srv)
 {
         if (srv->offered == 0)
                 return false;
+        if (eng_load_acquire_u32(&srv->hstate) != SRV_READY)
+                return true; /* stopping withdrew the offer: leave it withdrawn */
         struct eng_seg *sg = &srv->sg;
         struct eng_seg_hdr *h = sg->hdr;
         uint32_t idx = srv->offered - 1;
