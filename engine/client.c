@@ -169,13 +169,8 @@ static int boot_lock(eng_client_t *c, uint64_t deadline)
 {
         struct eng_seg *sg = &c->sg;
         for (;;) {
-                uint64_t now = eng_now_ns();
-                uint64_t until = now + SLICE_NS < deadline ? now + SLICE_NS : deadline;
-                struct timespec rt;
-                clock_gettime(CLOCK_REALTIME, &rt);
-                uint64_t ns = (uint64_t)rt.tv_nsec + (until > now ? until - now : 0);
-                rt.tv_sec += (time_t)(ns / 1000000000ull);
-                rt.tv_nsec = (long)(ns % 1000000000ull);
+                int64_t left = remaining_ns(deadline);
+                struct timespec rt = seg_realtime_in((uint64_t)(left < SLICE_NS ? left : SLICE_NS));
                 int rc = pthread_mutex_timedlock(&sg->hdr->boot, &rt);
                 if (rc == 0)
                         return 0;

@@ -186,6 +186,8 @@ struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx);
 /* Call holding the bootstrap mutex after EOWNERDEAD: spends an offer the dead holder claimed,
  * makes the mutex consistent. True if the offer was spent. */
 bool seg_boot_repair(struct eng_seg *sg);
+/* CLOCK_REALTIME ns from now, as pthread_mutex_timedlock wants its deadline. */
+struct timespec seg_realtime_in(uint64_t ns);
 static inline struct eng_desc *rec_c2s_slots(struct eng_rec *r, uint32_t depth)
 {
         (void)depth;

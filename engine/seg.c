@@ -367,12 +367,23 @@ bool seg_boot_repair(struct eng_seg *sg)
         if (h->offer_state == 1) {
                 struct eng_rec *r = seg_rec(sg, h->offer_idx);
                 if (r == NULL || eng_load_acquire_u32(&r->state) != ST_OFFERED) {
-                        h->offer_state = 2;
+                        /* (release: the control thread reads it without the mutex) */
+                        eng_store_release_u32(&h->offer_state, 2);
                         spent = true;
                 }
         }
         pthread_mutex_consistent(&h->boot);
         return spent;
+}
+
+struct timespec seg_realtime_in(uint64_t ns)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ns += (uint64_t)ts.tv_nsec;
+        ts.tv_sec += (time_t)(ns / 1000000000ull);
+        ts.tv_nsec = (long)(ns % 1000000000ull);
+        return ts;
 }
 
 /*
@@ -385,7 +396,8 @@ bool seg_boot_repair(struct eng_seg *sg)
  * flock belongs to the open file description, which fork shares, and a mapping of the object
  * holds that description too: a child of a server process would keep the lock after the server
  * died. So the server's mapping is not inherited (MADV_DONTFORK) and its descriptor is closed
- * in the child at fork. A child that wants the segment attaches like any client.
+ * in the child at fork (from the moment the child first runs: until then its copy of the
+ * descriptor table still refers to it). A child that wants the segment attaches like any client.
  */
 #define SEG_LOCKS 16
 static pthread_mutex_t locks_mu = PTHREAD_MUTEX_INITIALIZER;

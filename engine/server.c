@@ -613,10 +613,6 @@ static void *worker_main(void *arg)
 
 /* ---- control thread: the GUID hand-out and liveness ---------------------------------- */
 
-/*
- * The bootstrap mutex, with a deadline: a client may hold it (alive, stopped or hostile) for
- * as long as it likes, and the control thread must go on reaping, and shutdown must finish.
- */
 /* We got the bootstrap mutex with EOWNERDEAD: a client died inside it. */
 static void boot_repair(struct eng_server *srv)
 {
@@ -626,18 +622,14 @@ static void boot_repair(struct eng_server *srv)
                   spent ? "; the record it had claimed is reclaimed" : "");
 }
 
+/*
+ * The bootstrap mutex, with a deadline: a client may hold it (alive, stopped or hostile) for
+ * as long as it likes, and the control thread must go on reaping, and shutdown must finish.
+ */
 static int boot_lock_timed(struct eng_server *srv, uint64_t ms)
 {
-        struct eng_seg *sg = &srv->sg;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)(ms / 1000);
-        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-        }
-        int rc = pthread_mutex_timedlock(&sg->hdr->boot, &ts);
+        struct timespec ts = seg_realtime_in(ms * 1000000ull);
+        int rc = pthread_mutex_timedlock(&srv->sg.hdr->boot, &ts);
         if (rc == EOWNERDEAD) {
                 boot_repair(srv);
                 rc = 0;

@@ -962,6 +962,20 @@ Test(engine, loan_waits_for_space_then_succeeds_after_frees)
 
 /* ---- segment names and attach validation --------------------------------------------- */
 
+/* One echo through the server on name, from this process. */
+static void echo_once(const char *name)
+{
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 5, 0, 0, 2000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0, "%s", eng_errmsg());
+        cr_assert_eq(m.arg, 1005);
+        eng_stream_release(s, &m);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+}
+
 Test(engine, second_server_on_a_live_name_is_refused)
 {
         char name[64];
@@ -983,32 +997,12 @@ Test(engine, second_server_on_a_live_name_is_refused)
         open_gate(gate);
         cr_assert_eq(wait_child(pid), 0, "a second server in another process was not refused");
         /* The refused starts left the live segment alone. */
-        eng_client_t *c = attach(name);
-        eng_stream_t *s = open_stream(c, 1);
-        eng_msg_t m;
-        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, 0, 0, 2000), 0);
-        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
-        cr_assert_eq(eng_stream_close(s), 0);
-        eng_client_detach(c);
+        echo_once(name);
         eng_server_stop(srv);
         /* Once stopped, the name is free again. */
         rc = eng_server_start(&cfg, &srv2);
         cr_assert_eq(rc, 0, "start after stop: %s (%s)", eng_strerror(rc), eng_errmsg());
         eng_server_stop(srv2);
-}
-
-/* One echo through the server on name, from this process. */
-static void echo_once(const char *name)
-{
-        eng_client_t *c = attach(name);
-        eng_stream_t *s = open_stream(c, 1);
-        eng_msg_t m;
-        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 5, 0, 0, 2000), 0);
-        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0, "%s", eng_errmsg());
-        cr_assert_eq(m.arg, 1005);
-        eng_stream_release(s, &m);
-        cr_assert_eq(eng_stream_close(s), 0);
-        eng_client_detach(c);
 }
 
 /*
@@ -1128,7 +1122,7 @@ Test(engine, child_of_a_killed_server_does_not_keep_its_name)
         mkname(name, sizeof(name), "forked");
         struct {
                 pid_t grandchild;
-                uint32_t up;
+                uint32_t up, g_up;
         } *sh = shared_mem(4096);
         eng_server_cfg_t cfg = {.name = name, .size = 8 << 20, .workers = 1};
         int gate;
@@ -1139,11 +1133,16 @@ Test(engine, child_of_a_killed_server_does_not_keep_its_name)
                         _exit(1);
                 pid_t g = fork();
                 if (g == 0) {
+                        /* Running: past fork, so its copy of the lock's descriptor is closed
+                         * (until the child first runs, it holds a reference). */
+                        __atomic_store_n(&sh->g_up, 1, __ATOMIC_RELEASE);
                         for (int i = 0; i < 60000; i++) /* killed by the test long before */
                                 usleep(1000);
                         _exit(0);
                 }
                 sh->grandchild = g;
+                for (int i = 0; i < 10000 && !__atomic_load_n(&sh->g_up, __ATOMIC_ACQUIRE); i++)
+                        usleep(1000);
                 __atomic_store_n(&sh->up, 1, __ATOMIC_RELEASE);
                 for (;;)
                         pause();
