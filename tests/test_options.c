@@ -10,6 +10,7 @@
 #include <ftw.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,18 @@ static const char *put(const char *name, const char *text)
         return path;
 }
 
+/* Load path and expect failure; returns the message. */
+static const char *load_fails_at(const char *path)
+{
+        eng_opts_t o;
+        int rc = eng_opts_load(path, &o, g_err, sizeof(g_err));
+        if (rc == 0)
+                eng_opts_free(&o);
+        cr_assert_eq(rc, -1, "expected %s to be refused", path);
+        cr_assert(g_err[0] != '\0', "no error message for %s", path);
+        return g_err;
+}
+
 /* Load text as g_dir/options.xml and expect failure; returns the message. */
 static const char *load_fails(const char *text)
 {
@@ -69,8 +82,8 @@ static const char *load_fails(const char *text)
         int rc = eng_opts_load(path, &o, g_err, sizeof(g_err));
         if (rc == 0)
                 eng_opts_free(&o);
-        cr_assert_eq(rc, -1, "expected the options to be refused:\n%s", text);
-        cr_assert(g_err[0] != '\0', "no error message for:\n%s", text);
+        cr_assert_eq(rc, -1, "expected the options to be refused:\n%.300s", text);
+        cr_assert(g_err[0] != '\0', "no error message for:\n%.300s", text);
         return g_err;
 }
 
@@ -569,6 +582,75 @@ Test(options, empty_outputpath_is_refused)
         bad_server_attr("outputpath", "");
 }
 
+/* ---- <server owner> ----------------------------------------------------------------- */
+
+static uid_t owner_of(const char *value)
+{
+        char text[512];
+        snprintf(text, sizeof(text), "<streams>\n  <server owner=\"%s\"/>\n</streams>\n", value);
+        const char *path = put("options.xml", text);
+        eng_opts_t o;
+        cr_assert_eq(eng_opts_load(path, &o, g_err, sizeof(g_err)), 0, "owner=\"%s\": %s", value,
+                     g_err);
+        uid_t uid = o.owner_uid;
+        eng_opts_free(&o);
+        return uid;
+}
+
+Test(options, owner_is_absent_by_default)
+{
+        const char *path = put("options.xml", "<streams><server name=\"/t-o\"/></streams>\n");
+        eng_opts_t o;
+        cr_assert_eq(eng_opts_load(path, &o, g_err, sizeof(g_err)), 0, "%s", g_err);
+        cr_assert_eq(o.owner_uid, (uid_t)-1, "owner_uid %lu", (unsigned long)o.owner_uid);
+        eng_opts_free(&o);
+}
+
+Test(options, owner_by_name_is_resolved)
+{
+        cr_assert_eq(owner_of("root"), 0);
+        struct passwd *pw = getpwnam("nobody"); /* a user whose uid is not 0, where there is one */
+        if (pw != NULL)
+                cr_assert_eq(owner_of("nobody"), pw->pw_uid);
+}
+
+Test(options, owner_by_number_is_taken_as_it_is)
+{
+        cr_assert_eq(owner_of("0"), 0);
+        cr_assert_eq(owner_of("1234"), 1234); /* no passwd entry needed */
+        cr_assert_eq(owner_of("4294967294"), 4294967294u);
+}
+
+Test(options, owner_that_is_no_user_is_refused)
+{
+        bad_server_attr("owner", "no-such-user-eng-opts");
+        assert_has(g_err, "no-such-user-eng-opts");
+        assert_has(g_err, "no user");
+}
+
+Test(options, empty_owner_is_refused)
+{
+        bad_server_attr("owner", "");
+        assert_has(g_err, "empty");
+}
+
+Test(options, negative_owner_is_refused)
+{
+        bad_server_attr("owner", "-1");
+        assert_has(g_err, "'-1'");
+        assert_has(g_err, "uid");
+}
+
+Test(options, owner_beyond_the_uid_range_is_refused)
+{
+        bad_server_attr("owner", "4294967295"); /* (uid_t)-1 means "no owner" */
+        assert_has(g_err, "'4294967295'");
+        bad_server_attr("owner", "99999999999999999999");
+        assert_has(g_err, "'99999999999999999999'");
+        bad_server_attr("owner", "+5");
+        assert_has(g_err, "'+5'");
+}
+
 /* ---- hostile input ------------------------------------------------------------------ */
 
 static void assert_no_passwd(const eng_opts_t *o, int rc)
@@ -657,6 +739,139 @@ Test(options, entity_expansion_bomb_is_refused_quickly, .timeout = 10)
         }
 }
 
+/* An options file has no use for a DTD: any <!DOCTYPE> is refused, naming the file and the line
+ * it starts on, before its internal subset is read. */
+static void assert_dtd_refused(const char *text, int line)
+{
+        const char *m = load_fails(text);
+        assert_at(m, line);
+        assert_has(m, "a DTD (<!DOCTYPE>) is not allowed in an options file");
+        cr_assert_null(strstr(m, "root:"), "/etc/passwd leaked into the message: '%s'", m);
+}
+
+Test(options, internal_subset_with_entities_is_refused)
+{
+        assert_dtd_refused("<?xml version=\"1.0\"?>\n"
+                           "<!DOCTYPE streams [\n"
+                           "  <!ENTITY dir \"out\">\n"
+                           "  <!ENTITY f \"a.bin\">\n"
+                           "]>\n"
+                           "<streams>\n"
+                           "  <server outputpath=\"&dir;/&dir;/&dir;\"/>\n"
+                           "  <stream id=\"1\" file=\"&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;\"/>\n"
+                           "</streams>\n",
+                           2);
+}
+
+/* One 100 kB entity referenced 2000 times in an attribute: under libxml2's nesting checks,
+ * 200 MB of text. Before DTDs were refused it loaded, in ~14 s and ~400 MB. */
+Test(options, flat_entity_amplification_is_refused)
+{
+        size_t big = 100000, refs = 2000;
+        char *text = malloc(big + 4 * refs + 512);
+        cr_assert_not_null(text);
+        char *p = text + sprintf(text, "<?xml version=\"1.0\"?>\n<!DOCTYPE streams [\n"
+                                       "<!ENTITY a \"");
+        memset(p, 'a', big);
+        p += big;
+        p += sprintf(p, "\">\n]>\n<streams>\n<stream id=\"1\" file=\"");
+        for (size_t i = 0; i < refs; i++)
+                p += sprintf(p, "&a;");
+        sprintf(p, "\"/>\n</streams>\n");
+        assert_dtd_refused(text, 2);
+        free(text);
+}
+
+Test(options, external_subset_is_refused)
+{
+        assert_dtd_refused("<?xml version=\"1.0\"?>\n"
+                           "<!DOCTYPE streams SYSTEM \"file:///etc/passwd\">\n"
+                           "<streams><stream id=\"1\" file=\"a\"/></streams>\n",
+                           2);
+}
+
+Test(options, bare_doctype_is_refused)
+{
+        assert_dtd_refused("<?xml version=\"1.0\"?>\n"
+                           "<!DOCTYPE streams>\n"
+                           "<streams><stream id=\"1\" file=\"a\"/></streams>\n",
+                           2);
+}
+
+Test(options, public_doctype_is_refused)
+{
+        assert_dtd_refused("<!DOCTYPE streams PUBLIC \"-//eng//options//EN\"\n"
+                           "  \"http://example.invalid/options.dtd\">\n"
+                           "<streams/>\n",
+                           1);
+}
+
+Test(options, doctype_without_a_name_is_refused_as_a_dtd)
+{
+        assert_dtd_refused("\n<!DOCTYPE [ <!ENTITY a \"x\"> ]>\n<streams>&a;</streams>\n", 2);
+}
+
+Test(options, doctype_over_several_lines_is_reported_on_its_first)
+{
+        assert_dtd_refused("<?xml version=\"1.0\"?>\n"
+                           "<!-- a comment\n"
+                           "     over two lines -->\n"
+                           "<!DOCTYPE\n"
+                           "   streams\n"
+                           "   SYSTEM \"options.dtd\">\n"
+                           "<streams/>\n",
+                           4);
+}
+
+Test(options, doctype_inside_a_comment_is_only_a_comment)
+{
+        const char *path = put("options.xml", "<?xml version=\"1.0\"?>\n"
+                                              "<!-- <!DOCTYPE streams [ <!ENTITY a \"x\"> ]> -->\n"
+                                              "<streams><stream id=\"1\" file=\"a\"/></streams>\n");
+        eng_opts_t o;
+        cr_assert_eq(eng_opts_load(path, &o, g_err, sizeof(g_err)), 0, "%s", g_err);
+        eng_opts_free(&o);
+}
+
+/* An options file of more than ENG_OPTS_MAX_FILE bytes is refused before it is read. */
+Test(options, options_file_over_64_mib_is_refused)
+{
+        const char *path = put("options.xml", "<streams/>");
+        cr_assert_eq(truncate(path, (off_t)ENG_OPTS_MAX_FILE + 1), 0, "%s", strerror(errno));
+        eng_opts_t o;
+        cr_assert_eq(eng_opts_load(path, &o, g_err, sizeof(g_err)), -1);
+        assert_has(g_err, path);
+        assert_has(g_err, "64 MiB");
+}
+
+Test(options, options_file_of_exactly_64_mib_loads)
+{
+        /* a stream, then 1 KiB comment lines up to the limit (a realistic big file would be
+         * some two million streams: too slow for a unit test) */
+        const char *path = put("options.xml", "<streams><stream id=\"1\" file=\"a\"/>\n");
+        FILE *f = fopen(path, "a");
+        cr_assert_not_null(f);
+        static char line[1024];
+        memset(line, 'x', sizeof(line));
+        memcpy(line, "<!--", 4);
+        memcpy(line + sizeof(line) - 4, "-->\n", 4);
+        const char *tail = "</streams>\n";
+        size_t left = ENG_OPTS_MAX_FILE - (size_t)ftell(f) - strlen(tail);
+        while (left >= sizeof(line)) {
+                cr_assert_eq(fwrite(line, 1, sizeof(line), f), sizeof(line));
+                left -= sizeof(line);
+        }
+        for (; left > 0; left--)
+                cr_assert_eq(fputc('\n', f), '\n');
+        fputs(tail, f);
+        cr_assert_eq(ftell(f), (long)ENG_OPTS_MAX_FILE);
+        cr_assert_eq(fclose(f), 0);
+        eng_opts_t o;
+        cr_assert_eq(eng_opts_load(path, &o, g_err, sizeof(g_err)), 0, "%s", g_err);
+        cr_assert_eq(o.nstreams, 1);
+        eng_opts_free(&o);
+}
+
 Test(options, a_failed_load_leaves_nothing_to_free_and_a_good_one_follows)
 {
         const char *bad = put("bad.xml", "<streams><stream id=\"0\" file=\"a\"/></streams>");
@@ -699,6 +914,105 @@ Test(options, short_error_buffer_is_truncated_not_overrun)
         cr_assert_eq(eng_opts_load(path, &o, small, 8), -1);
         cr_assert_eq(strlen(small), 7);
         cr_assert_eq(small[8], 'Z');
+}
+
+/* ---- many streams ------------------------------------------------------------------ */
+
+#define MANY 100000
+
+/* The id of the i-th stream of the generated file: a permutation of 1..MANY (7919 is a prime
+ * that does not divide MANY), so the file is not sorted by id. */
+static uint32_t many_id(size_t i)
+{
+        return (uint32_t)((i * 7919) % MANY + 1);
+}
+
+/* MANY streams, one a line from line 2 (past libxml2's 16-bit line numbers), then extra. */
+static const char *put_many(const char *extra)
+{
+        size_t cap = (size_t)MANY * 48 + strlen(extra) + 64;
+        char *text = malloc(cap);
+        cr_assert_not_null(text);
+        char *p = text + sprintf(text, "<streams>\n");
+        for (size_t i = 0; i < MANY; i++)
+                p += sprintf(p, "<stream id=\"%u\" file=\"f%zu\"/>\n", many_id(i), i);
+        sprintf(p, "%s</streams>\n", extra);
+        const char *path = put("options.xml", text);
+        free(text);
+        return path;
+}
+
+Test(options, a_hundred_thousand_streams_load_and_are_all_found)
+{
+        const char *path = put_many("");
+        eng_opts_t o;
+        cr_assert_eq(eng_opts_load(path, &o, g_err, sizeof(g_err)), 0, "%s", g_err);
+        cr_assert_eq(o.nstreams, MANY);
+        char want[PATH_MAX + 32];
+        for (size_t i = 0; i < MANY; i++) {
+                uint32_t id = many_id(i);
+                const eng_opts_stream_t *s = eng_opts_find(&o, id);
+                if (s == NULL)
+                        cr_assert_fail("stream id %u (line %zu) not found", id, i + 2);
+                snprintf(want, sizeof(want), "%s/f%zu", g_dir, i);
+                if (s->id != id || s->line != (int)(i + 2) || strcmp(s->file, want) != 0)
+                        cr_assert_fail("stream id %u: found id %u, line %d, file %s; want line "
+                                       "%zu, file %s",
+                                       id, s->id, s->line, s->file, i + 2, want);
+                if (o.streams[i].id != id) /* streams[] stays in file order */
+                        cr_assert_fail("streams[%zu] has id %u, want %u", i, o.streams[i].id, id);
+        }
+        cr_assert_null(eng_opts_find(&o, 0));
+        cr_assert_null(eng_opts_find(&o, MANY + 1));
+        cr_assert_null(eng_opts_find(&o, UINT32_MAX));
+        eng_opts_free(&o);
+}
+
+Test(options, a_repeated_id_after_a_hundred_thousand_streams_names_both_lines)
+{
+        /* the 6th stream (line 7) has id many_id(5); the repeat is on line MANY + 2 */
+        char extra[128];
+        snprintf(extra, sizeof(extra), "<stream id=\"%u\" file=\"again\"/>\n", many_id(5));
+        const char *m = load_fails_at(put_many(extra));
+        assert_at(m, MANY + 2);
+        assert_has(m, "'id'");
+        char id[64];
+        snprintf(id, sizeof(id), "stream id %u is already used on line 7", many_id(5));
+        assert_has(m, id);
+}
+
+Test(options, the_first_repeated_id_in_the_file_is_the_one_reported)
+{
+        const char *m = load_fails("<streams>\n"
+                                   "  <stream id=\"9\" file=\"a\"/>\n"
+                                   "  <stream id=\"3\" file=\"b\"/>\n"
+                                   "  <stream id=\"3\" file=\"c\"/>\n"
+                                   "  <stream id=\"9\" file=\"d\"/>\n"
+                                   "  <stream id=\"3\" file=\"e\"/>\n"
+                                   "</streams>\n");
+        assert_at(m, 4);
+        assert_has(m, "stream id 3 is already used on line 3");
+}
+
+Test(options, a_repeated_id_comes_before_a_later_fault)
+{
+        const char *m = load_fails("<streams>\n"
+                                   "  <stream id=\"4\" file=\"a\"/>\n"
+                                   "  <stream id=\"4\" file=\"\"/>\n"
+                                   "  <stream id=\"0\" file=\"c\"/>\n"
+                                   "</streams>\n");
+        assert_at(m, 3);
+        assert_has(m, "stream id 4 is already used on line 2");
+}
+
+Test(options, a_schema_fault_past_line_65535_names_its_line)
+{
+        char extra[128];
+        snprintf(extra, sizeof(extra),
+                 "<stream id=\"%u\" file=\"a\" x:id=\"2\" xmlns:x=\"urn:x\"/>\n", MANY + 1);
+        const char *m = load_fails_at(put_many(extra));
+        assert_at(m, MANY + 2);
+        assert_word(m, "id");
 }
 
 /* ---- eng_parse_size ----------------------------------------------------------------- */
