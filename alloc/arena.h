@@ -28,10 +28,20 @@
  * Ownership: every block and record carries a 32-bit owner id (0 = none). eng_arena_reclaim()
  * frees everything an owner holds; the caller guarantees the owner makes no further calls
  * (it is dead, or the stream is closed).
+ *
+ * Damage (lock-free arena): any process that maps the region can write any byte of it. The
+ * allocator never touches memory outside the region (every bound comes from the private view),
+ * never loops forever on what it reads, and contains damage: a free list found corrupt is cut
+ * (emptied; what was on it leaks until a rebuild), a carve into space that is not unborn is
+ * refused, a walk abandons a superblock with a bad header and goes on with the next. Each such
+ * event counts in the view's anomalies (and cuts in the shared counter eng_arena_stats_t.cuts).
+ * eng_arena_heal() restores the header and the watermarks from the view's private knowledge;
+ * eng_arena_rebuild() makes the whole arena consistent again while nobody honest uses it.
  */
 #ifndef ENG_ARENA_H
 #define ENG_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +75,17 @@ typedef struct eng_arena {
         eng_arena_kind_t kind;
         uint32_t min_shift, max_shift, nclasses;
         uint64_t rec_base, rec_stride, top, rec_slots_max;
+        /*
+         * What this view has seen of the shared state, for eng_arena_heal/_rebuild and for the
+         * caller (each copy of a view tracks its own from the moment it is copied). Written
+         * through the atomic helpers: threads may share one view. Read with the accessors.
+         */
+        uint64_t anomalies;      /* every anomaly this view met: list cuts, refused carves,
+                                  * superblocks a walk abandoned, insane watermarks */
+        uint64_t walk_skips;     /* superblocks a walk (reclaim) abandoned at a bad header */
+        uint64_t rec_top_carved; /* highest record top this view carved itself (0: none) */
+        uint64_t rec_top_seen;   /* highest sane record top this view has read */
+        uint64_t buf_bottom_low; /* lowest sane buf_bottom this view has read or carved */
 } eng_arena_t;
 
 typedef struct eng_arena_class_stats {
@@ -84,6 +105,7 @@ typedef struct eng_arena_stats {
         uint64_t buf_free_blocks, buf_free_bytes;
         uint64_t failed; /* failed buffer allocations (ENOMEM) */
         uint64_t bad_frees;
+        uint64_t cuts;     /* free lists found corrupt and cut, since format or the last rebuild */
         uint32_t nclasses; /* lock-free only; 0 for the mutex arena */
         eng_arena_class_stats_t cls[ENG_ARENA_MAX_CLASSES];
 } eng_arena_stats_t;
@@ -122,8 +144,8 @@ uint64_t eng_arena_max_alloc(const eng_arena_t *a);
  * eng_arena_flush, with one CAS per class for the whole batch; a full batch flushes itself.
  * Until the flush, the block is free but unlisted and the statistics still count it used:
  * flush before the arena is checked or a caller waits for space. A process killed with an
- * unflushed batch loses those blocks (FREE, owner 0: reclaim cannot find them) until the
- * segment is recreated; use it where that is acceptable (engine/: the server's workers).
+ * unflushed batch loses those blocks (FREE, owner 0: reclaim cannot find them) until a
+ * rebuild; use it where that is acceptable (engine/: the server's workers).
  */
 #define ENG_ARENA_BATCH 64
 typedef struct eng_arena_batch {
@@ -155,7 +177,12 @@ uint64_t eng_arena_rec_stride(const eng_arena_t *a);
 /* Largest number of slots that could ever exist in this arena. */
 uint64_t eng_arena_rec_max_slots(const eng_arena_t *a);
 
-/* Free every buffer block owned by owner; returns the number freed (>= 0) or -errno. */
+/*
+ * Free every buffer block owned by owner; returns the number freed (>= 0) or -errno. On the
+ * lock-free arena a superblock whose walk meets a bad header (a scribble) is abandoned from
+ * there on and counted (eng_arena_walk_skips, eng_arena_anomalies); the walk goes on with the
+ * next superblock, so the owner's blocks everywhere else are still freed.
+ */
 int64_t eng_arena_reclaim(eng_arena_t *a, uint32_t owner);
 
 void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st);
@@ -163,7 +190,10 @@ void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 /*
  * Quiescent consistency check (no concurrent calls): walks the records, the buffer area and
  * every free list and verifies that they account for every byte of the region exactly once.
- * Returns 0 if consistent, else -EUCLEAN with a reason in why (if non-NULL).
+ * Returns 0 if consistent, else -EUCLEAN with a reason in why (if non-NULL). Strict: the first
+ * bad header or link fails it. It (and eng_arena_check_leaks, eng_arena_stats) terminates
+ * whatever the region holds: walks step forward by validated sizes, list walks are bounded by
+ * the blocks the walk found.
  */
 int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
 
@@ -172,9 +202,9 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
  * a superblock carved but not yet split, a buddy whose header was written but which was not
  * yet pushed, a record slot carved but not yet stamped, blocks a bulk allocation popped but
  * had not stamped yet, and the unflushed blocks of a free_later batch (all: nobody's, lost
- * until the segment is recreated; their bytes go to *leaked), and counters off by the
- * operations that were in flight. Any corruption of the lists still fails. The mutex arena repairs
- * itself at the next lock, so it never leaks.
+ * until a rebuild; their bytes go to *leaked), and counters off by the operations that were in
+ * flight. Any corruption of the lists still fails; the blocks a cut list left behind (free, on
+ * no list) count as leaked. The mutex arena repairs itself at the next lock, so it never leaks.
  */
 int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 
@@ -185,5 +215,84 @@ int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, siz
  */
 uint32_t *eng_arena_free_word(const eng_arena_t *a);
 uint32_t *eng_arena_waiters_word(const eng_arena_t *a);
+
+/* ---- damage: counting, healing, rebuilding ------------------------------------------- */
+
+/* This view's counters (see eng_arena_t): anomalies met, superblocks walks abandoned. */
+uint64_t eng_arena_anomalies(const eng_arena_t *a);
+uint64_t eng_arena_walk_skips(const eng_arena_t *a);
+
+/*
+ * eng_arena_heal: put back what this view knows better than the shared header. Safe to call at
+ * any time, concurrently with allocations (the server calls it when it suspects damage).
+ *   ENG_ARENA_HEALED_HEADER: line 0 of the arena header (magic, version, kind, class shifts,
+ *     size, record base and stride, top) and the slot count, from the private geometry; the
+ *     magic is written last (release), so an attacher that sees it sees the rest.
+ *   ENG_ARENA_HEALED_MARKS (lock-free only): the watermarks, if they are insane, or buf_bottom
+ *     is above the lowest this view has seen (honest carves only move it down) with carved
+ *     superblocks in between, or - for a view that has carved record slots - rec_top differs
+ *     from the top it carved. They are put back to {the record top this view carved (else the
+ *     last sane one it read), the lowest buf_bottom it has seen, extended down over carved
+ *     superblocks right below it (carves by other processes since this view last looked)}.
+ *     A raised buf_bottom with nothing carved below it (a rebuild through another view) is
+ *     adopted instead.
+ * Returns the mask of what it restored (0: nothing needed), or -EINVAL; what (if non-NULL)
+ * receives a description.
+ *
+ * Limits: a sane-looking *lower* buf_bottom (or higher rec_top) cannot be told from a real carve
+ * and stays; the unborn superblocks it exposes read as unborn to carves and walks, and only a
+ * rebuild gives them back. The record-top rule assumes one process (the server) carves all
+ * record slots through this view: a view that carved some slots while other views carved more
+ * would lower rec_top under their slots. Use it on the carving view only.
+ */
+#define ENG_ARENA_HEALED_HEADER 0x1
+#define ENG_ARENA_HEALED_MARKS  0x2
+int eng_arena_heal(eng_arena_t *a, char *what, size_t whatlen);
+
+/* What the caller knows to be in use; NULL callbacks (or a NULL cfg) mean "nothing is". */
+typedef struct eng_arena_rebuild_cfg {
+        bool (*rec_live)(uint64_t slot_index, void *ctx); /* record slot still in use */
+        bool (*owner_live)(uint32_t owner, void *ctx);    /* buffer owner still alive */
+        void *ctx;
+} eng_arena_rebuild_cfg_t;
+
+typedef struct eng_arena_rebuild_report {
+        bool was_consistent;   /* eng_arena_check passed on entry */
+        int healed;            /* the header mask eng_arena_heal would return */
+        uint64_t kept_blocks;  /* USED blocks of live owners, kept as they were */
+        uint64_t kept_bytes;   /* their bytes, headers included */
+        uint64_t freed_blocks; /* USED blocks of owners that are not live: freed */
+        uint64_t freed_bytes;  /* their bytes */
+        uint64_t gap_bytes;    /* bytes of carved superblocks and slots given back to the gap */
+        uint64_t rec_kept;     /* live record slots */
+        uint64_t rec_freed;    /* slots that said in use but are not live: freed */
+        uint64_t cuts;         /* list cuts since the last rebuild (or format) */
+        uint64_t rec_top, buf_bottom; /* the new watermarks */
+} eng_arena_rebuild_report_t;
+
+/*
+ * eng_arena_rebuild: make the lock-free arena consistent again from what the caller says is
+ * live, trusting nothing in the shared state but the live blocks' headers: the header's line
+ * 0 is healed; record slots below the view's record top are rewritten used (live, owner 0) or
+ * free (on a fresh list), and rec_top comes down to just above the highest live slot; every
+ * superblock from top down to the records is scanned for USED headers of live owners (kept
+ * untouched, header and payload, at their offsets), everything else becomes maximal free buddy
+ * blocks on fresh lists; superblocks at the bottom with nothing kept, and the slots above the
+ * last live one, go back to the gap (zeroed, as format left it); counters are set to what was
+ * rebuilt (allocs, frees, failed are left) and the cut count restarts at 0.
+ *
+ * Precondition: no other honest thread or process allocates, frees or walks the arena during
+ * the call (the server calls it while the segment is idle: no stream open, opens blocked). A
+ * hostile writer may still scribble meanwhile: the call still terminates without touching
+ * memory outside the region, and a later rebuild fixes what it spoiled. Call it on the view
+ * that carves the record slots (the server's): it trusts that view's record top. A view that
+ * never carved uses the shared rec_top, clamped to the geometry and below the lowest carved
+ * superblock it can see.
+ *
+ * Afterwards eng_arena_check passes (if nobody scribbled meanwhile). Returns 0, -EINVAL, or
+ * -ENOTSUP on the mutex arena (the baseline has no rebuild). rep may be NULL.
+ */
+int eng_arena_rebuild(eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg,
+                      eng_arena_rebuild_report_t *rep);
 
 #endif

@@ -119,6 +119,7 @@ struct eng_arena_hdr {
         uint64_t rec_slots_max;
         uint64_t bad_frees;
         uint64_t mx_failed;
+        uint64_t cuts; /* lists found corrupt and cut (arena_cut), since format or a rebuild */
         /* line 2: space-waiting protocol */
         _Alignas(64) uint32_t free_word;
         uint32_t waiters;
@@ -130,7 +131,10 @@ struct eng_arena_hdr {
         /* one line per class */
         _Alignas(64) struct arena_class cls[ENG_ARENA_MAX_CLASSES];
 };
+_Static_assert(offsetof(struct eng_arena_hdr, top) + sizeof(uint64_t) <= 64, "line 0 is one line");
 _Static_assert(offsetof(struct eng_arena_hdr, marks) == 64, "watermarks on their own line");
+_Static_assert(offsetof(struct eng_arena_hdr, cuts) + sizeof(uint64_t) <= 128,
+               "line 1 is one line");
 _Static_assert(offsetof(struct eng_arena_hdr, free_word) == 128, "waiting words on their own line");
 _Static_assert(offsetof(struct eng_arena_hdr, mx) == 192, "mutex state on its own line");
 _Static_assert(offsetof(struct eng_arena_hdr, cls) % 64 == 0, "classes cache-line aligned");
@@ -164,7 +168,33 @@ static inline bool marks_sane(const eng_arena_t *a, uint64_t m, uint64_t *rt, ui
                *bb <= a->top;
 }
 
+/* ---- the view's private damage tracking (eng_arena_t) ---------------------------------- */
+
+/* One more anomaly seen by this view. A locked add: threads may share a view; rare. */
+static inline void arena_anomaly(eng_arena_t *a, uint64_t n)
+{
+        eng_faa_u64(&a->anomalies, n);
+}
+
+/* Lower (raise) a private watermark of the view to v. Private words, written only by this
+ * process's threads: the CAS retries only when another thread moved it, each time closer to
+ * v, so the loop ends. Relaxed loads: these are hints re-validated wherever they are used. */
+static inline void arena_note_min(uint64_t *p, uint64_t v)
+{
+        uint64_t cur = eng_load_relaxed_u64(p);
+        while (v < cur && !eng_cas_u64(p, cur, v, &cur))
+                ;
+}
+static inline void arena_note_max(uint64_t *p, uint64_t v)
+{
+        uint64_t cur = eng_load_relaxed_u64(p);
+        while (v > cur && !eng_cas_u64(p, cur, v, &cur))
+                ;
+}
+
 /* Shared by both implementations (arena.c). */
+void arena_cut(eng_arena_t *a, uint64_t *head);
+void arena_note_marks(eng_arena_t *a, uint64_t rt, uint64_t bb);
 void arena_wake_space_waiters(eng_arena_t *a);
 int arena_rec_alloc_common(eng_arena_t *a, uint32_t owner, uint64_t *off);
 int arena_rec_free_common(eng_arena_t *a, uint64_t off);
@@ -183,6 +213,11 @@ int lf_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
 void lf_flush(eng_arena_t *a, eng_arena_batch_t *b);
 uint64_t lf_class_bytes(const eng_arena_t *a, uint64_t len);
 int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word);
+bool lf_marks_sane(const eng_arena_t *a, uint64_t m, uint64_t *rt, uint64_t *bb);
+uint64_t lf_bottom_probe(const eng_arena_t *a, uint64_t low, uint64_t floor);
+bool lf_born_between(const eng_arena_t *a, uint64_t lo, uint64_t hi);
+void lf_rebuild_buffers(eng_arena_t *a, uint64_t rt, const eng_arena_rebuild_cfg_t *cfg,
+                        eng_arena_rebuild_report_t *rep, uint64_t *bb_new);
 
 /* arena_mutex.c */
 int mx_format(eng_arena_t *a);

@@ -4,6 +4,10 @@
  * Kind-specific guarantees (the lock-free buddy split, the mutex arena's coalescing) have
  * their own tests under the kind's suite.
  *
+ * Damage (the lock-free arena under a writer that scribbles on the segment: cut lists, refused
+ * carves, walks that go on, eng_arena_heal and eng_arena_rebuild) has its own suite, damage::,
+ * which reaches into the shared layout through arena_int.h to do the scribbling.
+ *
  * Cross-process stress and crash recovery live in test_arena_stress.c.
  */
 #include <criterion/criterion.h>
@@ -16,6 +20,7 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "arena_int.h" /* the shared layout, for the damage suite's scribbles */
 
 #define MIB (1024u * 1024u)
 
@@ -1982,6 +1987,751 @@ TEST_BOTH_KINDS(class_bytes_is_what_an_allocation_gets, 10)
         cr_assert_eq(eng_arena_class_bytes(a, UINT64_MAX), 0);
         cr_assert_eq(eng_arena_class_bytes(a, UINT64_MAX - 63), 0);
         ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
+/* ---- damage: a writer scribbles on the segment (lock-free arena) -------------------- */
+
+/* The header of the block whose payload is at off. */
+static struct blk_hdr *hdr_of(eng_arena_t *a, uint64_t off)
+{
+        return (struct blk_hdr *)(a->base + off - ENG_ARENA_HDR_BYTES);
+}
+
+static uint32_t units_of(uint64_t off)
+{
+        return (uint32_t)(off / ARENA_UNIT);
+}
+
+/* Link the (free, listed) block at payload offset off to the block at payload offset to. */
+static void link_to(eng_arena_t *a, uint64_t off, uint64_t to)
+{
+        hdr_of(a, off)->next = units_of(to - ENG_ARENA_HDR_BYTES);
+}
+
+/* eng_arena_check must fail (the arena is damaged), and the tolerant check must not crash. */
+static void assert_check_fails(eng_arena_t *a, const char *ctx)
+{
+        char why[256];
+        uint64_t leaked;
+        cr_assert_neq(eng_arena_check(a, why, sizeof why), 0, "%s: the strict check passed", ctx);
+        (void)eng_arena_check_leaks(a, &leaked, why, sizeof why);
+}
+
+/* Rebuild with nothing live: every byte must go back to the gap, and the check pass. */
+static void rebuild_to_empty(eng_arena_t *a, eng_arena_rebuild_report_t *rep, const char *ctx)
+{
+        int rc = eng_arena_rebuild(a, NULL, rep);
+        cr_assert_eq(rc, 0, "%s: rebuild: %d", ctx, rc);
+        ASSERT_ARENA_OK(a, ctx);
+        eng_arena_stats_t st = stats_of(a);
+        cr_assert_eq(st.buf_bottom, st.top, "%s: buffer space not all back in the gap", ctx);
+        cr_assert_eq(st.rec_top, st.rec_base, "%s: record slots not all back in the gap", ctx);
+        cr_assert_eq(st.buf_used_blocks + st.buf_free_blocks + st.rec_used + st.rec_free, 0, "%s",
+                     ctx);
+        cr_assert_eq(st.cuts, 0, "%s: the cut count restarts", ctx);
+        /* And the arena works: the largest block, then a record. */
+        uint64_t x;
+        cr_assert_eq(eng_arena_alloc(a, eng_arena_max_alloc(a), 1, &x), 0, "%s", ctx);
+        cr_assert_eq(eng_arena_free(a, x), 0);
+        cr_assert_eq(eng_arena_rec_alloc(a, 1, &x), 0, "%s", ctx);
+        cr_assert_eq(eng_arena_rec_free(a, x), 0);
+        ASSERT_ARENA_OK(a, ctx);
+}
+
+/*
+ * A class head scribbled to garbage: the next allocation still succeeds (the list is cut, the
+ * class treated as empty, the request served by a split), the cut is counted, the class works
+ * again at once, and a rebuild with no live owner makes the arena exact and empty.
+ */
+Test(damage, corrupt_class_head_is_cut_then_rebuilt, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+        struct eng_arena_hdr *h = a->hdr;
+        uint64_t rec[4], off[8], x, y;
+        for (int i = 0; i < 4; i++)
+                cr_assert_eq(eng_arena_rec_alloc(a, 9, &rec[i]), 0);
+        for (int i = 0; i < 8; i++)
+                cr_assert_eq(eng_arena_alloc(a, 3000, 1, &off[i]), 0);
+        for (int i = 0; i < 8; i += 2)
+                cr_assert_eq(eng_arena_free(a, off[i]), 0);
+        cr_assert_eq(stats_of(a).cls[0].free_blocks, 4);
+        /* Past the end of the region. */
+        h->cls[0].head = head_pack(units_of(a->size) + 7, head_tag(h->cls[0].head));
+
+        cr_assert_eq(eng_arena_alloc(a, 3000, 2, &x), 0, "the allocation after the cut");
+        eng_arena_stats_t st = stats_of(a);
+        cr_assert_eq(st.cuts, 1, "cuts %llu", (unsigned long long)st.cuts);
+        cr_assert_eq(eng_arena_anomalies(a), 1);
+        cr_assert_eq(eng_arena_owner(a, x), 2);
+        /* The class list works again: a freed block comes straight back. */
+        cr_assert_eq(eng_arena_free(a, x), 0);
+        cr_assert_eq(eng_arena_alloc(a, 3000, 3, &y), 0);
+        cr_assert_eq(y, x, "the cut list is usable");
+        cr_assert_eq(stats_of(a).cuts, 1);
+        /* What was on the list leaks until a rebuild. */
+        assert_check_fails(a, "after the cut");
+
+        eng_arena_rebuild_report_t rep;
+        rebuild_to_empty(a, &rep, "rebuilt with no live owner");
+        cr_assert_not(rep.was_consistent);
+        cr_assert_eq(rep.cuts, 1);
+        cr_assert_eq(rep.kept_blocks, 0);
+        cr_assert_eq(rep.freed_blocks, 5, "the 4 blocks of owner 1 left and y: %llu",
+                     (unsigned long long)rep.freed_blocks);
+        cr_assert_eq(rep.rec_freed, 4);
+        cr_assert_eq(rep.gap_bytes, MIB + 4 * stats_of(a).rec_stride);
+        fx_done(&f);
+}
+
+/* Allocate class-0 blocks (single and bulk, alternately) until ENOMEM, each with its own owner;
+ * no offset may come twice, and every block must still say its owner. Returns the count. */
+static uint64_t alloc_until_enomem(eng_arena_t *a, uint64_t *offs, uint32_t *owners, uint64_t max)
+{
+        uint64_t n = 0;
+        uint32_t owner = 1000;
+        for (int round = 0; n < max; round++) {
+                uint64_t got[4];
+                uint32_t k = 0;
+                if (round % 2 == 0)
+                        k = eng_arena_alloc_bulk(a, 3000, owner, got, 4);
+                if (k == 0) {
+                        int rc = eng_arena_alloc(a, 3000, owner, &got[0]);
+                        if (rc == -ENOMEM)
+                                break;
+                        cr_assert_eq(rc, 0, "alloc: %d", rc);
+                        k = 1;
+                }
+                for (uint32_t i = 0; i < k && n < max; i++) {
+                        offs[n] = got[i];
+                        owners[n++] = owner;
+                }
+                owner++;
+        }
+        cr_assert_lt(n, max, "no ENOMEM after %llu blocks: the same blocks came round again",
+                     (unsigned long long)n);
+        for (uint64_t i = 0; i < n; i++) {
+                for (uint64_t j = 0; j < i; j++)
+                        cr_assert_neq(offs[i], offs[j], "block %llu handed out twice",
+                                      (unsigned long long)offs[i]);
+                cr_assert_eq(eng_arena_owner(a, offs[i]), owners[i], "block %llu",
+                             (unsigned long long)offs[i]);
+        }
+        return n;
+}
+
+/* 4 MiB: three superblocks of 256 class-0 blocks. */
+#define CYCLE_ARENA (4 * MIB)
+#define CYCLE_MAX   1024
+
+/* A listed block linked to itself: handed out once, then the list is cut. */
+Test(damage, self_linked_block_is_handed_out_once, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, CYCLE_ARENA, 256, 12, 20);
+        static uint64_t offs[CYCLE_MAX];
+        static uint32_t owners[CYCLE_MAX];
+        uint64_t x, y;
+        cr_assert_eq(eng_arena_alloc(a, 3000, 1, &x), 0);
+        cr_assert_eq(eng_arena_alloc(a, 3000, 1, &y), 0);
+        cr_assert_eq(eng_arena_free(a, x), 0);
+        link_to(a, x, x);
+
+        uint64_t n = alloc_until_enomem(a, offs, owners, CYCLE_MAX);
+        cr_assert_eq(n, 3 * 256 - 1, "every block but y, once: %llu", (unsigned long long)n);
+        cr_assert_geq(stats_of(a).cuts, 1);
+        cr_assert_eq(eng_arena_owner(a, y), 1);
+        fx_done(&f);
+}
+
+/* A listed block linked to a block in use: the block in use is never handed out. */
+Test(damage, link_to_block_in_use_is_refused, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, CYCLE_ARENA, 256, 12, 20);
+        static uint64_t offs[CYCLE_MAX];
+        static uint32_t owners[CYCLE_MAX];
+        uint64_t x, y;
+        cr_assert_eq(eng_arena_alloc(a, 3000, 1, &x), 0);
+        cr_assert_eq(eng_arena_alloc(a, 3000, 2, &y), 0);
+        fill(a, y, 3000, 22);
+        cr_assert_eq(eng_arena_free(a, x), 0);
+        link_to(a, x, y);
+
+        uint64_t n = alloc_until_enomem(a, offs, owners, CYCLE_MAX);
+        for (uint64_t i = 0; i < n; i++)
+                cr_assert_neq(offs[i], y, "the block in use was handed out");
+        cr_assert_eq(eng_arena_owner(a, y), 2);
+        cr_assert(intact(a, y, 3000, 22));
+        cr_assert_eq(stats_of(a).cuts, 1);
+        fx_done(&f);
+}
+
+/* A listed free block whose header was scribbled: refused by the pop, the list cut. */
+Test(damage, scribbled_header_of_listed_block_is_refused, .timeout = 10)
+{
+        const uint64_t bad[] = {0,
+                                0x0123456789abcdefull,
+                                blk_word(0, BLK_USED, 5),
+                                blk_word(1, BLK_FREE, 0),
+                                blk_word(0, BLK_FREE, 7),
+                                blk_word(0, BLK_RFREE, 0)};
+        for (size_t v = 0; v < sizeof bad / sizeof bad[0]; v++) {
+                struct fx f;
+                eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+                uint64_t x, y, z;
+                cr_assert_eq(eng_arena_alloc(a, 3000, 1, &x), 0);
+                cr_assert_eq(eng_arena_alloc(a, 3000, 1, &y), 0);
+                cr_assert_eq(eng_arena_free(a, x), 0);
+                hdr_of(a, x)->word = bad[v];
+
+                cr_assert_eq(eng_arena_alloc(a, 3000, 2, &z), 0);
+                cr_assert_neq(z, x, "variant %zu: the scribbled block was handed out", v);
+                cr_assert_eq(stats_of(a).cuts, 1, "variant %zu", v);
+                cr_assert_eq(hdr_of(a, x)->word, bad[v], "variant %zu: the pop wrote it", v);
+                uint64_t bulk[4];
+                uint32_t k = eng_arena_alloc_bulk(a, 3000, 3, bulk, 4);
+                for (uint32_t i = 0; i < k; i++)
+                        cr_assert_neq(bulk[i], x, "variant %zu", v);
+                fx_done(&f);
+        }
+}
+
+/*
+ * A bad header in the middle of a superblock: reclaim abandons the rest of that superblock,
+ * counts it, and still frees the owner's blocks in every other superblock.
+ */
+Test(damage, reclaim_goes_on_past_a_bad_header, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+        enum { N = 700 }; /* 2.7 superblocks of 256 blocks, owners 5 and 6 alternating */
+        static uint64_t off[N];
+        for (int i = 0; i < N; i++)
+                cr_assert_eq(eng_arena_alloc(a, 3000, 5 + (i % 2), &off[i]), 0);
+        uint64_t top_sb = a->top - MIB; /* walked first */
+        cr_assert_eq(off[0] - ENG_ARENA_HDR_BYTES, top_sb);
+        hdr_of(a, off[129])->word = 0x5ca1ab1e; /* owner 6's, mid superblock */
+
+        int64_t n = eng_arena_reclaim(a, 5);
+        uint64_t elsewhere = 0, freed_elsewhere = 0;
+        for (int i = 0; i < N; i += 2) {
+                if (off[i] - ENG_ARENA_HDR_BYTES >= top_sb)
+                        continue;
+                elsewhere++;
+                freed_elsewhere += eng_arena_owner(a, off[i]) == 0;
+        }
+        cr_assert_eq(freed_elsewhere, elsewhere,
+                     "%llu of owner 5's %llu blocks in the other "
+                     "superblocks freed",
+                     (unsigned long long)freed_elsewhere, (unsigned long long)elsewhere);
+        /* Before the bad header: 65 of owner 5's blocks (0, 2, ..., 128). */
+        cr_assert_eq(n, (int64_t)(elsewhere + 65), "reclaim returned %lld", (long long)n);
+        for (int i = 130; i < 256; i += 2)
+                cr_assert_eq(eng_arena_owner(a, off[i]), 5, "abandoned: left as it was");
+        cr_assert_eq(eng_arena_walk_skips(a), 1);
+        cr_assert_geq(eng_arena_anomalies(a), 1);
+        for (int i = 1; i < N; i += 2)
+                if (i != 129)
+                        cr_assert_eq(eng_arena_owner(a, off[i]), 6);
+        fx_done(&f);
+}
+
+/* Line 0 of the header scribbled (the magic, the geometry): heal puts it back and new attaches
+ * work again. Both kinds: the header is theirs alike. */
+TEST_BOTH_KINDS(heal_restores_header_line0, 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, kind, 8 * MIB, 256, 12, 20);
+        struct eng_arena_hdr *h = a->hdr;
+        eng_arena_t b;
+        char what[256];
+        uint64_t x;
+        cr_assert_eq(eng_arena_alloc(a, 5000, 1, &x), 0);
+        cr_assert_eq(eng_arena_heal(a, what, sizeof what), 0, "nothing to heal: %s", what);
+
+        h->magic = 0;
+        cr_assert_eq(eng_arena_attach(&b, f.mem, f.size), -EPROTO);
+        cr_assert_eq(eng_arena_heal(a, what, sizeof what), ENG_ARENA_HEALED_HEADER, "%s", KN(a));
+        cr_assert(strstr(what, "magic") != NULL, "%s", what);
+        cr_assert_eq(eng_arena_attach(&b, f.mem, f.size), 0);
+
+        struct eng_arena_hdr saved = *h;
+        memset(h, 0xa5, 64); /* all of line 0 */
+        h->rec_slots_max = 3;
+        cr_assert_neq(eng_arena_attach(&b, f.mem, f.size), 0);
+        cr_assert_eq(eng_arena_heal(a, what, sizeof what), ENG_ARENA_HEALED_HEADER);
+        cr_assert(strstr(what, "top") != NULL && strstr(what, "rec_slots_max") != NULL, "%s", what);
+        cr_assert_eq(memcmp(h, &saved, offsetof(struct eng_arena_hdr, top) + 8), 0,
+                     "line 0 as format wrote it");
+        cr_assert_eq(h->rec_slots_max, saved.rec_slots_max);
+        cr_assert_eq(eng_arena_attach(&b, f.mem, f.size), 0);
+        cr_assert_eq(b.top, a->top);
+        cr_assert_eq(b.rec_stride, a->rec_stride);
+        cr_assert_eq(eng_arena_owner(&b, x), 1);
+        cr_assert_eq(eng_arena_heal(a, NULL, 0), 0, "healed once is enough");
+        cr_assert_eq(eng_arena_free(&b, x), 0);
+        ASSERT_ARENA_OK(a, "healed");
+        fx_done(&f);
+}
+
+/* Scribbled watermarks: garbage, buf_bottom raised, rec_top moved. heal puts them back (this
+ * view carved the records and saw every carve). */
+Test(damage, heal_restores_watermarks, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+        struct eng_arena_hdr *h = a->hdr;
+        uint64_t r[3], off[300];
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(eng_arena_rec_alloc(a, 1, &r[i]), 0);
+        for (int i = 0; i < 300; i++)
+                cr_assert_eq(eng_arena_alloc(a, 4000, 2, &off[i]), 0);
+        const uint64_t m0 = h->marks, sb = MIB;
+        const uint32_t rt = marks_rec_top(m0), bb = marks_buf_bottom(m0);
+        const uint32_t st = units_of(a->rec_stride), su = units_of(sb);
+        cr_assert_eq(units_to_off(bb), a->top - 2 * sb);
+        const uint64_t bad[] = {
+            0xdeadbeefcafef00dull,            /* garbage */
+            0,                                /* zero */
+            marks_pack(rt, bb + su),          /* buf_bottom up a superblock */
+            marks_pack(rt, units_of(a->top)), /* buf_bottom at top */
+            marks_pack(rt, bb + 1),           /* buf_bottom off a superblock boundary */
+            marks_pack(rt + st, bb),          /* rec_top up a slot */
+            marks_pack(rt - st, bb),          /* rec_top down a slot */
+            marks_pack(rt + 1, bb),           /* rec_top off a slot boundary */
+            marks_pack(bb + su, bb),          /* crossed */
+        };
+        char what[256];
+        for (size_t v = 0; v < sizeof bad / sizeof bad[0]; v++) {
+                h->marks = bad[v];
+                int rc = eng_arena_heal(a, what, sizeof what);
+                cr_assert_eq(rc, ENG_ARENA_HEALED_MARKS, "variant %zu: %d", v, rc);
+                cr_assert_eq(h->marks, m0, "variant %zu: %#llx (%s)", v,
+                             (unsigned long long)h->marks, what);
+                ASSERT_ARENA_OK(a, "healed");
+        }
+        /* A sane-looking lower buf_bottom cannot be told from a carve: it stays (its unborn
+         * superblock fails the strict check) until a rebuild gives it back. */
+        h->marks = marks_pack(rt, bb - su);
+        cr_assert_eq(eng_arena_heal(a, NULL, 0), 0);
+        assert_check_fails(a, "a superblock exposed");
+        uint64_t leaked;
+        cr_assert_eq(eng_arena_check_leaks(a, &leaked, NULL, 0), 0);
+        cr_assert_eq(leaked, sb);
+        eng_arena_rebuild_cfg_t cfg = {.rec_live = NULL, .owner_live = NULL};
+        (void)cfg;
+        for (int i = 0; i < 300; i++)
+                cr_assert_eq(eng_arena_free(a, off[i]), 0);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(eng_arena_rec_free(a, r[i]), 0);
+        eng_arena_rebuild_report_t rep;
+        rebuild_to_empty(a, &rep, "after the lowered watermark");
+        fx_done(&f);
+}
+
+/* A rebuild through one view raises buf_bottom (and zeroes what it gives back); heal through
+ * another view, which saw the old, lower buf_bottom, adopts it instead of pushing it back. */
+Test(damage, heal_adopts_a_rebuild_through_another_view, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+        eng_arena_t b;
+        cr_assert_eq(eng_arena_attach(&b, f.mem, f.size), 0);
+        uint64_t off[600];
+        for (int i = 0; i < 600; i++)
+                cr_assert_eq(eng_arena_alloc(a, 4000, 1, &off[i]), 0);
+        for (int i = 0; i < 600; i++)
+                cr_assert_eq(eng_arena_free(a, off[i]), 0);
+        eng_arena_rebuild_report_t rep;
+        cr_assert_eq(eng_arena_rebuild(&b, NULL, &rep), 0);
+        cr_assert_eq(rep.gap_bytes, 3 * MIB);
+        uint64_t m = a->hdr->marks;
+        cr_assert_eq(eng_arena_heal(a, NULL, 0), 0);
+        cr_assert_eq(a->hdr->marks, m, "heal undid the rebuild");
+        ASSERT_ARENA_OK(a, "healed after the rebuild");
+        uint64_t x;
+        cr_assert_eq(eng_arena_alloc(a, 4000, 1, &x), 0);
+        cr_assert_eq(eng_arena_free(a, x), 0);
+        ASSERT_ARENA_OK(a, "and used");
+        fx_done(&f);
+}
+
+/* buf_bottom raised over superblocks in use: the carve that wins one refuses it (it is born),
+ * and the watermark walks back down one superblock per refusal. */
+Test(damage, carve_into_born_superblock_is_refused, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 4 * MIB, 256, 12, 20);
+        struct eng_arena_hdr *h = a->hdr;
+        const uint64_t sb = MIB, max = eng_arena_max_alloc(a);
+        uint64_t b1, b2, b3;
+        cr_assert_eq(eng_arena_alloc(a, max, 1, &b1), 0);
+        cr_assert_eq(eng_arena_alloc(a, max, 2, &b2), 0);
+        fill(a, b1, max, 1);
+        fill(a, b2, max, 2);
+        uint64_t m0 = h->marks;
+        cr_assert_eq(units_to_off(marks_buf_bottom(m0)), a->top - 2 * sb);
+        h->marks = marks_pack(marks_rec_top(m0), units_of(a->top - sb)); /* sane, but raised */
+
+        int rc = eng_arena_alloc(a, max, 3, &b3);
+        cr_assert_eq(rc, -ENOMEM, "the carve handed out %llu (b1 %llu, b2 %llu)",
+                     (unsigned long long)b3, (unsigned long long)b1, (unsigned long long)b2);
+        cr_assert_geq(eng_arena_anomalies(a), 1);
+        cr_assert_eq(h->marks, m0, "the refused carve moved the watermark back down");
+        cr_assert_eq(eng_arena_owner(a, b2), 2);
+        cr_assert(intact(a, b1, max, 1) && intact(a, b2, max, 2));
+        /* The next carve takes the unborn superblock below. */
+        cr_assert_eq(eng_arena_alloc(a, max, 3, &b3), 0);
+        cr_assert_eq(b3, a->top - 3 * sb + ENG_ARENA_HDR_BYTES);
+        cr_assert(intact(a, b1, max, 1) && intact(a, b2, max, 2));
+        ASSERT_ARENA_OK(a, "after the walk down");
+        fx_done(&f);
+}
+
+/* The same for records: rec_top moved down under slots in use; a slot carve refuses them, and
+ * heal puts rec_top back. A scribbled slot on the record list is refused by the pop. */
+Test(damage, record_carve_and_pop_refuse_slots_in_use, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 4 * MIB, 256, 12, 20);
+        struct eng_arena_hdr *h = a->hdr;
+        enum { R = 6 };
+        uint64_t r[R], x;
+        for (int i = 0; i < R; i++) {
+                cr_assert_eq(eng_arena_rec_alloc(a, 10 + i, &r[i]), 0);
+                fill(a, r[i], 256, 100 + i);
+        }
+        uint64_t m0 = h->marks;
+        uint32_t st = units_of(a->rec_stride);
+        h->marks = marks_pack(marks_rec_top(m0) - 2 * st, marks_buf_bottom(m0));
+        for (int t = 0; t < 2; t++) {
+                int rc = eng_arena_rec_alloc(a, 99, &x);
+                cr_assert_eq(rc, -ENOMEM, "try %d: slot %lld in use handed out", t,
+                             (long long)eng_arena_rec_index(a, x));
+        }
+        cr_assert_eq(eng_arena_anomalies(a), 2);
+        cr_assert_eq(h->marks, m0, "walked back up");
+        h->marks = marks_pack(marks_rec_top(m0) - 3 * st, marks_buf_bottom(m0));
+        cr_assert_eq(eng_arena_heal(a, NULL, 0), ENG_ARENA_HEALED_MARKS);
+        cr_assert_eq(h->marks, m0);
+        cr_assert_eq(eng_arena_rec_alloc(a, 99, &x), 0);
+        cr_assert_eq(eng_arena_rec_index(a, x), R);
+        for (int i = 0; i < R; i++)
+                cr_assert(intact(a, r[i], 256, 100 + i), "record %d", i);
+
+        /* The record list: a listed slot scribbled, then a head off the slots. */
+        cr_assert_eq(eng_arena_rec_free(a, r[1]), 0);
+        cr_assert_eq(eng_arena_rec_free(a, r[2]), 0);
+        hdr_of(a, r[2])->word = blk_word(0, BLK_RUSED, 4);
+        cr_assert_eq(eng_arena_rec_alloc(a, 98, &x), 0);
+        cr_assert_neq(x, r[2], "the scribbled slot was handed out");
+        cr_assert_eq(stats_of(a).cuts, 1);
+        cr_assert_eq(eng_arena_rec_index(a, x), R + 1, "carved (r[1] leaked with the cut)");
+        cr_assert_eq(eng_arena_rec_free(a, x), 0);
+        h->rec_head = head_pack(units_of(a->rec_base) + 1, 5); /* not a slot boundary */
+        cr_assert_eq(eng_arena_rec_alloc(a, 97, &x), 0);
+        cr_assert_eq(stats_of(a).cuts, 2);
+        cr_assert_eq(eng_arena_rec_index(a, x), R + 2, "carved");
+        fx_done(&f);
+}
+
+/* ---- rebuild ---- */
+
+#define RB_OWNERS 16
+#define RB_RECS   24
+
+static bool rb_owner_odd(uint32_t owner, void *ctx)
+{
+        (void)ctx;
+        return owner % 2 == 1 && owner <= RB_OWNERS;
+}
+
+static bool rb_rec_even(uint64_t slot, void *ctx)
+{
+        (void)ctx;
+        return slot % 2 == 0 && slot < RB_RECS;
+}
+
+struct rb_blk {
+        uint64_t off, len;
+        uint32_t owner;
+        bool live;
+};
+
+/* Is [o, o+n) clear of every live block and live record? */
+static bool rb_clear(eng_arena_t *a, const struct rb_blk *b, int nb, const uint64_t *rec,
+                     uint64_t o, uint64_t n)
+{
+        for (int i = 0; i < nb; i++) {
+                if (!b[i].live)
+                        continue;
+                uint64_t s = b[i].off - ENG_ARENA_HDR_BYTES;
+                uint64_t e = s + ENG_ARENA_HDR_BYTES + eng_arena_capacity(a, b[i].off);
+                if (o < e && s < o + n)
+                        return false;
+        }
+        for (int i = 0; i < RB_RECS; i += 2) {
+                uint64_t s = rec[i] - ENG_ARENA_HDR_BYTES;
+                if (o < s + a->rec_stride && s < o + n)
+                        return false;
+        }
+        return true;
+}
+
+/* A random word that is not a block header (random scribbles must not forge a live block). */
+static uint64_t rb_noise(uint64_t *rng)
+{
+        uint64_t w = xorshift(rng);
+        if (blk_magic(w) == BLK_MAGIC)
+                w ^= (uint64_t)1 << 63;
+        return w;
+}
+
+/*
+ * Owners 1..16 allocate blocks of random sizes, some are freed; the odd owners stay live, and
+ * so do the even record slots. Then random scribbles everywhere else: free-list heads, class
+ * and record counters, the cut count, the record head, the watermarks, line 0, and random words
+ * anywhere in the region that is not a live block or a live record (dead owners' headers, the
+ * links and headers of listed blocks, free space, dead records, the gap). A rebuild must keep
+ * exactly the live blocks (same offsets, owners, classes, payloads) and live records, free
+ * everything else, pass the strict check and serve a long alloc/free run; a second rebuild with
+ * nothing live gives every byte back.
+ */
+Test(damage, rebuild_keeps_exactly_the_live_blocks, .timeout = 60)
+{
+        for (uint64_t seed = 1; seed <= 8; seed++) {
+                struct fx f;
+                eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 16 * MIB, 256, 12, 20);
+                struct eng_arena_hdr *h = a->hdr;
+                enum { NB = 400 };
+                static struct rb_blk b[NB];
+                uint64_t rec[RB_RECS], rng = 0x9e3779b97f4a7c15ull * seed;
+                int nb = 0;
+                for (int i = 0; i < RB_RECS; i++) {
+                        cr_assert_eq(eng_arena_rec_alloc(a, 7, &rec[i]), 0);
+                        fill(a, rec[i], 256, 5000 + (uint64_t)i);
+                }
+                for (int i = 0; i < NB; i++) {
+                        uint64_t r = xorshift(&rng);
+                        uint64_t len = 1 + (r >> 8) % (r % 8 == 0 ? 300000 : 12000);
+                        uint32_t owner = 1 + (uint32_t)(xorshift(&rng) % RB_OWNERS);
+                        if (eng_arena_alloc(a, len, owner, &b[nb].off) != 0)
+                                break;
+                        b[nb].len = len;
+                        b[nb].owner = owner;
+                        b[nb].live = true;
+                        fill(a, b[nb].off, len, seed * 100000 + (uint64_t)nb);
+                        nb++;
+                }
+                cr_assert_gt(nb, 100);
+                for (int i = 0; i < nb; i++)
+                        if (xorshift(&rng) % 3 == 0) {
+                                cr_assert_eq(eng_arena_free(a, b[i].off), 0);
+                                b[i].live = false;
+                        }
+                uint64_t live_blocks = 0, live_bytes = 0, dead_blocks = 0;
+                for (int i = 0; i < nb; i++) {
+                        if (b[i].live && rb_owner_odd(b[i].owner, NULL)) {
+                                live_blocks++;
+                                live_bytes += eng_arena_capacity(a, b[i].off) + ENG_ARENA_HDR_BYTES;
+                        } else {
+                                dead_blocks += b[i].live;
+                                b[i].live = false;
+                        }
+                }
+                ASSERT_ARENA_OK(a, "before the scribbles");
+
+                /* The scribbles. */
+                for (int k = 0; k < 400; k++) {
+                        uint64_t r = xorshift(&rng);
+                        switch (r % 8) {
+                        case 0:
+                                h->cls[(r >> 8) % a->nclasses].head = xorshift(&rng);
+                                break;
+                        case 1: {
+                                struct arena_class *c = &h->cls[(r >> 8) % a->nclasses];
+                                ((uint64_t *)c)[1 + (r >> 16) % 5] = xorshift(&rng);
+                                break;
+                        }
+                        case 2:
+                                if (r & 0x100)
+                                        h->marks = xorshift(&rng);
+                                else
+                                        h->rec_head = xorshift(&rng);
+                                break;
+                        case 3: {
+                                uint64_t *w = &h->rec_used;
+                                w[(r >> 8) % 6] = xorshift(&rng); /* rec_used .. cuts */
+                                break;
+                        }
+                        case 4:
+                                ((uint64_t *)h)[(r >> 8) % 8] = xorshift(&rng); /* line 0 */
+                                break;
+                        default: {
+                                /* A word anywhere off the live data; often a 2^min-aligned
+                                 * one (where headers are), often a header's link. */
+                                uint64_t o =
+                                    a->rec_base + (xorshift(&rng) % (a->top - a->rec_base));
+                                o &= (r & 0x100) ? ~(uint64_t)4095 : ~(uint64_t)7;
+                                if (r & 0x200)
+                                        o += 8;
+                                if (rb_clear(a, b, nb, rec, o, 8))
+                                        *(uint64_t *)(a->base + o) = rb_noise(&rng);
+                                break;
+                        }
+                        }
+                }
+                /* The live blocks' and records' headers were not touched: reads as before. */
+                eng_arena_rebuild_cfg_t cfg = {
+                    .rec_live = rb_rec_even, .owner_live = rb_owner_odd, .ctx = NULL};
+                eng_arena_rebuild_report_t rep;
+                int rc = eng_arena_rebuild(a, &cfg, &rep);
+                cr_assert_eq(rc, 0, "seed %llu: rebuild %d", (unsigned long long)seed, rc);
+                ASSERT_ARENA_OK(a, "rebuilt");
+                cr_assert_eq(rep.kept_blocks, live_blocks, "seed %llu: kept %llu of %llu",
+                             (unsigned long long)seed, (unsigned long long)rep.kept_blocks,
+                             (unsigned long long)live_blocks);
+                cr_assert_eq(rep.kept_bytes, live_bytes);
+                cr_assert_leq(rep.freed_blocks, dead_blocks + 8, "seed %llu: freed %llu, dead %llu",
+                              (unsigned long long)seed, (unsigned long long)rep.freed_blocks,
+                              (unsigned long long)dead_blocks);
+                cr_assert_eq(rep.rec_kept, RB_RECS / 2);
+                eng_arena_stats_t st = stats_of(a);
+                cr_assert_eq(st.buf_used_blocks, live_blocks);
+                cr_assert_eq(st.buf_used_bytes, live_bytes);
+                cr_assert_eq(st.rec_used, RB_RECS / 2);
+                cr_assert_leq(st.rec_top, rec[RB_RECS - 2] - ENG_ARENA_HDR_BYTES + st.rec_stride,
+                              "slots above the last live one went back to the gap");
+                for (int i = 0; i < nb; i++) {
+                        if (b[i].live) {
+                                cr_assert_eq(eng_arena_owner(a, b[i].off), b[i].owner);
+                                cr_assert_geq(eng_arena_capacity(a, b[i].off), b[i].len);
+                                cr_assert(
+                                    intact(a, b[i].off, b[i].len, seed * 100000 + (uint64_t)i),
+                                    "seed %llu: live block %d damaged", (unsigned long long)seed,
+                                    i);
+                        } else {
+                                cr_assert_eq(eng_arena_owner(a, b[i].off), 0);
+                        }
+                }
+                for (int i = 0; i < RB_RECS; i += 2) {
+                        cr_assert_eq(eng_arena_rec_index(a, rec[i]), i);
+                        cr_assert(intact(a, rec[i], 256, 5000 + (uint64_t)i));
+                }
+
+                /* A long alloc/free run on the rebuilt arena. */
+                enum { W = 64 };
+                uint64_t wo[W] = {0}, wl[W] = {0};
+                for (int k = 0; k < 30000; k++) {
+                        int i = (int)(xorshift(&rng) % W);
+                        if (wo[i]) {
+                                cr_assert(intact(a, wo[i], wl[i], 77000 + (uint64_t)i));
+                                cr_assert_eq(eng_arena_free(a, wo[i]), 0);
+                                wo[i] = 0;
+                        }
+                        uint64_t len = 1 + xorshift(&rng) % (k % 16 == 0 ? 200000 : 10000);
+                        rc = eng_arena_alloc(a, len, 100, &wo[i]);
+                        if (rc == -ENOMEM) {
+                                wo[i] = 0;
+                                continue;
+                        }
+                        cr_assert_eq(rc, 0);
+                        wl[i] = len;
+                        fill(a, wo[i], len, 77000 + (uint64_t)i);
+                        if (k % 512 == 0) {
+                                uint64_t x;
+                                cr_assert_eq(eng_arena_rec_alloc(a, 8, &x), 0);
+                                cr_assert_eq(rb_rec_even((uint64_t)eng_arena_rec_index(a, x), NULL),
+                                             false, "a live record slot handed out");
+                                cr_assert_eq(eng_arena_rec_free(a, x), 0);
+                        }
+                }
+                for (int i = 0; i < W; i++)
+                        if (wo[i])
+                                cr_assert_eq(eng_arena_free(a, wo[i]), 0);
+                for (int i = 0; i < nb; i++)
+                        if (b[i].live)
+                                cr_assert(
+                                    intact(a, b[i].off, b[i].len, seed * 100000 + (uint64_t)i),
+                                    "live block %d damaged by the run", i);
+                ASSERT_ARENA_OK(a, "after the run");
+                cr_assert_eq(stats_of(a).cuts, 0);
+
+                /* Nothing live any more: everything back to the gap. */
+                rebuild_to_empty(a, &rep, "second rebuild");
+                cr_assert(rep.was_consistent);
+                cr_assert_eq(rep.freed_blocks, live_blocks);
+                cr_assert_eq(rep.rec_freed, RB_RECS / 2);
+                fx_done(&f);
+        }
+}
+
+/* The whole region, header included, overwritten with random bytes, again and again: every
+ * call terminates and stays inside the region (ASan would see it), and a rebuild with nothing
+ * live brings the arena back. */
+Test(damage, every_call_survives_a_region_of_garbage, .timeout = 60)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 4 * MIB, 256, 12, 18);
+        uint64_t rng = 0xfeedfacecafebeefull;
+        for (int round = 0; round < 12; round++) {
+                uint64_t x, offs[8];
+                for (int i = 0; i < 40; i++)
+                        if (eng_arena_alloc(a, 1 + xorshift(&rng) % 100000, 3, &x) == 0 &&
+                            i % 3 == 0)
+                                eng_arena_free(a, x);
+                cr_assert_eq(eng_arena_rec_alloc(a, 3, &x), 0);
+                /* Garbage: everywhere (even rounds), or on block-header positions only. */
+                uint64_t *w = (uint64_t *)a->base;
+                for (uint64_t i = 0; i < f.size / 8; i++) {
+                        if (round % 2 == 0 || i % 512 < 2 || i < 1024)
+                                w[i] = xorshift(&rng);
+                        if (round % 4 == 3 && i % 512 == 0 && i >= 1024)
+                                w[i] = blk_word((uint32_t)(xorshift(&rng) % 8),
+                                                1 + (uint32_t)(xorshift(&rng) % 2),
+                                                (uint32_t)(xorshift(&rng) % 4)),
+                                w[i + 1] = xorshift(&rng) % (f.size / 64);
+                }
+                eng_arena_stats_t st;
+                char why[128];
+                uint64_t leaked;
+                eng_arena_stats(a, &st);
+                (void)eng_arena_check(a, why, sizeof why);
+                (void)eng_arena_check_leaks(a, &leaked, why, sizeof why);
+                cr_assert_geq(eng_arena_reclaim(a, 3), 0);
+                for (int i = 0; i < 64; i++) {
+                        uint64_t o = xorshift(&rng) % f.size;
+                        (void)eng_arena_owner(a, o);
+                        (void)eng_arena_capacity(a, o);
+                        if (eng_arena_alloc(a, 1 + xorshift(&rng) % 200000, 4, &x) == 0) {
+                                cr_assert_not_null(eng_arena_ptr(a, x, eng_arena_capacity(a, x)));
+                                cr_assert_geq(x, a->rec_base + ENG_ARENA_HDR_BYTES);
+                        }
+                        uint32_t k = eng_arena_alloc_bulk(a, 3000, 4, offs, 8);
+                        for (uint32_t j = 0; j < k; j++)
+                                cr_assert_not_null(eng_arena_ptr(a, offs[j], 4032));
+                        (void)eng_arena_free(a, o & ~(uint64_t)63);
+                        if (eng_arena_rec_alloc(a, 4, &x) == 0)
+                                cr_assert_not_null(eng_arena_ptr(a, x, 256));
+                        (void)eng_arena_rec_free(a, o & ~(uint64_t)63);
+                }
+                cr_assert_geq(eng_arena_heal(a, why, sizeof why), 0);
+                eng_arena_rebuild_report_t rep;
+                rebuild_to_empty(a, &rep, "after the garbage");
+        }
+        fx_done(&f);
+}
+
+Test(mutex, rebuild_is_not_supported, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_MUTEX, 4 * MIB, 256, 12, 20);
+        eng_arena_rebuild_report_t rep;
+        cr_assert_eq(eng_arena_rebuild(a, NULL, &rep), -ENOTSUP);
+        cr_assert_eq(eng_arena_rebuild(NULL, NULL, &rep), -EINVAL);
+        cr_assert_eq(eng_arena_heal(NULL, NULL, 0), -EINVAL);
         fx_done(&f);
 }
 

@@ -12,6 +12,10 @@
  * under AddressSanitizer. ENG_ARENA_KILL_ITERS overrides the crash tests' 400 kills (1000 for
  * the batch victim, which is quicker to kill). ENG_ARENA_BATCH_CYCLES overrides the batch
  * stress's cycles per thread.
+ *
+ * lockfree::survives_a_scribbler_then_rebuilds: workers allocate while another process writes
+ * random bytes anywhere in the arena; nobody may crash or hang, and a rebuild afterwards must
+ * make the arena exact and empty. ENG_ARENA_SCRIBBLE_SECS overrides its 3 s of scribbling.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -28,6 +32,7 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "arena_int.h" /* the shared layout: the scribbler aims at it */
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -600,6 +605,8 @@ static void run_stress(eng_arena_kind_t kind, const struct plan *pl)
                      (unsigned long long)st.rec_used);
         cr_assert_eq(st.rec_free, eng_arena_rec_slots(&s.a), "every carved slot is free");
         cr_assert_eq(st.bad_frees, 0);
+        cr_assert_eq(st.cuts, 0, "%s %s: honest operation cut %llu lists", k, what,
+                     (unsigned long long)st.cuts);
         if (records) {
                 /* A slot is carved only when the free list is empty, so at most every live
                  * record plus one in flight per thread. */
@@ -1408,6 +1415,8 @@ static void run_batch_stress(eng_arena_kind_t kind, const char *what, uint64_t s
                      (unsigned long long)st.buf_used_blocks);
         cr_assert_eq(st.buf_used_bytes, 0);
         cr_assert_eq(st.bad_frees, 0);
+        cr_assert_eq(st.cuts, 0, "%s: honest operation cut %llu lists", k,
+                     (unsigned long long)st.cuts);
         cr_assert_geq(st.failed, tot.enomem);
         if (kind == ENG_ARENA_LOCKFREE) {
                 uint64_t ca = 0, cf = 0;
@@ -1584,6 +1593,561 @@ TEST_BOTH_KINDS(batches_survive_sigkill, 60)
                 char why[256];
                 cr_assert_eq(eng_arena_check_leaks(a, &now, why, sizeof why), 0, "%s", why);
         }
+        munmap(s.base, s.size);
+}
+
+/* ---- honest carves never look like damage ---------------------------------------------- */
+
+/*
+ * The damage checks must never fire in honest operation. The riskiest moment is a carve: a
+ * popper that read buf_bottom before another process carved, split and pushed a buddy from the
+ * new superblock sees a head below the bottom it read. Here PROCS x THREADS workers, each with
+ * its own view, allocate small blocks (bulk and single) until ENOMEM in a 32 MiB arena of 64 KiB
+ * superblocks - ~500 carves per round, racing with pops - then free everything; at a barrier
+ * one process rebuilds the arena back to empty (quiescent: everyone else waits), and the next
+ * round starts from an empty gap with fresh views (attached again, as new clients), which know
+ * only the empty arena. After every round the rebuild must report no cut, and no view may have
+ * met an anomaly.
+ */
+#define HC_ROUNDS 300
+
+struct hc_ctl {
+        uint64_t arrived;  /* barrier: arrivals so far */
+        uint64_t cuts;     /* sum of the rebuilds' cut counts */
+        uint64_t rebuilds; /* rebuilds that returned 0 and passed the check */
+        uint64_t anomalies[PROCS * THREADS];
+        uint64_t blocks[PROCS * THREADS];
+        int failed;
+};
+
+/* Wait until n arrivals in all (a cross-process barrier with a deadline). */
+static bool hc_barrier(struct hc_ctl *k, uint64_t n, double deadline)
+{
+        __atomic_fetch_add(&k->arrived, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&k->arrived, __ATOMIC_SEQ_CST) < n) {
+                if (now_s() > deadline || __atomic_load_n(&k->failed, __ATOMIC_SEQ_CST))
+                        return false;
+                sched_yield();
+        }
+        return true;
+}
+
+struct hc_worker {
+        eng_arena_t a;
+        uint32_t owner;
+        uint64_t *held;
+        uint64_t nheld, cap, blocks;
+};
+
+static void *hc_alloc_all(void *arg)
+{
+        struct hc_worker *w = arg;
+        uint64_t rng = 0x9e3779b97f4a7c15ull * w->owner, x;
+        w->nheld = 0;
+        while (w->nheld + 4 <= w->cap) {
+                uint64_t len = 1 + xorshift(&rng) % 8000;
+                uint32_t k = 0;
+                if (xorshift(&rng) % 4 == 0)
+                        k = eng_arena_alloc_bulk(&w->a, len, w->owner, &w->held[w->nheld], 4);
+                if (k == 0) {
+                        if (eng_arena_alloc(&w->a, len, w->owner, &x) != 0)
+                                break;
+                        w->held[w->nheld] = x;
+                        k = 1;
+                }
+                w->nheld += k;
+        }
+        w->blocks += w->nheld;
+        for (uint64_t i = 0; i < w->nheld; i++)
+                eng_arena_free(&w->a, w->held[i]);
+        return NULL;
+}
+
+static _Noreturn void hc_child(struct seg *s, int proc, struct hc_ctl *k, double deadline)
+{
+        eng_arena_t a;
+        uintptr_t addr;
+        if (seg_remap_in_child(s, proc, &a, &addr) != 0)
+                _exit(2);
+        __atomic_fetch_add(g_mapped, 1, __ATOMIC_SEQ_CST);
+        static struct hc_worker w[THREADS];
+        static uint64_t held[THREADS][8192];
+        uint64_t n = 0, anomalies[THREADS] = {0};
+        for (int round = 0; round < HC_ROUNDS; round++) {
+                /* A fresh view each round, as a newly attached client's: it knows only the
+                 * buf_bottom the rebuild left (top), so every carve by another process is news
+                 * to it. */
+                if (eng_arena_attach(&a, (void *)addr, s->size) != 0)
+                        _exit(6);
+                for (int t = 0; t < THREADS; t++) {
+                        anomalies[t] += round ? eng_arena_anomalies(&w[t].a) : 0;
+                        w[t].a = a;
+                        w[t].owner = owner_of(proc, t, false);
+                        w[t].held = held[t];
+                        w[t].cap = 8192;
+                }
+                pthread_t tid[THREADS];
+                for (int t = 0; t < THREADS; t++)
+                        if (pthread_create(&tid[t], NULL, hc_alloc_all, &w[t]) != 0)
+                                _exit(2);
+                for (int t = 0; t < THREADS; t++)
+                        pthread_join(tid[t], NULL);
+                if (!hc_barrier(k, n += PROCS, deadline))
+                        _exit(4);
+                if (proc == 0) {
+                        eng_arena_rebuild_report_t rep;
+                        if (eng_arena_rebuild(&a, NULL, &rep) != 0 ||
+                            eng_arena_check(&a, NULL, 0) != 0) {
+                                __atomic_store_n(&k->failed, 1, __ATOMIC_SEQ_CST);
+                                _exit(5);
+                        }
+                        k->cuts += rep.cuts;
+                        k->rebuilds++;
+                }
+                if (!hc_barrier(k, n += PROCS, deadline))
+                        _exit(4);
+        }
+        for (int t = 0; t < THREADS; t++) {
+                k->anomalies[proc * THREADS + t] = anomalies[t] + eng_arena_anomalies(&w[t].a);
+                k->blocks[proc * THREADS + t] = w[t].blocks;
+        }
+        _exit(0);
+}
+
+Test(lockfree, honest_carves_and_pops_never_cut, .timeout = 120, .fini = unlink_segment)
+{
+        struct seg s;
+        seg_create(&s, "honest", ENG_ARENA_LOCKFREE, 32 * MIB, REC_BODY, 16);
+        struct hc_ctl *k =
+            mmap(NULL, sizeof *k, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        g_mapped =
+            mmap(NULL, sizeof *g_mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert(k != MAP_FAILED && g_mapped != MAP_FAILED);
+        memset(k, 0, sizeof *k);
+        *g_mapped = 0;
+        double t0 = now_s(), deadline = t0 + 90;
+        pid_t pids[PROCS];
+        int status[PROCS];
+        for (int p = 0; p < PROCS; p++) {
+                pids[p] = fork();
+                if (pids[p] == 0)
+                        hc_child(&s, p, k, deadline);
+        }
+        int late = unlink_then_wait(pids, status, 100);
+        uint64_t anomalies = 0, blocks = 0;
+        for (int i = 0; i < PROCS * THREADS; i++) {
+                anomalies += k->anomalies[i];
+                blocks += k->blocks[i];
+        }
+        fprintf(stderr,
+                "[honest] %d rounds in %.2f s: %llu blocks allocated, %llu rebuilds; cuts %llu, "
+                "anomalies %llu\n",
+                HC_ROUNDS, now_s() - t0, (unsigned long long)blocks,
+                (unsigned long long)k->rebuilds, (unsigned long long)k->cuts,
+                (unsigned long long)anomalies);
+        assert_children_ok(pids, status, PROCS, late, "honest");
+        cr_assert_eq(k->rebuilds, HC_ROUNDS);
+        cr_assert_eq(k->cuts, 0, "honest operation cut %llu lists", (unsigned long long)k->cuts);
+        cr_assert_eq(anomalies, 0, "honest operation met %llu anomalies",
+                     (unsigned long long)anomalies);
+        ASSERT_ARENA_OK(&s.a, "after the rounds");
+        munmap(k, sizeof *k);
+        munmap(g_mapped, sizeof *g_mapped);
+        munmap(s.base, s.size);
+}
+
+/* ---- a hostile writer: random bytes anywhere, while others allocate ------------------ */
+
+/*
+ * PROCS - 1 worker processes (THREADS threads each, each with its own mapping of the segment)
+ * allocate, fill, verify and free blocks with owner tags - singly and in bulks, with deferred
+ * frees and flushes, reclaims of their own owner, owner and capacity queries, stats and the
+ * tolerant check; one of them plays the server: the only one to carve records, and it calls
+ * eng_arena_heal every 256 cycles - while the last process writes random bytes anywhere:
+ * line 0, the watermarks, the heads and counters, block headers and links at plausible places,
+ * record slots, payloads. Denial of service is allowed (failed allocations, refused frees, data
+ * overwritten in the workers' own blocks: all only counted). What is asserted: no process
+ * crashed or hung, no offset the arena handed out lies outside the buffer area or record slots
+ * of the region, and after everyone stopped a rebuild with no live owner makes the strict check
+ * pass with every byte back in the gap.
+ *
+ * Every loop is bounded in count and in time, every wait has a deadline, children _exit.
+ */
+#define SCR_SECS_DEFAULT 3
+#define SCR_MAX_CYCLES   20000000ull
+#define SCR_BATCH        8
+
+struct scr_res {
+        uint64_t cycles, allocs, bulk_blocks, enomem, refused_frees, mismatches, recs;
+        uint64_t reclaims, outside, anomalies, walk_skips, writes, heals;
+};
+
+struct scr_ctl {
+        int stop;
+        uint64_t deadline_ns; /* CLOCK_MONOTONIC: workers stop by then whatever happens */
+        struct scr_res res[PROCS * THREADS];
+};
+
+struct scr_worker {
+        eng_arena_t a;
+        bool server; /* the one view that carves records, and heals (as the engine's server) */
+        uint32_t owner;
+        uint64_t rng;
+        struct scr_ctl *k;
+        struct scr_res *res;
+        eng_arena_batch_t batch;
+        struct {
+                uint64_t off, len, pat;
+        } win[WINDOW];
+        uint64_t rec;
+};
+
+static bool scr_stop(const struct scr_worker *w)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        return __atomic_load_n(&w->k->stop, __ATOMIC_ACQUIRE) || ns > w->k->deadline_ns;
+}
+
+/* An offset the arena handed out: must be a payload inside the buffer part of the region. */
+static void scr_check_off(struct scr_worker *w, uint64_t off, uint64_t len)
+{
+        const eng_arena_t *a = &w->a;
+        if (off < a->rec_base + ENG_ARENA_HDR_BYTES || off > a->top || len > a->top - off ||
+            eng_arena_ptr(a, off, len) == NULL) {
+                if (w->res->outside++ < 5)
+                        fprintf(stderr, "scribble: owner %#x got offset %llu len %llu: outside\n",
+                                w->owner, (unsigned long long)off, (unsigned long long)len);
+        }
+}
+
+static void scr_release(struct scr_worker *w, int i)
+{
+        uint64_t off = w->win[i].off, seen;
+        if (check_pat(eng_arena_ptr(&w->a, off, w->win[i].len), w->win[i].len, w->win[i].pat,
+                      &seen) != 0)
+                w->res->mismatches++; /* the scribbler wrote into it: allowed */
+        int rc = xorshift(&w->rng) % 2 ? eng_arena_free_later(&w->a, &w->batch, off)
+                                       : eng_arena_free(&w->a, off);
+        if (rc != 0)
+                w->res->refused_frees++; /* its header was scribbled: allowed */
+        w->win[i].off = 0;
+}
+
+static void scr_hold(struct scr_worker *w, int i, uint64_t off, uint64_t len)
+{
+        scr_check_off(w, off, len);
+        void *p = eng_arena_ptr(&w->a, off, len);
+        if (p == NULL)
+                return;
+        uint64_t pat = ((uint64_t)w->owner << 32) | (uint32_t)w->res->cycles;
+        fill_pat(p, len, pat);
+        w->win[i].off = off;
+        w->win[i].len = len;
+        w->win[i].pat = pat;
+}
+
+static void *scr_worker(void *arg)
+{
+        struct scr_worker *w = arg;
+        eng_arena_t *a = &w->a;
+        for (uint64_t c = 0; c < SCR_MAX_CYCLES && !scr_stop(w); c++) {
+                w->res->cycles++;
+                int i = (int)(xorshift(&w->rng) % WINDOW);
+                if (w->win[i].off)
+                        scr_release(w, i);
+                uint64_t r = xorshift(&w->rng), op = r % 100, off;
+                uint64_t len = 1 + (r >> 8) % (r % 20 == 0 ? MAX_STRESS_LEN : 16000);
+                if (op < 70) {
+                        int rc = eng_arena_alloc(a, len, w->owner, &off);
+                        if (rc == 0) {
+                                w->res->allocs++;
+                                scr_hold(w, i, off, len);
+                        } else {
+                                w->res->enomem += rc == -ENOMEM;
+                        }
+                } else if (op < 80) {
+                        uint64_t offs[4];
+                        uint32_t n = eng_arena_alloc_bulk(a, 3000, w->owner, offs, 4);
+                        w->res->bulk_blocks += n;
+                        for (uint32_t j = 0; j < n && j < 4; j++) {
+                                int s = (i + (int)j) % WINDOW;
+                                if (w->win[s].off)
+                                        scr_release(w, s);
+                                scr_hold(w, s, offs[j], 3000);
+                        }
+                } else if (op < 88) {
+                        if (!w->server)
+                                continue;
+                        if (w->rec) {
+                                (void)eng_arena_rec_free(a, w->rec);
+                                w->rec = 0;
+                        } else if (eng_arena_rec_alloc(a, w->owner, &off) == 0) {
+                                w->res->recs++;
+                                if (eng_arena_rec_index(a, off) < 0 ||
+                                    eng_arena_ptr(a, off, 256) == NULL)
+                                        w->res->outside++;
+                                else
+                                        w->rec = off;
+                        }
+                } else if (op < 90) {
+                        eng_arena_flush(a, &w->batch);
+                        (void)eng_arena_reclaim(a, w->owner);
+                        w->res->reclaims++;
+                        for (int j = 0; j < WINDOW; j++)
+                                w->win[j].off = 0; /* reclaimed (or lost to the scribbler) */
+                } else if (op < 92) {
+                        eng_arena_stats_t st;
+                        uint64_t leaked;
+                        eng_arena_stats(a, &st);
+                        (void)eng_arena_check_leaks(a, &leaked, NULL, 0);
+                } else if (op < 95) {
+                        eng_arena_flush(a, &w->batch);
+                } else if (w->win[i].off) {
+                        if (eng_arena_owner(a, w->win[i].off) != w->owner ||
+                            eng_arena_capacity(a, w->win[i].off) < w->win[i].len)
+                                w->res->mismatches++;
+                }
+                if (w->server && c % 256 == 0 && eng_arena_heal(a, NULL, 0) > 0)
+                        w->res->heals++;
+        }
+        for (int j = 0; j < WINDOW; j++)
+                if (w->win[j].off)
+                        scr_release(w, j);
+        eng_arena_flush(a, &w->batch);
+        w->res->anomalies = eng_arena_anomalies(a);
+        w->res->walk_skips = eng_arena_walk_skips(a);
+        return NULL;
+}
+
+static _Noreturn void scr_worker_child(struct seg *s, int proc, struct scr_ctl *k)
+{
+        eng_arena_t a;
+        uintptr_t addr;
+        if (seg_remap_in_child(s, proc, &a, &addr) != 0)
+                _exit(2);
+        __atomic_fetch_add(g_mapped, 1, __ATOMIC_SEQ_CST);
+        static struct scr_worker w[THREADS];
+        pthread_t tid[THREADS];
+        memset(w, 0, sizeof w);
+        for (int t = 0; t < THREADS; t++) {
+                w[t].a = a;
+                w[t].server = proc == 0 && t == 0;
+                w[t].owner = owner_of(proc, t, false);
+                w[t].rng = 0x9e3779b97f4a7c15ull * (w[t].owner + 1);
+                w[t].k = k;
+                w[t].res = &k->res[proc * THREADS + t];
+                if (pthread_create(&tid[t], NULL, scr_worker, &w[t]) != 0)
+                        _exit(2);
+        }
+        int bad = 0;
+        for (int t = 0; t < THREADS; t++) {
+                pthread_join(tid[t], NULL);
+                bad |= w[t].res->outside != 0;
+        }
+        _exit(bad ? 3 : 0);
+}
+
+/* One random write aimed at the arena's structure (or anywhere). */
+static void scr_scribble(eng_arena_t *a, uint64_t *rng)
+{
+        struct eng_arena_hdr *h = a->hdr;
+        uint64_t r = xorshift(rng), v = xorshift(rng);
+        uint64_t sb = (uint64_t)1 << a->max_shift, min = (uint64_t)1 << a->min_shift;
+        uint64_t m = __atomic_load_n(&h->marks, __ATOMIC_RELAXED);
+        uint64_t bb = units_to_off(marks_buf_bottom(m)), rt = units_to_off(marks_rec_top(m));
+        if (bb > a->top || bb < a->rec_base)
+                bb = a->top - sb;
+        uint64_t nmin = (a->top - a->rec_base) / min;
+        uint64_t blk = (a->top - (1 + (v >> 8) % nmin) * min); /* a 2^min-aligned offset */
+        uint32_t c = (uint32_t)(v % a->nclasses);
+        uint64_t *word;
+        switch (r % 11) {
+        case 0: /* a word anywhere */
+                word = (uint64_t *)(a->base + ((v % a->size) & ~(uint64_t)7));
+                *word = xorshift(rng);
+                break;
+        case 1: /* the header's first two lines */
+                ((uint64_t *)h)[(v >> 4) % 16] = xorshift(rng);
+                break;
+        case 2: /* a class head: garbage, a plausible block (maybe in use), empty */
+                if (v & 1)
+                        h->cls[c].head = xorshift(rng);
+                else if (v & 2)
+                        h->cls[c].head = head_pack((uint32_t)(blk / ARENA_UNIT), (uint32_t)r);
+                else
+                        h->cls[c].head = head_pack(0, (uint32_t)r);
+                break;
+        case 3: /* the watermarks */
+                switch ((v >> 4) % 4) {
+                case 0:
+                        h->marks = xorshift(rng);
+                        break;
+                case 1:
+                        h->marks = marks_pack(marks_rec_top(m), (uint32_t)((bb + sb) / ARENA_UNIT));
+                        break;
+                case 2:
+                        h->marks = marks_pack(marks_rec_top(m), (uint32_t)((bb - sb) / ARENA_UNIT));
+                        break;
+                default:
+                        h->marks = marks_pack(
+                            (uint32_t)((rt + (v % 3) * a->rec_stride - a->rec_stride) / ARENA_UNIT),
+                            marks_buf_bottom(m));
+                        break;
+                }
+                break;
+        case 4: /* a block header word */
+                word = (uint64_t *)(a->base + blk);
+                *word = (v & 16) ? blk_word(c, 1 + (uint32_t)((v >> 5) % 2), (uint32_t)(v >> 32))
+                                 : xorshift(rng);
+                break;
+        case 5: /* a block link, to another plausible block */
+                ((uint64_t *)(a->base + blk))[1] =
+                    (a->top - (1 + (xorshift(rng) % nmin)) * min) / ARENA_UNIT;
+                break;
+        case 6: /* a record slot's header or link */
+                word = (uint64_t *)(a->base + a->rec_base +
+                                    ((v >> 8) % (a->rec_slots_max ? a->rec_slots_max : 1)) *
+                                        a->rec_stride);
+                word[(v >> 4) % 2] = (v & 1) ? xorshift(rng) : blk_word(0, BLK_RFREE, 0);
+                break;
+        case 7: /* a counter */
+                ((uint64_t *)&h->cls[c])[1 + (v >> 8) % 5] = xorshift(rng);
+                h->rec_used ^= (v >> 20) & 1;
+                break;
+        case 8: /* the magic, or line 0 */
+                if (v & 1)
+                        h->magic = 0;
+                else
+                        h->top = xorshift(rng);
+                break;
+        case 9: /* the record list head */
+                h->rec_head =
+                    (v & 1) ? xorshift(rng)
+                            : head_pack((uint32_t)((a->rec_base + ((v >> 8) % 64) * a->rec_stride) /
+                                                   ARENA_UNIT),
+                                        (uint32_t)r);
+                break;
+        default: /* 64 random bytes anywhere */
+                word = (uint64_t *)(a->base + ((v % (a->size - 64)) & ~(uint64_t)7));
+                for (int i = 0; i < 8; i++)
+                        word[i] = xorshift(rng);
+                break;
+        }
+}
+
+static _Noreturn void scr_scribbler_child(struct seg *s, int proc, struct scr_ctl *k, double secs)
+{
+        eng_arena_t a;
+        uintptr_t addr;
+        if (seg_remap_in_child(s, proc, &a, &addr) != 0)
+                _exit(2);
+        __atomic_fetch_add(g_mapped, 1, __ATOMIC_SEQ_CST);
+        /* Start once every worker has attached (a zeroed magic would refuse them). */
+        for (double end = now_s() + 10;
+             __atomic_load_n(g_mapped, __ATOMIC_SEQ_CST) < PROCS && now_s() < end;)
+                sleep_us(1000);
+        uint64_t rng = 0xbad5eed ^ (uint64_t)getpid(), writes = 0;
+        for (double end = now_s() + secs; now_s() < end;) {
+                for (int i = 0; i < 16; i++, writes++)
+                        scr_scribble(&a, &rng);
+                sleep_us(50 + (long)(xorshift(&rng) % 300));
+        }
+        k->res[proc * THREADS].writes = writes;
+        __atomic_store_n(&k->stop, 1, __ATOMIC_RELEASE);
+        _exit(0);
+}
+
+Test(lockfree, survives_a_scribbler_then_rebuilds, .timeout = 90, .fini = unlink_segment)
+{
+        double secs = (double)env_u64("ENG_ARENA_SCRIBBLE_SECS", SCR_SECS_DEFAULT);
+        struct seg s;
+        seg_create(&s, "scribble", ENG_ARENA_LOCKFREE, 16 * MIB, REC_BODY, 20);
+        struct scr_ctl *k =
+            mmap(NULL, sizeof *k, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        g_mapped =
+            mmap(NULL, sizeof *g_mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert(k != MAP_FAILED && g_mapped != MAP_FAILED);
+        memset(k, 0, sizeof *k);
+        *g_mapped = 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        k->deadline_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec +
+                         (uint64_t)((secs + 15) * 1e9);
+        pid_t pids[PROCS];
+        int status[PROCS];
+        double t0 = now_s();
+        for (int p = 0; p < PROCS; p++) {
+                pids[p] = fork();
+                if (pids[p] == 0) {
+                        if (p == PROCS - 1)
+                                scr_scribbler_child(&s, p, k, secs);
+                        scr_worker_child(&s, p, k);
+                }
+        }
+        int late = unlink_then_wait(pids, status, secs + 40);
+        double took = now_s() - t0;
+
+        struct scr_res tot;
+        memset(&tot, 0, sizeof tot);
+        for (int i = 0; i < PROCS * THREADS; i++) {
+                const struct scr_res *r = &k->res[i];
+                tot.cycles += r->cycles;
+                tot.allocs += r->allocs;
+                tot.bulk_blocks += r->bulk_blocks;
+                tot.enomem += r->enomem;
+                tot.refused_frees += r->refused_frees;
+                tot.mismatches += r->mismatches;
+                tot.recs += r->recs;
+                tot.reclaims += r->reclaims;
+                tot.outside += r->outside;
+                tot.anomalies += r->anomalies;
+                tot.walk_skips += r->walk_skips;
+                tot.writes += r->writes;
+                tot.heals += r->heals;
+        }
+        eng_arena_stats_t st;
+        eng_arena_stats(&s.a, &st);
+        bool strict_before = eng_arena_check(&s.a, NULL, 0) == 0;
+        eng_arena_rebuild_report_t rep;
+        int rc = eng_arena_rebuild(&s.a, NULL, &rep);
+        fprintf(
+            stderr,
+            "[scribble] %.1f s: %llu random writes; workers: %llu cycles, %llu allocs + %llu "
+            "bulk, %llu records, %llu reclaims, ENOMEM %llu, refused frees %llu, overwritten "
+            "blocks %llu, anomalies %llu (walks abandoned %llu superblocks), %llu heals, cuts "
+            "%llu; strict check before the rebuild: %s; rebuild: freed %llu blocks, %llu slots, "
+            "%llu bytes back to the gap\n",
+            took, (unsigned long long)tot.writes, (unsigned long long)tot.cycles,
+            (unsigned long long)tot.allocs, (unsigned long long)tot.bulk_blocks,
+            (unsigned long long)tot.recs, (unsigned long long)tot.reclaims,
+            (unsigned long long)tot.enomem, (unsigned long long)tot.refused_frees,
+            (unsigned long long)tot.mismatches, (unsigned long long)tot.anomalies,
+            (unsigned long long)tot.walk_skips, (unsigned long long)tot.heals,
+            (unsigned long long)st.cuts, strict_before ? "passed" : "failed",
+            (unsigned long long)rep.freed_blocks, (unsigned long long)rep.rec_freed,
+            (unsigned long long)rep.gap_bytes);
+
+        assert_children_ok(pids, status, PROCS, late, "scribble");
+        cr_assert_eq(tot.outside, 0, "%llu offsets handed out outside the region",
+                     (unsigned long long)tot.outside);
+        cr_assert_gt(tot.allocs, 0, "the workers got work done");
+        cr_assert_gt(tot.writes, 0, "the scribbler wrote");
+        cr_assert_eq(rc, 0, "rebuild: %d", rc);
+        ASSERT_ARENA_OK(&s.a, "rebuilt after the scribbler");
+        eng_arena_stats(&s.a, &st);
+        cr_assert_eq(st.buf_bottom, st.top, "every buffer byte back in the gap");
+        cr_assert_eq(st.rec_top, st.rec_base, "every record slot back in the gap");
+        cr_assert_eq(st.buf_used_blocks + st.buf_free_blocks + st.rec_used + st.rec_free, 0);
+        eng_arena_t b;
+        cr_assert_eq(eng_arena_attach(&b, s.base, s.size), 0, "attach after the rebuild");
+        uint64_t x;
+        cr_assert_eq(eng_arena_alloc(&b, eng_arena_max_alloc(&b), 1, &x), 0);
+        cr_assert_eq(eng_arena_free(&b, x), 0);
+        ASSERT_ARENA_OK(&b, "after one more allocation");
+        munmap(k, sizeof *k);
+        munmap(g_mapped, sizeof *g_mapped);
         munmap(s.base, s.size);
 }
 
