@@ -24,6 +24,8 @@ struct eng_stream {
         uint32_t idx;
         uint32_t user_id; /* the caller's id for the stream, used in messages */
         uint32_t owner;
+        uint64_t guid[2]; /* the record's GUID when we claimed it: ours while it matches */
+        bool claim_held;  /* we hold the record's claim lock (until the server's answer) */
         struct eng_rec *rec;
         struct chan_end out; /* c2s, we produce */
         struct chan_end in;  /* s2c, we consume */
@@ -38,7 +40,6 @@ struct eng_stream {
 struct eng_client {
         struct eng_seg sg;
         eng_client_cfg_t cfg;
-        uint64_t epoch;
         pid_t server_pid;
         int server_pidfd;
         eng_stream_t *session;
@@ -51,12 +52,12 @@ struct eng_client {
 
 int eng_client_check_server(eng_client_t *c)
 {
-        /* The server process's pidfd (taken at attach, from the pid we copied then) is the
-         * authority. The header's state only counts once it says STOPPED: during STOPPING the
-         * server still serves transfers in flight (its grace period). A new server on the name
-         * never reuses this object (it unlinks it and creates another): what we map stays the
-         * old epoch's, so its server's pidfd is the one that matters. */
-        if (eng_load_acquire_u32(&c->sg.hdr->state) == SRV_STOPPED)
+        /* The kernel's word, not the segment's: the server holds SEG_LOCK_SERVER on this very
+         * object from before formatting until it lets go of the name (stop, or death, however
+         * it dies), and no write to the segment can forge or keep it. The server process's
+         * pidfd (from the pid in the header at attach) is a second, cheaper sign. A new server
+         * on the name never reuses this object: what we map stays the old epoch's. */
+        if (seg_server_alive(&c->sg) == 0)
                 return -EPIPE;
         if (c->server_pidfd >= 0) {
                 struct pollfd p = {.fd = c->server_pidfd, .events = POLLIN};
@@ -72,6 +73,21 @@ static int64_t remaining_ns(uint64_t deadline)
 {
         uint64_t now = eng_now_ns();
         return now >= deadline ? 0 : (int64_t)(deadline - now);
+}
+
+static bool interrupted(const eng_client_t *c)
+{
+        return c->cfg.interrupt != NULL && *c->cfg.interrupt != 0;
+}
+
+/* Between wait slices: the server still there, the caller not interrupted. */
+static int wait_check(eng_client_t *c)
+{
+        if (interrupted(c)) {
+                eng_set_err("interrupted");
+                return -EINTR;
+        }
+        return eng_client_check_server(c);
 }
 
 static uint64_t deadline_of(eng_client_t *c, int timeout_ms)
@@ -117,7 +133,7 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
                 eng_fence_full();
                 if (eng_load_acquire_u32(&sr->wake) != ticket)
                         goto woken;
-                int rc = eng_client_check_server(c);
+                int rc = wait_check(c);
                 if (rc != 0)
                         return rc;
                 int64_t left = remaining_ns(deadline);
@@ -149,7 +165,7 @@ static int stream_wait(eng_client_t *c, struct chan_end *ch, uint32_t ticket, ui
                         return 0;
                 eng_cpu_relax();
         }
-        int rc = eng_client_check_server(c);
+        int rc = wait_check(c);
         if (rc != 0)
                 return rc;
         int64_t left = remaining_ns(deadline);
@@ -161,94 +177,89 @@ static int stream_wait(eng_client_t *c, struct chan_end *ch, uint32_t ticket, ui
 
 /* ---- the hand-out ------------------------------------------------------------------- */
 
-/*
- * The bootstrap mutex, in slices: whoever holds it (a stopped or hostile process) cannot keep
- * us past our deadline, and we notice a server that died meanwhile.
- */
-static int boot_lock(eng_client_t *c, uint64_t deadline)
+static int boot_check(void *arg)
 {
-        struct eng_seg *sg = &c->sg;
-        for (;;) {
-                int64_t left = remaining_ns(deadline);
-                struct timespec rt = seg_realtime_in((uint64_t)(left < SLICE_NS ? left : SLICE_NS));
-                int rc = pthread_mutex_timedlock(&sg->hdr->boot, &rt);
-                if (rc == 0)
-                        return 0;
-                if (rc == EOWNERDEAD) {
-                        seg_boot_repair(sg);
-                        return 0;
-                }
-                if (rc != ETIMEDOUT)
-                        return -rc;
-                rc = eng_client_check_server(c);
-                if (rc != 0)
-                        return rc;
-                if (eng_now_ns() >= deadline) {
-                        eng_set_err("the bootstrap mutex stayed held by another process");
-                        return -ETIMEDOUT;
-                }
-        }
+        return wait_check(arg);
 }
 
-/* Take the record on offer as a stream (or session) of ours. */
+/*
+ * Take the record on offer as a stream (or session) of ours. Under the bootstrap lock (a lock
+ * the kernel holds: a process that dies holding it lets go of it, and nothing in the segment
+ * can forge a holder), we check the offer, take the record's claim lock (the kernel tells the
+ * server our pid from it), write the claim and publish CLAIMED, then mark the offer taken.
+ * deadline 0: do not wait (-EAGAIN if the lock is held or nothing is on offer).
+ */
 static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t session,
-                      uint32_t *idx_out, uint64_t deadline)
+                      uint32_t *idx_out, uint64_t guid[2], uint64_t deadline)
 {
         struct eng_seg *sg = &c->sg;
         struct eng_seg_hdr *h = sg->hdr;
         for (;;) {
-                int rc = boot_lock(c, deadline);
+                int rc = deadline == 0 ? seg_boot_trylock(sg)
+                                       : seg_boot_lock(sg, deadline, boot_check, c);
+                if (rc == -ETIMEDOUT)
+                        eng_set_err("the bootstrap lock stayed held by another process");
                 if (rc != 0)
                         return rc;
                 if (eng_load_acquire_u32(&h->state) != SRV_READY ||
                     eng_client_check_server(c) != 0) {
                         /* Stopping or gone: an offer still up would never be served. */
-                        pthread_mutex_unlock(&h->boot);
+                        seg_boot_unlock(sg);
                         eng_set_err("the server is stopping or gone");
                         return -EPIPE;
                 }
-                if (h->offer_state == 1) {
-                        uint32_t idx = h->offer_idx;
+                if (eng_load_acquire_u32(&h->offer_state) == OFFER_UP) {
+                        /* Read the offer once; check and use the copies. */
+                        uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
+                        uint64_t g0 = eng_load_relaxed_u64(&h->offer_guid[0]);
+                        uint64_t g1 = eng_load_relaxed_u64(&h->offer_guid[1]);
                         struct eng_rec *r = seg_rec(sg, idx);
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
-                            r->guid[0] == h->offer_guid[0] && r->guid[1] == h->offer_guid[1] &&
-                            r->depth == sg->depth) {
+                            r->guid[0] == g0 && r->guid[1] == g1 && r->depth == sg->depth &&
+                            seg_claim_lock(sg, idx, g0) == 0) {
                                 r->owner_pid = getpid();
                                 r->type = type;
                                 r->user_id = user_id;
                                 r->session = session;
                                 /* Release: the owner fields are visible before CLAIMED. */
                                 eng_store_release_u32(&r->state, ST_CLAIMED);
-                                eng_store_release_u32(&h->offer_state, 2);
-                                pthread_mutex_unlock(&h->boot);
+                                eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
+                                seg_boot_unlock(sg);
                                 eng_faa_u32(&h->ctl_wake, 1);
                                 eng_futex_wake(&h->ctl_wake, 1);
                                 *idx_out = idx;
+                                guid[0] = g0;
+                                guid[1] = g1;
                                 return 0;
                         }
-                        /* Inconsistent offer (or scribbled): mark it spent so the server re-offers.
-                         */
-                        h->offer_state = 2;
+                        /* Inconsistent offer (scribbled), or its claim lock is held by someone
+                         * else: mark it spent so the server decides the record and offers
+                         * another. */
+                        eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
                         eng_faa_u32(&h->ctl_wake, 1);
                         eng_futex_wake(&h->ctl_wake, 1);
                 }
                 /* Nothing on offer yet: sleep until the server offers (read the word while we
-                 * hold the mutex, so an offer made after we unlock changes it). */
+                 * hold the lock, so an offer made after we unlock changes it). */
                 uint32_t seq = eng_load_acquire_u32(&h->boot_wake);
-                pthread_mutex_unlock(&h->boot);
-                rc = eng_client_check_server(c);
+                seg_boot_unlock(sg);
+                if (deadline == 0)
+                        return -EAGAIN;
+                rc = wait_check(c);
                 if (rc != 0)
                         return rc;
                 int64_t left = remaining_ns(deadline);
                 if (left == 0) {
-                        eng_set_err("no stream record offered in time (segment full?)");
+                        eng_set_err("no stream record offered in time (the segment holds %u "
+                                    "records: all in use?)",
+                                    sg->max_streams);
                         return -ETIMEDOUT;
                 }
                 eng_futex_wait(&h->boot_wake, seq, left < SLICE_NS ? left : SLICE_NS);
         }
 }
 
-static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx)
+static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx, const uint64_t guid[2])
 {
         eng_stream_t *s = calloc(1, sizeof(*s));
         if (s == NULL)
@@ -257,6 +268,9 @@ static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx)
         s->c = c;
         s->idx = idx;
         s->owner = idx + 1;
+        s->guid[0] = guid[0];
+        s->guid[1] = guid[1];
+        s->claim_held = true;
         s->rec = r;
         chan_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth, c->transport,
                     true);
@@ -277,31 +291,55 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         if (c->cfg.timeout_ms == 0)
                 c->cfg.timeout_ms = 10000;
         c->server_pidfd = -1;
-        int rc = seg_attach(&c->sg, name ? name : "/engine-default");
+        name = name ? name : "/engine-default";
+        uint64_t now = eng_now_ns();
+        struct seg_trust t = {.owner = c->cfg.owner_uid != 0 ? c->cfg.owner_uid : (uid_t)-1,
+                              .mode = c->cfg.mode,
+                              .start_deadline = now + (uint64_t)c->cfg.timeout_ms * 1000000ull,
+                              .exist_deadline =
+                                  c->cfg.wait_ms ? now + (uint64_t)c->cfg.wait_ms * 1000000ull : 0,
+                              .interrupt = c->cfg.interrupt};
+        if (t.exist_deadline > t.start_deadline)
+                t.start_deadline = t.exist_deadline;
+        int rc = seg_attach_trust(&c->sg, name, &t);
         if (rc != 0) {
                 free(c);
                 return rc;
         }
-        struct eng_seg_hdr *h = c->sg.hdr;
-        c->epoch = h->epoch;
-        c->transport = (eng_transport_t)h->transport; /* seg_attach validated it */
+        /* Everything below comes from the line-0 copy seg_attach validated (read once). */
+        const struct eng_seg_hdr *h = &c->sg.line0;
+        c->transport = (eng_transport_t)h->transport;
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
         c->asym = h->asym == 1 && c->transport == ENG_TRANSPORT_LOCKFREE && eng_asym_register();
         c->small_len = eng_arena_kind(&c->sg.arena) == ENG_ARENA_LOCKFREE
                            ? eng_arena_class_bytes(&c->sg.arena, 1)
                            : 0;
-        if (eng_load_acquire_u32(&h->state) != SRV_READY || eng_client_check_server(c) != 0) {
-                eng_set_err("segment %s exists but its server (pid %d) is not serving", name,
-                            (int)c->server_pid);
-                rc = -ECONNREFUSED;
-                goto fail;
+        /* Attach waited for the header; the state follows right after it (a server that just
+         * wrote its magic is about to say READY): wait for that too, within the same time. */
+        for (;;) {
+                bool alive = eng_client_check_server(c) == 0;
+                if (alive && eng_load_acquire_u32(&c->sg.hdr->state) == SRV_READY)
+                        break;
+                if (!alive || eng_now_ns() >= t.start_deadline) {
+                        eng_set_err("segment %s exists but its server (pid %d) is not serving",
+                                    name, (int)c->server_pid);
+                        rc = -ECONNREFUSED;
+                        goto fail;
+                }
+                if (interrupted(c)) {
+                        eng_set_err("interrupted");
+                        rc = -EINTR;
+                        goto fail;
+                }
+                usleep(2000);
         }
         uint32_t idx;
-        rc = take_offer(c, REC_SESSION, 0, 0, &idx, deadline_of(c, -1));
+        uint64_t guid[2];
+        rc = take_offer(c, REC_SESSION, 0, 0, &idx, guid, deadline_of(c, -1));
         if (rc != 0)
                 goto fail;
-        c->session = stream_new(c, idx);
+        c->session = stream_new(c, idx, guid);
         if (c->session == NULL) {
                 rc = -ENOMEM;
                 goto fail;
@@ -330,21 +368,58 @@ uint64_t eng_client_max_loan(const eng_client_t *c)
         return eng_arena_max_alloc(&c->sg.arena);
 }
 
-int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
+uint32_t eng_client_max_records(const eng_client_t *c)
+{
+        return c->sg.max_streams;
+}
+
+static int stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out, uint64_t deadline)
 {
         uint32_t idx;
-        int rc = take_offer(c, REC_STREAM, user_id, c->session->idx, &idx, deadline_of(c, -1));
+        uint64_t guid[2];
+        int rc = take_offer(c, REC_STREAM, user_id, c->session->idx, &idx, guid, deadline);
         if (rc != 0)
                 return rc;
-        eng_stream_t *s = stream_new(c, idx);
-        if (s != NULL)
-                s->user_id = user_id;
+        eng_stream_t *s = stream_new(c, idx, guid);
         if (s == NULL) {
+                seg_claim_unlock(&c->sg, idx, guid[0]);
                 sched_fin(&c->sg, seg_rec(&c->sg, idx), idx);
                 return -ENOMEM;
         }
+        s->user_id = user_id;
         sched_stream(&c->sg, s->rec, idx);
         *out = s;
+        return 0;
+}
+
+int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
+{
+        return stream_open(c, user_id, out, deadline_of(c, -1));
+}
+
+int eng_stream_try_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
+{
+        return stream_open(c, user_id, out, 0);
+}
+
+/*
+ * Is the record still ours? The server answers a claim with OPEN or ENDED: from then on the
+ * claim lock has done its job (the server read the claimer from it) and we let go of it. A
+ * record whose GUID is no longer the one we claimed was given back and handed to someone else
+ * (a writer forged our FIN, or the server reclaimed it): it is not ours to touch any more.
+ */
+static int rec_check(eng_stream_t *s, uint32_t state)
+{
+        if (s->claim_held && state != ST_CLAIMED) {
+                seg_claim_unlock(&s->c->sg, s->idx, s->guid[0]);
+                s->claim_held = false;
+        }
+        if (eng_load_relaxed_u64(&s->rec->guid[0]) != s->guid[0] ||
+            eng_load_relaxed_u64(&s->rec->guid[1]) != s->guid[1]) {
+                s->ended = -EPIPE;
+                eng_set_err("stream %u: its record was taken back by the server", s->user_id);
+                return -EPIPE;
+        }
         return 0;
 }
 
@@ -353,7 +428,10 @@ static int stream_state(eng_stream_t *s)
 {
         if (s->ended)
                 return s->ended;
-        if (eng_load_acquire_u32(&s->rec->state) == ST_ENDED && chan_used(&s->in) == 0) {
+        uint32_t state = eng_load_acquire_u32(&s->rec->state);
+        if (rec_check(s, state) != 0)
+                return s->ended;
+        if (state == ST_ENDED && chan_used(&s->in) == 0) {
                 s->ended = -EPIPE;
                 eng_set_err("stream %u was ended by the server", s->user_id);
         }
@@ -365,7 +443,10 @@ static int send_state(eng_stream_t *s)
 {
         if (s->ended)
                 return s->ended;
-        return eng_load_acquire_u32(&s->rec->state) == ST_ENDED ? -EPIPE : 0;
+        uint32_t state = eng_load_acquire_u32(&s->rec->state);
+        if (rec_check(s, state) != 0)
+                return s->ended;
+        return state == ST_ENDED ? -EPIPE : 0;
 }
 
 int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
@@ -407,7 +488,7 @@ int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int 
                 uint32_t seq = eng_load_acquire_u32(word);
                 rc = eng_stream_try_loan(s, len, p, off);
                 if (rc == -EAGAIN) {
-                        rc = eng_client_check_server(c);
+                        rc = wait_check(c);
                         if (rc == 0 && (rc = stream_state(s)) == 0) {
                                 int64_t left = remaining_ns(deadline);
                                 if (left == 0)
@@ -673,8 +754,14 @@ fin:
                         eng_arena_free(&c->sg.arena, off);
         }
         /* Our last touch of the record. The server reclaims whatever the stream still owns
-         * (and, for a stream that was not closed in order, tells its hooks it was aborted). */
-        if (eng_client_check_server(c) == 0)
+         * (and, for a stream that was not closed in order, tells its hooks it was aborted).
+         * Not if it is no longer ours: a FIN there would end somebody else's stream. The claim
+         * lock goes first: a record given back may be offered and claimed at once. */
+        if (s->claim_held)
+                seg_claim_unlock(&c->sg, s->idx, s->guid[0]);
+        if (eng_client_check_server(c) == 0 &&
+            eng_load_relaxed_u64(&s->rec->guid[0]) == s->guid[0] &&
+            eng_load_relaxed_u64(&s->rec->guid[1]) == s->guid[1])
                 sched_fin(&c->sg, s->rec, s->idx);
         free(s);
         return rc;

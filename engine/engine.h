@@ -12,12 +12,15 @@
  *   -EAGAIN     ring full (send) / nothing there (recv) / no space in the arena (loan)
  *   -ETIMEDOUT  a blocking call ran out of time
  *   -EPIPE      the peer is gone or the stream was ended
+ *   -EINTR      the client's interrupt flag was set while waiting
  * eng_strerror() gives the text of any of them.
  */
 #ifndef ENG_ENGINE_H
 #define ENG_ENGINE_H
 
 #include <stddef.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -84,6 +87,11 @@ int eng_server_start(const eng_server_cfg_t *cfg, eng_server_t **out);
 void eng_server_stop(eng_server_t *srv);
 /* Number of worker threads. */
 uint32_t eng_server_workers(const eng_server_t *srv);
+/* True once the segment cannot be served any more (another process shrank it and its pages
+ * could not be had again): stop the server. The process survives that shrink: a SIGBUS
+ * handler (installed at the first eng_server_start, chaining to the one before it) restores
+ * the segment's size when another process shrinks it. */
+bool eng_server_failed(const eng_server_t *srv);
 
 uint32_t eng_sstream_id(const eng_sstream_t *s); /* the client's user id for the stream */
 pid_t eng_sstream_pid(const eng_sstream_t *s);   /* the client's pid */
@@ -98,15 +106,37 @@ void eng_sstream_free(eng_sstream_t *s, uint64_t off);
 
 typedef struct eng_client_cfg {
         uint32_t spin;       /* spin iterations before sleeping, default 4096 */
-        uint32_t timeout_ms; /* default for blocking calls, default 10000 */
+        uint32_t timeout_ms; /* default for blocking calls, default 10000; also how long attach
+                                waits for a server that is still starting */
+        uint32_t wait_ms;    /* how long attach waits for a segment that does not exist yet
+                                (a server not started yet); 0: fail at once */
+        uid_t owner_uid;     /* a segment owner to trust besides yourself and root (0: none) */
+        mode_t mode;         /* permission bits the segment may have, default 0600: a segment
+                                other users could read or write is refused */
+        /* If set, every wait returns -EINTR soon after *interrupt becomes non-zero (a signal
+         * handler's flag). */
+        const volatile sig_atomic_t *interrupt;
 } eng_client_cfg_t;
 
+/*
+ * Attach to the segment `name` (NULL: "/engine-default"). Refuses a segment that belongs to
+ * another user (unless cfg->owner_uid) or that other users could read or write (beyond
+ * cfg->mode): -EACCES, the reason in eng_errmsg(). Waits for a server that is starting;
+ * -ECONNREFUSED if there is no segment (after cfg->wait_ms), -ETIMEDOUT if its server never
+ * got ready.
+ */
 int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out);
 /* Closes nothing: close streams first (open streams are ended by the server when it sees
  * the process exit). */
 void eng_client_detach(eng_client_t *c);
 
+/* Open a stream: waits (up to timeout_ms) for the bootstrap lock and a record on offer. */
 int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
+/* The same without waiting: -EAGAIN if the bootstrap lock is held or no record is on offer
+ * right now (the segment may be full: try again after a stream of yours has closed). */
+int eng_stream_try_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
+/* The most records the segment can hold (streams and sessions, of every client). */
+uint32_t eng_client_max_records(const eng_client_t *c);
 /* Orderly close: tells the server, waits for its acknowledgement (dropping replies still in
  * flight), then gives the record back. Every loan of the stream is invalid afterwards. */
 int eng_stream_close(eng_stream_t *s);

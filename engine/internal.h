@@ -7,6 +7,7 @@
 
 #include <ck_ring.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,7 +17,33 @@
 #include "engine.h"
 
 #define SEG_MAGIC   0x53474e45u /* "ENGS" */
-#define SEG_VERSION 2u
+#define SEG_VERSION 3u          /* 3: kernel-held bootstrap lock, no pthread object in the header */
+
+/*
+ * Locks the kernel holds on byte ranges of the shm object, far beyond its end (a lock may lie
+ * past EOF). Nothing in the segment can forge or keep them: the kernel drops them when their
+ * holder goes. See "Locks the kernel holds" in docs/ARCHITECTURE.md.
+ *   SERVER  OFD write lock: the serving process owns the name while it holds it (a client
+ *           tests it with F_OFD_GETLK: a server lives, or is still formatting);
+ *   BOOT    OFD write lock: the bootstrap lock around the hand-out (one per open file
+ *           description, so two clients in one process exclude each other);
+ *   CLAIM   POSIX write lock on the byte of one claim (record i, offered with GUID g: byte
+ *           CLAIM + i * 2^20 + the low 20 bits of g[0]): a client holds it from its claim until
+ *           it sees the server's answer; the server learns the claimer's pid from F_OFD_GETLK
+ *           (l_pid), which no write to the segment can forge. The GUID is in the byte so that
+ *           a lock a process still holds from an earlier claim of the same slot cannot vouch
+ *           for a claim someone else makes in its name.
+ */
+#define SEG_LOCK_SERVER (1ll << 44)
+#define SEG_LOCK_BOOT   ((1ll << 44) + 1)
+#define SEG_LOCK_CLAIM  ((1ll << 44) + 4096)
+static inline long long seg_claim_byte(uint32_t idx, uint64_t guid0)
+{
+        return SEG_LOCK_CLAIM + ((long long)idx << 20) + (long long)(guid0 & 0xfffff);
+}
+
+/* hdr->offer_state */
+enum { OFFER_NONE = 0, OFFER_UP = 1, OFFER_TAKEN = 2 };
 
 /* engine-reserved commands */
 #define CMD_C_CLOSE 0x01f0u /* client: no more messages; please acknowledge */
@@ -139,13 +166,14 @@ struct eng_seg_hdr {
         /* line 2: worker wake-up (clients write) */
         _Alignas(CL) uint32_t srv_wake;
         uint32_t srv_sleepers;
-        /* line 3..: bootstrap hand-out */
-        _Alignas(CL) pthread_mutex_t boot;
-        uint64_t offer_guid[2];
-        uint32_t offer_idx;   /* record index on offer */
-        uint32_t offer_state; /* 0 nothing on offer, 1 available, 2 taken */
-        uint32_t boot_wake;   /* clients waiting for an offer sleep here */
-        uint32_t ctl_wake;    /* the server's control thread sleeps here */
+        /* line 3: bootstrap hand-out (the lock itself is SEG_LOCK_BOOT, held by the kernel) */
+        _Alignas(CL) uint64_t offer_guid[2];
+        uint32_t offer_idx;    /* record index on offer */
+        uint32_t offer_state;  /* OFFER_* */
+        uint32_t boot_wake;    /* clients waiting for an offer sleep here */
+        uint32_t ctl_wake;     /* the server's control thread sleeps here */
+        uint32_t boot_seq;     /* bumped when the bootstrap lock is let go with waiters */
+        uint32_t boot_waiters; /* processes waiting for the bootstrap lock (a hint) */
         /* line: counters (relaxed, statistics only) */
         _Alignas(CL) uint64_t opens;
         uint64_t closes;
@@ -158,7 +186,7 @@ _Static_assert(offsetof(struct eng_seg_hdr, magic) == 0, "magic first");
 _Static_assert(offsetof(struct eng_seg_hdr, asym) + sizeof(uint32_t) <= CL, "line 0 is one line");
 _Static_assert(offsetof(struct eng_seg_hdr, state) == CL, "server state on line 1");
 _Static_assert(offsetof(struct eng_seg_hdr, srv_wake) == 2 * CL, "workers' wake word on line 2");
-_Static_assert(offsetof(struct eng_seg_hdr, boot) == 3 * CL, "bootstrap from line 3");
+_Static_assert(offsetof(struct eng_seg_hdr, offer_guid) == 3 * CL, "bootstrap from line 3");
 _Static_assert(offsetof(struct eng_seg_hdr, opens) % CL == 0, "counters on their own line");
 
 /* ---- helpers shared by both sides (seg.c) ------------------------------------------ */
@@ -173,21 +201,66 @@ struct eng_seg {
         uint32_t depth;
         uint32_t max_streams;
         char name[256];
+        /* private, taken once at create/attach */
+        struct eng_seg_hdr line0; /* line 0 as validated (attach) or written (create) */
+        dev_t dev;
+        ino_t ino;
+        bool serving;             /* created it: holds SEG_LOCK_SERVER on fd */
+        uid_t evicted_uid;        /* create: a foreign object under the name was removed */
+        struct eng_seg *reg_next; /* every segment mapped in this process (seg.c) */
+};
+
+/*
+ * What a client accepts (seg_attach_trust). The owner of the shm object must be the caller's
+ * own uid, root, or `owner`; its permission bits must lie within `mode` (0: 0600), so that no
+ * other user can read or write what goes through it. A segment that exists but is not ready
+ * (its server is still formatting it, or healing a scribbled header) is waited for until
+ * start_deadline if a server holds it; a segment that does not exist is waited for until
+ * exist_deadline (0: fail at once). Deadlines are CLOCK_MONOTONIC ns.
+ */
+struct seg_trust {
+        uid_t owner; /* (uid_t)-1: nobody besides ourselves and root */
+        mode_t mode;
+        uint64_t start_deadline;
+        uint64_t exist_deadline;
+        const volatile sig_atomic_t *interrupt; /* non-zero: stop waiting (-EINTR) */
 };
 
 int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
                uint32_t max_shift);
+int seg_attach_trust(struct eng_seg *sg, const char *name, const struct seg_trust *t);
+/* For inspection (tests, tools): the owner must be us or root, any mode, a 2 s wait for a
+ * starting server. */
 int seg_attach(struct eng_seg *sg, const char *name);
 void seg_unmap(struct eng_seg *sg);
+/* 1 while a server holds the name's object (SEG_LOCK_SERVER), 0 if none, -errno. The server
+ * itself cannot ask (its own lock does not conflict with itself). */
+int seg_server_alive(const struct eng_seg *sg);
 
 /* Record index -> record (NULL if the index is out of range). */
 struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx);
-/* Call holding the bootstrap mutex after EOWNERDEAD: spends an offer the dead holder claimed,
- * makes the mutex consistent. True if the offer was spent. */
-bool seg_boot_repair(struct eng_seg *sg);
-/* CLOCK_REALTIME ns from now, as pthread_mutex_timedlock wants its deadline. */
-struct timespec seg_realtime_in(uint64_t ns);
+
+/*
+ * The bootstrap lock (SEG_LOCK_BOOT, an OFD lock on sg->fd). trylock: 0 or -EAGAIN. lock:
+ * waits in slices until deadline (CLOCK_MONOTONIC ns): 0, -ETIMEDOUT, or whatever check(arg)
+ * returns when it is not 0 (checked between slices: server gone, interrupted). Threads of one
+ * process that share sg->fd do not exclude each other: the server serialises its own.
+ */
+int seg_boot_trylock(struct eng_seg *sg);
+int seg_boot_lock(struct eng_seg *sg, uint64_t deadline, int (*check)(void *), void *arg);
+void seg_boot_unlock(struct eng_seg *sg);
+/* The claim lock of record idx offered with GUID guid0 (a POSIX lock: owned by this process).
+ * 0 or -EAGAIN. */
+int seg_claim_lock(struct eng_seg *sg, uint32_t idx, uint64_t guid0);
+void seg_claim_unlock(struct eng_seg *sg, uint32_t idx, uint64_t guid0);
+/* Who holds that claim lock: its pid (> 0), 0 if nobody, -1 if it is not a process's POSIX
+ * lock (an OFD lock: no claim) or cannot be told. */
+pid_t seg_claim_holder(const struct eng_seg *sg, uint32_t idx, uint64_t guid0);
+/* Close a descriptor of a shm object. A POSIX lock belongs to the process and goes with the
+ * close of ANY of its descriptors of that object: while a segment of the same object is mapped
+ * in this process, the descriptor is kept open instead (closed with the last one). */
+void seg_fd_close(int fd);
 static inline struct eng_desc *rec_c2s_slots(struct eng_rec *r, uint32_t depth)
 {
         (void)depth;
@@ -275,5 +348,10 @@ void eng_asym_heavy(void);     /* server: every registered thread passes a full 
 /* Client's last touch of a record: sched := FIN (and schedule it if it was idle). */
 void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
 void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The SIGBUS guard of a served segment (guard.c): a shrink of the object by another process
+ * is undone in the fault handler; *broken is set if it cannot be. */
+void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken);
+void eng_guard_remove(void *base);
 
 #endif

@@ -1,12 +1,20 @@
 /*
- * server.c - the server runtime: the control thread (offers GUIDs, watches liveness) and a
- * fixed pool of workers that serve every stream (no thread per stream).
+ * server.c - the server runtime: the control thread (offers GUIDs, decides and watches
+ * claims, heals what clients may scribble, reaps) and a fixed pool of workers that serve
+ * every stream (no thread per stream).
  *
  * Scheduling: a stream is run by at most one worker at a time. The shared sched word says
  * so to honest clients; a private per-stream `busy` flag enforces it even if a client writes
- * garbage into sched (a second worker that finds the stream busy just drops the duplicate).
+ * garbage into sched (a second worker that finds the stream busy just re-posts it).
+ *
+ * Trust: the segment is writable by every process of the user. What the server decides with
+ * is private: who claimed a record (the kernel's claim lock, not the record's owner_pid), which
+ * process it watches (a pidfd per pid), which records are live and in which phase, and every
+ * field of a claim, read once at accept. A record taken off the offer is decided, refused or
+ * reclaimed within CLAIM_DEADLINE_NS whatever the segment says.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,25 +31,44 @@
 #include "internal.h"
 
 #define RUN_BATCH 64 /* messages per turn before a stream goes to the back of the line */
+#define TICK_NS   (50 * 1000000ull) /* the control thread's heal/reap period */
+/* A record taken off the offer must be accepted or refused by then; a refused claim that no
+ * verified process holds must be given back (FIN) by then. */
+#define CLAIM_DEADLINE_NS (2000 * 1000000ull)
 
 struct eng_sstream {
         uint32_t busy; /* private exclusivity (server memory, not the segment) */
         uint32_t idx;
         bool live;      /* between offer and finalisation */
-        uint32_t known; /* accepted; published with release: workers read other entries' */
-        bool ended;     /* we sent CLOSE/ERROR; waiting for the client's FIN */
+        uint32_t known; /* decided; published with release: workers read other entries' */
+        uint32_t ended; /* we sent CLOSE/ERROR; waiting for the client's FIN (ctl reads it) */
         bool pushed;    /* this turn produced something for the client */
         bool opened;    /* on_open accepted it: on_close is owed exactly once */
+        bool stalled;   /* the last drain stopped for want of reply room */
+        int32_t err;    /* why we ended it (0: closed in order) */
         uint32_t type;
         uint32_t session;
+        uint32_t session_gen; /* the session's gen when this stream was accepted */
+        uint32_t gen;         /* bumped at every offer of this slot */
+        uint64_t guid0;       /* the GUID's first word as we offered it (names the claim lock) */
         uint32_t user_id;
-        pid_t pid;
-        int pidfd;
+        pid_t pid;             /* known: the claimer, as the kernel says (verified) or as claimed */
+        bool verified;         /* pid is the claim lock's holder */
+        int32_t pw;            /* slot in the pid watch table, -1 if none */
+        uint64_t taken_ns;     /* the control thread saw it leave the offer (0: on offer) */
+        uint64_t fin_deadline; /* refused without a verified claimer: reaped by then */
         uint64_t seq_in, seq_out;
         struct chan_end in, out;
         struct eng_rec *rec;
         struct eng_server *srv;
         void *user;
+};
+
+/* One watched client process: its pidfd and the records that belong to it. */
+struct pidwatch {
+        pid_t pid;
+        int pidfd;
+        uint32_t refs;
 };
 
 struct eng_server {
@@ -54,11 +82,33 @@ struct eng_server {
         uint32_t stop;
         uint32_t offered; /* index currently on offer (+1), 0 if none */
         bool asym;        /* clients may skip their fence: issue the heavy barrier */
+        /* The bootstrap lock is an OFD lock on sg.fd, which all our threads share: they
+         * serialise among themselves here. */
+        pthread_mutex_t boot_mu;
+        /* Watched processes (accept on workers, reap on the control thread). */
+        pthread_mutex_t pw_mu;
+        struct pidwatch *pw;
+        uint32_t npw, cappw;
         /* What the header says, as we wrote it: any writer can overwrite it, the control
          * thread puts it back (heal_header). */
         uint32_t hstate;
-        unsigned char line0[offsetof(struct eng_seg_hdr, state)];
         uint64_t heals;
+        /* Events counted by workers, logged once per tick by the control thread. */
+        uint32_t ev_unclaimed, ev_unverified;
+        uint64_t ev_unclaimed_log, ev_unverified_log;
+        bool name_gone_logged;
+        uint32_t broken; /* the guard could not undo a shrink: stop (eng_server_failed) */
+        bool broken_logged;
+        /* Workers park while the control thread rebuilds the arena (repair_idle). */
+        uint32_t park, parked;
+        /* What may have left the arena inconsistent since the last check at idle: records
+         * finalised (a dead client's crash windows), anomalies this process met, cuts others
+         * met (the shared count), heals. */
+        uint32_t finals;
+        uint32_t finals_seen;
+        uint64_t anomalies_seen, cuts_seen;
+        bool dirty;
+        uint64_t last_repair_ns;
 };
 
 static uint32_t owner_of(uint32_t idx)
@@ -84,6 +134,11 @@ void **eng_sstream_user(eng_sstream_t *s)
 uint32_t eng_server_workers(const eng_server_t *srv)
 {
         return srv->nworkers;
+}
+
+bool eng_server_failed(const eng_server_t *srv)
+{
+        return eng_load_acquire_u32((uint32_t *)&srv->broken) != 0;
 }
 
 int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off)
@@ -133,6 +188,76 @@ static void srv_event(struct eng_server *srv, const char *fmt, ...)
         srv->cfg.hooks.on_event(msg, srv->cfg.hooks.ctx);
 }
 
+/* ---- watched processes ---------------------------------------------------------------- */
+
+/* Watch pid (a verified claimer): share its entry or open a pidfd. 0, or -errno of
+ * pidfd_open (ESRCH: it is gone; EMFILE/ENFILE: we cannot watch it). */
+static int pw_acquire(struct eng_server *srv, pid_t pid, int32_t *slot)
+{
+        pthread_mutex_lock(&srv->pw_mu);
+        int32_t free_slot = -1;
+        for (uint32_t i = 0; i < srv->npw; i++) {
+                if (srv->pw[i].refs != 0 && srv->pw[i].pid == pid) {
+                        srv->pw[i].refs++;
+                        *slot = (int32_t)i;
+                        pthread_mutex_unlock(&srv->pw_mu);
+                        return 0;
+                }
+                if (srv->pw[i].refs == 0 && free_slot < 0)
+                        free_slot = (int32_t)i;
+        }
+        int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+        int rc = fd < 0 ? -errno : 0;
+        if (rc == 0 && free_slot < 0) {
+                if (srv->npw == srv->cappw) {
+                        uint32_t cap = srv->cappw ? 2 * srv->cappw : 16;
+                        struct pidwatch *p = realloc(srv->pw, cap * sizeof(*p));
+                        if (p == NULL) {
+                                close(fd);
+                                rc = -ENOMEM;
+                        } else {
+                                srv->pw = p;
+                                srv->cappw = cap;
+                        }
+                }
+                if (rc == 0)
+                        free_slot = (int32_t)srv->npw++;
+        }
+        if (rc == 0) {
+                srv->pw[free_slot] = (struct pidwatch){.pid = pid, .pidfd = fd, .refs = 1};
+                *slot = free_slot;
+        }
+        pthread_mutex_unlock(&srv->pw_mu);
+        return rc;
+}
+
+static void pw_ref(struct eng_server *srv, int32_t slot)
+{
+        pthread_mutex_lock(&srv->pw_mu);
+        srv->pw[slot].refs++;
+        pthread_mutex_unlock(&srv->pw_mu);
+}
+
+static void pw_release(struct eng_server *srv, int32_t slot)
+{
+        if (slot < 0)
+                return;
+        pthread_mutex_lock(&srv->pw_mu);
+        if (--srv->pw[slot].refs == 0) {
+                close(srv->pw[slot].pidfd);
+                srv->pw[slot].pidfd = -1;
+                srv->pw[slot].pid = 0;
+        }
+        pthread_mutex_unlock(&srv->pw_mu);
+}
+
+static bool pid_gone(pid_t pid)
+{
+        return pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH);
+}
+
+/* ---- streams ------------------------------------------------------------------------ */
+
 static int push_out(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
         struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
@@ -180,7 +305,8 @@ static void end_stream(struct eng_server *srv, eng_sstream_t *s, int err)
 {
         if (s->ended)
                 return;
-        s->ended = true;
+        eng_store_relaxed_u32(&s->ended, 1);
+        s->err = err;
         if (s->known) {
                 push_out(s, err == 0 ? CMD_S_CLOSE : CMD_S_ERROR, (uint64_t)(int64_t)-err, 0, 0);
                 if (s->opened && srv->cfg.hooks.on_close)
@@ -192,80 +318,110 @@ static void end_stream(struct eng_server *srv, eng_sstream_t *s, int err)
         wake_session(srv, s);
 }
 
-/* The client is done with the record (FIN) or dead: give everything back. Returns the
- * number of buffer blocks the record's owner still held. */
+/* The client is done with the record (FIN) or dead, or the claim was never real: give
+ * everything back. Returns the number of buffer blocks the record's owner still held. */
 static int64_t finalize(struct eng_server *srv, eng_sstream_t *s, int err)
 {
         if (!s->ended) {
-                s->ended = true;
+                eng_store_relaxed_u32(&s->ended, 1);
                 if (s->opened && srv->cfg.hooks.on_close)
                         srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
                 s->opened = false;
         }
         int64_t blocks = eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
-        if (s->pidfd >= 0)
-                close(s->pidfd);
-        s->pidfd = -1;
+        pw_release(srv, s->pw);
+        s->pw = -1;
         s->live = false;
+        eng_store_relaxed_u64(&s->taken_ns, 0);
         eng_store_release_u32(&s->known, 0);
         s->user = NULL;
+        eng_faa_u32(&srv->finals, 1);
         eng_faa_u64(&srv->sg.hdr->closes, 1);
         eng_arena_rec_free(&srv->sg.arena, eng_arena_rec_offset(&srv->sg.arena, s->idx));
         return blocks > 0 ? blocks : 0;
 }
 
+/*
+ * Decide a record a client claimed. Everything is read from the record once, here, and only
+ * the copies are checked and kept. Who claimed it is what the kernel says: the holder of the
+ * record's claim lock (a POSIX lock, so its pid comes with it), which must also be the pid
+ * the claim names. Returns:
+ *   0             accepted (OPEN);
+ *   -EAGAIN       still on offer as far as the control thread knows (a stray wake-up);
+ *   -EINPROGRESS  a stream whose session is not decided yet: run it again later;
+ *   -ESRCH        nobody holds the claim (forged, or the claimer is gone): give it back now;
+ *   other         refused: the claimer is told (ERROR, ENDED) and the record comes back at
+ *                 its FIN, its death, or (claim not verified) CLAIM_DEADLINE_NS from now.
+ */
 static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
 {
         struct eng_rec *r = s->rec;
+        uint64_t taken = eng_load_acquire_u64(&s->taken_ns);
+        if (taken == 0)
+                return -EAGAIN;
         /* CLAIMED was published with release after the owner fields. */
         if (eng_load_acquire_u32(&r->state) != ST_CLAIMED)
-                return -EAGAIN;
+                return -ESRCH;
+        uint32_t type = eng_load_relaxed_u32(&r->type);
+        uint32_t session = eng_load_relaxed_u32(&r->session);
+        uint32_t user_id = eng_load_relaxed_u32(&r->user_id);
+        pid_t claimed = (pid_t)eng_load_relaxed_u32((uint32_t *)&r->owner_pid);
+        pid_t holder = seg_claim_holder(&srv->sg, s->idx, s->guid0);
+        if (holder == 0)
+                return -ESRCH;
         uint32_t depth = srv->sg.depth;
-        s->type = r->type;
-        s->session = r->session;
-        s->user_id = r->user_id;
-        s->pid = r->owner_pid;
+        s->type = type;
+        s->session = session;
+        s->user_id = user_id;
+        s->pid = holder > 0 ? holder : claimed;
+        s->verified = holder > 0 && holder == claimed;
         s->seq_in = s->seq_out = 0;
         chan_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, srv->cfg.transport, false);
         chan_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, srv->cfg.transport, true);
         int rc = 0;
-        if (s->type == REC_STREAM) {
+        if (!s->verified) {
+                rc = -EACCES; /* the claim names someone other than its lock's holder */
+        } else if (type == REC_SESSION) {
+                rc = pw_acquire(srv, s->pid, &s->pw);
+                /* The pid may have died and been reused between the lock query and the
+                 * pidfd: the claim lock goes with the process, so ask once more. */
+                if (rc == 0 && seg_claim_holder(&srv->sg, s->idx, s->guid0) != s->pid)
+                        rc = -ESRCH;
+                if (rc == -ESRCH)
+                        return rc;
+        } else if (type == REC_STREAM) {
                 /* The stream's session must be an accepted SESSION of the same process. A
                  * client schedules its session before its streams, but workers may take them
-                 * in any order: a session still being claimed means "come back later". */
-                eng_sstream_t *ss = s->session < srv->ntab ? &srv->tab[s->session] : NULL;
-                if (s->pid <= 0 || (kill(s->pid, 0) != 0 && errno == ESRCH))
-                        return -ESRCH; /* claimed by a process that is gone: reap it now */
-                if (ss == NULL || !ss->live)
-                        return -EPROTO;
-                if (!eng_load_acquire_u32(&ss->known)) {
-                        struct eng_rec *sr = ss->rec;
-                        bool pending = eng_load_acquire_u32(&sr->state) == ST_CLAIMED &&
-                                       sr->type == REC_SESSION && sr->owner_pid == s->pid;
-                        if (pending)
-                                return -EINPROGRESS;
-                        /* Not claimed any more: accepted (or refused) meanwhile? known is
-                         * published before the state moves on, so look again. */
-                        if (!eng_load_acquire_u32(&ss->known))
-                                return -EPROTO;
-                }
-                if (ss->type != REC_SESSION || ss->pid != s->pid)
+                 * in any order: a session not decided yet means "come back later". */
+                eng_sstream_t *ss = session < srv->ntab ? &srv->tab[session] : NULL;
+                if (ss == NULL || !ss->live) {
                         rc = -EPROTO;
-        } else if (s->type != REC_SESSION) {
+                } else if (!eng_load_acquire_u32(&ss->known)) {
+                        if (eng_now_ns() - taken < CLAIM_DEADLINE_NS)
+                                return -EINPROGRESS;
+                        rc = -EPROTO;
+                } else if (ss->type != REC_SESSION || ss->pid != s->pid || !ss->verified) {
+                        rc = -EPROTO;
+                } else if (eng_load_relaxed_u32(&ss->ended) || ss->pw < 0) {
+                        /* the session was refused or ended: say why (e.g. the server cannot
+                         * watch the client: "Too many open files") */
+                        rc = ss->err < 0 ? ss->err : -EPIPE;
+                } else {
+                        s->session_gen = ss->gen;
+                        s->pw = ss->pw;
+                        pw_ref(srv, s->pw);
+                }
+        } else {
                 rc = -EPROTO;
         }
-        if (rc == 0 && s->type == REC_SESSION) {
-                /* Watch the client process; if it is already gone, so is the session. */
-                s->pidfd = s->pid > 0 ? (int)syscall(SYS_pidfd_open, s->pid, 0) : -1;
-                if (s->pidfd < 0)
-                        rc = -ESRCH;
-        }
-        if (rc == 0 && s->type == REC_STREAM) {
+        if (rc == 0 && type == REC_STREAM) {
                 rc = srv->cfg.hooks.on_open ? srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx) : 0;
                 s->opened = rc == 0;
         }
+        if (rc != 0 && (!s->verified || s->pw < 0))
+                s->fin_deadline = eng_now_ns() + CLAIM_DEADLINE_NS;
         /* Known from here on, even if refused (end_stream must tell the client); release:
-         * type and pid are visible to a worker that reads known with acquire. */
+         * type and pid are visible to a thread that reads known with acquire. */
         eng_store_release_u32(&s->known, 1);
         if (rc == 0) {
                 eng_store_release_u32(&r->state, ST_OPEN);
@@ -274,7 +430,6 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         return rc;
 }
 
-/* One message from the client. Returns < 0 to end the stream. */
 static int handle(struct eng_server *srv, eng_sstream_t *s, const struct eng_desc *d)
 {
         if (d->seq != s->seq_in + 1)
@@ -331,12 +486,16 @@ static int drain_batch(struct eng_server *srv, eng_sstream_t *s, bool *full)
                 if (!chan_room(&s->out, 2)) {
                         /* Room for a reply and a final CLOSE/ERROR is reserved: stop taking
                          * requests until the client reads. Flag, fence, re-check (Dekker with its
-                         * recv). */
+                         * recv). `stalled` is our own note of it: a client cannot erase it, and
+                         * the control thread runs the stream again once there is room. */
                         eng_store_relaxed_u32(&s->rec->want_space, 1);
                         eng_fence_full();
-                        if (!chan_room(&s->out, 2))
+                        if (!chan_room(&s->out, 2)) {
+                                s->stalled = true;
                                 return n;
+                        }
                 }
+                s->stalled = false;
                 struct eng_desc d;
                 if (!chan_pop(&s->in, &d))
                         return n;
@@ -487,14 +646,19 @@ static bool run_stream(struct eng_server *srv, uint32_t idx, bool poll)
                         } else if (rc == -EINPROGRESS) {
                                 more = true; /* its session is not accepted yet: requeue */
                         } else if (rc == -ESRCH) {
-                                pid_t pid = s->pid;
-                                int64_t n = finalize(srv, s, -EPIPE); /* claimed by the dead */
-                                srv_event(srv,
-                                          "record %u was claimed by pid %d, which is gone: "
-                                          "reclaimed with %lld buffer(s)",
-                                          idx, (int)pid, (long long)n);
+                                /* Nobody holds the claim: forged, or the claimer died. Nobody
+                                 * honest can think the record is theirs: give it back now. */
+                                finalize(srv, s, -EPIPE);
+                                eng_faa_u32(&srv->ev_unclaimed, 1);
                                 goto out;
                         } else if (rc < 0) {
+                                if (!s->verified)
+                                        eng_faa_u32(&srv->ev_unverified, 1);
+                                else if (s->type == REC_SESSION && s->pw < 0)
+                                        srv_event(srv,
+                                                  "cannot watch client pid %d (%s): its session "
+                                                  "is refused",
+                                                  (int)s->pid, strerror(-rc));
                                 end_stream(srv, s, rc);
                         }
                 }
@@ -555,6 +719,20 @@ static void *worker_main(void *arg)
         eng_arena_batch_t frees = {.n = 0};
         tl_frees = &frees;
         while (!eng_load_relaxed_u32(&srv->stop)) {
+                if (eng_load_acquire_u32(&srv->park)) {
+                        /* The control thread repairs the arena: touch nothing of it until it
+                         * is done (our polled streams let go, our batch flushed). */
+                        release_polls(srv, set, np);
+                        np = 0;
+                        eng_arena_flush(&srv->sg.arena, &frees);
+                        eng_faa_u32(&srv->parked, 1);
+                        while (eng_load_acquire_u32(&srv->park) &&
+                               !eng_load_relaxed_u32(&srv->stop))
+                                eng_futex_wait(&srv->park, 1, 50 * 1000000ll);
+                        eng_faa_u32(&srv->parked, (uint32_t)-1);
+                        spins = 0;
+                        continue;
+                }
                 uint32_t idx;
                 if (ready_take(sg, &cursor, &idx)) {
                         /* One of ours posted (reap, or a client that writes sched): let go
@@ -611,46 +789,23 @@ static void *worker_main(void *arg)
         return NULL;
 }
 
-/* ---- control thread: the GUID hand-out and liveness ---------------------------------- */
+/* ---- control thread: the hand-out, claims, healing, reaping ------------------------- */
 
-/* We got the bootstrap mutex with EOWNERDEAD: a client died inside it. */
-static void boot_repair(struct eng_server *srv)
+/* The bootstrap lock with a deadline: a client may hold it (alive, stopped or hostile) as long
+ * as it likes; the control thread must go on reaping and shutdown must finish. */
+static int srv_boot_lock(struct eng_server *srv, uint64_t ms)
 {
-        bool spent = seg_boot_repair(&srv->sg);
-        eng_faa_u32(&srv->sg.hdr->ctl_wake, 1);
-        srv_event(srv, "a client died holding the bootstrap mutex: repaired%s",
-                  spent ? "; the record it had claimed is reclaimed" : "");
+        pthread_mutex_lock(&srv->boot_mu);
+        int rc = seg_boot_lock(&srv->sg, eng_now_ns() + ms * 1000000ull, NULL, NULL);
+        if (rc != 0)
+                pthread_mutex_unlock(&srv->boot_mu);
+        return rc;
 }
 
-/*
- * The bootstrap mutex, with a deadline: a client may hold it (alive, stopped or hostile) for
- * as long as it likes, and the control thread must go on reaping, and shutdown must finish.
- */
-static int boot_lock_timed(struct eng_server *srv, uint64_t ms)
+static void srv_boot_unlock(struct eng_server *srv)
 {
-        struct timespec ts = seg_realtime_in(ms * 1000000ull);
-        int rc = pthread_mutex_timedlock(&srv->sg.hdr->boot, &ts);
-        if (rc == EOWNERDEAD) {
-                boot_repair(srv);
-                rc = 0;
-        }
-        return -rc;
-}
-
-/*
- * Do not leave a dead holder's mutex for the next client to find: every reap tick, try the
- * mutex (never blocks) and repair it if its holder died. Without this a record the dead
- * holder claimed stayed allocated until some other client opened a stream.
- */
-static void boot_check(struct eng_server *srv)
-{
-        struct eng_seg_hdr *h = srv->sg.hdr;
-        int rc = pthread_mutex_trylock(&h->boot);
-        if (rc == EOWNERDEAD)
-                boot_repair(srv);
-        else if (rc != 0)
-                return; /* EBUSY: held by a live client (or one not yet seen dead) */
-        pthread_mutex_unlock(&h->boot);
+        seg_boot_unlock(&srv->sg);
+        pthread_mutex_unlock(&srv->boot_mu);
 }
 
 static int offer_new(struct eng_server *srv)
@@ -661,8 +816,12 @@ static int offer_new(struct eng_server *srv)
         if (rc != 0)
                 return rc;
         int64_t idx = eng_arena_rec_index(&sg->arena, off);
-        if (idx < 0 || (uint64_t)idx >= sg->max_streams || (uint64_t)idx >= srv->ntab) {
-                eng_arena_rec_free(&sg->arena, off);
+        if (idx < 0 || (uint64_t)idx >= sg->max_streams || (uint64_t)idx >= srv->ntab ||
+            srv->tab[idx].live) {
+                /* Not a slot we can offer (a live one: the record list was forged): keep it
+                 * out of circulation; the idle rebuild gives back whatever is not live. */
+                if (idx < 0 || (uint64_t)idx >= srv->ntab || !srv->tab[idx].live)
+                        eng_arena_rec_free(&sg->arena, off);
                 return -ENOMEM;
         }
         eng_sstream_t *s = &srv->tab[idx];
@@ -672,26 +831,28 @@ static int offer_new(struct eng_server *srv)
                 eng_cpu_relax();
         struct eng_rec *r = (struct eng_rec *)(sg->arena.base + off);
         memset(r, 0, sizeof(*r));
-        r->type = 0;
         if (getrandom(r->guid, sizeof(r->guid), 0) != sizeof(r->guid)) {
                 r->guid[0] = eng_now_ns();
                 r->guid[1] = (uint64_t)idx << 32 | (uint32_t)getpid();
         }
-        memcpy(&r->epoch, srv->line0 + offsetof(struct eng_seg_hdr, epoch), sizeof(r->epoch));
+        r->epoch = sg->line0.epoch;
         r->depth = sg->depth;
         chan_init_shared(&r->c2s, srv->cfg.transport, sg->depth, UINT32_MAX - 3 * sg->depth);
         chan_init_shared(&r->s2c, srv->cfg.transport, sg->depth, UINT32_MAX - 5 * sg->depth);
         r->sched = RUN_IDLE;
+        uint32_t gen = s->gen + 1;
         memset((char *)s + sizeof(s->busy), 0, sizeof(*s) - sizeof(s->busy));
+        s->gen = gen;
+        s->guid0 = r->guid[0];
         s->idx = (uint32_t)idx;
         s->rec = r;
         s->srv = srv;
-        s->pidfd = -1;
+        s->pw = -1;
         s->live = true;
         eng_store_release_u32(&s->busy, 0);
         eng_store_release_u32(&r->state, ST_OFFERED);
 
-        if (boot_lock_timed(srv, 100) != 0) {
+        if (srv_boot_lock(srv, 100) != 0) {
                 /* Held by a client for 100 ms: give the slot back and try again later (the
                  * control thread keeps reaping meanwhile). */
                 s->live = false;
@@ -701,8 +862,10 @@ static int offer_new(struct eng_server *srv)
         sg->hdr->offer_guid[0] = r->guid[0];
         sg->hdr->offer_guid[1] = r->guid[1];
         sg->hdr->offer_idx = (uint32_t)idx;
-        sg->hdr->offer_state = 1;
-        pthread_mutex_unlock(&sg->hdr->boot);
+        /* (release: a client under the lock reads it; the control thread's own later check
+         * reads it without the lock) */
+        eng_store_release_u32(&sg->hdr->offer_state, OFFER_UP);
+        srv_boot_unlock(srv);
         srv->offered = (uint32_t)idx + 1;
         eng_faa_u32(&sg->hdr->boot_wake, 1);
         eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
@@ -724,62 +887,148 @@ static int64_t reap(struct eng_server *srv, eng_sstream_t *t)
         return blocks;
 }
 
-static bool pid_gone(pid_t pid)
+static bool bit_set(const struct eng_seg *sg, uint32_t idx)
 {
-        return pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH);
+        return (eng_load_relaxed_u64(&sg->bitmap[idx >> 6]) >> (idx & 63)) & 1;
 }
 
+#define DEAD_MAX 64 /* processes noticed dead per tick (the rest: next tick) */
+
 /*
- * Peers that are gone. A session's pidfd says when its process exits: then every record that
- * process holds goes — accepted streams (by pid), and records it claimed but the server never
- * accepted, whatever their state now says (by the owner pid in the record; never the record on
- * offer). Streams whose session was closed while they stayed open (a client that detached
- * without closing them) have no pidfd watching them any more: they are checked by pid.
+ * Every tick, over every live record except the one on offer:
+ *   - a process we watch exited (one poll over all pidfds): every record it holds goes;
+ *   - a verified claimer we could not watch (no pidfd) is gone: its records go;
+ *   - a claim refused without a verified claimer was not given back by its deadline: it goes;
+ *   - a record taken off the offer was not decided by its deadline: it goes;
+ *   - a stream whose session ended (the client detached) is an orphan: it goes;
+ *   - scheduling that a writer undid: a stream that should be run (QUEUED, AGAIN, FIN, a
+ *     stalled one, an undecided claim) but whose ready bit is clear, and that no worker holds,
+ *     is posted again. So no scribble of sched, the bitmap or want_space stalls a stream for
+ *     more than a tick once the writer stops.
  */
-static void reap_dead(struct eng_server *srv)
+static bool reap_tick(struct eng_server *srv)
 {
+        struct eng_seg *sg = &srv->sg;
+        struct {
+                pid_t pid;
+                uint32_t recs;
+                int64_t blocks;
+        } dead[DEAD_MAX];
+        uint32_t nd = 0;
+        pthread_mutex_lock(&srv->pw_mu);
+        if (srv->npw > 0) {
+                struct pollfd *pf = calloc(srv->npw, sizeof(*pf));
+                if (pf != NULL) {
+                        for (uint32_t i = 0; i < srv->npw; i++) {
+                                pf[i].fd = srv->pw[i].refs ? srv->pw[i].pidfd : -1;
+                                pf[i].events = POLLIN;
+                        }
+                        if (poll(pf, srv->npw, 0) > 0) {
+                                for (uint32_t i = 0; i < srv->npw && nd < DEAD_MAX; i++)
+                                        if (pf[i].revents & POLLIN)
+                                                dead[nd++].pid = srv->pw[i].pid;
+                        }
+                        free(pf);
+                }
+        }
+        pthread_mutex_unlock(&srv->pw_mu);
+        for (uint32_t i = 0; i < nd; i++)
+                dead[i].recs = 0, dead[i].blocks = 0;
+
+        uint64_t now = eng_now_ns();
         uint32_t offered = srv->offered ? srv->offered - 1 : UINT32_MAX;
-        for (uint32_t i = 0; i < srv->ntab; i++) {
-                eng_sstream_t *s = &srv->tab[i];
-                if (!s->live || !eng_load_acquire_u32(&s->known) || s->type != REC_SESSION ||
-                    s->pidfd < 0)
+        uint64_t slots = eng_arena_rec_slots(&sg->arena);
+        uint32_t n = slots < srv->ntab ? (uint32_t)slots : srv->ntab;
+        uint32_t orphans = 0, late = 0, undecided = 0;
+        int64_t orphan_blocks = 0;
+        bool idle = true; /* nothing live but the offer and sessions: nobody holds buffers */
+        for (uint32_t j = 0; j < n; j++) {
+                eng_sstream_t *t = &srv->tab[j];
+                if (!t->live || j == offered)
                         continue;
-                struct pollfd p = {.fd = s->pidfd, .events = POLLIN};
-                if (poll(&p, 1, 0) != 1)
+                if (!eng_load_acquire_u32(&t->known) || t->type != REC_SESSION)
+                        idle = false;
+                if (!eng_load_acquire_u32(&t->known)) {
+                        uint64_t taken = eng_load_acquire_u64(&t->taken_ns);
+                        if (taken != 0 && now - taken > CLAIM_DEADLINE_NS) {
+                                reap(srv, t);
+                                undecided++;
+                        } else if (taken != 0 && !eng_load_relaxed_u32(&t->busy) &&
+                                   !bit_set(sg, j)) {
+                                ready_post(sg, j);
+                        }
                         continue;
-                pid_t dead = s->pid;
-                uint32_t recs = 0;
-                int64_t blocks = 0;
-                for (uint32_t j = 0; j < srv->ntab; j++) {
-                        eng_sstream_t *t = &srv->tab[j];
-                        if (!t->live || j == offered)
-                                continue;
-                        bool mine = eng_load_acquire_u32(&t->known) ? t->pid == dead
-                                                                    : t->rec->owner_pid == dead;
-                        if (mine) {
-                                blocks += reap(srv, t);
-                                recs++;
+                }
+                bool gone = false;
+                for (uint32_t i = 0; i < nd && t->pw >= 0; i++) {
+                        if (dead[i].pid == t->pid) {
+                                dead[i].blocks += reap(srv, t);
+                                dead[i].recs++;
+                                gone = true;
+                                break;
                         }
                 }
-                srv_event(srv, "client pid %d exited: reclaimed %u record(s), %lld buffer(s)",
-                          (int)dead, recs, (long long)blocks);
-        }
-        for (uint32_t j = 0; j < srv->ntab; j++) {
-                eng_sstream_t *t = &srv->tab[j];
-                if (!t->live || !eng_load_acquire_u32(&t->known) || t->type != REC_STREAM)
+                if (gone)
                         continue;
-                eng_sstream_t *ss = t->session < srv->ntab ? &srv->tab[t->session] : NULL;
-                bool watched = ss != NULL && ss->live && ss->type == REC_SESSION &&
-                               ss->pid == t->pid && ss->pidfd >= 0;
-                if (!watched && pid_gone(t->pid)) {
+                if (t->pw < 0 && t->verified && pid_gone(t->pid)) {
                         pid_t pid = t->pid;
-                        int64_t blocks = reap(srv, t);
-                        srv_event(srv,
-                                  "pid %d is gone: reclaimed its stream record %u, %lld "
-                                  "buffer(s)",
-                                  (int)pid, j, (long long)blocks);
+                        int64_t b = reap(srv, t);
+                        srv_event(srv, "pid %d is gone: reclaimed its record %u, %lld buffer(s)",
+                                  (int)pid, j, (long long)b);
+                        continue;
+                }
+                if (t->fin_deadline != 0 && now > t->fin_deadline) {
+                        reap(srv, t);
+                        late++;
+                        continue;
+                }
+                if (t->type == REC_STREAM && t->pw >= 0) {
+                        eng_sstream_t *ss = &srv->tab[t->session < srv->ntab ? t->session : 0];
+                        if (!ss->live || ss->gen != t->session_gen) {
+                                orphan_blocks += reap(srv, t);
+                                orphans++;
+                                continue;
+                        }
+                }
+                if (!eng_load_relaxed_u32(&t->busy) && !bit_set(sg, j)) {
+                        uint32_t st = eng_load_relaxed_u32(&t->rec->sched);
+                        if (st == RUN_QUEUED || st == RUN_AGAIN || st == RUN_FIN || t->stalled)
+                                ready_post(sg, j);
                 }
         }
+        for (uint32_t i = 0; i < nd; i++)
+                srv_event(srv, "client pid %d exited: reclaimed %u record(s), %lld buffer(s)",
+                          (int)dead[i].pid, dead[i].recs, (long long)dead[i].blocks);
+        if (orphans)
+                srv_event(srv,
+                          "%u stream(s) outlived their client's session (it detached without "
+                          "closing them): reclaimed with %lld buffer(s)",
+                          orphans, (long long)orphan_blocks);
+        if (late)
+                srv_event(srv, "%u refused claim(s) were not given back within %llu ms: reclaimed",
+                          late, (unsigned long long)(CLAIM_DEADLINE_NS / 1000000));
+        if (undecided)
+                srv_event(srv,
+                          "%u record(s) taken off the offer were never completed within %llu ms: "
+                          "reclaimed",
+                          undecided, (unsigned long long)(CLAIM_DEADLINE_NS / 1000000));
+        uint32_t unclaimed = eng_load_relaxed_u32(&srv->ev_unclaimed);
+        if (unclaimed != srv->ev_unclaimed_log) {
+                srv_event(srv,
+                          "%u record(s) left the offer without a claim any live process holds "
+                          "(forged or abandoned): reclaimed",
+                          unclaimed - (uint32_t)srv->ev_unclaimed_log);
+                srv->ev_unclaimed_log = unclaimed;
+        }
+        uint32_t unverified = eng_load_relaxed_u32(&srv->ev_unverified);
+        if (unverified != srv->ev_unverified_log) {
+                srv_event(srv,
+                          "%u claim(s) named a process other than the one holding the claim: "
+                          "refused",
+                          unverified - (uint32_t)srv->ev_unverified_log);
+                srv->ev_unverified_log = unverified;
+        }
+        return idle;
 }
 
 /*
@@ -793,13 +1042,13 @@ static void heal_header(struct eng_server *srv)
 {
         struct eng_seg_hdr *h = srv->sg.hdr;
         unsigned char *raw = (unsigned char *)h;
+        const unsigned char *want0 = (const unsigned char *)&srv->sg.line0;
+        size_t n0 = offsetof(struct eng_seg_hdr, state);
         bool bad = false;
-        if (memcmp(raw, srv->line0, sizeof(srv->line0)) != 0) {
+        if (memcmp(raw, want0, n0) != 0) {
                 size_t m = sizeof(h->magic); /* magic is the first word */
-                memcpy(raw + m, srv->line0 + m, sizeof(srv->line0) - m);
-                uint32_t magic;
-                memcpy(&magic, srv->line0, sizeof(magic));
-                eng_store_release_u32(&h->magic, magic);
+                memcpy(raw + m, want0 + m, n0 - m);
+                eng_store_release_u32(&h->magic, srv->sg.line0.magic);
                 bad = true;
         }
         uint32_t want = eng_load_acquire_u32(&srv->hstate);
@@ -821,11 +1070,47 @@ static void heal_header(struct eng_server *srv)
 }
 
 /*
+ * The object itself: any process of the user may resize it (a shrink makes every access past
+ * the new end fault: see the SIGBUS guard), change its mode (letting other users in) or unlink
+ * its name. Size and mode are put back; a name taken away cannot be (a shm object has no way
+ * back to a name): say so once.
+ */
+static void heal_object(struct eng_server *srv)
+{
+        struct eng_seg *sg = &srv->sg;
+        struct stat st;
+        if (fstat(sg->fd, &st) != 0)
+                return;
+        if ((uint64_t)st.st_size != sg->size) {
+                if (ftruncate(sg->fd, (off_t)sg->size) == 0)
+                        posix_fallocate(sg->fd, 0, (off_t)sg->size);
+                srv_event(srv,
+                          "the segment was resized to %lld bytes by another process: put "
+                          "back to %llu",
+                          (long long)st.st_size, (unsigned long long)sg->size);
+        }
+        if ((st.st_mode & 07777) != srv->cfg.mode) {
+                fchmod(sg->fd, srv->cfg.mode);
+                srv_event(srv,
+                          "the segment's mode was changed to %04o by another process: put "
+                          "back to %04o",
+                          (unsigned)(st.st_mode & 07777), (unsigned)srv->cfg.mode);
+        }
+        if (st.st_nlink == 0 && !srv->name_gone_logged) {
+                srv->name_gone_logged = true;
+                srv_event(srv,
+                          "the segment's name %s was removed by another process: clients "
+                          "already attached go on, new ones cannot find it (restart the "
+                          "server to serve the name again)",
+                          sg->name);
+        }
+}
+
+/*
  * The offer as published in the header, checked against the record we offered. If the
  * record is still OFFERED (nobody claimed it) but the header says otherwise (offer_state,
- * offer_idx or the GUID overwritten), publish it again rather than leaking it: a worker
- * leaves an OFFERED record alone. Under the bootstrap mutex, as claims are. True if the
- * offer was published again (or stands as it is).
+ * offer_idx or the GUID overwritten), publish it again rather than leaking it. Under the
+ * bootstrap lock, as claims are. True if the offer stands (published again or as it was).
  */
 static bool offer_republish(struct eng_server *srv)
 {
@@ -839,27 +1124,127 @@ static bool offer_republish(struct eng_server *srv)
         struct eng_rec *r = seg_rec(sg, idx);
         if (r == NULL)
                 return false;
-        if (eng_load_acquire_u32(&h->offer_state) == 1 && h->offer_idx == idx &&
+        if (eng_load_acquire_u32(&h->offer_state) == OFFER_UP && h->offer_idx == idx &&
             h->offer_guid[0] == r->guid[0] && h->offer_guid[1] == r->guid[1])
                 return eng_load_acquire_u32(&r->state) == ST_OFFERED; /* as published */
-        if (boot_lock_timed(srv, 100) != 0)
+        if (srv_boot_lock(srv, 100) != 0)
                 return false;
         bool still = eng_load_acquire_u32(&r->state) == ST_OFFERED;
         bool changed = false;
-        if (still && (h->offer_state != 1 || h->offer_idx != idx ||
+        if (still && (h->offer_state != OFFER_UP || h->offer_idx != idx ||
                       h->offer_guid[0] != r->guid[0] || h->offer_guid[1] != r->guid[1])) {
                 h->offer_guid[0] = r->guid[0];
                 h->offer_guid[1] = r->guid[1];
                 h->offer_idx = idx;
-                eng_store_release_u32(&h->offer_state, 1);
+                eng_store_release_u32(&h->offer_state, OFFER_UP);
                 changed = true;
         }
-        pthread_mutex_unlock(&h->boot);
+        srv_boot_unlock(srv);
         if (changed) {
                 eng_faa_u32(&h->boot_wake, 1);
                 eng_futex_wake(&h->boot_wake, INT32_MAX);
         }
         return still;
+}
+
+/* ---- repair at idle ------------------------------------------------------------------ */
+
+static bool park_workers(struct eng_server *srv)
+{
+        eng_store_release_u32(&srv->park, 1);
+        /* Sleeping workers look at park within their 200 ms slice; wake them now. */
+        eng_faa_u32(&srv->sg.hdr->srv_wake, 1);
+        eng_futex_wake(&srv->sg.hdr->srv_wake, INT32_MAX);
+        for (uint64_t end = eng_now_ns() + 300 * 1000000ull; eng_now_ns() < end;) {
+                if (eng_load_acquire_u32(&srv->parked) == srv->nworkers)
+                        return true;
+                usleep(500);
+        }
+        return false; /* a worker is busy in a hook (a slow disk): another time */
+}
+
+static void unpark_workers(struct eng_server *srv)
+{
+        eng_store_release_u32(&srv->park, 0);
+        eng_futex_wake(&srv->park, INT32_MAX);
+}
+
+static bool rec_live(uint64_t idx, void *ctx)
+{
+        struct eng_server *srv = ctx;
+        return idx < srv->ntab && srv->tab[idx].live;
+}
+
+static bool owner_live(uint32_t owner, void *ctx)
+{
+        struct eng_server *srv = ctx;
+        return owner >= 1 && owner - 1 < srv->ntab && srv->tab[owner - 1].live;
+}
+
+/*
+ * While nothing but sessions and the offer is live, no honest party holds or moves a buffer:
+ * with new claims held off (the bootstrap lock) and the workers parked, the arena is checked
+ * strictly and, if anything is wrong, rebuilt from what the server knows (its live records;
+ * no buffer owner is live). That gives back what scribbles and crash windows cost: blocks on
+ * cut lists, blocks of dead owners a walk could not reach, a gap a forged watermark hid,
+ * record slots. Done when something happened since the last check (a record finalised, an
+ * anomaly, a heal), at most once a second.
+ */
+static void repair_idle(struct eng_server *srv)
+{
+        struct eng_seg *sg = &srv->sg;
+        uint64_t now = eng_now_ns();
+        uint32_t finals = eng_load_relaxed_u32(&srv->finals);
+        uint64_t anomalies = eng_arena_anomalies(&sg->arena);
+        eng_arena_stats_t st;
+        eng_arena_stats(&sg->arena, &st);
+        if (finals != srv->finals_seen || anomalies != srv->anomalies_seen ||
+            st.cuts != srv->cuts_seen)
+                srv->dirty = true;
+        if (!srv->dirty || now - srv->last_repair_ns < 1000 * 1000000ull ||
+            srv->cfg.transport == ENG_TRANSPORT_MUTEX)
+                return;
+        srv->last_repair_ns = now;
+        if (srv_boot_lock(srv, 50) != 0)
+                return;
+        /* Under the lock no claim can happen; is the offer still untouched? */
+        uint32_t off = srv->offered;
+        struct eng_rec *r = off ? seg_rec(sg, off - 1) : NULL;
+        bool quiet = r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED;
+        for (uint32_t j = 0; quiet && j < srv->ntab; j++) {
+                eng_sstream_t *t = &srv->tab[j];
+                if (t->live && j != off - 1 &&
+                    (!eng_load_acquire_u32(&t->known) || t->type != REC_SESSION))
+                        quiet = false;
+        }
+        if (!quiet || !park_workers(srv)) {
+                unpark_workers(srv);
+                srv_boot_unlock(srv);
+                return;
+        }
+        eng_arena_rebuild_report_t rep = {0};
+        char why[160] = "";
+        bool ok = eng_arena_check(&sg->arena, why, sizeof(why)) == 0;
+        if (!ok) {
+                eng_arena_rebuild_cfg_t cfg = {
+                    .rec_live = rec_live, .owner_live = owner_live, .ctx = srv};
+                eng_arena_rebuild(&sg->arena, &cfg, &rep);
+        }
+        srv->finals_seen = eng_load_relaxed_u32(&srv->finals);
+        srv->anomalies_seen = eng_arena_anomalies(&sg->arena);
+        eng_arena_stats(&sg->arena, &st);
+        srv->cuts_seen = st.cuts;
+        srv->dirty = false;
+        unpark_workers(srv);
+        srv_boot_unlock(srv);
+        if (!ok)
+                srv_event(srv,
+                          "arena repaired while idle (%s): %llu buffer block(s) of %llu bytes "
+                          "and %llu record(s) given back, %llu byte(s) back in the gap, %llu list "
+                          "cut(s) before",
+                          why, (unsigned long long)rep.freed_blocks,
+                          (unsigned long long)rep.freed_bytes, (unsigned long long)rep.rec_freed,
+                          (unsigned long long)rep.gap_bytes, (unsigned long long)rep.cuts);
 }
 
 static void *ctl_main(void *arg)
@@ -869,13 +1254,32 @@ static void *ctl_main(void *arg)
         uint64_t last_tick = 0;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
-                /* Every 50 ms whatever else happens (a full segment included: that is when a
+                /* Every tick whatever else happens (a full segment included: that is when a
                  * dead client's records matter most). */
                 uint64_t now = eng_now_ns();
-                if (now - last_tick > 50 * 1000000ull) {
+                if (now - last_tick > TICK_NS) {
                         heal_header(srv);
-                        boot_check(srv);
-                        reap_dead(srv);
+                        heal_object(srv);
+                        char what[200];
+                        if (eng_arena_heal(&sg->arena, what, sizeof(what)) > 0) {
+                                size_t n = strlen(what);
+                                while (n > 0 && (what[n - 1] == ' ' || what[n - 1] == ';'))
+                                        what[--n] = '\0';
+                                srv->dirty = true;
+                                if ((srv->heals++ % 1000) == 0)
+                                        srv_event(srv,
+                                                  "the arena header was overwritten by another "
+                                                  "process: restored (%s)",
+                                                  what);
+                        }
+                        if (eng_load_acquire_u32(&srv->broken) && !srv->broken_logged) {
+                                srv->broken_logged = true;
+                                srv_event(srv, "the segment was shrunk by another process and "
+                                               "/dev/shm has no room to restore it: the server "
+                                               "must stop");
+                        }
+                        if (reap_tick(srv))
+                                repair_idle(srv);
                         last_tick = now;
                 }
                 /* Still on offer? (the header's copy put right if it was overwritten) */
@@ -884,10 +1288,11 @@ static void *ctl_main(void *arg)
                         continue;
                 }
                 if (srv->offered) {
-                        /* Taken: let a worker accept it promptly, even if the client stays
-                         * silent. */
+                        /* Taken (or made to look taken): a worker decides it now, even if the
+                         * client stays silent; it must be decided by the claim deadline. */
                         uint32_t idx = srv->offered - 1;
                         srv->offered = 0;
+                        eng_store_release_u64(&srv->tab[idx].taken_ns, eng_now_ns());
                         ready_post(sg, idx);
                 }
                 if (offer_new(srv) != 0) /* full: again when something is freed (or soon) */
@@ -923,6 +1328,8 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 cfg->min_block_shift = 12;
         if (cfg->max_block_shift == 0)
                 cfg->max_block_shift = 20;
+        pthread_mutex_init(&srv->boot_mu, NULL);
+        pthread_mutex_init(&srv->pw_mu, NULL);
         int rc =
             seg_create(&srv->sg, cfg->name, cfg->size, cfg->mode, cfg->transport, cfg->ring_depth,
                        cfg->max_streams, cfg->min_block_shift, cfg->max_block_shift);
@@ -930,11 +1337,9 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 free(srv);
                 return rc;
         }
-        /* Before any thread: the control thread heals the header from this copy. */
-        memcpy(srv->line0, srv->sg.hdr, sizeof(srv->line0));
         srv->hstate = SRV_STARTING;
         srv->ntab = srv->sg.max_streams;
-        srv->asym = srv->sg.hdr->asym == 1;
+        srv->asym = srv->sg.line0.asym == 1;
         srv->tab = calloc(srv->ntab, sizeof(*srv->tab));
         srv->workers = calloc(cfg->workers, sizeof(pthread_t));
         if (srv->tab == NULL || srv->workers == NULL) {
@@ -942,7 +1347,13 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 goto fail;
         }
         for (uint32_t i = 0; i < srv->ntab; i++)
-                srv->tab[i].pidfd = -1;
+                srv->tab[i].pw = -1;
+        eng_guard_add(srv->sg.base, srv->sg.size, srv->sg.fd, &srv->broken);
+        if (srv->sg.evicted_uid != (uid_t)-1)
+                srv_event(srv,
+                          "removed %s, which uid %u had created under our name: new clients "
+                          "attach to this server",
+                          cfg->name, (unsigned)srv->sg.evicted_uid);
         rc = offer_new(srv);
         if (rc != 0) {
                 eng_set_err("segment too small for a single stream record");
@@ -968,6 +1379,7 @@ fail_threads:
         eng_set_err("cannot start server threads: %s", strerror(-rc));
 fail:
         shm_unlink(srv->sg.name);
+        eng_guard_remove(srv->sg.base);
         seg_unmap(&srv->sg);
         free(srv->tab);
         free(srv->workers);
@@ -983,10 +1395,11 @@ void eng_server_stop(eng_server_t *srv)
         eng_store_release_u32(&srv->hstate, SRV_STOPPING);
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
         /* Withdraw the offer: nobody may claim a record that no worker will serve. */
-        bool locked = boot_lock_timed(srv, 1000) == 0;
-        sg->hdr->offer_state = 0; /* without the lock if a client sits on it: we are stopping */
+        bool locked = srv_boot_lock(srv, 1000) == 0;
+        eng_store_release_u32(&sg->hdr->offer_state, OFFER_NONE); /* without the lock if a
+                                                                    client sits on it */
         if (locked)
-                pthread_mutex_unlock(&sg->hdr->boot);
+                srv_boot_unlock(srv);
         eng_store_relaxed_u32(&srv->stop, 1);
         eng_faa_u32(&sg->hdr->srv_wake, 1);
         eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);
@@ -1000,15 +1413,20 @@ void eng_server_stop(eng_server_t *srv)
                 eng_sstream_t *s = &srv->tab[i];
                 if (s->live && s->known && !s->ended)
                         end_stream(srv, s, -ESHUTDOWN);
-                if (s->pidfd >= 0)
-                        close(s->pidfd);
         }
+        for (uint32_t i = 0; i < srv->npw; i++)
+                if (srv->pw[i].refs != 0)
+                        close(srv->pw[i].pidfd);
         eng_store_release_u32(&srv->hstate, SRV_STOPPED);
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPED);
         eng_faa_u32(&sg->hdr->boot_wake, 1);
         eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
         shm_unlink(sg->name);
+        eng_guard_remove(sg->base);
         seg_unmap(sg);
+        pthread_mutex_destroy(&srv->boot_mu);
+        pthread_mutex_destroy(&srv->pw_mu);
+        free(srv->pw);
         free(srv->tab);
         free(srv->workers);
         free(srv);

@@ -1756,23 +1756,22 @@ static void garbled_claim_main(void)
         struct eng_seg_hdr *h = sg.hdr;
         uint64_t end = now_ns() + 5000000000ull;
         for (;;) {
-                int rc = pthread_mutex_lock(&h->boot);
-                if (rc == EOWNERDEAD)
-                        pthread_mutex_consistent(&h->boot);
-                struct eng_rec *r = h->offer_state == 1 ? seg_rec(&sg, h->offer_idx) : NULL;
+                if (seg_boot_lock(&sg, end, NULL, NULL) != 0)
+                        _exit(4);
+                struct eng_rec *r = h->offer_state == OFFER_UP ? seg_rec(&sg, h->offer_idx) : NULL;
                 if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED) {
                         r->owner_pid = getpid();
                         r->type = REC_STREAM;
                         r->user_id = 1;
                         r->session = 0;
                         eng_store_release_u32(&r->state, 77); /* not CLAIMED */
-                        eng_store_release_u32(&h->offer_state, 2);
-                        pthread_mutex_unlock(&h->boot);
+                        eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
+                        seg_boot_unlock(&sg);
                         eng_faa_u32(&h->ctl_wake, 1);
                         eng_futex_wake(&h->ctl_wake, 1);
                         break;
                 }
-                pthread_mutex_unlock(&h->boot);
+                seg_boot_unlock(&sg);
                 if (now_ns() > end)
                         _exit(3);
                 sleep_us(1000);
@@ -2023,9 +2022,9 @@ Test(hostile, sched_hammer_cannot_capture_the_workers, .timeout = 60)
 }
 
 /*
- * The bootstrap mutex lives in the segment. A client that holds it (alive, not dead: the
- * robust mutex does not help) blocks the control thread's next offer; the control thread
- * also reaps dead clients, and eng_server_stop joins it. Stopping must not hang on a client.
+ * A client that holds the bootstrap lock (alive, not dead: the kernel keeps it for as long as
+ * the client lives) blocks the control thread's next offer; the control thread also reaps dead
+ * clients, and eng_server_stop joins it. Stopping must not hang on a client.
  */
 Test(hostile, bootstrap_mutex_holder_cannot_hang_shutdown, .timeout = 60)
 {
@@ -2034,30 +2033,29 @@ Test(hostile, bootstrap_mutex_holder_cannot_hang_shutdown, .timeout = 60)
         int fd = shm_open(E.name, O_RDWR, 0);
         cr_assert_geq(fd, 0);
         struct eng_seg_hdr *hd = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        close(fd);
         cr_assert_neq(hd, MAP_FAILED);
-        int rc = pthread_mutex_lock(&hd->boot);
-        if (rc == EOWNERDEAD)
-                pthread_mutex_consistent(&hd->boot);
-        /* the offer looks taken: the control thread makes a new one (and needs the mutex) */
-        eng_store_release_u32(&hd->offer_state, 2);
+        struct flock fl = {
+            .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = SEG_LOCK_BOOT, .l_len = 1};
+        cr_assert_eq(fcntl(fd, F_OFD_SETLK, &fl), 0, "bootstrap lock: %s", strerror(errno));
+        /* the offer looks taken: the control thread makes a new one (and needs the lock) */
+        eng_store_release_u32(&hd->offer_state, OFFER_TAKEN);
         eng_faa_u32(&hd->ctl_wake, 1);
         eng_futex_wake(&hd->ctl_wake, 1);
         sleep_us(200000);
         st(&E.k->srv_stop, 1);
         int status = 0;
         bool stopped_while_held = reap(E.server, 10000, &status);
-        pthread_mutex_unlock(&hd->boot);
+        close(fd); /* lets go of the lock */
         bool stopped = stopped_while_held || reap(E.server, 10000, &status);
         if (!stopped)
                 kill_reap(E.server);
         munmap(hd, 4096);
         cr_expect(stopped_while_held,
-                  "eng_server_stop hung for 10 s while a live client held the bootstrap mutex "
+                  "eng_server_stop hung for 10 s while a live client held the bootstrap lock "
                   "(engine/server.c: eng_server_stop locks it without a deadline to withdraw "
                   "the offer, and offer_new does too in the control thread, which "
                   "eng_server_stop joins)%s",
-                  stopped ? "; it stopped once the mutex was released" : "");
+                  stopped ? "; it stopped once the lock was released" : "");
         cr_expect(!stopped || (WIFEXITED(status) && WEXITSTATUS(status) == 0), "server: %s",
                   status_str(status));
 }
