@@ -21,20 +21,21 @@
 
 struct job {
         const eng_opts_stream_t *os;
-        eng_stream_t *st;
+        eng_stream_t *st; /* NULL until a record was free for it */
         eng_xfer_send_t *x;
         const char *name;
+        uint64_t size, sent; /* kept when the transfer is over */
         uint64_t t0, t1, last_move;
         char why[400];
         bool done, failed;
 };
 
+/* SIGINT/SIGTERM: every wait of the engine returns soon after (cfg.interrupt). */
 static volatile sig_atomic_t interrupted;
 
 static void on_signal(int sig)
 {
-        (void)sig;
-        interrupted = 1;
+        interrupted = sig;
 }
 
 static uint64_t now_ns(void)
@@ -58,13 +59,17 @@ static void human(double b, char *out, size_t n)
 static void usage(FILE *f)
 {
         fprintf(f,
-                "usage: engine-client [-c FILE] ID...\n"
-                "       engine-client [-c FILE] --ping N [--payload BYTES]\n"
+                "usage: engine-client [-c FILE] [--wait S] ID...\n"
+                "       engine-client [-c FILE] [--wait S] --ping N [--payload BYTES]\n"
                 "\n"
                 "Send the files of the given stream ids (from the options file) to engine-server,\n"
-                "all at once. Exit status 0 only if every file was delivered and verified.\n"
+                "all at once (as many as the segment has records for; the rest start as records\n"
+                "free up). Exit status 0 only if every file was delivered and verified; 1 if any\n"
+                "failed; 2 on bad usage or options; 128+N when stopped by signal N.\n"
                 "\n"
                 "  -c, --config FILE  options file (default ./options.xml)\n"
+                "  -w, --wait S       wait up to S seconds for a server that is not there yet\n"
+                "                     (default 1: a server started at the same moment is found)\n"
                 "  -p, --ping N       N round trips on one stream; prints latency percentiles\n"
                 "      --payload B    bytes carried by each ping (default 0)\n"
                 "  -q, --quiet        no progress display\n"
@@ -82,6 +87,12 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
                 return -1;
         *out = (uint32_t)v;
         return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+        return x < y ? -1 : x > y;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -147,8 +158,8 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
         uint64_t now = now_ns();
         for (size_t i = 0; i < n; i++) {
                 struct job *j = &jobs[i];
-                uint64_t size = j->x ? eng_xfer_send_size(j->x) : 0;
-                uint64_t sent = j->x ? eng_xfer_send_acked(j->x) : 0;
+                uint64_t size = j->x ? eng_xfer_send_size(j->x) : j->size;
+                uint64_t sent = j->x ? eng_xfer_send_acked(j->x) : j->sent;
                 double secs = (double)((j->done || j->failed ? j->t1 : now) - j->t0) / 1e9;
                 double rate = secs > 0 ? (double)sent / secs : 0;
                 char a[32], b[32], r[32];
@@ -171,47 +182,109 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
         }
 }
 
+/* A job is over: record when, say so (unless on a terminal), give its stream back at once
+ * (its record may be what a queued job is waiting for). */
+static void job_end(struct job *j, bool done, const char *why, bool log)
+{
+        j->done = done;
+        j->failed = !done;
+        j->t1 = now_ns();
+        if (!done && why != NULL && why != j->why)
+                snprintf(j->why, sizeof(j->why), "%s", why);
+        if (log)
+                fprintf(stderr, "engine-client: stream %u: %s%s\n", j->os->id,
+                        done ? "delivered and verified" : "FAILED: ", done ? "" : j->why);
+        if (j->x != NULL) {
+                j->size = eng_xfer_send_size(j->x);
+                j->sent = eng_xfer_send_acked(j->x);
+                eng_xfer_send_free(j->x); /* before the stream: it gives back a pending loan */
+                j->x = NULL;
+        }
+        if (j->st != NULL) {
+                /* A delivered stream closes in order; a failed one is given up at once (the
+                 * server drops what is left of it). */
+                if (done)
+                        eng_stream_close(j->st);
+                else
+                        eng_stream_abort(j->st);
+                j->st = NULL;
+        }
+}
+
 static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs, size_t n,
                          bool quiet)
 {
         bool tty = !quiet && isatty(STDERR_FILENO);
-        size_t open = 0;
+        bool log = !tty && !quiet;
         for (size_t i = 0; i < n; i++) {
-                struct job *j = &jobs[i];
-                j->t0 = j->last_move = now_ns();
-                int rc = eng_stream_open(c, j->os->id, &j->st);
-                if (rc == 0)
-                        rc = eng_xfer_send_new(j->st, j->os->file, NULL, o->chunk, &j->x, j->why,
-                                               sizeof(j->why));
-                else
-                        snprintf(j->why, sizeof(j->why), "cannot open a stream: %s",
-                                 eng_strerror(rc));
-                if (rc != 0) {
-                        j->failed = true;
-                        j->t1 = now_ns();
-                        continue;
-                }
-                const char *slash = strrchr(j->os->file, '/');
-                j->name = slash ? slash + 1 : j->os->file;
-                open++;
-                if (!tty && !quiet)
-                        fprintf(stderr, "engine-client: stream %u: sending %s (%llu bytes)\n",
-                                j->os->id, j->os->file,
-                                (unsigned long long)eng_xfer_send_size(j->x));
+                const char *slash = strrchr(jobs[i].os->file, '/');
+                jobs[i].name = slash ? slash + 1 : jobs[i].os->file;
+                jobs[i].t0 = now_ns(); /* again when it gets its record */
         }
-        for (size_t i = 0; i < n; i++)
-                if (jobs[i].name == NULL)
-                        jobs[i].name = jobs[i].os->file;
         draw(jobs, n, tty, true);
         uint64_t last_draw = now_ns();
         uint64_t timeout = (uint64_t)o->timeout_s * 1000000000ull;
+        uint64_t last_open = now_ns();         /* the last time a queued job got a record */
+        size_t open = n, queued = n, next = 0; /* next: the first job that may still be queued */
+        uint32_t records = eng_client_max_records(c);
         while (open > 0) {
                 uint32_t t = eng_client_ticket(c);
                 bool moved = false;
                 uint64_t now = now_ns();
+                if (interrupted) {
+                        for (size_t i = 0; i < n; i++)
+                                if (!jobs[i].done && !jobs[i].failed)
+                                        job_end(&jobs[i], false, "interrupted", log);
+                        break;
+                }
+                /* Start queued jobs while the segment has records on offer (in the order given). */
+                while (next < n && queued > 0) {
+                        struct job *j = &jobs[next];
+                        if (j->failed || j->st != NULL) {
+                                next++;
+                                continue;
+                        }
+                        int rc = eng_stream_try_open(c, j->os->id, &j->st);
+                        if (rc == -EAGAIN) {
+                                if (now > last_open && now - last_open > timeout) {
+                                        char why[200];
+                                        snprintf(why, sizeof(why),
+                                                 "no stream record became free for %u s (the "
+                                                 "segment holds %u records, in use by this and "
+                                                 "other clients)",
+                                                 o->timeout_s, records);
+                                        job_end(j, false, why, log);
+                                        open--;
+                                        queued--;
+                                        next++;
+                                        continue;
+                                }
+                                break;
+                        }
+                        queued--;
+                        next++;
+                        j->t0 = j->last_move = last_open = now;
+                        if (rc == 0)
+                                rc = eng_xfer_send_new(j->st, j->os->file, NULL, o->chunk, &j->x,
+                                                       j->why, sizeof(j->why));
+                        else
+                                snprintf(j->why, sizeof(j->why), "cannot open a stream: %s%s%s",
+                                         eng_strerror(rc), *eng_errmsg() ? ": " : "", eng_errmsg());
+                        if (rc != 0) {
+                                job_end(j, false, NULL, log);
+                                open--;
+                                continue;
+                        }
+                        moved = true;
+                        if (log)
+                                fprintf(stderr,
+                                        "engine-client: stream %u: sending %s (%llu bytes)\n",
+                                        j->os->id, j->os->file,
+                                        (unsigned long long)eng_xfer_send_size(j->x));
+                }
                 for (size_t i = 0; i < n; i++) {
                         struct job *j = &jobs[i];
-                        if (j->done || j->failed)
+                        if (j->done || j->failed || j->x == NULL)
                                 continue;
                         int rc = eng_xfer_send_step(j->x);
                         if (rc > 0) {
@@ -220,22 +293,12 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
                         } else if (rc == 0 && now - j->last_move > timeout) {
                                 eng_xfer_send_fail(j->x, ETIMEDOUT, "no progress");
                         }
-                        if (interrupted)
-                                eng_xfer_send_fail(j->x, EINTR, "interrupted");
                         eng_xfer_state_t s = eng_xfer_send_state(j->x);
                         if (s == ENG_XFER_DONE || s == ENG_XFER_FAILED) {
-                                j->done = s == ENG_XFER_DONE;
-                                j->failed = !j->done;
-                                j->t1 = now_ns();
-                                if (j->failed)
-                                        snprintf(j->why, sizeof(j->why), "%s",
-                                                 eng_xfer_send_why(j->x));
+                                job_end(j, s == ENG_XFER_DONE, eng_xfer_send_why(j->x), log);
                                 open--;
-                                if (!tty && !quiet)
-                                        fprintf(stderr, "engine-client: stream %u: %s%s\n",
-                                                j->os->id,
-                                                j->done ? "delivered and verified" : "FAILED: ",
-                                                j->done ? "" : j->why);
+                                moved = true;
+                                last_open = now; /* a record goes back: queued jobs wait afresh */
                         }
                 }
                 if (tty && now_ns() - last_draw > 100 * 1000000ull) {
@@ -244,12 +307,19 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
                 }
                 if (moved || open == 0)
                         continue;
-                int rc = eng_client_wait(c, t, 100);
+                /* Queued jobs look for a record on offer every 10 ms (an offer does not wake
+                 * the session); otherwise the engine wakes us when a stream moves. */
+                int rc = eng_client_wait(c, t, queued > 0 ? 10 : 100);
                 if (rc == -EPIPE) {
                         for (size_t i = 0; i < n; i++) {
                                 struct job *j = &jobs[i];
-                                if (!j->done && !j->failed) {
+                                if (j->done || j->failed)
+                                        continue;
+                                if (j->x != NULL)
                                         eng_xfer_send_fail(j->x, EPIPE, "server gone");
+                                else {
+                                        job_end(j, false, "server gone", log);
+                                        open--;
                                 }
                         }
                 }
@@ -261,20 +331,27 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
 int main(int argc, char **argv)
 {
         const char *config = "options.xml";
-        uint32_t ping = 0, payload = 0;
+        uint32_t ping = 0, payload = 0, wait_s = 1;
         bool quiet = false;
-        static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
-                                           {"ping", required_argument, NULL, 'p'},
-                                           {"payload", required_argument, NULL, 'P'},
-                                           {"quiet", no_argument, NULL, 'q'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {"version", no_argument, NULL, 'V'},
-                                           {NULL, 0, NULL, 0}};
+        static const struct option lo[] = {
+            {"config", required_argument, NULL, 'c'}, {"wait", required_argument, NULL, 'w'},
+            {"ping", required_argument, NULL, 'p'},   {"payload", required_argument, NULL, 'P'},
+            {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
         int ch;
-        while ((ch = getopt_long(argc, argv, "c:p:qhV", lo, NULL)) != -1) {
+        while ((ch = getopt_long(argc, argv, "c:w:p:qhV", lo, NULL)) != -1) {
                 switch (ch) {
                 case 'c':
                         config = optarg;
+                        break;
+                case 'w':
+                        if (parse_u32(optarg, 0, 86400, &wait_s) != 0) {
+                                fprintf(stderr,
+                                        "engine-client: --wait wants seconds in 0..86400, not "
+                                        "'%s'\n",
+                                        optarg);
+                                return 2;
+                        }
                         break;
                 case 'p':
                         if (parse_u32(optarg, 1, 100000000, &ping) != 0) {
@@ -336,12 +413,27 @@ int main(int argc, char **argv)
                         status = 2;
                         goto out;
                 }
-                for (size_t k = 0; k < i; k++)
-                        if (jobs[k].os == jobs[i].os) {
-                                fprintf(stderr, "engine-client: stream id %lu given twice\n", id);
+        }
+        if (n > 1) { /* an id given twice: sort a copy of the ids (n may be large) */
+                uint32_t *ids = malloc(n * sizeof(*ids));
+                if (ids == NULL) {
+                        status = 1;
+                        goto out;
+                }
+                for (size_t i = 0; i < n; i++)
+                        ids[i] = jobs[i].os->id;
+                qsort(ids, n, sizeof(*ids), cmp_u32);
+                for (size_t i = 1; i < n; i++) {
+                        if (ids[i] == ids[i - 1]) {
+                                fprintf(stderr, "engine-client: stream id %u given twice\n",
+                                        ids[i]);
                                 status = 2;
-                                goto out;
+                                break;
                         }
+                }
+                free(ids);
+                if (status != 0)
+                        goto out;
         }
         struct sigaction sa = {.sa_handler = on_signal};
         sigaction(SIGINT, &sa, NULL);
@@ -349,12 +441,17 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
 
         eng_client_t *c;
-        eng_client_cfg_t cc = {.spin = o.spin, .timeout_ms = o.timeout_s * 1000};
+        eng_client_cfg_t cc = {.spin = o.spin,
+                               .timeout_ms = o.timeout_s * 1000,
+                               .wait_ms = wait_s * 1000,
+                               .owner_uid = o.owner_uid == (uid_t)-1 ? 0 : o.owner_uid,
+                               .mode = o.seg_mode,
+                               .interrupt = &interrupted};
         int rc = eng_client_attach(o.name, &cc, &c);
         if (rc != 0) {
                 fprintf(stderr, "engine-client: cannot reach the server on %s: %s\n", o.name,
                         *eng_errmsg() ? eng_errmsg() : eng_strerror(rc));
-                status = 1;
+                status = interrupted ? 128 + interrupted : 1;
                 goto out;
         }
         if (ping) {
@@ -365,7 +462,7 @@ int main(int argc, char **argv)
                 size_t ndone = 0;
                 for (size_t i = 0; i < n; i++) {
                         struct job *j = &jobs[i];
-                        uint64_t size = j->x ? eng_xfer_send_size(j->x) : 0;
+                        uint64_t size = j->size;
                         double s = (double)(j->t1 - j->t0) / 1e9;
                         if (j->done) {
                                 printf(
@@ -386,17 +483,10 @@ int main(int argc, char **argv)
                 printf("total: %llu bytes in %.3f s (%.1f MB/s), %zu of %zu streams delivered\n",
                        (unsigned long long)total, s, s > 0 ? (double)total / s / 1e6 : 0.0, ndone,
                        n);
-                for (size_t i = 0; i < n; i++) {
-                        eng_xfer_send_free(jobs[i].x);
-                        /* A delivered stream closes in order; a failed one is given up at
-                         * once (the server drops what is left of it). */
-                        if (jobs[i].st && jobs[i].done)
-                                eng_stream_close(jobs[i].st);
-                        else if (jobs[i].st)
-                                eng_stream_abort(jobs[i].st);
-                }
         }
         eng_client_detach(c);
+        if (interrupted)
+                status = 128 + interrupted;
 out:
         free(jobs);
         eng_opts_free(&o);
