@@ -3,13 +3,23 @@
  * engine streams: file transfer and ping-pong.
  *
  * File transfer, one file at a time per stream (client -> server unless noted):
- *   FILE_OPEN  buffer = the file's name, arg = its size       -> READY | FAIL
+ *   FILE_OPEN  buffer = the file's name, arg = its size       -> READY | FAIL (EINVAL: a name
+ *              eng_safe_name refuses; ENOSPC: more than the output file system has free;
+ *              EBUSY: being received on another stream; ESHUTDOWN; or why the file could
+ *              not be created)
  *   FILE_DATA  buffer = the next bytes, arg = their offset     (no reply; FAIL on error)
  *   FILE_END   arg = XXH3-64 of the whole file                 -> DONE (arg = size) | FAIL
  *   FAIL       arg = errno, buffer (optional) = a message for the user
  * The server writes to a temporary file in its output directory and renames it to the final
  * name only when size and checksum agree; on any failure, the client's disappearance or a
  * shutdown, the temporary file is removed. Nothing partial ever carries a final name.
+ *
+ * Any process of the user can rewrite any byte of the segment at any time, file data in
+ * flight included. So each side reads a byte of the segment once: the client hashes the bytes
+ * it read from the file in its own memory and then copies them into the loan; the server
+ * copies a payload out of the segment once and hashes and writes only that copy. A byte
+ * changed in flight makes the two hashes disagree (FAIL "checksum mismatch"); it can never
+ * reach a final name.
  *
  * Ping-pong: PING (arg = anything, optional buffer) -> PONG (same arg, same buffer back).
  */
@@ -36,23 +46,50 @@ enum {
 #define ENG_NAME_MAX 255
 
 /*
- * Reduce a client-supplied name to a safe basename: the part after the last '/'; refused
- * (-EINVAL, reason in why) if that is empty, starts with '.', is longer than ENG_NAME_MAX, or
- * contains a control character or a NUL.
+ * Reduce a client-supplied name to a safe basename: the part after the last '/'. Refused
+ * (-EINVAL, *why set to a sentence saying which rule) if the whole input is not valid UTF-8
+ * (overlong forms, surrogates, beyond U+10FFFF, truncated or stray bytes) or contains a NUL,
+ * a C0 control or DEL, a C1 control (U+0080..U+009F), a bidirectional control (U+061C, U+200E,
+ * U+200F, U+202A..U+202E, U+2066..U+2069) or an invisible format character (U+00AD, U+180E,
+ * U+200B..U+200D, U+2028, U+2029, U+2060..U+2064, U+206A..U+206F, U+FEFF, U+FFF9..U+FFFB,
+ * tags U+E0001 and U+E0020..U+E007F); or if the basename is empty, starts with '.', is longer
+ * than ENG_NAME_MAX bytes, or is only whitespace (U+0020, U+00A0, U+1680, U+2000..U+200A,
+ * U+202F, U+205F, U+3000). out receives the basename, NUL-terminated. in is read more than
+ * once: pass a private copy, never bytes in the segment.
  */
 int eng_safe_name(const char *in, size_t len, char *out, size_t outlen, const char **why);
 
+/*
+ * Render len bytes for a log line so that they cannot forge it: printable ASCII and valid
+ * printable UTF-8 pass unchanged, '\' is doubled, every other byte (C0 controls, DEL, bytes
+ * that are not valid UTF-8) becomes \xNN and every C1 control, bidirectional control or
+ * invisible format character (the sets eng_safe_name refuses) becomes \u{NNNN}. out is always
+ * NUL-terminated (if outlen > 0) and holds a prefix of the rendering that never ends inside an
+ * escape or a UTF-8 sequence. Returns the length of the whole rendering (without the NUL),
+ * as snprintf does: a result >= outlen means out was truncated.
+ */
+size_t eng_log_escape(const void *in, size_t len, char *out, size_t outlen);
+
+/* Room for a name of ENG_NAME_MAX bytes escaped by eng_log_escape (longer renderings, of
+ * refused names, are cut and end with "..."). */
+#define ENG_NAME_LOG_MAX (4 * ENG_NAME_MAX + 1)
+
 /* ---- server side -------------------------------------------------------------------- */
 
+/*
+ * One finished or refused transfer, as the report hook sees it. name and why are already
+ * escaped with eng_log_escape (a client chooses the name, and a refused name can hold any
+ * byte): they can go into a log line as they are.
+ */
 typedef struct eng_xfer_result {
         uint32_t stream_id;
         pid_t pid;
-        char name[ENG_NAME_MAX + 1];
-        uint64_t size;     /* declared size */
-        uint64_t received; /* bytes written */
-        uint64_t ns;       /* from FILE_OPEN to the end */
-        int err;           /* 0 = delivered and verified */
-        char why[400];
+        char name[ENG_NAME_LOG_MAX]; /* escaped: the name received, or the name refused */
+        uint64_t size;               /* declared size */
+        uint64_t received;           /* bytes written */
+        uint64_t ns;                 /* from FILE_OPEN to the end */
+        int err;                     /* 0 = delivered and verified, else -errno */
+        char why[1024];              /* escaped; "" when err == 0 */
 } eng_xfer_result_t;
 
 typedef struct eng_xfer_server_cfg {
@@ -65,9 +102,22 @@ typedef struct eng_xfer_server_cfg {
 
 typedef struct eng_xfer_server eng_xfer_server_t;
 
-/* why receives a message on failure. */
+/*
+ * Open (creating it if missing) the output directory and remove, at start, the temporary
+ * files dead predecessors left there (see eng_xfer_server_stale_removed). why receives a
+ * message on failure.
+ */
 int eng_xfer_server_new(const eng_xfer_server_cfg_t *cfg, eng_xfer_server_t **out, char *why,
                         size_t whylen);
+/*
+ * How many temporary files eng_xfer_server_new removed from the output directory: regular
+ * files named exactly ".eng-<pid>-<n>.part" that no live server holds locked (each server
+ * holds an OFD write lock on every temporary file while it writes it) and whose pid is dead,
+ * or is this process's own while no other xfer server of this process is open (a
+ * predecessor's, whose pid we got), or that nobody touched for an hour (their pid was reused).
+ * Nothing else is ever removed; symlinks are never followed.
+ */
+uint32_t eng_xfer_server_stale_removed(const eng_xfer_server_t *x);
 /* Fill the engine hooks that serve file transfer and ping-pong through x. */
 void eng_xfer_server_hooks(eng_xfer_server_t *x, eng_server_hooks_t *hooks);
 /* Refuse new files from now on (shutdown): FILE_OPEN gets FAIL ESHUTDOWN. */
@@ -99,6 +149,8 @@ int eng_xfer_send_step(eng_xfer_send_t *x);
 eng_xfer_state_t eng_xfer_send_state(const eng_xfer_send_t *x);
 uint64_t eng_xfer_send_size(const eng_xfer_send_t *x);
 uint64_t eng_xfer_send_acked(const eng_xfer_send_t *x); /* bytes handed to the engine */
+/* Why it failed: one sentence, the text of the errno once; the server's part of it escaped
+ * with eng_log_escape (it is the peer's text). */
 const char *eng_xfer_send_why(const eng_xfer_send_t *x);
 /* Mark it failed with a reason (e.g. the caller's timeout). */
 void eng_xfer_send_fail(eng_xfer_send_t *x, int err, const char *why);

@@ -2,8 +2,10 @@
  * xfer_client.c - the sending side of file transfer (a non-blocking state machine, so one
  * thread can drive many streams), and ping-pong.
  *
- * Data path: loan a buffer from the arena, pread() the file straight into it, hash it, send
- * its offset. One copy into the segment; the server writes straight out of it.
+ * Data path: pread() the file into this thread's private buffer, hash those bytes, copy them
+ * into a buffer loaned from the arena, send its offset. The hash is never taken from the
+ * segment, where another process could change the bytes between our hash and the server's
+ * (see proto.h). The private buffer is one per thread, whatever the number of transfers.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,7 @@
 #include <xxhash.h>
 
 #include "proto.h"
+#include "xfer_int.h"
 
 struct eng_xfer_send {
         eng_stream_t *st;
@@ -29,38 +32,48 @@ struct eng_xfer_send {
         uint32_t pend_len;
         XXH3_state_t *h;
         char name[ENG_NAME_MAX + 1];
-        char why[320];
+        char why[640];
 };
 
 int eng_xfer_send_new(eng_stream_t *st, const char *path, const char *remote_name, uint32_t chunk,
                       eng_xfer_send_t **out, char *why, size_t whylen)
 {
         const char *bad = NULL;
+        /* Only the basename travels (and the server takes nothing else): the folders of a
+         * local path need not be a valid remote name. */
         const char *base = remote_name ? remote_name : path;
+        const char *slash = remote_name ? NULL : strrchr(path, '/');
+        if (slash != NULL && slash[1] != '\0')
+                base = slash + 1;
         eng_xfer_send_t *x = calloc(1, sizeof(*x));
-        if (x == NULL)
+        if (x == NULL) {
+                snprintf(why, whylen, "%s: %s", path, strerror(ENOMEM));
                 return -ENOMEM;
+        }
         if (eng_safe_name(base, strlen(base), x->name, sizeof(x->name), &bad) != 0) {
                 snprintf(why, whylen, "%s: cannot be sent under that name: %s", path, bad);
                 free(x);
                 return -EINVAL;
         }
-        x->fd = open(path, O_RDONLY | O_CLOEXEC);
+        /* O_NONBLOCK: a fifo must not block the open (it is refused below); regular files
+         * ignore the flag. */
+        x->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
         struct stat sb;
-        if (x->fd < 0 || fstat(x->fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-                int e = x->fd < 0 ? errno : S_ISREG(sb.st_mode) ? errno : EINVAL;
+        int e = 0;
+        if (x->fd < 0 || fstat(x->fd, &sb) != 0)
+                e = errno;
+        else if (!S_ISREG(sb.st_mode))
+                e = EINVAL;
+        if (e == 0 && (x->h = XXH3_createState()) == NULL)
+                e = ENOMEM;
+        if (e != 0) {
+                bool irregular = e == EINVAL && x->fd >= 0;
                 snprintf(why, whylen, "%s: %s", path,
-                         e == EINVAL ? "not a regular file" : strerror(e));
+                         irregular ? "not a regular file" : strerror(e));
                 if (x->fd >= 0)
                         close(x->fd);
                 free(x);
                 return -e;
-        }
-        x->h = XXH3_createState();
-        if (x->h == NULL) {
-                close(x->fd);
-                free(x);
-                return -ENOMEM;
         }
         XXH3_64bits_reset(x->h);
         posix_fadvise(x->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -77,7 +90,8 @@ void eng_xfer_send_fail(eng_xfer_send_t *x, int err, const char *why)
         if (x->state == ENG_XFER_DONE || x->state == ENG_XFER_FAILED)
                 return;
         x->state = ENG_XFER_FAILED;
-        snprintf(x->why, sizeof(x->why), "%s (%s)", why, strerror(err < 0 ? -err : err));
+        /* A server's reason usually carries the text of its errno already: say it once. */
+        xfer_reason(x->why, sizeof(x->why), why, err, " (", ")");
 }
 
 /* Look at what the server said. Returns > 0 if a message was handled, 0 if none, < 0 on
@@ -95,11 +109,13 @@ static int poll_reply(eng_xfer_send_t *x)
         }
         int ret = 1;
         if (m.cmd == ENG_S_FILE_FAIL) {
-                char msg[256] = "server refused the file";
+                /* The message is in the segment: copy it once, and escape the copy (it is the
+                 * peer's text and ends up on the user's terminal). */
+                char raw[256], msg[512] = "server refused the file";
                 if (m.data != NULL && m.len > 0) {
-                        size_t n = m.len < sizeof(msg) - 1 ? m.len : sizeof(msg) - 1;
-                        memcpy(msg, m.data, n);
-                        msg[n] = '\0';
+                        size_t n = m.len < sizeof(raw) ? m.len : sizeof(raw);
+                        memcpy(raw, m.data, n);
+                        eng_log_escape(raw, n, msg, sizeof(msg));
                 }
                 eng_xfer_send_fail(x, (int)m.arg, msg);
                 ret = -1;
@@ -120,6 +136,43 @@ static int poll_reply(eng_xfer_send_t *x)
         return ret;
 }
 
+/*
+ * Read the next n bytes of the file into p (a loan, in the segment) without ever reading p:
+ * pread into this thread's private buffer, hash the private bytes, copy them into p, a piece
+ * at a time so the copy reads what the hash has just brought into the cache. 0, or -errno
+ * (-ENODATA: the file ended early).
+ */
+static int read_hash_copy(eng_xfer_send_t *x, unsigned char *p, uint32_t n)
+{
+        uint64_t off = x->sent;
+        while (n > 0) {
+                uint32_t w = n < XFER_WINDOW ? n : XFER_WINDOW;
+                unsigned char *buf = xfer_scratch(w);
+                if (buf == NULL)
+                        return -ENOMEM;
+                uint32_t got = 0;
+                while (got < w) {
+                        ssize_t r = pread(x->fd, buf + got, w - got, (off_t)(off + got));
+                        if (r < 0 && errno == EINTR)
+                                continue;
+                        if (r < 0)
+                                return -errno;
+                        if (r == 0)
+                                return -ENODATA;
+                        got += (uint32_t)r;
+                }
+                for (uint32_t k = 0; k < w; k += XFER_PIECE) {
+                        uint32_t c = w - k < XFER_PIECE ? w - k : XFER_PIECE;
+                        XXH3_64bits_update(x->h, buf + k, c);
+                        memcpy(p + k, buf + k, c);
+                }
+                p += w;
+                off += w;
+                n -= w;
+        }
+        return 0;
+}
+
 /* Chunks one step sends at most: a caller driving many streams from one thread gives each a
  * turn, so a small file is not held up until a big one beside it has been pushed. */
 #define SEND_BURST 8
@@ -135,20 +188,32 @@ static int send_data(eng_xfer_send_t *x)
                         int rc = eng_stream_try_loan(x->st, n, &p, &x->pend_off);
                         if (rc == -EAGAIN)
                                 break; /* arena full: the server frees as it writes */
+                        if (rc == -E2BIG) {
+                                char msg[128];
+                                snprintf(msg, sizeof(msg),
+                                         "chunks of %u bytes are larger than the segment's "
+                                         "largest buffer",
+                                         n);
+                                eng_xfer_send_fail(x, 0, msg);
+                                return -1;
+                        }
                         if (rc != 0) {
                                 eng_xfer_send_fail(x, rc, "cannot loan a buffer");
                                 return -1;
                         }
-                        ssize_t got = pread(x->fd, p, n, (off_t)x->sent);
-                        if (got != (ssize_t)n) {
+                        int err = read_hash_copy(x, p, n);
+                        if (err != 0) {
                                 eng_stream_unloan(x->st, x->pend_off);
                                 x->pend_off = 0;
-                                eng_xfer_send_fail(x, got < 0 ? errno : EIO,
-                                                   got < 0 ? "read failed"
-                                                           : "file shrank while being sent");
+                                if (err == -ENODATA)
+                                        eng_xfer_send_fail(x, 0, "file shrank while being sent");
+                                else
+                                        eng_xfer_send_fail(x, err,
+                                                           err == -ENOMEM
+                                                               ? "no memory for the read buffer"
+                                                               : "read failed");
                                 return -1;
                         }
-                        XXH3_64bits_update(x->h, p, n);
                         x->pend_len = n;
                 }
                 int rc =
@@ -201,6 +266,10 @@ int eng_xfer_send_step(eng_xfer_send_t *x)
                                 if (rc == -EAGAIN)
                                         return moved;
                         }
+                        /* Ended by the server before the file was even announced (it
+                         * refused the stream or its session): its reason is in the ring. */
+                        if (rc == -EPIPE && poll_reply(x) < 0)
+                                return -1;
                         if (rc != 0) {
                                 eng_xfer_send_fail(x, rc, "cannot open the stream's file");
                                 return -1;

@@ -5,6 +5,10 @@
  * stream's receive state needs no lock. The only shared state is the set of names being
  * received (to refuse two streams writing one name at once), behind a mutex touched once per
  * file open/finish: never per message.
+ *
+ * Everything this side takes from the segment (a name, file data) is copied out once into
+ * private memory, and only the copy is checked, hashed and used (see proto.h). Everything it
+ * reports goes through eng_log_escape first.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,11 +18,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "proto.h"
+#include "xfer_int.h"
+
+/* eng_xfer_server_t instances alive in this process: a temporary file named with our own pid
+ * can only be a dead predecessor's while we are the only one. */
+static uint32_t servers_alive;
 
 struct eng_xfer_server {
         eng_xfer_server_cfg_t cfg;
@@ -27,7 +37,7 @@ struct eng_xfer_server {
         char **names; /* names being received now */
         uint32_t nnames, cap;
         uint32_t active;
-        uint64_t tmp_seq;
+        uint32_t stale_removed; /* temporary files of dead predecessors removed at start */
         bool draining;
 };
 
@@ -36,6 +46,7 @@ struct rx {
         bool open;   /* a file is being received */
         bool failed; /* the current file failed: drop its data until the next open */
         char tmp[64];
+        char name[ENG_NAME_MAX + 1]; /* the checked name, private (res.name is escaped) */
         uint64_t t0;
         XXH3_state_t *h;
         eng_xfer_result_t res;
@@ -46,39 +57,6 @@ static uint64_t now_ns(void)
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-int eng_safe_name(const char *in, size_t len, char *out, size_t outlen, const char **why)
-{
-        const char *w = NULL;
-        size_t start = 0;
-        for (size_t i = 0; i < len; i++) {
-                if (in[i] == '\0') {
-                        w = "name contains a NUL byte";
-                        break;
-                }
-                if ((unsigned char)in[i] < 0x20 || in[i] == 0x7f) {
-                        w = "name contains a control character";
-                        break;
-                }
-                if (in[i] == '/')
-                        start = i + 1;
-        }
-        size_t n = len - start;
-        if (w == NULL && n == 0)
-                w = "name is empty (or ends with '/')";
-        if (w == NULL && in[start] == '.')
-                w = "name starts with '.' (hidden, '.', '..' and temporary names are refused)";
-        if (w == NULL && (n > ENG_NAME_MAX || n + 1 > outlen))
-                w = "name is longer than 255 bytes";
-        if (w != NULL) {
-                if (why)
-                        *why = w;
-                return -EINVAL;
-        }
-        memcpy(out, in + start, n);
-        out[n] = '\0';
-        return 0;
 }
 
 static int mkdir_p(const char *path)
@@ -103,9 +81,12 @@ int eng_xfer_server_new(const eng_xfer_server_cfg_t *cfg, eng_xfer_server_t **ou
                         size_t whylen)
 {
         eng_xfer_server_t *x = calloc(1, sizeof(*x));
-        if (x == NULL)
+        if (x == NULL) {
+                snprintf(why, whylen, "%s", strerror(ENOMEM));
                 return -ENOMEM;
+        }
         x->cfg = *cfg;
+        x->dirfd = -1;
         if (x->cfg.file_mode == 0)
                 x->cfg.file_mode = 0644;
         int rc = mkdir_p(cfg->outdir);
@@ -118,14 +99,25 @@ int eng_xfer_server_new(const eng_xfer_server_cfg_t *cfg, eng_xfer_server_t **ou
                 rc = -errno;
         if (rc != 0) {
                 snprintf(why, whylen, "output directory %s: %s", cfg->outdir, strerror(-rc));
-                if (x->dirfd > 0)
+                if (x->dirfd >= 0)
                         close(x->dirfd);
                 free(x);
                 return rc;
         }
         pthread_mutex_init(&x->lock, NULL);
+        /* A predecessor killed mid-transfer left its temporary files behind. Ours carry our
+         * pid only once we write them, and only another server of this process could be
+         * writing one right now. A directory we cannot list just keeps its leftovers. */
+        bool alone = __atomic_fetch_add(&servers_alive, 1, __ATOMIC_ACQ_REL) == 0;
+        int64_t n = tmp_sweep(x->dirfd, alone);
+        x->stale_removed = n > 0 ? (uint32_t)n : 0;
         *out = x;
         return 0;
+}
+
+uint32_t eng_xfer_server_stale_removed(const eng_xfer_server_t *x)
+{
+        return x->stale_removed;
 }
 
 void eng_xfer_server_free(eng_xfer_server_t *x)
@@ -137,6 +129,7 @@ void eng_xfer_server_free(eng_xfer_server_t *x)
         free(x->names);
         close(x->dirfd);
         pthread_mutex_destroy(&x->lock);
+        __atomic_fetch_sub(&servers_alive, 1, __ATOMIC_ACQ_REL);
         free(x);
 }
 
@@ -157,11 +150,11 @@ void eng_xfer_server_drain(eng_xfer_server_t *x)
 
 /* Reserve a name for one stream; -EBUSY if another stream is receiving it right now,
  * -ESHUTDOWN once the server is draining. */
-static int name_take(eng_xfer_server_t *x, const char *name, char *tmp, size_t tmplen)
+static int name_take(eng_xfer_server_t *x, const char *name)
 {
         pthread_mutex_lock(&x->lock);
         int rc = x->draining ? -ESHUTDOWN : 0;
-        for (uint32_t i = 0; i < x->nnames; i++)
+        for (uint32_t i = 0; i < x->nnames && rc == 0; i++)
                 if (strcmp(x->names[i], name) == 0)
                         rc = -EBUSY;
         if (rc == 0 && x->nnames == x->cap) {
@@ -179,8 +172,6 @@ static int name_take(eng_xfer_server_t *x, const char *name, char *tmp, size_t t
         if (rc == 0) {
                 x->nnames++;
                 x->active++;
-                snprintf(tmp, tmplen, ".eng-%d-%llu.part", (int)getpid(),
-                         (unsigned long long)++x->tmp_seq);
         }
         pthread_mutex_unlock(&x->lock);
         return rc;
@@ -200,14 +191,33 @@ static void name_drop(eng_xfer_server_t *x, const char *name)
         pthread_mutex_unlock(&x->lock);
 }
 
+/* Hand the result to the report hook, why escaped (it can carry a name and a peer's text). */
+static void report(eng_xfer_server_t *x, struct rx *r, int err, const char *why)
+{
+        r->res.err = err;
+        if (why != NULL)
+                eng_log_escape(why, strlen(why), r->res.why, sizeof(r->res.why));
+        else
+                r->res.why[0] = '\0';
+        if (x->cfg.report)
+                x->cfg.report(&r->res, x->cfg.report_ctx);
+}
+
+/* res.name: name escaped; a rendering too long for the field is cut and ends in "...". */
+static void set_report_name(struct rx *r, const char *name, size_t len)
+{
+        size_t room = sizeof(r->res.name) - 3;
+        if (eng_log_escape(name, len, r->res.name, room) >= room)
+                strcat(r->res.name, "...");
+}
+
 /* A file refused at FILE_OPEN: log it like any other failed transfer. */
 static void report_refusal(eng_xfer_server_t *x, struct rx *r, int err, const char *why)
 {
-        r->res.err = err < 0 ? err : -err;
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "refused: %s", why);
         r->res.ns = 0;
-        snprintf(r->res.why, sizeof(r->res.why), "refused: %s", why);
-        if (x->cfg.report)
-                x->cfg.report(&r->res, x->cfg.report_ctx);
+        report(x, r, err < 0 ? err : -err, msg);
 }
 
 /* Tell the client why, with a message in a buffer when the arena has room. */
@@ -224,38 +234,49 @@ static void send_fail(eng_sstream_t *s, int err, const char *why)
                 eng_sstream_free(s, off);
 }
 
-/* End the current file: rename it into place (err == 0) or remove it; report once. */
+/* Make the received file durable and give it its final name: 0, or -errno and *why. The fd
+ * is closed either way. */
+static int rx_commit(eng_xfer_server_t *x, struct rx *r, const char **why)
+{
+        int err = 0;
+        if (fsync(r->fd) != 0) {
+                err = -errno;
+                *why = "fsync failed";
+        }
+        int fd = r->fd;
+        r->fd = -1;
+        if (close(fd) != 0 && err == 0) {
+                err = -errno;
+                *why = "close failed";
+        }
+        if (err == 0 && renameat(x->dirfd, r->tmp, x->dirfd, r->name) != 0) {
+                err = -errno;
+                *why = "rename into place failed";
+        }
+        return err;
+}
+
+/* End the current file, committed by rx_commit (err == 0) or failed (the temporary file is
+ * removed), and report it once. why says what failed; the text of err is added unless why
+ * already says it. */
 static void rx_finish(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, int err,
                       const char *why)
 {
         if (!r->open)
                 return;
-        if (err == 0 && fsync(r->fd) != 0) {
-                err = -errno;
-                why = "fsync failed";
-        }
-        if (close(r->fd) != 0 && err == 0) {
-                err = -errno;
-                why = "close failed";
-        }
-        if (err == 0 && renameat(x->dirfd, r->tmp, x->dirfd, r->res.name) != 0) {
-                err = -errno;
-                why = "rename into place failed";
-        }
+        if (r->fd >= 0)
+                close(r->fd); /* failed: whatever close says, the file goes */
         if (err != 0)
                 unlinkat(x->dirfd, r->tmp, 0);
         r->fd = -1;
         r->open = false;
         r->failed = err != 0;
-        name_drop(x, r->res.name);
-        r->res.err = err;
+        name_drop(x, r->name);
         r->res.ns = now_ns() - r->t0;
+        char msg[1024];
         if (err != 0)
-                snprintf(r->res.why, sizeof(r->res.why), "%s: %s", why, strerror(-err));
-        else
-                r->res.why[0] = '\0';
-        if (x->cfg.report)
-                x->cfg.report(&r->res, x->cfg.report_ctx);
+                xfer_reason(msg, sizeof(msg), why, err, ": ", "");
+        report(x, r, err, err != 0 ? msg : NULL);
         (void)s;
 }
 
@@ -301,6 +322,23 @@ static int refuse(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, int err,
         return 0;
 }
 
+/* Refuse at once a file that cannot fit in the output directory's file system, rather than
+ * after writing most of it. Only what is certainly too big: against every free block (root's
+ * reserve included); a write can still meet ENOSPC later, and then fails the file. */
+static int check_space(eng_xfer_server_t *x, uint64_t size, char *msg, size_t n)
+{
+        struct statvfs v;
+        if (fstatvfs(x->dirfd, &v) != 0 || v.f_blocks == 0)
+                return 0; /* unknown (or a file system that does not count): let writes tell */
+        uint64_t free_bytes = (uint64_t)v.f_bfree * v.f_frsize;
+        if (size <= free_bytes)
+                return 0;
+        snprintf(msg, n, "%s: %llu bytes announced, %llu free in the output directory: %s",
+                 "not enough space", (unsigned long long)size, (unsigned long long)free_bytes,
+                 strerror(ENOSPC));
+        return -ENOSPC;
+}
+
 static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_msg_t *m)
 {
         const char *why = NULL;
@@ -319,35 +357,59 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
         if (m->data != NULL)
                 memcpy(name, m->data, nlen);
         if (m->data == NULL || m->len > sizeof(name) ||
-            eng_safe_name(name, nlen, r->res.name, sizeof(r->res.name), &why) != 0) {
+            eng_safe_name(name, nlen, r->name, sizeof(r->name), &why) != 0) {
                 if (m->data != NULL && m->len > sizeof(name))
                         why = "name is longer than 255 bytes";
-                snprintf(r->res.name, sizeof(r->res.name), "(unusable name)");
+                if (m->data != NULL)
+                        set_report_name(r, name, nlen);
+                else
+                        snprintf(r->res.name, sizeof(r->res.name), "(no name)");
                 return refuse(x, s, r, EINVAL, why ? why : "no file name");
         }
-        int rc = name_take(x, r->res.name, r->tmp, sizeof(r->tmp));
+        set_report_name(r, r->name, strlen(r->name));
+        char msg[512];
+        int rc = check_space(x, m->arg, msg, sizeof(msg));
+        if (rc != 0)
+                return refuse(x, s, r, -rc, msg);
+        rc = name_take(x, r->name);
         if (rc != 0) {
-                char msg[320];
                 snprintf(msg, sizeof(msg), "%s is being received on another stream right now",
-                         r->res.name);
+                         r->name);
                 return refuse(x, s, r, -rc,
                               rc == -EBUSY       ? msg
                               : rc == -ESHUTDOWN ? "server is shutting down"
                                                  : strerror(-rc));
         }
-        r->fd = openat(x->dirfd, r->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                       x->cfg.file_mode);
+        const char *what = NULL;
+        r->fd = tmp_create(x->dirfd, x->cfg.file_mode, r->tmp, sizeof(r->tmp), &what);
         if (r->fd < 0) {
-                int e = errno;
-                name_drop(x, r->res.name);
-                char msg[320];
-                snprintf(msg, sizeof(msg), "cannot create a file in the output directory: %s",
-                         strerror(e));
+                int e = -r->fd;
+                r->fd = -1;
+                name_drop(x, r->name);
+                snprintf(msg, sizeof(msg), "%s: %s", what, strerror(e));
                 return refuse(x, s, r, e, msg);
         }
         r->open = true;
         XXH3_64bits_reset(r->h);
         return eng_sstream_send(s, ENG_S_FILE_READY, 0, 0, 0);
+}
+
+/* pwrite all of buf at off; 0 or -errno. */
+static int write_all(int fd, const unsigned char *buf, size_t len, uint64_t off)
+{
+        while (len > 0) {
+                ssize_t n = pwrite(fd, buf, len, (off_t)off);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        return -EIO; /* a regular file never takes nothing: do not loop */
+                buf += n;
+                off += (uint64_t)n;
+                len -= (size_t)n;
+        }
+        return 0;
 }
 
 static int file_data(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_msg_t *m)
@@ -364,28 +426,42 @@ static int file_data(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
                 r->failed = true;
                 return 0;
         }
-        const char *p = m->data;
-        uint32_t left = m->len;
+        /*
+         * The payload is in the segment, where any process of the user can rewrite it while we
+         * work: read it once, into this thread's private buffer, and hash and write only that
+         * copy. A piece is hashed right after it is copied, while it is still in the cache;
+         * the window then goes to the file in one pwrite.
+         */
+        const unsigned char *src = m->data;
         uint64_t off = m->arg;
+        uint32_t left = m->len;
         while (left > 0) {
-                ssize_t n = pwrite(r->fd, p, left, (off_t)off);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0) {
-                        int e = n < 0 ? errno : ENOSPC;
-                        char msg[400];
-                        snprintf(msg, sizeof(msg), "writing %s failed: %s", r->res.name,
-                                 strerror(e));
-                        rx_finish(x, s, r, -e, "write failed");
-                        send_fail(s, e, msg);
+                uint32_t w = left < XFER_WINDOW ? left : XFER_WINDOW;
+                unsigned char *buf = xfer_scratch(w);
+                int rc = buf == NULL ? -ENOMEM : 0;
+                for (uint32_t k = 0; rc == 0 && k < w; k += XFER_PIECE) {
+                        uint32_t p = w - k < XFER_PIECE ? w - k : XFER_PIECE;
+                        memcpy(buf + k, src + k, p);
+                        XXH3_64bits_update(r->h, buf + k, p);
+                }
+                if (rc == 0)
+                        rc = write_all(r->fd, buf, w, off);
+                if (rc != 0) {
+                        char what[320], msg[400];
+                        if (buf == NULL)
+                                snprintf(what, sizeof(what), "no memory to receive %s", r->name);
+                        else
+                                snprintf(what, sizeof(what), "writing %s failed", r->name);
+                        xfer_reason(msg, sizeof(msg), what, rc, ": ", "");
+                        rx_finish(x, s, r, rc, what);
+                        send_fail(s, -rc, msg);
                         return 0;
                 }
-                p += n;
-                off += (uint64_t)n;
-                left -= (uint32_t)n;
+                src += w;
+                off += w;
+                left -= w;
+                r->res.received += w;
         }
-        XXH3_64bits_update(r->h, m->data, m->len);
-        r->res.received += m->len;
         return 0;
 }
 
@@ -403,7 +479,7 @@ static int file_end(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_ms
         if (r->res.received != r->res.size) {
                 snprintf(msg, sizeof(msg), "size mismatch: announced %llu, received %llu",
                          (unsigned long long)r->res.size, (unsigned long long)r->res.received);
-                rx_finish(x, s, r, -EIO, "size mismatch");
+                rx_finish(x, s, r, -EIO, msg);
                 send_fail(s, EIO, msg);
                 return 0;
         }
@@ -411,13 +487,17 @@ static int file_end(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_ms
         if (h != m->arg) {
                 snprintf(msg, sizeof(msg), "checksum mismatch: client %016llx, server %016llx",
                          (unsigned long long)m->arg, (unsigned long long)h);
-                rx_finish(x, s, r, -EIO, "checksum mismatch");
+                rx_finish(x, s, r, -EIO, msg);
                 send_fail(s, EIO, msg);
                 return 0;
         }
-        rx_finish(x, s, r, 0, NULL);
-        if (r->res.err != 0) {
-                send_fail(s, -r->res.err, r->res.why);
+        const char *why = NULL;
+        int err = rx_commit(x, r, &why);
+        rx_finish(x, s, r, err, why);
+        if (err != 0) {
+                char reason[400];
+                xfer_reason(reason, sizeof(reason), why, err, ": ", "");
+                send_fail(s, -err, reason);
                 return 0;
         }
         return eng_sstream_send(s, ENG_S_FILE_DONE, r->res.size, 0, 0);

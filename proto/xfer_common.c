@@ -1,0 +1,75 @@
+/*
+ * xfer_common.c - what both sides of file transfer use: the per-thread private buffer the
+ * data path reads shared memory into, and the wording of reasons.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xfer_int.h"
+
+struct scratch {
+        void *p;
+        size_t cap;
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_rc;
+
+static void scratch_free(void *arg)
+{
+        struct scratch *s = arg;
+        free(s->p);
+        free(s);
+}
+
+static void scratch_init(void)
+{
+        scratch_key_rc = pthread_key_create(&scratch_key, scratch_free);
+}
+
+void *xfer_scratch(size_t len)
+{
+        if (len > XFER_WINDOW || pthread_once(&scratch_once, scratch_init) != 0 ||
+            scratch_key_rc != 0)
+                return NULL;
+        struct scratch *s = pthread_getspecific(scratch_key);
+        if (s == NULL) {
+                s = calloc(1, sizeof(*s));
+                if (s == NULL)
+                        return NULL;
+                if (pthread_setspecific(scratch_key, s) != 0) {
+                        free(s);
+                        return NULL;
+                }
+        }
+        if (s->cap >= len)
+                return s->p;
+        /* Grow to the next power of two from one piece up: a thread that moves chunks of one
+         * size allocates once and then keeps the buffer (and its pages) hot. */
+        size_t cap = XFER_PIECE;
+        while (cap < len)
+                cap *= 2;
+        void *p = NULL;
+        if (posix_memalign(&p, 4096, cap) != 0)
+                return NULL;
+        free(s->p);
+        s->p = p;
+        s->cap = cap;
+        return p;
+}
+
+void xfer_reason(char *buf, size_t n, const char *text, int err, const char *open,
+                 const char *close)
+{
+        if (err < 0)
+                err = -err;
+        const char *e = err != 0 ? strerror(err) : NULL;
+        if (e == NULL || strstr(text, e) != NULL)
+                snprintf(buf, n, "%s", text);
+        else
+                snprintf(buf, n, "%s%s%s%s", text, open, e, close);
+}
