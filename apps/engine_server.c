@@ -1,8 +1,8 @@
 /*
  * engine-server: receives files from engine-client processes through the shared segment
- * configured in options.xml. Serves until SIGINT/SIGTERM; then refuses new files, gives the
- * transfers in flight a grace period to finish, ends the rest with a clear error (their
- * temporary files are removed) and unlinks the segment. A second signal stops at once.
+ * configured in options.xml. Serves until SIGINT, SIGTERM or SIGHUP; then refuses new files,
+ * gives the transfers in flight a grace period to finish, ends the rest with a clear error
+ * (their temporary files are removed) and unlinks the segment. A second signal stops at once.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -70,8 +70,9 @@ static void usage(FILE *f)
                 "  -h, --help         this text\n"
                 "  -V, --version      version\n"
                 "\n"
-                "Stops on SIGINT/SIGTERM: transfers in flight get %d s to finish, then fail\n"
-                "cleanly (no partial file is left under a final name).\n",
+                "Stops on SIGINT, SIGTERM or SIGHUP: transfers in flight get %d s to finish,\n"
+                "then fail cleanly (no partial file is left under a final name). Exit status 0\n"
+                "after a clean stop, 1 if it cannot serve, 2 on bad usage or options.\n",
                 GRACE_S);
 }
 
@@ -117,6 +118,7 @@ int main(int argc, char **argv)
         sigemptyset(&set);
         sigaddset(&set, SIGINT);
         sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGHUP); /* the terminal went away: stop cleanly, as for SIGTERM */
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         signal(SIGXFSZ, SIG_IGN);
         signal(SIGPIPE, SIG_IGN);
@@ -151,12 +153,31 @@ int main(int argc, char **argv)
                 (unsigned long long)(o.size >> 20),
                 o.transport == ENG_TRANSPORT_MUTEX ? "mutex" : "lockfree", eng_server_workers(srv),
                 o.outputpath);
+        if (eng_xfer_server_stale_removed(x) > 0)
+                logf_ts("removed %u temporary file(s) that servers which died left in %s",
+                        eng_xfer_server_stale_removed(x), o.outputpath);
+        if (o.transport == ENG_TRANSPORT_MUTEX)
+                logf_ts("transport \"mutex\" is the benchmark baseline: its queues and arena are "
+                        "process-shared pthread mutexes in the segment, so it trusts every process "
+                        "that can write the segment (use \"lockfree\" with untrusted clients)");
 
-        /* SIGSTOP + SIGCONT (Ctrl-Z, fg) make sigwaitinfo fail with EINTR: not a stop. */
+        /* SIGSTOP + SIGCONT (Ctrl-Z, fg) make sigtimedwait fail with EINTR: not a stop. Wake
+         * once a second to see whether the segment can still be served. */
         int sig;
-        while ((sig = sigwaitinfo(&set, NULL)) < 0 && errno == EINTR)
-                ;
-        logf_ts("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        bool failed = false;
+        struct timespec second = {.tv_sec = 1, .tv_nsec = 0};
+        while ((sig = sigtimedwait(&set, NULL, &second)) < 0) {
+                if (errno == EAGAIN && eng_server_failed(srv)) {
+                        failed = true;
+                        break;
+                }
+        }
+        if (failed)
+                logf_ts("the segment cannot be served any more: stopping");
+        else
+                logf_ts("%s: stopping", sig == SIGINT   ? "SIGINT"
+                                        : sig == SIGHUP ? "SIGHUP"
+                                                        : "SIGTERM");
         eng_xfer_server_drain(x);
         struct timespec grace = {.tv_sec = 0, .tv_nsec = 50 * 1000000};
         for (int i = 0; i < GRACE_S * 20 && eng_xfer_server_active(x) > 0; i++) {
@@ -171,5 +192,5 @@ int main(int argc, char **argv)
         eng_xfer_server_free(x);
         logf_ts("stopped; segment %s removed", o.name);
         eng_opts_free(&o);
-        return 0;
+        return failed ? 1 : 0;
 }

@@ -46,6 +46,7 @@ struct eng_client {
         eng_transport_t transport; /* private copy, taken (and validated) at attach */
         uint64_t small_len;        /* loans up to this many bytes use the stream's cache */
         bool asym;                 /* registered for the server's membarrier (sched_push) */
+        uint32_t broken;           /* shrunk by another process, pages not to be had again */
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
@@ -59,6 +60,10 @@ int eng_client_check_server(eng_client_t *c)
          * on the name never reuses this object: what we map stays the old epoch's. */
         if (seg_server_alive(&c->sg) == 0)
                 return -EPIPE;
+        if (eng_load_acquire_u32(&c->broken)) {
+                eng_set_err("the segment was shrunk by another process and cannot be restored");
+                return -EPIPE;
+        }
         if (c->server_pidfd >= 0) {
                 struct pollfd p = {.fd = c->server_pidfd, .events = POLLIN};
                 if (poll(&p, 1, 0) == 1)
@@ -308,6 +313,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         }
         /* Everything below comes from the line-0 copy seg_attach validated (read once). */
         const struct eng_seg_hdr *h = &c->sg.line0;
+        eng_guard_add(c->sg.base, c->sg.size, c->sg.fd, &c->broken);
         c->transport = (eng_transport_t)h->transport;
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
@@ -351,6 +357,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
 fail:
         if (c->server_pidfd >= 0)
                 close(c->server_pidfd);
+        eng_guard_remove(c->sg.base);
         seg_unmap(&c->sg);
         free(c);
         return rc;
@@ -400,6 +407,11 @@ int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
 int eng_stream_try_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out)
 {
         return stream_open(c, user_id, out, 0);
+}
+
+int eng_stream_open_timed(eng_client_t *c, uint32_t user_id, int timeout_ms, eng_stream_t **out)
+{
+        return stream_open(c, user_id, out, timeout_ms > 0 ? deadline_of(c, timeout_ms) : 0);
 }
 
 /*
@@ -789,6 +801,7 @@ void eng_client_detach(eng_client_t *c)
                 stream_end(c->session, -1);
         if (c->server_pidfd >= 0)
                 close(c->server_pidfd);
+        eng_guard_remove(c->sg.base);
         seg_unmap(&c->sg);
         free(c);
 }

@@ -119,7 +119,9 @@ typedef struct eng_client_cfg {
 } eng_client_cfg_t;
 
 /*
- * Attach to the segment `name` (NULL: "/engine-default"). Refuses a segment that belongs to
+ * Attach to the segment `name` (NULL: "/engine-default"). The process gets the SIGBUS guard
+ * (see eng_server_failed): another process shrinking the segment does not kill it. Refuses a
+ * segment that belongs to
  * another user (unless cfg->owner_uid) or that other users could read or write (beyond
  * cfg->mode): -EACCES, the reason in eng_errmsg(). Waits for a server that is starting;
  * -ECONNREFUSED if there is no segment (after cfg->wait_ms), -ETIMEDOUT if its server never
@@ -135,6 +137,9 @@ int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
 /* The same without waiting: -EAGAIN if the bootstrap lock is held or no record is on offer
  * right now (the segment may be full: try again after a stream of yours has closed). */
 int eng_stream_try_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
+/* The same, waiting at most timeout_ms (the server puts the next record on offer a few
+ * microseconds after a claim): -ETIMEDOUT if none came. */
+int eng_stream_open_timed(eng_client_t *c, uint32_t user_id, int timeout_ms, eng_stream_t **out);
 /* The most records the segment can hold (streams and sessions, of every client). */
 uint32_t eng_client_max_records(const eng_client_t *c);
 /* Orderly close: tells the server, waits for its acknowledgement (dropping replies still in

@@ -1,9 +1,10 @@
 /*
- * guard.c - a served segment outlives a shrink.
+ * guard.c - a mapped segment outlives a shrink.
  *
  * Any process of the user may ftruncate the shm object. Every access of ours past the new end
- * then raises SIGBUS, which would kill the server. The server process installs one SIGBUS
- * handler: a fault inside a segment it serves puts the object's size back (ftruncate) and
+ * then raises SIGBUS, which would kill the server (or an honest client). A process that serves
+ * or attaches a segment installs one SIGBUS handler: a fault inside a segment it maps puts the
+ * object's size back (ftruncate) and
  * reserves its pages again (fallocate); the faulting access then runs again and finds a page
  * (zeroed: what was there is lost, and everything the server reads from the segment is
  * validated anyway). If the pages cannot be had (/dev/shm full), a private zero page is mapped
@@ -23,7 +24,7 @@
 
 #include "internal.h"
 
-#define GUARD_MAX 16
+#define GUARD_MAX 64 /* segments mapped at once by one process (more go unguarded) */
 
 /* Written under guard_mu, read by the handler without a lock: base is published last
  * (release) and cleared first, so the handler never sees a half-filled slot. */

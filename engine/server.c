@@ -808,10 +808,40 @@ static void srv_boot_unlock(struct eng_server *srv)
         pthread_mutex_unlock(&srv->boot_mu);
 }
 
+/*
+ * Records grow up and buffers down into one gap. A record without a buffer can do nothing:
+ * a client with hundreds of queued streams would take every record and leave no room for a
+ * superblock, and nothing would move. So a record is carved from the gap only while what is
+ * left for buffers (the buffer area plus the gap after the carve) is at least two superblocks
+ * (one in an arena of fewer than four: the buffer area grows by whole superblocks; the mutex
+ * baseline's first-fit arena keeps a quarter, at most 1 MiB). Freed record slots are always
+ * reused.
+ */
+static bool record_fits(struct eng_seg *sg)
+{
+        eng_arena_stats_t st;
+        eng_arena_stats(&sg->arena, &st);
+        if (st.rec_free > 0)
+                return true;
+        uint64_t reserve;
+        if (st.kind == ENG_ARENA_LOCKFREE) {
+                uint64_t sb = eng_arena_max_alloc(&sg->arena) + ENG_ARENA_HDR_BYTES;
+                reserve = st.top >= 4 * sb ? 2 * sb : sb;
+        } else { /* the first-fit baseline carves any size: keep a quarter, at most 1 MiB */
+                reserve = st.top / 4 < (1u << 20) ? st.top / 4 : (1u << 20);
+        }
+        if (st.rec_top > st.buf_bottom || st.buf_bottom > st.top)
+                return true; /* scribbled watermarks: the carve itself will refuse */
+        uint64_t left = (st.top - st.buf_bottom) + (st.buf_bottom - st.rec_top);
+        return left >= st.rec_stride + reserve;
+}
+
 static int offer_new(struct eng_server *srv)
 {
         struct eng_seg *sg = &srv->sg;
         uint64_t off;
+        if (!record_fits(sg))
+                return -ENOMEM;
         int rc = eng_arena_rec_alloc(&sg->arena, 0, &off);
         if (rc != 0)
                 return rc;
