@@ -244,8 +244,10 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
                                 next++;
                                 continue;
                         }
-                        int rc = eng_stream_try_open(c, j->os->id, &j->st);
-                        if (rc == -EAGAIN) {
+                        /* The next record is on offer microseconds after a claim: wait for
+                         * it briefly rather than a whole round of the loop. */
+                        int rc = eng_stream_open_timed(c, j->os->id, 2, &j->st);
+                        if (rc == -EAGAIN || rc == -ETIMEDOUT) {
                                 if (now > last_open && now - last_open > timeout) {
                                         char why[200];
                                         snprintf(why, sizeof(why),
