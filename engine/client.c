@@ -313,7 +313,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         }
         /* Everything below comes from the line-0 copy seg_attach validated (read once). */
         const struct eng_seg_hdr *h = &c->sg.line0;
-        eng_guard_add(c->sg.base, c->sg.size, c->sg.fd, &c->broken);
+        eng_guard_add(c->sg.base, c->sg.size, c->sg.fd, &c->broken, NULL);
         c->transport = (eng_transport_t)h->transport;
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);

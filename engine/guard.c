@@ -33,6 +33,7 @@ static struct guard {
         uint64_t size;
         int fd;
         uint32_t *broken;
+        uint32_t *restored;
 } guards[GUARD_MAX];
 
 static pthread_mutex_t guard_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -53,6 +54,8 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
                 if (fstat(fd, &st) == 0 && st.st_size < size)
                         (void)!ftruncate(fd, size);
                 bool ok = fallocate(fd, 0, 0, size) == 0;
+                if (ok && guards[i].restored != NULL)
+                        eng_faa_u32(guards[i].restored, 1); /* the owner logs it */
                 if (!ok) {
                         uint64_t page = addr & ~(uint64_t)4095;
                         mmap((void *)(uintptr_t)page, 4096, PROT_READ | PROT_WRITE,
@@ -73,7 +76,7 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
         }
 }
 
-void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken)
+void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken, uint32_t *restored)
 {
         pthread_mutex_lock(&guard_mu);
         if (!guard_installed) {
@@ -90,6 +93,7 @@ void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken)
                         guards[i].size = size;
                         guards[i].fd = fd;
                         guards[i].broken = broken;
+                        guards[i].restored = restored;
                         eng_store_release_u64(&guards[i].base, (uint64_t)(uintptr_t)base);
                         break;
                 }

@@ -349,9 +349,10 @@ void eng_asym_heavy(void);     /* server: every registered thread passes a full 
 void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
 void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* The SIGBUS guard of a served segment (guard.c): a shrink of the object by another process
- * is undone in the fault handler; *broken is set if it cannot be. */
-void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken);
+/* The SIGBUS guard of a mapped segment (guard.c): a shrink of the object by another process
+ * is undone in the fault handler (*restored counts it, if not NULL); *broken is set if it
+ * cannot be. */
+void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken, uint32_t *restored);
 void eng_guard_remove(void *base);
 
 #endif

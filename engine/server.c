@@ -97,7 +97,9 @@ struct eng_server {
         uint32_t ev_unclaimed, ev_unverified;
         uint64_t ev_unclaimed_log, ev_unverified_log;
         bool name_gone_logged;
-        uint32_t broken; /* the guard could not undo a shrink: stop (eng_server_failed) */
+        uint32_t broken;   /* the guard could not undo a shrink: stop (eng_server_failed) */
+        uint32_t restored; /* shrinks the guard undid (counted in the handler) */
+        uint32_t restored_logged;
         bool broken_logged;
         /* Workers park while the control thread rebuilds the arena (repair_idle). */
         uint32_t park, parked;
@@ -1111,6 +1113,14 @@ static void heal_object(struct eng_server *srv)
         struct stat st;
         if (fstat(sg->fd, &st) != 0)
                 return;
+        uint32_t restored = eng_load_acquire_u32(&srv->restored);
+        if (restored != srv->restored_logged) {
+                srv_event(srv,
+                          "the segment was shrunk by another process: resized back to %llu "
+                          "bytes at our next access (%u time(s))",
+                          (unsigned long long)sg->size, restored - srv->restored_logged);
+                srv->restored_logged = restored;
+        }
         if ((uint64_t)st.st_size != sg->size) {
                 if (ftruncate(sg->fd, (off_t)sg->size) == 0)
                         posix_fallocate(sg->fd, 0, (off_t)sg->size);
@@ -1378,7 +1388,7 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
         }
         for (uint32_t i = 0; i < srv->ntab; i++)
                 srv->tab[i].pw = -1;
-        eng_guard_add(srv->sg.base, srv->sg.size, srv->sg.fd, &srv->broken);
+        eng_guard_add(srv->sg.base, srv->sg.size, srv->sg.fd, &srv->broken, &srv->restored);
         if (srv->sg.evicted_uid != (uid_t)-1)
                 srv_event(srv,
                           "removed %s, which uid %u had created under our name: new clients "
