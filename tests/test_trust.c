@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -64,9 +65,14 @@ static void h_event(const char *msg, void *ctx)
 static pid_t server_up(const char *name, uint64_t size)
 {
         R = shared_mem(sizeof(*R));
+        pid_t parent = getpid();
         pid_t pid = fork();
         cr_assert_geq(pid, 0);
         if (pid == 0) {
+                /* Dies with the test, whatever ends it (a failed assertion, a timeout). */
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (getppid() != parent)
+                        _exit(1);
                 eng_server_cfg_t cfg = {.name = name,
                                         .size = size,
                                         .workers = 2,
@@ -458,8 +464,10 @@ Test(trust, record_writes_by_a_rogue_leak_nothing_once_it_is_gone)
         struct rogue_report *rep = shared_mem(4096);
         int gate;
         pid_t rogue = fork_gated(&gate);
-        if (rogue == 0)
+        if (rogue == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
                 _exit(rogue_records(name, rep, 0x1234567ull));
+        }
         pid_t srv = server_up(name, 16 << 20);
         /* An honest client with an open stream throughout (its records are the baseline). */
         eng_client_t *c = NULL;
@@ -500,6 +508,109 @@ Test(trust, record_writes_by_a_rogue_leak_nothing_once_it_is_gone)
                   (unsigned long long)r, (unsigned long long)b, (unsigned long long)(recs0 - 2));
         cr_log_info("baseline %.0f ms after the rogue and the honest client left",
                     (double)(now_ns() - t0) / 1e6);
+        cr_assert_geq(usable_within(name, 2000), 0);
+        server_down(srv);
+}
+
+/*
+ * Zeroing the arena header's magic refused every new client forever: only the segment header's
+ * first line was healed. The server now heals the arena header too, within a tick.
+ */
+Test(trust, zeroed_arena_magic_refuses_new_clients_for_a_tick_at_most)
+{
+        char name[64];
+        mkname(name, sizeof(name), "amagic");
+        pid_t srv = server_up(name, 16 << 20);
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        uint32_t *magic = (uint32_t *)(sg.base + sg.hdr->arena_off); /* arena header word 0 */
+        for (int round = 0; round < 5; round++) {
+                eng_store_release_u32(magic, 0);
+                int64_t ms = usable_within(name, 1000);
+                cr_assert_geq(ms, 0, "round %d: no client got in within 1 s of the zeroed magic",
+                              round);
+        }
+        log_events();
+        cr_assert_geq(events_with("arena header was overwritten"), 1);
+        seg_unmap(&sg);
+        cr_assert(server_alive(srv));
+        server_down(srv);
+}
+
+/*
+ * One bad block-header byte stopped every later reclaim walk, so every later dead client's
+ * buffers leaked. Now a walk abandons only that superblock, and the repair at idle gives back
+ * what it could not reach: a client that dies holding buffers leaves nothing behind.
+ */
+static int hold_buffers(const char *name, uint32_t *ready)
+{
+        eng_client_t *c = NULL;
+        if (eng_client_attach(name, NULL, &c) != 0)
+                return 10;
+        eng_stream_t *s = NULL;
+        if (eng_stream_open(c, 9, &s) != 0)
+                return 11;
+        for (int i = 0; i < 40; i++) {
+                void *p;
+                uint64_t off;
+                uint32_t len = (i % 3 == 0 ? 200000u : i % 3 == 1 ? 30000u : 3000u);
+                if (eng_stream_loan(s, len, &p, &off, 2000) != 0)
+                        return 12;
+                memset(p, 0x5a, len);
+        }
+        __atomic_store_n(ready, 1, __ATOMIC_RELEASE);
+        for (;;)
+                pause();
+}
+
+Test(trust, bad_block_header_does_not_leak_a_dead_clients_buffers)
+{
+        char name[64];
+        mkname(name, sizeof(name), "blk");
+        uint32_t *ready = shared_mem(4096);
+        int gate;
+        pid_t victim = fork_gated(&gate);
+        if (victim == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                _exit(hold_buffers(name, ready));
+        }
+        pid_t srv = server_up(name, 16 << 20);
+        uint64_t recs0, blocks0;
+        usage_of(name, &recs0, &blocks0);
+        open_gate(gate);
+        for (uint64_t end = now_ns() + 10000000000ull;
+             !__atomic_load_n(ready, __ATOMIC_ACQUIRE) && now_ns() < end;)
+                sleep_ms(2);
+        cr_assert(__atomic_load_n(ready, __ATOMIC_ACQUIRE), "the client did not get its loans");
+        /* Scribble one byte of a block header in the middle of the buffer area (the magic of
+         * some block the walk must step over). */
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        eng_arena_stats_t st;
+        eng_arena_stats(&sg.arena, &st);
+        uint64_t mid = (st.buf_bottom + st.top) / 2;
+        mid &= ~(uint64_t)4095;
+        int hit = 0;
+        for (uint64_t o = mid; o < st.top && !hit; o += 4096) {
+                uint64_t *w = (uint64_t *)(sg.arena.base + o);
+                if ((*w >> 48) == 0xb10cu) {
+                        ((unsigned char *)w)[7] ^= 0x55; /* the magic's high byte */
+                        hit = 1;
+                }
+        }
+        cr_assert(hit, "no block header found to scribble");
+        kill(victim, SIGKILL);
+        waitpid(victim, NULL, 0);
+        uint64_t t0 = now_ns();
+        uint64_t r, b;
+        bool back = back_to(name, recs0, 4000, &r, &b);
+        log_events();
+        cr_assert(back, "4 s after the client died: %llu records and %llu blocks in use",
+                  (unsigned long long)r, (unsigned long long)b);
+        cr_log_info("everything back %.0f ms after the kill", (double)(now_ns() - t0) / 1e6);
+        char why[200] = "";
+        cr_assert_eq(eng_arena_check(&sg.arena, why, sizeof(why)), 0, "arena: %s", why);
+        seg_unmap(&sg);
         cr_assert_geq(usable_within(name, 2000), 0);
         server_down(srv);
 }
