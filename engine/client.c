@@ -685,6 +685,7 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
                 m->data = eng_arena_ptr(&s->c->sg.arena, d.off, d.len);
         } else if (d.len != 0) {
                 s->ended = -EPROTO;
+                eng_set_err("stream %u: a message of %u bytes without a buffer", s->user_id, d.len);
                 return -EPROTO;
         }
         return 0;

@@ -101,8 +101,10 @@ Test(faults, file_over_the_size_limit_fails_clearly_and_the_server_keeps_serving
         xu_write_opts(NULL, (xu_stream_t[]){{1, "big.bin"}, {2, "small.bin"}}, 2);
         /* RLIMIT_FSIZE of 1 MiB, set on the running server (the segment it created at start
          * is bigger): writes past it fail with EFBIG (the server ignores SIGXFSZ). */
-        if (access("/usr/bin/prlimit", X_OK) != 0)
+        if (access("/usr/bin/prlimit", X_OK) != 0) {
+                xu_teardown(); /* a skip does not run the suite's .fini */
                 cr_skip_test("prlimit is not installed here");
+        }
         xu_server_start();
         char pid[32];
         snprintf(pid, sizeof(pid), "%d", (int)X.server);
@@ -128,8 +130,10 @@ Test(faults, output_folder_that_stops_being_writable_fails_the_file_and_serving_
 {
         /* Root ignores modes: as root the server runs as nobody; anyone else runs it as is. */
         bool root = geteuid() == 0;
-        if (root && !can_be_nobody())
+        if (root && !can_be_nobody()) {
+                xu_teardown(); /* a skip does not run the suite's .fini */
                 cr_skip_test("as root this needs setpriv and a 'nobody' user (root ignores modes)");
+        }
         xu_make_file(xu_path("a.bin"), 2 * MiB, 5);
         /* As root the segment belongs to nobody: the client must be told to trust it. */
         xu_write_opts(root ? "owner=\"nobody\"" : NULL, &(xu_stream_t){1, "a.bin"}, 1);
@@ -170,7 +174,11 @@ Test(faults, segment_is_private_to_its_user_by_default)
         cr_assert_eq(sb.st_mode & 0777, 0600, "segment mode %o", sb.st_mode & 0777);
         if (!can_be_nobody()) {
                 cr_assert_eq(xu_server_stop(), 0);
-                cr_skip_test("mode checked; attaching as another user needs root and setpriv");
+                {
+                        xu_teardown(); /* a skip does not run the suite's .fini */
+                        cr_skip_test(
+                            "mode checked; attaching as another user needs root and setpriv");
+                }
         }
         /* The options file and the source must be readable by nobody, the segment not. */
         cr_assert_eq(chmod(X.dir, 0755), 0);
