@@ -543,6 +543,22 @@ uint64_t eng_arena_rec_stride(const eng_arena_t *a)
         return a->rec_stride;
 }
 
+void eng_arena_rec_room(const eng_arena_t *a, uint64_t *free_slots, uint64_t *buf_room)
+{
+        uint64_t rt, bb;
+        *free_slots = eng_load_relaxed_u64(&a->hdr->rec_free);
+        if (!marks_sane(a, eng_load_acquire_u64(&a->hdr->marks), &rt, &bb) ||
+            rt + a->rec_stride > bb)
+                *buf_room = 0;
+        else
+                *buf_room = a->top - (rt + a->rec_stride);
+}
+
+uint64_t eng_arena_top(const eng_arena_t *a)
+{
+        return a->top;
+}
+
 uint64_t eng_arena_rec_max_slots(const eng_arena_t *a)
 {
         return a->rec_slots_max;

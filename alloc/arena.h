@@ -176,6 +176,15 @@ uint64_t eng_arena_rec_slots(const eng_arena_t *a);
 uint64_t eng_arena_rec_stride(const eng_arena_t *a);
 /* Largest number of slots that could ever exist in this arena. */
 uint64_t eng_arena_rec_max_slots(const eng_arena_t *a);
+/*
+ * For the process that carves record slots (the server), cheaply (two shared words): how many
+ * slots the record free list holds (its counter: a hint), and how many bytes would be left for
+ * buffers if one more slot were carved from the gap (the buffer area plus the gap after the
+ * carve; 0 if that is not possible or the watermarks are insane).
+ */
+void eng_arena_rec_room(const eng_arena_t *a, uint64_t *free_slots, uint64_t *buf_room);
+/* The end of the area blocks can occupy (the region's size rounded to whole superblocks). */
+uint64_t eng_arena_top(const eng_arena_t *a);
 
 /*
  * Free every buffer block owned by owner; returns the number freed (>= 0) or -errno. On the

@@ -80,6 +80,16 @@ static int64_t remaining_ns(uint64_t deadline)
         return now >= deadline ? 0 : (int64_t)(deadline - now);
 }
 
+/* The cheap half of eng_client_check_server (one poll of the server's pidfd), for paths that
+ * run once per stream open. */
+static bool server_exited(eng_client_t *c)
+{
+        if (c->server_pidfd < 0)
+                return false;
+        struct pollfd p = {.fd = c->server_pidfd, .events = POLLIN};
+        return poll(&p, 1, 0) == 1;
+}
+
 static bool interrupted(const eng_client_t *c)
 {
         return c->cfg.interrupt != NULL && *c->cfg.interrupt != 0;
@@ -133,12 +143,14 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
                         goto woken;
                 eng_cpu_relax();
         }
-        for (;;) {
+        /* The server's liveness costs two system calls: look after each slice we slept, not
+         * before the first (a server that died is still noticed within one slice). */
+        for (bool slept = false;; slept = true) {
                 eng_store_relaxed_u32(&sr->waiting, WAIT_SLEEP);
                 eng_fence_full();
                 if (eng_load_acquire_u32(&sr->wake) != ticket)
                         goto woken;
-                int rc = wait_check(c);
+                int rc = slept ? wait_check(c) : interrupted(c) ? -EINTR : 0;
                 if (rc != 0)
                         return rc;
                 int64_t left = remaining_ns(deadline);
@@ -206,14 +218,18 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         eng_set_err("the bootstrap lock stayed held by another process");
                 if (rc != 0)
                         return rc;
-                if (eng_load_acquire_u32(&h->state) != SRV_READY ||
-                    eng_client_check_server(c) != 0) {
-                        /* Stopping or gone: an offer still up would never be served. */
+                if (eng_load_acquire_u32(&h->state) != SRV_READY || server_exited(c)) {
+                        /* Stopping or gone: an offer still up would never be served. (The
+                         * kernel lock's word, which also covers a pid forged at attach, is
+                         * asked by the waits that follow.) */
                         seg_boot_unlock(sg);
                         eng_set_err("the server is stopping or gone");
                         return -EPIPE;
                 }
-                if (eng_load_acquire_u32(&h->offer_state) == OFFER_UP) {
+                /* Acquire: the offer's words were written before the word that publishes them. */
+                uint32_t w = eng_load_acquire_u32(&h->offer_state);
+                uint32_t taken = (w & ~3u) | OFFER_TAKEN;
+                if (offer_state_of(w) == OFFER_UP) {
                         /* Read the offer once; check and use the copies. */
                         uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
                         uint64_t g0 = eng_load_relaxed_u64(&h->offer_guid[0]);
@@ -228,7 +244,10 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                                 r->session = session;
                                 /* Release: the owner fields are visible before CLAIMED. */
                                 eng_store_release_u32(&r->state, ST_CLAIMED);
-                                eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
+                                /* This generation's offer is taken; if the server already saw
+                                 * CLAIMED and published the next one, leave that one alone. */
+                                uint32_t seen;
+                                eng_cas_u32(&h->offer_state, w, taken, &seen);
                                 seg_boot_unlock(sg);
                                 eng_faa_u32(&h->ctl_wake, 1);
                                 eng_futex_wake(&h->ctl_wake, 1);
@@ -237,10 +256,15 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                                 guid[1] = g1;
                                 return 0;
                         }
-                        /* Inconsistent offer (scribbled), or its claim lock is held by someone
-                         * else: mark it spent so the server decides the record and offers
-                         * another. */
-                        eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
+                        /* Inconsistent (the server published the next offer while we read
+                         * this one: look again at once), or scribbled, or its claim lock is
+                         * held by someone else: mark it spent so the server decides the record
+                         * and offers another. */
+                        uint32_t seen;
+                        if (!eng_cas_u32(&h->offer_state, w, taken, &seen)) {
+                                seg_boot_unlock(sg);
+                                continue;
+                        }
                         eng_faa_u32(&h->ctl_wake, 1);
                         eng_futex_wake(&h->ctl_wake, 1);
                 }
@@ -772,8 +796,7 @@ fin:
          * lock goes first: a record given back may be offered and claimed at once. */
         if (s->claim_held)
                 seg_claim_unlock(&c->sg, s->idx, s->guid[0]);
-        if (eng_client_check_server(c) == 0 &&
-            eng_load_relaxed_u64(&s->rec->guid[0]) == s->guid[0] &&
+        if (eng_load_relaxed_u64(&s->rec->guid[0]) == s->guid[0] &&
             eng_load_relaxed_u64(&s->rec->guid[1]) == s->guid[1])
                 sched_fin(&c->sg, s->rec, s->idx);
         free(s);

@@ -42,8 +42,18 @@ static inline long long seg_claim_byte(uint32_t idx, uint64_t guid0)
         return SEG_LOCK_CLAIM + ((long long)idx << 20) + (long long)(guid0 & 0xfffff);
 }
 
-/* hdr->offer_state */
+/*
+ * hdr->offer_state: a generation (bits 31..2, bumped at every publication by the server) and a
+ * state (bits 1..0). The server publishes an offer without the bootstrap lock: words first,
+ * then this word (release) with a new generation and UP. A claimer, under the lock, acquires it,
+ * reads the words, claims, and CASes UP into TAKEN of the same generation: a claim that ends
+ * after the server already published the next offer cannot mark that one taken.
+ */
 enum { OFFER_NONE = 0, OFFER_UP = 1, OFFER_TAKEN = 2 };
+static inline uint32_t offer_state_of(uint32_t w)
+{
+        return w & 3u;
+}
 
 /* engine-reserved commands */
 #define CMD_C_CLOSE 0x01f0u /* client: no more messages; please acknowledge */

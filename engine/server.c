@@ -80,8 +80,9 @@ struct eng_server {
         pthread_t *workers;
         uint32_t nworkers;
         uint32_t stop;
-        uint32_t offered; /* index currently on offer (+1), 0 if none */
-        bool asym;        /* clients may skip their fence: issue the heavy barrier */
+        uint32_t offered;    /* index currently on offer (+1), 0 if none */
+        uint32_t offer_word; /* hdr->offer_state as we published it (generation | UP) */
+        bool asym;           /* clients may skip their fence: issue the heavy barrier */
         /* The bootstrap lock is an OFD lock on sg.fd, which all our threads share: they
          * serialise among themselves here. */
         pthread_mutex_t boot_mu;
@@ -810,6 +811,20 @@ static void srv_boot_unlock(struct eng_server *srv)
         pthread_mutex_unlock(&srv->boot_mu);
 }
 
+/* Publish the offer of record idx: words first, then the state word with a new generation
+ * (release: a claimer that acquires it sees the words). No lock: see offer_state in
+ * internal.h. */
+static void offer_publish(struct eng_server *srv, uint32_t idx, const uint64_t guid[2])
+{
+        struct eng_seg_hdr *h = srv->sg.hdr;
+        uint32_t w = (((srv->offer_word >> 2) + 1) << 2) | OFFER_UP;
+        eng_store_relaxed_u64(&h->offer_guid[0], guid[0]);
+        eng_store_relaxed_u64(&h->offer_guid[1], guid[1]);
+        eng_store_relaxed_u32(&h->offer_idx, idx);
+        eng_store_release_u32(&h->offer_state, w);
+        srv->offer_word = w;
+}
+
 /*
  * Records grow up and buffers down into one gap. A record without a buffer can do nothing:
  * a client with hundreds of queued streams would take every record and leave no room for a
@@ -821,21 +836,18 @@ static void srv_boot_unlock(struct eng_server *srv)
  */
 static bool record_fits(struct eng_seg *sg)
 {
-        eng_arena_stats_t st;
-        eng_arena_stats(&sg->arena, &st);
-        if (st.rec_free > 0)
+        uint64_t free_slots, room, top = eng_arena_top(&sg->arena);
+        eng_arena_rec_room(&sg->arena, &free_slots, &room);
+        if (free_slots > 0)
                 return true;
         uint64_t reserve;
-        if (st.kind == ENG_ARENA_LOCKFREE) {
+        if (eng_arena_kind(&sg->arena) == ENG_ARENA_LOCKFREE) {
                 uint64_t sb = eng_arena_max_alloc(&sg->arena) + ENG_ARENA_HDR_BYTES;
-                reserve = st.top >= 4 * sb ? 2 * sb : sb;
+                reserve = top >= 4 * sb ? 2 * sb : sb;
         } else { /* the first-fit baseline carves any size: keep a quarter, at most 1 MiB */
-                reserve = st.top / 4 < (1u << 20) ? st.top / 4 : (1u << 20);
+                reserve = top / 4 < (1u << 20) ? top / 4 : (1u << 20);
         }
-        if (st.rec_top > st.buf_bottom || st.buf_bottom > st.top)
-                return true; /* scribbled watermarks: the carve itself will refuse */
-        uint64_t left = (st.top - st.buf_bottom) + (st.buf_bottom - st.rec_top);
-        return left >= st.rec_stride + reserve;
+        return room >= reserve;
 }
 
 static int offer_new(struct eng_server *srv)
@@ -883,21 +895,8 @@ static int offer_new(struct eng_server *srv)
         s->live = true;
         eng_store_release_u32(&s->busy, 0);
         eng_store_release_u32(&r->state, ST_OFFERED);
-
-        if (srv_boot_lock(srv, 100) != 0) {
-                /* Held by a client for 100 ms: give the slot back and try again later (the
-                 * control thread keeps reaping meanwhile). */
-                s->live = false;
-                eng_arena_rec_free(&sg->arena, off);
-                return -EAGAIN;
-        }
-        sg->hdr->offer_guid[0] = r->guid[0];
-        sg->hdr->offer_guid[1] = r->guid[1];
-        sg->hdr->offer_idx = (uint32_t)idx;
-        /* (release: a client under the lock reads it; the control thread's own later check
-         * reads it without the lock) */
-        eng_store_release_u32(&sg->hdr->offer_state, OFFER_UP);
-        srv_boot_unlock(srv);
+        uint64_t guid[2] = {r->guid[0], r->guid[1]};
+        offer_publish(srv, (uint32_t)idx, guid);
         srv->offered = (uint32_t)idx + 1;
         eng_faa_u32(&sg->hdr->boot_wake, 1);
         eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
@@ -1149,8 +1148,8 @@ static void heal_object(struct eng_server *srv)
 /*
  * The offer as published in the header, checked against the record we offered. If the
  * record is still OFFERED (nobody claimed it) but the header says otherwise (offer_state,
- * offer_idx or the GUID overwritten), publish it again rather than leaking it. Under the
- * bootstrap lock, as claims are. True if the offer stands (published again or as it was).
+ * offer_idx or the GUID overwritten), publish it again (a new generation) rather than leaking
+ * it. True if the offer stands (published again or as it was).
  */
 static bool offer_republish(struct eng_server *srv)
 {
@@ -1164,22 +1163,18 @@ static bool offer_republish(struct eng_server *srv)
         struct eng_rec *r = seg_rec(sg, idx);
         if (r == NULL)
                 return false;
-        if (eng_load_acquire_u32(&h->offer_state) == OFFER_UP && h->offer_idx == idx &&
-            h->offer_guid[0] == r->guid[0] && h->offer_guid[1] == r->guid[1])
-                return eng_load_acquire_u32(&r->state) == ST_OFFERED; /* as published */
-        if (srv_boot_lock(srv, 100) != 0)
-                return false;
-        bool still = eng_load_acquire_u32(&r->state) == ST_OFFERED;
+        eng_sstream_t *s = &srv->tab[idx];
+        bool still = eng_load_acquire_u32(&r->state) == ST_OFFERED &&
+                     eng_load_relaxed_u64(&r->guid[0]) == s->guid0;
+        if (eng_load_acquire_u32(&h->offer_state) == srv->offer_word && h->offer_idx == idx &&
+            h->offer_guid[0] == s->guid0)
+                return still; /* as published: taken once the record is no longer OFFERED */
         bool changed = false;
-        if (still && (h->offer_state != OFFER_UP || h->offer_idx != idx ||
-                      h->offer_guid[0] != r->guid[0] || h->offer_guid[1] != r->guid[1])) {
-                h->offer_guid[0] = r->guid[0];
-                h->offer_guid[1] = r->guid[1];
-                h->offer_idx = idx;
-                eng_store_release_u32(&h->offer_state, OFFER_UP);
+        if (still) {
+                uint64_t guid[2] = {s->guid0, eng_load_relaxed_u64(&r->guid[1])};
+                offer_publish(srv, idx, guid);
                 changed = true;
         }
-        srv_boot_unlock(srv);
         if (changed) {
                 eng_faa_u32(&h->boot_wake, 1);
                 eng_futex_wake(&h->boot_wake, INT32_MAX);
@@ -1250,7 +1245,8 @@ static void repair_idle(struct eng_server *srv)
         /* Under the lock no claim can happen; is the offer still untouched? */
         uint32_t off = srv->offered;
         struct eng_rec *r = off ? seg_rec(sg, off - 1) : NULL;
-        bool quiet = r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED;
+        bool quiet = r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
+                     eng_load_acquire_u32(&sg->hdr->offer_state) == srv->offer_word;
         for (uint32_t j = 0; quiet && j < srv->ntab; j++) {
                 eng_sstream_t *t = &srv->tab[j];
                 if (t->live && j != off - 1 &&
@@ -1434,12 +1430,10 @@ void eng_server_stop(eng_server_t *srv)
         struct eng_seg *sg = &srv->sg;
         eng_store_release_u32(&srv->hstate, SRV_STOPPING);
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
-        /* Withdraw the offer: nobody may claim a record that no worker will serve. */
-        bool locked = srv_boot_lock(srv, 1000) == 0;
-        eng_store_release_u32(&sg->hdr->offer_state, OFFER_NONE); /* without the lock if a
-                                                                    client sits on it */
-        if (locked)
-                srv_boot_unlock(srv);
+        /* Withdraw the offer: nobody may claim a record that no worker will serve (a claim
+         * already under way ends in a record the stop below ends). */
+        eng_store_release_u32(&sg->hdr->offer_state,
+                              (((srv->offer_word >> 2) + 1) << 2) | OFFER_NONE);
         eng_store_relaxed_u32(&srv->stop, 1);
         eng_faa_u32(&sg->hdr->srv_wake, 1);
         eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);

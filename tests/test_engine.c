@@ -1399,7 +1399,8 @@ static void call_after_stop(const char *tag, enum after_call what)
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
         uint64_t end = now_ns() + 2000000000ull;
-        while (eng_load_acquire_u32(&sg.hdr->offer_state) != 1 && now_ns() < end)
+        while (offer_state_of(eng_load_acquire_u32(&sg.hdr->offer_state)) != OFFER_UP &&
+               now_ns() < end)
                 sleep_ms(1);
         seg_unmap(&sg);
         eng_server_stop(srv);

@@ -229,7 +229,7 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
                 if (claim == CLAIM_NOTHING)
                         break;
                 r = seg_rec(&sg, sg.hdr->offer_idx);
-                if (sg.hdr->offer_state == OFFER_UP && r != NULL &&
+                if (offer_state_of(sg.hdr->offer_state) == OFFER_UP && r != NULL &&
                     eng_load_acquire_u32(&r->state) == ST_OFFERED)
                         break;
                 seg_boot_unlock(&sg);
@@ -301,8 +301,8 @@ static void dead_boot_holder(const char *tag, enum claim claim)
                 /* A claimed offer is spent: the record is reclaimed and a new GUID offered (the
                  * slot may be the same one). An unclaimed offer stands. */
                 struct eng_rec *r = seg_rec(&sg, eng_load_acquire_u32(&sg.hdr->offer_idx));
-                fresh = eng_load_acquire_u32(&sg.hdr->offer_state) == OFFER_UP && r != NULL &&
-                        eng_load_acquire_u32(&r->state) == ST_OFFERED &&
+                fresh = offer_state_of(eng_load_acquire_u32(&sg.hdr->offer_state)) == OFFER_UP &&
+                        r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                         (claim == CLAIM_NOTHING || sg.hdr->offer_guid[0] != guid0 ||
                          sg.hdr->offer_guid[1] != guid1);
                 eng_arena_stats(&sg.arena, &st);

@@ -1758,7 +1758,8 @@ static void garbled_claim_main(void)
         for (;;) {
                 if (seg_boot_lock(&sg, end, NULL, NULL) != 0)
                         _exit(4);
-                struct eng_rec *r = h->offer_state == OFFER_UP ? seg_rec(&sg, h->offer_idx) : NULL;
+                struct eng_rec *r =
+                    offer_state_of(h->offer_state) == OFFER_UP ? seg_rec(&sg, h->offer_idx) : NULL;
                 if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED) {
                         r->owner_pid = getpid();
                         r->type = REC_STREAM;

@@ -311,7 +311,7 @@ static int64_t next_offer(struct eng_seg *sg, int64_t not, uint64_t g0, int ms)
         uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
         do {
                 struct eng_seg_hdr *h = sg->hdr;
-                if (eng_load_acquire_u32(&h->offer_state) == OFFER_UP) {
+                if (offer_state_of(eng_load_acquire_u32(&h->offer_state)) == OFFER_UP) {
                         uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
                         struct eng_rec *r = seg_rec(sg, idx);
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
@@ -437,7 +437,7 @@ static int rogue_records(const char *name, struct rogue_report *rep, uint64_t se
                 if (seg_boot_trylock(&sg) == 0) {
                         uint32_t idx = h->offer_idx;
                         struct eng_rec *r = seg_rec(&sg, idx);
-                        if (h->offer_state == OFFER_UP && r != NULL &&
+                        if (offer_state_of(h->offer_state) == OFFER_UP && r != NULL &&
                             eng_load_acquire_u32(&r->state) == ST_OFFERED) {
                                 if (rnd() % 2)
                                         seg_claim_lock(&sg, idx, r->guid[0]);
