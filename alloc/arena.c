@@ -850,6 +850,36 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen)
         return arena_check(a, NULL, why, whylen);
 }
 
+int eng_arena_check_live(const eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg, char *why,
+                         size_t whylen)
+{
+        char tmp[8];
+        if (why == NULL) {
+                why = tmp;
+                whylen = sizeof(tmp);
+        }
+        int rc = arena_check(a, NULL, why, whylen);
+        if (rc != 0)
+                return rc;
+        uint64_t rt = units_to_off(marks_rec_top(eng_load_acquire_u64(&a->hdr->marks)));
+        uint64_t nslots = (rt - a->rec_base) / a->rec_stride; /* arena_check checked rt */
+        for (uint64_t i = 0; i < nslots; i++) {
+                uint64_t w = blk_at(a, a->rec_base + i * a->rec_stride)->word;
+                bool used = blk_state(w) == BLK_RUSED;
+                bool live = cfg != NULL && cfg->rec_live != NULL && cfg->rec_live(i, cfg->ctx);
+                if (used != live) {
+                        snprintf(why, whylen, "record slot %llu is %s but %s",
+                                 (unsigned long long)i, used ? "in use" : "free",
+                                 live ? "live" : "not live");
+                        return -EUCLEAN;
+                }
+        }
+        if (a->kind == ENG_ARENA_MUTEX)
+                return 0;
+        return lf_check_owners(a, cfg != NULL ? cfg->owner_live : NULL,
+                               cfg != NULL ? cfg->ctx : NULL, why, whylen);
+}
+
 int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen)
 {
         *leaked = 0;

@@ -301,6 +301,15 @@ typedef struct eng_arena_rebuild_report {
  * Afterwards eng_arena_check passes (if nobody scribbled meanwhile). Returns 0, -EINVAL, or
  * -ENOTSUP on the mutex arena (the baseline has no rebuild). rep may be NULL.
  */
+/*
+ * eng_arena_check (quiescent, strict), and the arena agrees with what the caller knows: a
+ * record slot is in use exactly when cfg->rec_live says it is, and every USED buffer block
+ * (lock-free arena) belongs to an owner cfg->owner_live calls live. 0, or -EUCLEAN with the
+ * first disagreement in why. What eng_arena_rebuild would have to fix, found without changing
+ * anything.
+ */
+int eng_arena_check_live(const eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg, char *why,
+                         size_t whylen);
 int eng_arena_rebuild(eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg,
                       eng_arena_rebuild_report_t *rep);
 

@@ -206,6 +206,8 @@ int lf_free(eng_arena_t *a, uint64_t off);
 int64_t lf_reclaim(eng_arena_t *a, uint32_t owner);
 void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 int lf_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
+int lf_check_owners(const eng_arena_t *a, bool (*owner_live)(uint32_t, void *), void *ctx,
+                    char *why, size_t whylen);
 uint64_t lf_capacity(const eng_arena_t *a, uint64_t off);
 uint64_t lf_max_alloc(const eng_arena_t *a);
 uint32_t lf_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs, uint32_t n);

@@ -685,6 +685,40 @@ static int lf_walk(const eng_arena_t *a, uint64_t bb, lf_visit_fn fn, void *arg,
         return 0;
 }
 
+struct owners_arg {
+        bool (*owner_live)(uint32_t owner, void *ctx);
+        void *ctx;
+        uint64_t blk;
+        uint32_t owner;
+};
+
+static int owner_one(eng_arena_t *a, uint64_t blk, uint64_t w, void *arg)
+{
+        (void)a;
+        struct owners_arg *o = arg;
+        if (blk_state(w) != BLK_USED ||
+            (o->owner_live != NULL && o->owner_live(blk_owner(w), o->ctx)))
+                return 0;
+        o->blk = blk;
+        o->owner = blk_owner(w);
+        return -ESRCH;
+}
+
+/* Every USED block belongs to an owner the caller says is live (strict walk). */
+int lf_check_owners(const eng_arena_t *a, bool (*owner_live)(uint32_t, void *), void *ctx,
+                    char *why, size_t whylen)
+{
+        struct owners_arg o = {.owner_live = owner_live, .ctx = ctx};
+        uint64_t bb = units_to_off(marks_buf_bottom(eng_load_acquire_u64(&a->hdr->marks)));
+        int rc = lf_walk(a, bb, owner_one, &o, NULL, NULL);
+        if (rc == -ESRCH)
+                snprintf(why, whylen, "block at %llu is used by owner %u, which is not live",
+                         (unsigned long long)o.blk, o.owner);
+        else if (rc != 0)
+                snprintf(why, whylen, "buffer area walk hit a bad header");
+        return rc == 0 ? 0 : -EUCLEAN;
+}
+
 struct reclaim_arg {
         uint32_t owner;
         int64_t n;

@@ -46,7 +46,6 @@ struct eng_client {
         eng_transport_t transport; /* private copy, taken (and validated) at attach */
         uint64_t small_len;        /* loans up to this many bytes use the stream's cache */
         bool asym;                 /* registered for the server's membarrier (sched_push) */
-        uint32_t broken;           /* shrunk by another process, pages not to be had again */
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
@@ -60,7 +59,7 @@ int eng_client_check_server(eng_client_t *c)
          * on the name never reuses this object: what we map stays the old epoch's. */
         if (seg_server_alive(&c->sg) == 0)
                 return -EPIPE;
-        if (eng_load_acquire_u32(&c->broken)) {
+        if (eng_load_acquire_u32(&c->sg.broken)) {
                 eng_set_err("the segment was shrunk by another process and cannot be restored");
                 return -EPIPE;
         }
@@ -211,6 +210,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
 {
         struct eng_seg *sg = &c->sg;
         struct eng_seg_hdr *h = sg->hdr;
+        uint64_t not_ready = 0; /* since when the header has said the server is not READY */
         for (;;) {
                 int rc = deadline == 0 ? seg_boot_trylock(sg)
                                        : seg_boot_lock(sg, deadline, boot_check, c);
@@ -218,13 +218,30 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         eng_set_err("the bootstrap lock stayed held by another process");
                 if (rc != 0)
                         return rc;
-                if (eng_load_acquire_u32(&h->state) != SRV_READY || server_exited(c)) {
-                        /* Stopping or gone: an offer still up would never be served. (The
-                         * kernel lock's word, which also covers a pid forged at attach, is
-                         * asked by the waits that follow.) */
+                /* Stopping or gone: an offer still up would never be served. The state is in the
+                 * writable header, which the server puts back within a tick (50 ms): believe
+                 * "not READY" once it has lasted longer than that. (The kernel lock's word,
+                 * which also covers a pid forged at attach, is asked by the waits below.) */
+                bool ready = eng_load_acquire_u32(&h->state) == SRV_READY;
+                if (!ready && not_ready == 0)
+                        not_ready = eng_now_ns();
+                if (ready)
+                        not_ready = 0;
+                if (server_exited(c) || (!ready && eng_now_ns() - not_ready > 60 * 1000000ull)) {
                         seg_boot_unlock(sg);
                         eng_set_err("the server is stopping or gone");
                         return -EPIPE;
+                }
+                if (!ready) {
+                        seg_boot_unlock(sg);
+                        if (deadline == 0)
+                                return -EAGAIN;
+                        if ((rc = wait_check(c)) != 0)
+                                return rc;
+                        if (remaining_ns(deadline) == 0)
+                                return -ETIMEDOUT;
+                        usleep(5000);
+                        continue;
                 }
                 /* Acquire: the offer's words were written before the word that publishes them. */
                 uint32_t w = eng_load_acquire_u32(&h->offer_state);
@@ -337,7 +354,6 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         }
         /* Everything below comes from the line-0 copy seg_attach validated (read once). */
         const struct eng_seg_hdr *h = &c->sg.line0;
-        eng_guard_add(c->sg.base, c->sg.size, c->sg.fd, &c->broken, NULL);
         c->transport = (eng_transport_t)h->transport;
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
@@ -381,7 +397,6 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
 fail:
         if (c->server_pidfd >= 0)
                 close(c->server_pidfd);
-        eng_guard_remove(c->sg.base);
         seg_unmap(&c->sg);
         free(c);
         return rc;
@@ -485,12 +500,67 @@ static int send_state(eng_stream_t *s)
         return state == ST_ENDED ? -EPIPE : 0;
 }
 
+/*
+ * The arena gate. The server repairs the arena while streams are open only when no honest
+ * party is inside an arena operation (a block popped and not yet stamped would otherwise be
+ * listed twice). So every allocation and free of a client is bracketed: arena_op := 1 in its
+ * session record, then a look at the gate; if the server has closed it, arena_op := 0 and wait.
+ * Dekker with repair_arena: it closes the gate and then reads every session's arena_op; a
+ * store followed by a load on each side needs store->load order: a full fence here, or, for a
+ * client registered for membarrier, only a compiler barrier, the server issuing the heavy side
+ * (as in sched_push). Either our load sees the gate closed, or our arena_op = 1 is visible to
+ * the server, which waits for it to go back to 0.
+ *
+ * wait_ns: how long to wait for the gate to open (0: do not wait, -EAGAIN). A gate that stays
+ * closed longer than any repair takes is a writer's (the server puts it back within a tick).
+ */
+static int arena_enter(eng_client_t *c, uint64_t wait_ns)
+{
+        uint32_t *op = &c->session->rec->arena_op;
+        uint32_t *gate = &c->sg.hdr->arena_gate;
+        uint64_t end = wait_ns ? eng_now_ns() + wait_ns : 0;
+        for (;;) {
+                eng_store_relaxed_u32(op, 1);
+                if (c->asym)
+                        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+                else
+                        eng_fence_full();
+                uint32_t g = eng_load_relaxed_u32(gate);
+                if (g == 0)
+                        return 0;
+                eng_store_release_u32(op, 0);
+                if (end == 0 || eng_now_ns() >= end)
+                        return -EAGAIN;
+                eng_futex_wait(gate, g, 2 * 1000000ll);
+        }
+}
+
+/* The end of the bracket: what we did to the arena is visible before arena_op reads 0. */
+static void arena_leave(eng_client_t *c)
+{
+        eng_store_release_u32(&c->session->rec->arena_op, 0);
+}
+
+/* A free must happen: wait for a repair to finish (it takes milliseconds), but not for a gate a
+ * writer holds shut: after 200 ms free anyway. */
+static void arena_free(eng_client_t *c, uint64_t off)
+{
+        int rc = arena_enter(c, 200 * 1000000ull);
+        eng_arena_free(&c->sg.arena, off);
+        if (rc == 0)
+                arena_leave(c);
+}
+
 int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
 {
         eng_arena_t *a = &s->c->sg.arena;
+        if (len <= s->c->small_len && s->ncache == 0) {
+                if (arena_enter(s->c, 0) != 0)
+                        return -EAGAIN; /* the server is repairing the arena: a moment */
+                s->ncache = eng_arena_alloc_bulk(a, len, s->owner, s->cache, LOAN_CACHE);
+                arena_leave(s->c);
+        }
         if (len <= s->c->small_len) {
-                if (s->ncache == 0)
-                        s->ncache = eng_arena_alloc_bulk(a, len, s->owner, s->cache, LOAN_CACHE);
                 /* Each entry is still ours unless this stream sent it without loaning it
                  * (a confused caller): then the server freed it and it is dropped here. */
                 while (s->ncache > 0) {
@@ -501,7 +571,10 @@ int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
                         }
                 }
         }
+        if (arena_enter(s->c, 0) != 0)
+                return -EAGAIN;
         int rc = eng_arena_alloc(a, len, s->owner, off);
+        arena_leave(s->c);
         if (rc == -ENOMEM)
                 return -EAGAIN;
         if (rc == 0)
@@ -565,7 +638,7 @@ static void give_back(eng_stream_t *s, uint64_t off)
                 s->cache[s->ncache++] = off;
                 return;
         }
-        eng_arena_free(a, off);
+        arena_free(s->c, off);
 }
 
 void eng_stream_unloan(eng_stream_t *s, uint64_t off)
@@ -788,7 +861,7 @@ fin:
         while (s->ncache > 0) {
                 uint64_t off = s->cache[--s->ncache];
                 if (eng_arena_owner(&c->sg.arena, off) == s->owner) /* see try_loan */
-                        eng_arena_free(&c->sg.arena, off);
+                        arena_free(c, off);
         }
         /* Our last touch of the record. The server reclaims whatever the stream still owns
          * (and, for a stream that was not closed in order, tells its hooks it was aborted).
@@ -825,7 +898,6 @@ void eng_client_detach(eng_client_t *c)
                 stream_end(c->session, -1);
         if (c->server_pidfd >= 0)
                 close(c->server_pidfd);
-        eng_guard_remove(c->sg.base);
         seg_unmap(&c->sg);
         free(c);
 }

@@ -54,7 +54,7 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
                 if (fstat(fd, &st) == 0 && st.st_size < size)
                         (void)!ftruncate(fd, size);
                 bool ok = fallocate(fd, 0, 0, size) == 0;
-                if (ok && guards[i].restored != NULL)
+                if (ok)
                         eng_faa_u32(guards[i].restored, 1); /* the owner logs it */
                 if (!ok) {
                         uint64_t page = addr & ~(uint64_t)4095;

@@ -139,6 +139,7 @@ struct eng_rec {
         /* line 2: session wake-up (session records): server bumps, client sleeps */
         _Alignas(CL) uint32_t wake;
         uint32_t waiting;
+        uint32_t arena_op; /* session: 1 while its client is inside an arena operation */
         /* lines 3..5 and 6..8: the two channels' control blocks (ring or mutex queue) */
         _Alignas(CL) union rec_chan c2s;
         _Alignas(CL) union rec_chan s2c;
@@ -173,6 +174,7 @@ struct eng_seg_hdr {
         uint32_t asym; /* 1: the server issues membarrier(GLOBAL_EXPEDITED) (see sched_push) */
         /* line 1: server state (server writes) */
         _Alignas(CL) uint32_t state;
+        uint32_t arena_gate; /* 1 while the server repairs the arena: clients stay out */
         /* line 2: worker wake-up (clients write) */
         _Alignas(CL) uint32_t srv_wake;
         uint32_t srv_sleepers;
@@ -216,6 +218,11 @@ struct eng_seg {
         dev_t dev;
         ino_t ino;
         bool serving;             /* created it: holds SEG_LOCK_SERVER on fd */
+        uint32_t broken;          /* SIGBUS guard: shrunk, and the pages cannot be had again */
+        uint32_t restored;        /* SIGBUS guard: shrinks it undid */
+        uint32_t ready_hi;        /* server: highest record index ever offered + 1 (bounds the
+                                   * ready-set scan: not the shared record top, which a writer
+                                   * can lower under live records) */
         uid_t evicted_uid;        /* create: a foreign object under the name was removed */
         struct eng_seg *reg_next; /* every segment mapped in this process (seg.c) */
 };
@@ -360,8 +367,8 @@ void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
 void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The SIGBUS guard of a mapped segment (guard.c): a shrink of the object by another process
- * is undone in the fault handler (*restored counts it, if not NULL); *broken is set if it
- * cannot be. */
+ * is undone in the fault handler (*restored counts it); *broken is set if it cannot be.
+ * seg.c guards every segment it maps from the moment it is mapped until it is unmapped. */
 void eng_guard_add(void *base, uint64_t size, int fd, uint32_t *broken, uint32_t *restored);
 void eng_guard_remove(void *base);
 

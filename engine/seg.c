@@ -225,8 +225,8 @@ bool ready_set(struct eng_seg *sg, uint32_t idx)
  * the scan costs what the arena's record area holds, not what the segment could hold. */
 static uint32_t ready_words(struct eng_seg *sg)
 {
-        uint64_t slots = eng_arena_rec_slots(&sg->arena); /* clamped to the private geometry */
-        uint32_t n = (uint32_t)((slots < sg->max_streams ? slots : sg->max_streams) + 63) / 64;
+        uint32_t hi = eng_load_relaxed_u32(&sg->ready_hi); /* the server's own count */
+        uint32_t n = ((hi < sg->max_streams ? hi : sg->max_streams) + 63) / 64;
         return n ? n : 1;
 }
 
@@ -350,7 +350,9 @@ static bool name_ok(const char *name)
 
 struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx)
 {
-        if (idx >= sg->max_streams || idx >= eng_arena_rec_slots(&sg->arena))
+        /* Bounded by the private geometry, not the shared record top a writer can move: the
+         * slot is inside the region whatever the segment says (what is in it is checked). */
+        if (idx >= sg->max_streams || idx >= eng_arena_rec_max_slots(&sg->arena))
                 return NULL;
         return (struct eng_rec *)(sg->arena.base + eng_arena_rec_offset(&sg->arena, idx));
 }
@@ -763,6 +765,7 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                 goto fail;
         }
         madvise(base, size, MADV_DONTFORK); /* see the registry above */
+        eng_guard_add(base, size, fd, &sg->broken, &sg->restored);
         struct stat st;
         fstat(fd, &st);
         sg->fd = fd;
@@ -830,6 +833,7 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
         reg_add(sg);
         return 0;
 fail_map:
+        eng_guard_remove(base);
         munmap(base, size);
         sg->base = NULL;
 fail:
@@ -943,6 +947,8 @@ static int attach_once(struct eng_seg *sg, const char *name, const struct seg_tr
                 rc = -errno;
                 eng_set_err("mmap(%s): %s", name, strerror(errno));
         } else {
+                /* From here on a shrink by another process must not kill us (SIGBUS). */
+                eng_guard_add(base, size, fd, &sg->broken, &sg->restored);
                 /* Line 0 is read once: magic first (acquire), then the rest is copied, and
                  * only the copy is checked and used. */
                 struct eng_seg_hdr *h = base;
@@ -956,6 +962,16 @@ static int attach_once(struct eng_seg *sg, const char *name, const struct seg_tr
                                            size - c.arena_off)) != 0)
                         eng_set_err("segment %s: arena header is invalid (%s)", name,
                                     strerror(-rc));
+                /* The arena's kind must be the transport's: a forged "mutex" kind would send us
+                 * into the baseline allocator, which trusts the segment. */
+                eng_arena_kind_t want =
+                    c.transport == ENG_TRANSPORT_MUTEX ? ENG_ARENA_MUTEX : ENG_ARENA_LOCKFREE;
+                if (rc == 0 && eng_arena_kind(&sg->arena) != want) {
+                        eng_set_err("segment %s: the arena says %s, the header %s", name,
+                                    eng_arena_kind_name(eng_arena_kind(&sg->arena)),
+                                    eng_arena_kind_name(want));
+                        rc = -EUCLEAN;
+                }
                 if (rc == 0 && eng_arena_rec_stride(&sg->arena) <
                                    ENG_ARENA_HDR_BYTES + rec_bytes(c.ring_depth)) {
                         eng_set_err("segment %s: record slots too small for ring depth %u", name,
@@ -970,8 +986,10 @@ static int attach_once(struct eng_seg *sg, const char *name, const struct seg_tr
                 struct flock f = {0};
                 bool held =
                     lk(fd, F_OFD_GETLK, F_WRLCK, SEG_LOCK_SERVER, &f) == 0 && f.l_type != F_UNLCK;
-                if (base != MAP_FAILED)
+                if (base != MAP_FAILED) {
+                        eng_guard_remove(base);
                         munmap(base, size);
+                }
                 seg_fd_close(fd);
                 if (held || (*fresh && size < 4096)) {
                         *fresh = false;
@@ -1037,8 +1055,10 @@ int seg_attach(struct eng_seg *sg, const char *name)
 
 void seg_unmap(struct eng_seg *sg)
 {
-        if (sg->base)
+        if (sg->base) {
+                eng_guard_remove(sg->base);
                 munmap(sg->base, sg->size);
+        }
         reg_remove_close(sg);
         sg->base = NULL;
 }

@@ -82,7 +82,10 @@ struct eng_server {
         uint32_t stop;
         uint32_t offered;    /* index currently on offer (+1), 0 if none */
         uint32_t offer_word; /* hdr->offer_state as we published it (generation | UP) */
-        bool asym;           /* clients may skip their fence: issue the heavy barrier */
+        /* The offered record as we wrote it: lines 0..8 (identity, sched, wake, both channels'
+         * control blocks). While it is OFFERED nobody honest writes there but the claim. */
+        unsigned char offer_snap[9 * CL];
+        bool asym; /* clients may skip their fence: issue the heavy barrier */
         /* The bootstrap lock is an OFD lock on sg.fd, which all our threads share: they
          * serialise among themselves here. */
         pthread_mutex_t boot_mu;
@@ -98,18 +101,17 @@ struct eng_server {
         uint32_t ev_unclaimed, ev_unverified;
         uint64_t ev_unclaimed_log, ev_unverified_log;
         bool name_gone_logged;
-        uint32_t broken;   /* the guard could not undo a shrink: stop (eng_server_failed) */
-        uint32_t restored; /* shrinks the guard undid (counted in the handler) */
-        uint32_t restored_logged;
+        uint32_t restored_logged; /* sg.restored: shrinks the SIGBUS guard undid */
         bool broken_logged;
-        /* Workers park while the control thread rebuilds the arena (repair_idle). */
+        /* Workers park while the control thread repairs the arena (repair_arena). */
         uint32_t park, parked;
         /* What may have left the arena inconsistent since the last check at idle: records
          * finalised (a dead client's crash windows), anomalies this process met, cuts others
          * met (the shared count), heals. */
         uint32_t finals;
         uint32_t finals_seen;
-        uint64_t anomalies_seen, cuts_seen;
+        uint64_t anomalies_seen, cuts_seen, failed_seen;
+        uint32_t gate; /* hdr->arena_gate as it should be (heal_header puts it back) */
         bool dirty;
         uint64_t last_repair_ns;
 };
@@ -141,7 +143,7 @@ uint32_t eng_server_workers(const eng_server_t *srv)
 
 bool eng_server_failed(const eng_server_t *srv)
 {
-        return eng_load_acquire_u32((uint32_t *)&srv->broken) != 0;
+        return eng_load_acquire_u32((uint32_t *)&srv->sg.broken) != 0;
 }
 
 int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off)
@@ -627,7 +629,9 @@ static bool run_stream(struct eng_server *srv, uint32_t idx, bool poll)
                 ready_post(&srv->sg, idx);
                 return false;
         }
-        if (!s->live)
+        /* A record on offer is nobody's yet: a stray bit (a writer) must not make us touch it
+         * (its snapshot would no longer match: see offer_intact). */
+        if (!s->live || (!s->known && eng_load_acquire_u64(&s->taken_ns) == 0))
                 goto out;
         struct eng_rec *r = s->rec;
         uint32_t st = eng_load_relaxed_u32(&r->sched);
@@ -869,6 +873,8 @@ static int offer_new(struct eng_server *srv)
                 return -ENOMEM;
         }
         eng_sstream_t *s = &srv->tab[idx];
+        if ((uint32_t)idx + 1 > eng_load_relaxed_u32(&sg->ready_hi))
+                eng_store_relaxed_u32(&sg->ready_hi, (uint32_t)idx + 1); /* (ctl only writes) */
         /* A stray ready bit may have a worker glance at the entry: own it while resetting. */
         uint32_t seen;
         while (!eng_cas_u32(&s->busy, 0, 1, &seen))
@@ -896,6 +902,7 @@ static int offer_new(struct eng_server *srv)
         eng_store_release_u32(&s->busy, 0);
         eng_store_release_u32(&r->state, ST_OFFERED);
         uint64_t guid[2] = {r->guid[0], r->guid[1]};
+        memcpy(srv->offer_snap, r, sizeof(srv->offer_snap));
         offer_publish(srv, (uint32_t)idx, guid);
         srv->offered = (uint32_t)idx + 1;
         eng_faa_u32(&sg->hdr->boot_wake, 1);
@@ -968,8 +975,9 @@ static bool reap_tick(struct eng_server *srv)
 
         uint64_t now = eng_now_ns();
         uint32_t offered = srv->offered ? srv->offered - 1 : UINT32_MAX;
-        uint64_t slots = eng_arena_rec_slots(&sg->arena);
-        uint32_t n = slots < srv->ntab ? (uint32_t)slots : srv->ntab;
+        /* Every slot we ever offered: the shared record top could hide live ones. */
+        uint32_t hi = eng_load_relaxed_u32(&sg->ready_hi);
+        uint32_t n = hi < srv->ntab ? hi : srv->ntab;
         uint32_t orphans = 0, late = 0, undecided = 0;
         int64_t orphan_blocks = 0;
         bool idle = true; /* nothing live but the offer and sessions: nobody holds buffers */
@@ -1082,6 +1090,11 @@ static void heal_header(struct eng_server *srv)
                 eng_store_release_u32(&h->magic, srv->sg.line0.magic);
                 bad = true;
         }
+        if (eng_load_relaxed_u32(&h->arena_gate) != srv->gate) {
+                eng_store_release_u32(&h->arena_gate, srv->gate);
+                eng_futex_wake(&h->arena_gate, INT32_MAX);
+                bad = true;
+        }
         uint32_t want = eng_load_acquire_u32(&srv->hstate);
         if (eng_load_acquire_u32(&h->state) != want) {
                 eng_store_release_u32(&h->state, want);
@@ -1112,7 +1125,7 @@ static void heal_object(struct eng_server *srv)
         struct stat st;
         if (fstat(sg->fd, &st) != 0)
                 return;
-        uint32_t restored = eng_load_acquire_u32(&srv->restored);
+        uint32_t restored = eng_load_acquire_u32(&srv->sg.restored);
         if (restored != srv->restored_logged) {
                 srv_event(srv,
                           "the segment was shrunk by another process: resized back to %llu "
@@ -1151,6 +1164,22 @@ static void heal_object(struct eng_server *srv)
  * offer_idx or the GUID overwritten), publish it again (a new generation) rather than leaking
  * it. True if the offer stands (published again or as it was).
  */
+/*
+ * Is the record on offer still as we wrote it? A claimer writes only state, type, owner_pid,
+ * session and user_id (and touches nothing else before CLAIMED); everything else of lines
+ * 0..8 must match the snapshot. A writer that changed a ring counter, sched or the wake words
+ * of the record on offer would otherwise spoil the first honest stream that claims it.
+ */
+static bool offer_intact(const struct eng_server *srv, const struct eng_rec *r)
+{
+        const unsigned char *now = (const unsigned char *)r, *was = srv->offer_snap;
+        size_t claim_lo = offsetof(struct eng_rec, guid);
+        size_t epoch_end = offsetof(struct eng_rec, owner_pid);
+        size_t depth = offsetof(struct eng_rec, depth);
+        return memcmp(now + claim_lo, was + claim_lo, epoch_end - claim_lo) == 0 &&
+               memcmp(now + depth, was + depth, sizeof(srv->offer_snap) - depth) == 0;
+}
+
 static bool offer_republish(struct eng_server *srv)
 {
         if (srv->offered == 0)
@@ -1166,6 +1195,22 @@ static bool offer_republish(struct eng_server *srv)
         eng_sstream_t *s = &srv->tab[idx];
         bool still = eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                      eng_load_relaxed_u64(&r->guid[0]) == s->guid0;
+        if (still && !offer_intact(srv, r)) {
+                /* Written by someone: withdraw it under the bootstrap lock (no claim under
+                 * way), and if it is still OFFERED there, treat it as taken: the worker finds
+                 * no claim and gives it back, and a fresh record goes on offer. */
+                if (srv_boot_lock(srv, 50) != 0)
+                        return true; /* a claimer holds the lock: look again next time */
+                still = eng_load_acquire_u32(&r->state) == ST_OFFERED;
+                if (still && !offer_intact(srv, r)) {
+                        eng_store_release_u32(&h->offer_state,
+                                              (srv->offer_word & ~3u) | OFFER_TAKEN);
+                        still = false; /* logged as a record left without a claim */
+                }
+                srv_boot_unlock(srv);
+                if (!still)
+                        return false;
+        }
         if (eng_load_acquire_u32(&h->offer_state) == srv->offer_word && h->offer_idx == idx &&
             h->offer_guid[0] == s->guid0)
                 return still; /* as published: taken once the record is no longer OFFERED */
@@ -1210,22 +1255,53 @@ static bool rec_live(uint64_t idx, void *ctx)
         return idx < srv->ntab && srv->tab[idx].live;
 }
 
+/* A block's owner is a record we hold live (a stream, or one claimed and not yet decided: its
+ * client may already have loaned buffers). At idle only sessions and the offer are live. */
 static bool owner_live(uint32_t owner, void *ctx)
 {
         struct eng_server *srv = ctx;
         return owner >= 1 && owner - 1 < srv->ntab && srv->tab[owner - 1].live;
 }
 
+/* Every client is out of the arena (arena_op 0 in every live record: a client brackets with
+ * its session's, and a session we have not decided yet may already have a stream that
+ * allocates), or deadline_ns passed (a writer can hold a flag up: its streams are what the
+ * repair may then spoil). */
+static uint32_t wait_arena_quiet(struct eng_server *srv, uint64_t deadline_ns)
+{
+        uint32_t busy = 0;
+        uint32_t offered = srv->offered ? srv->offered - 1 : UINT32_MAX;
+        for (uint32_t j = 0; j < srv->ntab; j++) {
+                eng_sstream_t *t = &srv->tab[j];
+                if (!t->live || j == offered)
+                        continue;
+                while (eng_load_acquire_u32(&t->rec->arena_op) != 0) {
+                        if (eng_now_ns() >= deadline_ns) {
+                                busy++;
+                                break;
+                        }
+                        eng_cpu_relax();
+                }
+        }
+        return busy;
+}
+
 /*
- * While nothing but sessions and the offer is live, no honest party holds or moves a buffer:
- * with new claims held off (the bootstrap lock) and the workers parked, the arena is checked
- * strictly and, if anything is wrong, rebuilt from what the server knows (its live records;
- * no buffer owner is live). That gives back what scribbles and crash windows cost: blocks on
- * cut lists, blocks of dead owners a walk could not reach, a gap a forged watermark hid,
- * record slots. Done when something happened since the last check (a record finalised, an
- * anomaly, a heal), at most once a second.
+ * Repair the arena: check it against what the server knows is live, and rebuild it if they
+ * disagree. That gives back what scribbles and crash windows cost: blocks on cut lists, blocks
+ * of dead owners a walk could not reach, superblocks a shrink zeroed, a gap a forged watermark
+ * hid, record slots. It needs every honest party out of the arena:
+ *   - claims held off: the bootstrap lock (and the offer, if there is one, untouched);
+ *   - the workers parked (they flush their free batches first);
+ *   - clients: the arena gate closed, then (asymmetric barrier, see arena_enter in client.c)
+ *     every live session's arena_op seen 0.
+ * When: while idle (nothing but sessions and the offer live), once something happened since
+ * the last check (a record finalised, an anomaly, a cut, no offer possible); while streams are
+ * open, only on evidence that the arena is damaged (allocations failing, anomalies, cuts, no
+ * offer possible). At most once a second; the check costs a walk (~1 ms per 64 MiB here), the
+ * clients wait that long for their next allocation.
  */
-static void repair_idle(struct eng_server *srv)
+static void repair_arena(struct eng_server *srv, bool idle)
 {
         struct eng_seg *sg = &srv->sg;
         uint64_t now = eng_now_ns();
@@ -1233,54 +1309,71 @@ static void repair_idle(struct eng_server *srv)
         uint64_t anomalies = eng_arena_anomalies(&sg->arena);
         eng_arena_stats_t st;
         eng_arena_stats(&sg->arena, &st);
-        if (finals != srv->finals_seen || anomalies != srv->anomalies_seen ||
-            st.cuts != srv->cuts_seen)
+        bool evidence = anomalies != srv->anomalies_seen || st.cuts != srv->cuts_seen ||
+                        st.failed != srv->failed_seen || srv->offered == 0;
+        srv->failed_seen = st.failed;
+        if (evidence || (idle && finals != srv->finals_seen))
                 srv->dirty = true;
-        if (!srv->dirty || now - srv->last_repair_ns < 1000 * 1000000ull ||
+        if (!srv->dirty || (!idle && !evidence) || now - srv->last_repair_ns < 1000 * 1000000ull ||
             srv->cfg.transport == ENG_TRANSPORT_MUTEX)
                 return;
         srv->last_repair_ns = now;
         if (srv_boot_lock(srv, 50) != 0)
                 return;
-        /* Under the lock no claim can happen; is the offer still untouched? */
+        /* Under the lock no claim can happen; is the offer (if there is one) untouched? */
         uint32_t off = srv->offered;
         struct eng_rec *r = off ? seg_rec(sg, off - 1) : NULL;
-        bool quiet = r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
-                     eng_load_acquire_u32(&sg->hdr->offer_state) == srv->offer_word;
-        for (uint32_t j = 0; quiet && j < srv->ntab; j++) {
-                eng_sstream_t *t = &srv->tab[j];
-                if (t->live && j != off - 1 &&
-                    (!eng_load_acquire_u32(&t->known) || t->type != REC_SESSION))
-                        quiet = false;
-        }
-        if (!quiet || !park_workers(srv)) {
-                unpark_workers(srv);
+        bool quiet = off == 0 || (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
+                                  eng_load_acquire_u32(&sg->hdr->offer_state) == srv->offer_word);
+        if (!quiet) {
                 srv_boot_unlock(srv);
                 return;
         }
+        /* Close the gate, then make sure every client thread sees it before we read the
+         * arena_op words (the heavy side of the asymmetric barrier; clients that did not
+         * register fence themselves). */
+        srv->gate = 1;
+        eng_store_release_u32(&sg->hdr->arena_gate, 1);
+        if (srv->asym)
+                eng_asym_heavy();
+        else
+                eng_fence_full();
+        bool parked = park_workers(srv);
+        uint32_t busy = parked ? wait_arena_quiet(srv, eng_now_ns() + 200 * 1000000ull) : 0;
         eng_arena_rebuild_report_t rep = {0};
         char why[160] = "";
-        bool ok = eng_arena_check(&sg->arena, why, sizeof(why)) == 0;
-        if (!ok) {
+        bool ok = true;
+        if (parked) {
                 eng_arena_rebuild_cfg_t cfg = {
                     .rec_live = rec_live, .owner_live = owner_live, .ctx = srv};
-                eng_arena_rebuild(&sg->arena, &cfg, &rep);
+                /* Consistent, and in agreement with what we know is live? */
+                ok = eng_arena_check_live(&sg->arena, &cfg, why, sizeof(why)) == 0;
+                if (!ok)
+                        eng_arena_rebuild(&sg->arena, &cfg, &rep);
+                srv->finals_seen = eng_load_relaxed_u32(&srv->finals);
+                srv->anomalies_seen = eng_arena_anomalies(&sg->arena);
+                eng_arena_stats(&sg->arena, &st);
+                srv->cuts_seen = st.cuts;
+                srv->failed_seen = st.failed;
+                srv->dirty = false;
         }
-        srv->finals_seen = eng_load_relaxed_u32(&srv->finals);
-        srv->anomalies_seen = eng_arena_anomalies(&sg->arena);
-        eng_arena_stats(&sg->arena, &st);
-        srv->cuts_seen = st.cuts;
-        srv->dirty = false;
+        srv->gate = 0;
+        eng_store_release_u32(&sg->hdr->arena_gate, 0);
+        eng_futex_wake(&sg->hdr->arena_gate, INT32_MAX);
         unpark_workers(srv);
         srv_boot_unlock(srv);
-        if (!ok)
+        if (!ok) {
+                /* Space came back: wake whoever waits for it. */
+                eng_faa_u32(eng_arena_free_word(&sg->arena), 1);
+                eng_futex_wake(eng_arena_free_word(&sg->arena), INT32_MAX);
                 srv_event(srv,
-                          "arena repaired while idle (%s): %llu buffer block(s) of %llu bytes "
-                          "and %llu record(s) given back, %llu byte(s) back in the gap, %llu list "
-                          "cut(s) before",
-                          why, (unsigned long long)rep.freed_blocks,
-                          (unsigned long long)rep.freed_bytes, (unsigned long long)rep.rec_freed,
-                          (unsigned long long)rep.gap_bytes, (unsigned long long)rep.cuts);
+                          "arena repaired %s (%s): %llu buffer block(s) of %llu bytes and %llu "
+                          "record slot(s) given back, %llu byte(s) back in the gap%s",
+                          idle ? "while idle" : "with streams open", why,
+                          (unsigned long long)rep.freed_blocks, (unsigned long long)rep.freed_bytes,
+                          (unsigned long long)rep.rec_freed, (unsigned long long)rep.gap_bytes,
+                          busy ? "; some clients stayed inside the arena" : "");
+        }
 }
 
 static void *ctl_main(void *arg)
@@ -1308,14 +1401,13 @@ static void *ctl_main(void *arg)
                                                   "process: restored (%s)",
                                                   what);
                         }
-                        if (eng_load_acquire_u32(&srv->broken) && !srv->broken_logged) {
+                        if (eng_load_acquire_u32(&sg->broken) && !srv->broken_logged) {
                                 srv->broken_logged = true;
                                 srv_event(srv, "the segment was shrunk by another process and "
                                                "/dev/shm has no room to restore it: the server "
                                                "must stop");
                         }
-                        if (reap_tick(srv))
-                                repair_idle(srv);
+                        repair_arena(srv, reap_tick(srv));
                         last_tick = now;
                 }
                 /* Still on offer? (the header's copy put right if it was overwritten) */
@@ -1384,7 +1476,6 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
         }
         for (uint32_t i = 0; i < srv->ntab; i++)
                 srv->tab[i].pw = -1;
-        eng_guard_add(srv->sg.base, srv->sg.size, srv->sg.fd, &srv->broken, &srv->restored);
         if (srv->sg.evicted_uid != (uid_t)-1)
                 srv_event(srv,
                           "removed %s, which uid %u had created under our name: new clients "
@@ -1415,7 +1506,6 @@ fail_threads:
         eng_set_err("cannot start server threads: %s", strerror(-rc));
 fail:
         shm_unlink(srv->sg.name);
-        eng_guard_remove(srv->sg.base);
         seg_unmap(&srv->sg);
         free(srv->tab);
         free(srv->workers);
@@ -1456,7 +1546,6 @@ void eng_server_stop(eng_server_t *srv)
         eng_faa_u32(&sg->hdr->boot_wake, 1);
         eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
         shm_unlink(sg->name);
-        eng_guard_remove(sg->base);
         seg_unmap(sg);
         pthread_mutex_destroy(&srv->boot_mu);
         pthread_mutex_destroy(&srv->pw_mu);

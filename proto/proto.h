@@ -8,7 +8,8 @@
  *              EBUSY: being received on another stream; ESHUTDOWN; or why the file could
  *              not be created)
  *   FILE_DATA  buffer = the next bytes, arg = their offset     (no reply; FAIL on error)
- *   FILE_END   arg = XXH3-64 of the whole file                 -> DONE (arg = size) | FAIL
+ *   FILE_END   arg = XXH3-64 of (name, NUL, size as 8 bytes LE, the whole file)
+ *                                                           -> DONE (arg = size) | FAIL
  *   FAIL       arg = errno, buffer (optional) = a message for the user
  * The server writes to a temporary file in its output directory and renames it to the final
  * name only when size and checksum agree; on any failure, the client's disappearance or a

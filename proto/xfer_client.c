@@ -75,10 +75,10 @@ int eng_xfer_send_new(eng_stream_t *st, const char *path, const char *remote_nam
                 free(x);
                 return -e;
         }
-        XXH3_64bits_reset(x->h);
         posix_fadvise(x->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
         x->st = st;
         x->size = (uint64_t)sb.st_size;
+        xfer_hash_begin(x->h, x->name, x->size);
         x->chunk = chunk ? chunk : 1u << 18;
         x->state = ENG_XFER_OPENING;
         *out = x;

@@ -62,6 +62,16 @@ void *xfer_scratch(size_t len)
         return p;
 }
 
+void xfer_hash_begin(XXH3_state_t *h, const char *name, uint64_t size)
+{
+        unsigned char le[9] = {0};
+        for (int i = 0; i < 8; i++)
+                le[1 + i] = (unsigned char)(size >> (8 * i));
+        XXH3_64bits_reset(h);
+        XXH3_64bits_update(h, name, strlen(name));
+        XXH3_64bits_update(h, le, sizeof(le)); /* the NUL, then the size */
+}
+
 void xfer_reason(char *buf, size_t n, const char *text, int err, const char *open,
                  const char *close)
 {

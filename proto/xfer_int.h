@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <xxhash.h>
 
 /*
  * File data crosses shared memory, where any process of the user can rewrite it at any time.
@@ -37,6 +38,14 @@ void *xfer_scratch(size_t len);
  */
 void xfer_reason(char *buf, size_t n, const char *text, int err, const char *open,
                  const char *close);
+
+/*
+ * Start the checksum of one file: the name it lands under, a NUL, its size (8 bytes, little
+ * endian), then (by the caller) its bytes. The name and the size are in it because they cross
+ * the segment too: a name rewritten in flight would otherwise put verified bytes under a name
+ * no client sent (another file's name, even).
+ */
+void xfer_hash_begin(XXH3_state_t *h, const char *name, uint64_t size);
 
 /* ---- temporary files (xfer_tmp.c) ------------------------------------------------------ */
 

@@ -390,7 +390,7 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
                 return refuse(x, s, r, e, msg);
         }
         r->open = true;
-        XXH3_64bits_reset(r->h);
+        xfer_hash_begin(r->h, r->name, r->res.size);
         return eng_sstream_send(s, ENG_S_FILE_READY, 0, 0, 0);
 }
 
