@@ -225,7 +225,12 @@ bool ready_set(struct eng_seg *sg, uint32_t idx)
  * the scan costs what the arena's record area holds, not what the segment could hold. */
 static uint32_t ready_words(struct eng_seg *sg)
 {
-        uint32_t hi = eng_load_relaxed_u32(&sg->ready_hi); /* the server's own count */
+        /* The server's own count (private memory). Relaxed: the control thread raises it before
+         * it publishes the offer (release), and the bit of a record claimed from that offer is
+         * set by a CAS (a full barrier) after the claimer acquired it, so a worker that sees the
+         * bit and then reads a stale count misses the bit for one scan only; its fenced look
+         * before sleeping (ready_any after a locked add) reads the count anew. */
+        uint32_t hi = eng_load_relaxed_u32(&sg->ready_hi);
         uint32_t n = ((hi < sg->max_streams ? hi : sg->max_streams) + 63) / 64;
         return n ? n : 1;
 }
@@ -714,9 +719,8 @@ static int seg_open_locked(const char *name, mode_t mode, uid_t *evicted)
         }
 }
 
-int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
-               eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
-               uint32_t max_shift)
+/* A fresh struct eng_seg for name: 0, or -EINVAL with a message if the name is not ours. */
+static int seg_begin(struct eng_seg *sg, const char *name)
 {
         memset(sg, 0, sizeof(*sg));
         sg->fd = -1;
@@ -725,6 +729,15 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
                 eng_set_err("bad segment name '%s' (want /name, no other slash)", name);
                 return -EINVAL;
         }
+        return 0;
+}
+
+int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
+               eng_transport_t transport, uint32_t depth, uint32_t max_streams, uint32_t min_shift,
+               uint32_t max_shift)
+{
+        if (seg_begin(sg, name) != 0)
+                return -EINVAL;
         if (depth < 2 || depth > 65536 || (depth & (depth - 1))) {
                 eng_set_err("ring depth %u is not a power of two in 2..65536", depth);
                 return -EINVAL;
@@ -1016,13 +1029,8 @@ static int attach_once(struct eng_seg *sg, const char *name, const struct seg_tr
 
 int seg_attach_trust(struct eng_seg *sg, const char *name, const struct seg_trust *t)
 {
-        memset(sg, 0, sizeof(*sg));
-        sg->fd = -1;
-        sg->evicted_uid = (uid_t)-1;
-        if (!name_ok(name)) {
-                eng_set_err("bad segment name '%s' (want /name, no other slash)", name);
+        if (seg_begin(sg, name) != 0)
                 return -EINVAL;
-        }
         bool fresh = true;
         for (;;) {
                 int rc = attach_once(sg, name, t, &fresh);

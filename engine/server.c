@@ -98,8 +98,8 @@ struct eng_server {
         uint32_t hstate;
         uint64_t heals;
         /* Events counted by workers, logged once per tick by the control thread. */
-        uint32_t ev_unclaimed, ev_unverified;
-        uint64_t ev_unclaimed_log, ev_unverified_log;
+        uint32_t ev_unclaimed, ev_unverified;         /* counted by workers */
+        uint32_t ev_unclaimed_log, ev_unverified_log; /* logged so far (control thread) */
         bool name_gone_logged;
         uint32_t restored_logged; /* sg.restored: shrinks the SIGBUS guard undid */
         bool broken_logged;
@@ -191,6 +191,17 @@ static void srv_event(struct eng_server *srv, const char *fmt, ...)
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
         srv->cfg.hooks.on_event(msg, srv->cfg.hooks.ctx);
+}
+
+/* An event counted where it happens (on workers), logged once per tick by the control thread
+ * ("N what"), so that a writer that provokes it in a loop gets one line a tick, not a flood. */
+static void log_counted(struct eng_server *srv, uint32_t *count, uint32_t *logged, const char *what)
+{
+        uint32_t n = eng_load_relaxed_u32(count);
+        if (n != *logged) {
+                srv_event(srv, "%u %s", n - *logged, what);
+                *logged = n;
+        }
 }
 
 /* ---- watched processes ---------------------------------------------------------------- */
@@ -1051,22 +1062,11 @@ static bool reap_tick(struct eng_server *srv)
                           "%u record(s) taken off the offer were never completed within %llu ms: "
                           "reclaimed",
                           undecided, (unsigned long long)(CLAIM_DEADLINE_NS / 1000000));
-        uint32_t unclaimed = eng_load_relaxed_u32(&srv->ev_unclaimed);
-        if (unclaimed != srv->ev_unclaimed_log) {
-                srv_event(srv,
-                          "%u record(s) left the offer without a claim any live process holds "
-                          "(forged or abandoned): reclaimed",
-                          unclaimed - (uint32_t)srv->ev_unclaimed_log);
-                srv->ev_unclaimed_log = unclaimed;
-        }
-        uint32_t unverified = eng_load_relaxed_u32(&srv->ev_unverified);
-        if (unverified != srv->ev_unverified_log) {
-                srv_event(srv,
-                          "%u claim(s) named a process other than the one holding the claim: "
-                          "refused",
-                          unverified - (uint32_t)srv->ev_unverified_log);
-                srv->ev_unverified_log = unverified;
-        }
+        log_counted(srv, &srv->ev_unclaimed, &srv->ev_unclaimed_log,
+                    "record(s) left the offer without a claim any live process holds (forged or "
+                    "abandoned): reclaimed");
+        log_counted(srv, &srv->ev_unverified, &srv->ev_unverified_log,
+                    "claim(s) named a process other than the one holding the claim: refused");
         return idle;
 }
 

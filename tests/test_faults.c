@@ -45,19 +45,7 @@ static bool can_be_nobody(void)
 /* Start engine-server through a wrapper command (setpriv, prlimit); wait for "serving". */
 static void server_start_via(char *const argv[])
 {
-        X.server = xu_spawn(argv, xu_path("server.out"), X.slog);
-        uint64_t end = xu_now_ms() + 10000;
-        while (!xu_file_has(X.slog, "serving")) {
-                int st;
-                if (xu_wait(X.server, 0, &st)) {
-                        char *s = xu_slurp(X.slog);
-                        X.server = 0;
-                        cr_assert_fail("engine-server exited (%d) before serving:\n%s", xu_code(st),
-                                       s);
-                }
-                cr_assert_lt(xu_now_ms(), end, "engine-server did not say 'serving' in 10 s");
-                xu_sleep_ms(5);
-        }
+        X.server = xu_server_start_argv(argv, X.slog);
 }
 
 /* ---- the server dies ------------------------------------------------------------------- */

@@ -90,28 +90,6 @@ static pid_t client_spawn_cfg(const char *tag, const char *cfg, const char *cons
         return pid;
 }
 
-/* Start a server through argv (the binary itself, or setpriv ...), logging to log; returns
- * once the log says "serving" (bounded). */
-static pid_t server_via(char *const argv[], const char *log)
-{
-        pid_t pid = xu_spawn(argv, NULL, log);
-        uint64_t end = xu_now_ms() + 10000;
-        while (!xu_file_has(log, "serving")) {
-                int st;
-                if (xu_wait(pid, 0, &st)) {
-                        char *s = xu_slurp(log);
-                        cr_assert_fail("engine-server exited (%d) before serving:\n%s", xu_code(st),
-                                       s);
-                }
-                if (xu_now_ms() > end) {
-                        xu_kill(pid);
-                        cr_assert_fail("engine-server did not say 'serving' within 10 s");
-                }
-                xu_sleep_ms(5);
-        }
-        return pid;
-}
-
 /* Has pid ended (a zombie not reaped yet, or reaped already)? Never reaps. */
 static bool has_ended(pid_t pid)
 {
@@ -257,7 +235,7 @@ Test(service, another_users_segment_is_refused_and_roots_server_takes_the_name)
         xu_write_opts(NULL, &(xu_stream_t){1, "a.bin"}, 1);
 
         char *nargv[] = {AS_NOBODY, XU_SERVER, "-c", ncfg, NULL};
-        pid_t nob = server_via(nargv, nlog);
+        pid_t nob = xu_server_start_argv(nargv, nlog);
         struct stat sb;
         cr_assert_eq(stat(X.shm, &sb), 0, "%s: %s", X.shm, strerror(errno));
         cr_assert_eq(sb.st_uid, nuid, "the segment belongs to uid %u", (unsigned)sb.st_uid);
@@ -333,7 +311,7 @@ Test(service, client_told_the_owner_accepts_that_users_segment)
         snprintf(nlog, sizeof(nlog), "%s", xu_path("nobody.log"));
         xu_write_opts("owner=\"nobody\"", &(xu_stream_t){1, "nobody/a.bin"}, 1);
         char *nargv[] = {AS_NOBODY, XU_SERVER, "-c", ncfg, NULL};
-        pid_t nob = server_via(nargv, nlog);
+        pid_t nob = xu_server_start_argv(nargv, nlog);
         int rc = xu_client("c", 30000, "1");
         char *o = xu_output("c");
         cr_assert_eq(rc, 0, "root's client told owner=\"nobody\": exit %d\n%s", rc, o);

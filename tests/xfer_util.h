@@ -412,10 +412,10 @@ static int xu_run(long ms, const char *out, const char *err, char *const argv[])
 
 /* ---- the server --------------------------------------------------------------------- */
 
-/* Start engine-server on X.cfg, logging to X.slog; returns once it says "serving". */
-static pid_t xu_server_start_log(const char *log)
+/* Start a server through argv (engine-server itself, or a wrapper such as setpriv or prlimit
+ * around it), logging to log; returns once the log says "serving" (bounded: 10 s). */
+static pid_t xu_server_start_argv(char *const argv[], const char *log)
 {
-        char *argv[] = {XU_SERVER, "-c", X.cfg, NULL};
         pid_t pid = xu_spawn(argv, xu_path("server.out"), log);
         uint64_t end = xu_now_ms() + 10000;
         for (;;) {
@@ -433,6 +433,13 @@ static pid_t xu_server_start_log(const char *log)
                 }
                 xu_sleep_ms(5);
         }
+}
+
+/* Start engine-server on X.cfg, logging to log; returns once it says "serving". */
+static pid_t xu_server_start_log(const char *log)
+{
+        char *argv[] = {XU_SERVER, "-c", X.cfg, NULL};
+        return xu_server_start_argv(argv, log);
 }
 
 static void xu_server_start(void)
