@@ -179,6 +179,7 @@ static uint64_t use_server(const char *name, int ms)
 struct boot_report {
         uint32_t locked;
         int lock_rc;
+        uint64_t guid[2]; /* the GUID of the offer the child claimed (or saw on offer) */
 };
 
 enum claim { CLAIM_NOTHING, CLAIM_SESSION, CLAIM_STREAM };
@@ -237,7 +238,12 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
                         return 12;
                 usleep(1000);
         }
-        if (claim != CLAIM_NOTHING) {
+        if (claim == CLAIM_NOTHING) {
+                rep->guid[0] = sg.hdr->offer_guid[0];
+                rep->guid[1] = sg.hdr->offer_guid[1];
+        } else {
+                rep->guid[0] = r->guid[0];
+                rep->guid[1] = r->guid[1];
                 if (seg_claim_lock(&sg, sg.hdr->offer_idx, r->guid[0]) != 0)
                         return 14;
                 r->owner_pid = getpid();
@@ -254,9 +260,10 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
 /* A server on name, and a child holding its bootstrap lock (after claiming as claim says);
  * base: the arena's statistics before the child came. */
 static eng_server_t *boot_holder_up(const char *name, enum claim claim, eng_arena_stats_t *base,
-                                    pid_t *holder)
+                                    pid_t *holder, struct boot_report **report)
 {
         struct boot_report *rep = shared_mem(4096);
+        *report = rep;
         int gate;
         pid_t pid = fork_gated(&gate);
         if (pid == 0)
@@ -275,7 +282,8 @@ static void dead_boot_holder(const char *tag, enum claim claim)
         mkname(name, sizeof(name), tag);
         eng_arena_stats_t base;
         pid_t pid;
-        eng_server_t *srv = boot_holder_up(name, claim, &base, &pid);
+        struct boot_report *rep;
+        eng_server_t *srv = boot_holder_up(name, claim, &base, &pid, &rep);
         /* Control: the lock really is held. */
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
@@ -283,7 +291,9 @@ static void dead_boot_holder(const char *tag, enum claim claim)
         if (trc == 0)
                 seg_boot_unlock(&sg);
         cr_assert_eq(trc, -EAGAIN, "trylock while the child holds it: %d", trc);
-        uint64_t guid0 = sg.hdr->offer_guid[0], guid1 = sg.hdr->offer_guid[1];
+        /* The server publishes its next offer without the bootstrap lock: it may be up already
+         * (it did not wait for the holder). What must change is the offer the child took. */
+        uint64_t guid0 = rep->guid[0], guid1 = rep->guid[1];
         kill_and_reap(pid);
         uint64_t t_kill = now_ns();
 
@@ -374,7 +384,8 @@ Test(crash, client_waiting_on_a_held_bootstrap_mutex_gives_up_at_its_deadline)
         mkname(name, sizeof(name), "boothold");
         eng_arena_stats_t base;
         pid_t pid;
-        eng_server_t *srv = boot_holder_up(name, CLAIM_NOTHING, &base, &pid);
+        struct boot_report *rep;
+        eng_server_t *srv = boot_holder_up(name, CLAIM_NOTHING, &base, &pid, &rep);
         eng_client_cfg_t cfg = {.timeout_ms = 300};
         eng_client_t *c = NULL;
         uint64_t t0 = now_ns();
