@@ -343,6 +343,19 @@ static bool lf_coalesce(eng_arena_t *a, uint32_t owner)
         }
 merge:
         qsort(v, n, sizeof(*v), frag_cmp);
+        /* A forged list (a cycle, a link into a block popped already) can hand us a block twice,
+         * or a piece that lies inside another: keep the first, drop the rest (they are off their
+         * lists already, and their memory is the kept piece's). Merging them would run past the
+         * pieces below and push one block twice. */
+        size_t u = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (u > 0 && v[i].off < v[u - 1].off + cls_bytes(a, v[u - 1].c)) {
+                        used_add(a, v[i].c, -1);
+                        continue;
+                }
+                v[u++] = v[i];
+        }
+        n = u;
         /* Keep the pieces: their headers end up inside merged blocks and are rewritten. */
         struct frag *orig = malloc((n ? n : 1) * sizeof(*v));
         if (orig == NULL) {
@@ -377,7 +390,8 @@ merge:
                 uint64_t end = v[i].off + cls_bytes(a, v[i].c);
                 b->bytes = cls_bytes(a, v[i].c);
                 eng_store_release_u64(&b->word, blk_word(v[i].c, BLK_FREE, 0));
-                used_add(a, orig[k].c, -1); /* orig[k] is this block's first piece */
+                if (k < n)
+                        used_add(a, orig[k].c, -1); /* orig[k] is this block's first piece */
                 /* The merged-away pieces' headers, now interior: stale FREE, so that a late
                  * free of an old offset is refused (-EALREADY) rather than honoured. */
                 for (; k < n && orig[k].off < end; k++) {

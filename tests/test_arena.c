@@ -2761,3 +2761,46 @@ int main(int argc, char *argv[])
         criterion_finalize(tests);
         return result;
 }
+
+/*
+ * Coalescing pops every free block below the largest class. Forged lists can hand it a block and
+ * a smaller one lying inside it (each header valid for its class): the merge then read past its
+ * array of pieces (ASan: heap-buffer-overflow in lf_coalesce, seen in CI under the scribbler
+ * stress) and pushed the inner piece too, so the same memory was listed twice and handed out to
+ * two owners. Now a piece inside another is dropped.
+ */
+Test(damage, coalescing_drops_a_piece_inside_another, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 4 * MIB, 256, 12, 20);
+        struct eng_arena_hdr *h = a->hdr;
+        /* Fill the arena with 8 KiB blocks (class 1). */
+        static uint64_t offs[1024];
+        uint64_t n = 0;
+        while (n < 1024 && eng_arena_alloc(a, 8000, 1, &offs[n]) == 0)
+                n++;
+        cr_assert_gt(n, 8);
+        /* One of them goes back: the class-1 list is {X}. */
+        uint64_t x = offs[n / 2] - ENG_ARENA_HDR_BYTES;
+        cr_assert_eq(eng_arena_free(a, offs[n / 2]), 0);
+        /* A forged 4 KiB free block inside X on the class-0 list. */
+        uint64_t y = x + 4096;
+        struct blk_hdr *b = (struct blk_hdr *)(a->base + y);
+        b->next = 0;
+        b->bytes = 4096;
+        b->word = blk_word(0, BLK_FREE, 0);
+        h->cls[0].head = head_pack(units_of(y), head_tag(h->cls[0].head) + 1);
+        /* A 16 KiB allocation finds no list, no gap: it coalesces (and fails: X's buddy is in
+         * use). */
+        uint64_t big;
+        cr_assert_eq(eng_arena_alloc(a, 16000, 2, &big), -ENOMEM);
+        /* X comes back once; no 4 KiB block inside it may be handed out besides. */
+        uint64_t got8, got4;
+        cr_assert_eq(eng_arena_alloc(a, 8000, 3, &got8), 0);
+        cr_assert_eq(got8, x + ENG_ARENA_HDR_BYTES);
+        int rc = eng_arena_alloc(a, 3000, 4, &got4);
+        cr_assert(rc == -ENOMEM || got4 < x || got4 >= x + 8192,
+                  "a 4 KiB block at %llu was handed out inside the 8 KiB block at %llu",
+                  (unsigned long long)got4, (unsigned long long)x);
+        fx_done(&f);
+}
