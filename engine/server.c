@@ -752,6 +752,7 @@ static void *worker_main(void *arg)
                         continue;
                 }
                 uint32_t idx;
+                bool moved = false;
                 if (ready_take(sg, &cursor, &idx)) {
                         /* One of ours posted (reap, or a client that writes sched): let go
                          * first, or run_stream would find it busy and post it forever. */
@@ -764,10 +765,11 @@ static void *worker_main(void *arg)
                         }
                         if (run_stream(srv, idx, np < POLL_MAX))
                                 set[np++] = &srv->tab[idx];
-                        spins = 0;
-                        continue;
+                        moved = true;
+                        /* No `continue`: a stream that always has more goes straight back to
+                         * the ready set, and the streams we hold would never be looked at.
+                         * One turn from the ready set, one look at each held ring. */
                 }
-                bool moved = false;
                 for (uint32_t i = 0; i < np; i++) {
                         int rc = poll_once(srv, set[i]);
                         if (rc < 0)

@@ -34,6 +34,7 @@ TestSuite(engine, .timeout = 60);
 #define CMD_FAIL      0x0103u /* the hook returns -ECONNABORTED */
 #define CMD_HOLD_ECHO 0x0110u /* wait for the gate, then echo */
 #define CMD_HOLD_EAT  0x0111u /* wait for the gate, then consume (no reply) */
+#define CMD_SLOW_EAT  0x0112u /* take 50 us, then consume (no reply) */
 #define REFUSED_ID    666u
 #define SERVER_TEXT   "hello from the server"
 #define MAX_CLOSES    4096
@@ -109,6 +110,11 @@ static int h_msg(eng_sstream_t *s, eng_msg_t *m, void *ctx)
                         sleep_ms(1);
                 __atomic_fetch_sub(&H.held, 1, __ATOMIC_ACQ_REL);
                 return m->cmd == CMD_HOLD_EAT ? 0 : echo(s, m);
+        case CMD_SLOW_EAT: {
+                struct timespec ts = {0, 50000};
+                nanosleep(&ts, NULL);
+                return 0;
+        }
         default:
                 return echo(s, m);
         }
@@ -823,7 +829,7 @@ struct hog_report {
         uint64_t msgs;
 };
 
-static int hog_child(const char *name, struct hog_report *rep)
+static int hog_child(const char *name, struct hog_report *rep, uint16_t cmd)
 {
         eng_client_t *c;
         if (eng_client_attach(name, NULL, &c) != 0)
@@ -833,7 +839,7 @@ static int hog_child(const char *name, struct hog_report *rep)
                 return 11;
         uint64_t n = 0;
         while (!__atomic_load_n(&rep->stop, __ATOMIC_ACQUIRE)) {
-                while (eng_stream_try_send(s, CMD_ECHO, n, 0, 0) == 0)
+                while (eng_stream_try_send(s, cmd, n, 0, 0) == 0)
                         n++;
                 eng_msg_t m;
                 int rc;
@@ -849,7 +855,7 @@ static int hog_child(const char *name, struct hog_report *rep)
         return 0;
 }
 
-Test(engine, busy_stream_does_not_starve_others)
+static void busy_stream_body(uint16_t hog_cmd)
 {
         char name[64];
         mkname(name, sizeof(name), "fair");
@@ -857,7 +863,7 @@ Test(engine, busy_stream_does_not_starve_others)
         int gate;
         pid_t pid = fork_gated(&gate);
         if (pid == 0)
-                _exit(hog_child(name, rep));
+                _exit(hog_child(name, rep, hog_cmd));
         eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
         open_gate(gate);
         uint64_t end = now_ns() + 5000000000ull;
@@ -892,6 +898,19 @@ Test(engine, busy_stream_does_not_starve_others)
         eng_stream_close(s);
         eng_client_detach(c);
         eng_server_stop(srv);
+}
+
+Test(engine, busy_stream_does_not_starve_others)
+{
+        busy_stream_body(CMD_ECHO);
+}
+
+/* The hog's requests are slow to serve and need no reply, so its ring never empties and every
+ * turn of it ends with more to do: it is queued again and again. The victim, served between
+ * its messages by the worker's polling (not the ready set), must still get its turns. */
+Test(engine, stream_that_always_has_more_does_not_starve_a_polled_one)
+{
+        busy_stream_body(CMD_SLOW_EAT);
 }
 
 /* ---- arena exhaustion ---------------------------------------------------------------- */
