@@ -580,16 +580,7 @@ Test(service, sighup_stops_the_server_cleanly)
 
 Test(service, sighup_mid_transfer_delivers_the_file_or_fails_it_cleanly)
 {
-        xu_make_file(xu_path("big.bin"), 512 * MiB, 7);
-        xu_write_opts(NULL, &(xu_stream_t){1, "big.bin"}, 1);
-        xu_server_start();
-        pid_t c = xu_client_spawn("c", XU_ARGS("1"), 1);
-        if (!xu_wait_temp(10000, c)) {
-                int rc = xu_finish(c, 5000, "engine-client");
-                char *o = xu_output("c");
-                cr_assert_fail("no transfer in flight within 10 s; the client exited %d:\n%s", rc,
-                               o);
-        }
+        pid_t c = xu_start_big_transfer(512 * MiB);
         assert_sighup_stop();
         int rc = xu_finish(c, 40000, "engine-client whose server got SIGHUP");
         char *o = xu_output("c");

@@ -611,21 +611,6 @@ Test(xfer, a_mutex_held_by_a_stopped_process_is_seen_as_held)
         close(p[1]);
 }
 
-static pid_t start_big_transfer(uint64_t size)
-{
-        xu_make_file(xu_path("big.bin"), size, 7);
-        xu_write_opts(NULL, &(xu_stream_t){1, "big.bin"}, 1);
-        xu_server_start();
-        pid_t c = xu_client_spawn("c", XU_ARGS("1"), 1);
-        if (!xu_wait_temp(10000, c)) {
-                int rc = xu_finish(c, 5000, "engine-client");
-                char *o = xu_output("c");
-                cr_assert_fail("no transfer in flight within 10 s; the client exited %d:\n%s", rc,
-                               o);
-        }
-        return c;
-}
-
 /* The transfer failed: the client says so (mentioning the server), nothing is left. */
 static void assert_failed_cleanly(pid_t c)
 {
@@ -646,7 +631,7 @@ static void assert_failed_cleanly(pid_t c)
 
 Test(xfer, sigterm_mid_transfer_completes_it_or_fails_it_cleanly)
 {
-        pid_t c = start_big_transfer(512 * MiB);
+        pid_t c = xu_start_big_transfer(512 * MiB);
         cr_assert_eq(xu_server_stop(), 0); /* also asserts the segment is gone */
         int rc = xu_finish(c, 40000, "engine-client");
         char *o = xu_output("c");
@@ -669,7 +654,7 @@ Test(xfer, sigterm_mid_transfer_completes_it_or_fails_it_cleanly)
 
 Test(xfer, shutdown_refuses_new_files_and_fails_a_transfer_outliving_the_grace_period)
 {
-        pid_t c = start_big_transfer(256 * MiB);
+        pid_t c = xu_start_big_transfer(256 * MiB);
         stop_outside_locks(c); /* the client makes no progress: the grace period must run out */
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         uint64_t t0 = xu_now_ms();
@@ -714,7 +699,7 @@ Test(xfer, shutdown_refuses_new_files_and_fails_a_transfer_outliving_the_grace_p
 
 Test(xfer, second_sigterm_stops_at_once_and_the_transfer_fails_cleanly)
 {
-        pid_t c = start_big_transfer(256 * MiB);
+        pid_t c = xu_start_big_transfer(256 * MiB);
         stop_outside_locks(c);
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         kill(X.server, SIGTERM);
@@ -736,7 +721,7 @@ Test(xfer, second_sigterm_stops_at_once_and_the_transfer_fails_cleanly)
 
 Test(xfer, client_killed_mid_transfer_leaves_nothing_and_the_server_keeps_serving)
 {
-        pid_t c = start_big_transfer(256 * MiB);
+        pid_t c = xu_start_big_transfer(256 * MiB);
         stop_outside_locks(c);
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         uint64_t t0 = xu_now_ms();
@@ -767,7 +752,7 @@ Test(xfer, client_killed_mid_transfer_leaves_nothing_and_the_server_keeps_servin
 
 Test(xfer, interrupted_client_reports_it_and_leaves_no_temporary_file)
 {
-        pid_t c = start_big_transfer(256 * MiB);
+        pid_t c = xu_start_big_transfer(256 * MiB);
         stop_outside_locks(c);
         cr_assert_eq(xu_temps(), 1, "the transfer ended before the client could be paused");
         kill(c, SIGINT);

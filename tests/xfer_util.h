@@ -517,6 +517,23 @@ static char *xu_output(const char *tag)
         return s;
 }
 
+/* A server, and a client sending `big.bin` (size bytes) on stream 1, returned once its
+ * transfer is in flight (a temporary file exists). */
+static inline pid_t xu_start_big_transfer(uint64_t size)
+{
+        xu_make_file(xu_path("big.bin"), size, 7);
+        xu_write_opts(NULL, &(xu_stream_t){1, "big.bin"}, 1);
+        xu_server_start();
+        pid_t c = xu_client_spawn("c", XU_ARGS("1"), 1);
+        if (!xu_wait_temp(10000, c)) {
+                int rc = xu_finish(c, 5000, "engine-client");
+                char *o = xu_output("c");
+                cr_assert_fail("no transfer in flight within 10 s; the client exited %d:\n%s", rc,
+                               o);
+        }
+        return c;
+}
+
 /* ---- per-test setup ----------------------------------------------------------------- */
 
 static void xu_setup(void)
