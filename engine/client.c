@@ -79,6 +79,13 @@ static int64_t remaining_ns(uint64_t deadline)
         return now >= deadline ? 0 : (int64_t)(deadline - now);
 }
 
+/* For spin loops: has the deadline passed? Looks at the clock once every 1024 spins (a few
+ * microseconds), so that a large spin setting cannot outlast the caller's timeout. */
+static bool spun_out(uint32_t i, uint64_t deadline)
+{
+        return (i & 1023u) == 1023u && remaining_ns(deadline) == 0;
+}
+
 /* The cheap half of eng_client_check_server (one poll of the server's pidfd), for paths that
  * run once per stream open. */
 static bool server_exited(eng_client_t *c)
@@ -137,7 +144,7 @@ static int wait_until(eng_client_t *c, uint32_t ticket, uint64_t deadline)
 static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
 {
         struct eng_rec *sr = c->session->rec;
-        for (uint32_t i = 0; i < c->cfg.spin; i++) {
+        for (uint32_t i = 0; i < c->cfg.spin && !spun_out(i, deadline); i++) {
                 if (eng_load_acquire_u32(&sr->wake) != ticket)
                         goto woken;
                 eng_cpu_relax();
@@ -176,7 +183,7 @@ static int stream_wait(eng_client_t *c, struct chan_end *ch, uint32_t ticket, ui
         if (!ch->mutex)
                 return wait_until(c, ticket, deadline);
         eng_store_relaxed_u32(&c->session->rec->waiting, WAIT_NONE);
-        for (uint32_t i = 0; i < c->cfg.spin; i++) {
+        for (uint32_t i = 0; i < c->cfg.spin && !spun_out(i, deadline); i++) {
                 if (ch->producer ? chan_free(ch) > 0 : chan_used(ch) > 0)
                         return 0;
                 eng_cpu_relax();
@@ -695,9 +702,9 @@ int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t of
  * spin, `waiting` stays NONE, so the server pays nothing for wake-ups and the only cache line
  * that crosses cores is the ring's. Returns true when the channel looks ready.
  */
-static bool spin_on(eng_stream_t *s, struct chan_end *ch)
+static bool spin_on(eng_stream_t *s, struct chan_end *ch, uint64_t deadline)
 {
-        for (uint32_t i = 0; i < s->c->cfg.spin; i++) {
+        for (uint32_t i = 0; i < s->c->cfg.spin && !spun_out(i, deadline); i++) {
                 if (ch->producer ? chan_room(ch, 1) : chan_ready(ch))
                         return true;
                 if (eng_load_relaxed_u32(&s->rec->state) == ST_ENDED)
@@ -714,9 +721,10 @@ int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, u
         int rc = eng_stream_try_send(s, cmd, arg, off, len);
         if (rc != -EAGAIN)
                 return rc;
-        if (spin_on(s, &s->out) && (rc = eng_stream_try_send(s, cmd, arg, off, len)) != -EAGAIN)
-                return rc;
         uint64_t deadline = deadline_of(c, timeout_ms);
+        if (spin_on(s, &s->out, deadline) &&
+            (rc = eng_stream_try_send(s, cmd, arg, off, len)) != -EAGAIN)
+                return rc;
         for (;;) {
                 uint32_t t = eng_client_ticket(c);
                 rc = eng_stream_try_send(s, cmd, arg, off, len);
@@ -794,9 +802,9 @@ int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms)
         int rc = eng_stream_try_recv(s, m);
         if (rc != -EAGAIN)
                 return rc;
-        if (spin_on(s, &s->in) && (rc = eng_stream_try_recv(s, m)) != -EAGAIN)
-                return rc;
         uint64_t deadline = deadline_of(c, timeout_ms);
+        if (spin_on(s, &s->in, deadline) && (rc = eng_stream_try_recv(s, m)) != -EAGAIN)
+                return rc;
         for (;;) {
                 uint32_t t = eng_client_ticket(c);
                 rc = eng_stream_try_recv(s, m);

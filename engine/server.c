@@ -110,7 +110,7 @@ struct eng_server {
          * met (the shared count), heals. */
         uint32_t finals;
         uint32_t finals_seen;
-        uint64_t anomalies_seen, cuts_seen, failed_seen;
+        uint64_t anomalies_seen, cuts_seen, failed_seen, frees_seen;
         uint32_t gate; /* hdr->arena_gate as it should be (heal_header puts it back) */
         bool dirty;
         uint64_t last_repair_ns;
@@ -312,6 +312,24 @@ static void wake_session(struct eng_server *srv, eng_sstream_t *s)
                  * wake sees the bump. Without this it slept a whole 50 ms slice. */
                 if (w == WAIT_SLEEP || eng_load_relaxed_u32(&sr->waiting) == WAIT_SLEEP)
                         eng_futex_wake(&sr->wake, INT32_MAX);
+        }
+}
+
+/* The arena gate is open again (a repair ended, or a gate a writer shut was put back). A
+ * client refused a loan at the shut gate waits as it would for space: on its session's wake
+ * word (try_loan callers) or on the free word (eng_stream_loan). Nothing else would wake it,
+ * since no free made the refusal: wake every session and the free word's sleepers. At most
+ * once per repair (a second) or per healed gate. */
+static void gate_opened(struct eng_server *srv)
+{
+        struct eng_seg *sg = &srv->sg;
+        eng_futex_wake(&sg->hdr->arena_gate, INT32_MAX);
+        eng_faa_u32(eng_arena_free_word(&sg->arena), 1);
+        eng_futex_wake(eng_arena_free_word(&sg->arena), INT32_MAX);
+        for (uint32_t j = 0; j < srv->ntab; j++) {
+                eng_sstream_t *t = &srv->tab[j];
+                if (t->live && eng_load_acquire_u32(&t->known) && t->type == REC_SESSION)
+                        wake_session(srv, t);
         }
 }
 
@@ -1094,7 +1112,8 @@ static void heal_header(struct eng_server *srv)
         }
         if (eng_load_relaxed_u32(&h->arena_gate) != srv->gate) {
                 eng_store_release_u32(&h->arena_gate, srv->gate);
-                eng_futex_wake(&h->arena_gate, INT32_MAX);
+                if (srv->gate == 0)
+                        gate_opened(srv);
                 bad = true;
         }
         uint32_t want = eng_load_acquire_u32(&srv->hstate);
@@ -1299,9 +1318,9 @@ static uint32_t wait_arena_quiet(struct eng_server *srv, uint64_t deadline_ns)
  *     every live session's arena_op seen 0.
  * When: while idle (nothing but sessions and the offer live), once something happened since
  * the last check (a record finalised, an anomaly, a cut, no offer possible); while streams are
- * open, only on evidence that the arena is damaged (allocations failing, anomalies, cuts, no
- * offer possible). At most once a second; the check costs a walk (~1 ms per 64 MiB here), the
- * clients wait that long for their next allocation.
+ * open, only on evidence that the arena is damaged (allocations failing while nothing was
+ * freed for a tick, anomalies, cuts, no offer possible). At most once a second; the check costs a
+ * walk (~1 ms per 64 MiB here), the clients wait that long for their next allocation.
  */
 static void repair_arena(struct eng_server *srv, bool idle)
 {
@@ -1311,9 +1330,17 @@ static void repair_arena(struct eng_server *srv, bool idle)
         uint64_t anomalies = eng_arena_anomalies(&sg->arena);
         eng_arena_stats_t st;
         eng_arena_stats(&sg->arena, &st);
-        bool evidence = anomalies != srv->anomalies_seen || st.cuts != srv->cuts_seen ||
-                        st.failed != srv->failed_seen || srv->offered == 0;
+        /* Failed allocations are evidence only if nothing was freed meanwhile: a transfer
+         * that fills the arena fails allocations all the time while the server frees behind
+         * it (back-pressure, not damage), and a repair stops the world for a moment. */
+        uint64_t frees = 0;
+        for (uint32_t c = 0; c < st.nclasses; c++)
+                frees += st.cls[c].frees;
+        bool starved = st.failed != srv->failed_seen && frees == srv->frees_seen;
+        bool evidence = anomalies != srv->anomalies_seen || st.cuts != srv->cuts_seen || starved ||
+                        srv->offered == 0;
         srv->failed_seen = st.failed;
+        srv->frees_seen = frees;
         if (evidence || (idle && finals != srv->finals_seen))
                 srv->dirty = true;
         if (!srv->dirty || (!idle && !evidence) || now - srv->last_repair_ns < 1000 * 1000000ull ||
@@ -1361,13 +1388,10 @@ static void repair_arena(struct eng_server *srv, bool idle)
         }
         srv->gate = 0;
         eng_store_release_u32(&sg->hdr->arena_gate, 0);
-        eng_futex_wake(&sg->hdr->arena_gate, INT32_MAX);
         unpark_workers(srv);
         srv_boot_unlock(srv);
+        gate_opened(srv); /* and space may have come back */
         if (!ok) {
-                /* Space came back: wake whoever waits for it. */
-                eng_faa_u32(eng_arena_free_word(&sg->arena), 1);
-                eng_futex_wake(eng_arena_free_word(&sg->arena), INT32_MAX);
                 srv_event(srv,
                           "arena repaired %s (%s): %llu buffer block(s) of %llu bytes and %llu "
                           "record slot(s) given back, %llu byte(s) back in the gap%s",

@@ -915,6 +915,63 @@ Test(engine, stream_that_always_has_more_does_not_starve_a_polled_one)
 
 /* ---- arena exhaustion ---------------------------------------------------------------- */
 
+/* A wait with a timeout returns at that timeout however long the client spins first (the
+ * benchmark spins 2^30 times: ~25 s of pause instructions before the first look at the clock
+ * was a 25 s stall behind a 100 ms wait). */
+Test(engine, client_wait_returns_at_its_timeout_even_with_a_huge_spin)
+{
+        char name[64];
+        mkname(name, sizeof(name), "spinwait");
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        eng_client_t *c;
+        eng_client_cfg_t cfg = {.spin = 1u << 30};
+        cr_assert_eq(eng_client_attach(name, &cfg, &c), 0, "%s", eng_errmsg());
+        uint32_t tk = eng_client_ticket(c);
+        uint64_t t0 = now_ns();
+        int rc = eng_client_wait(c, tk, 100);
+        uint64_t ms = (now_ns() - t0) / 1000000;
+        cr_assert_eq(rc, -ETIMEDOUT, "%s", eng_strerror(rc));
+        cr_assert_lt(ms, 1000, "a 100 ms wait took %llu ms", (unsigned long long)ms);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+/* A loan refused because the arena gate was shut (a repair, or a writer that shut it) is a
+ * wait like one refused for want of space: when the gate opens again the server wakes the
+ * client's session, as frees do, instead of leaving it to its timeout. */
+Test(engine, client_refused_a_loan_at_a_shut_gate_is_woken_when_it_opens)
+{
+        if (test_transport() == ENG_TRANSPORT_MUTEX)
+                cr_skip_test("the mutex arena has no gate");
+        char name[64];
+        mkname(name, sizeof(name), "gate");
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        eng_store_release_u32(&sg.hdr->arena_gate, 1); /* shut, as a writer may */
+        uint32_t tk = eng_client_ticket(c);
+        void *p;
+        uint64_t off;
+        cr_assert_eq(eng_stream_try_loan(s, 100000, &p, &off), -EAGAIN);
+        uint64_t t0 = now_ns();
+        int rc = eng_client_wait(c, tk, 5000);
+        uint64_t ms = (now_ns() - t0) / 1000000;
+        cr_assert_eq(rc, 0, "not woken when the server opened the gate: %s after %llu ms",
+                     eng_strerror(rc), (unsigned long long)ms);
+        cr_assert_lt(ms, 1000, "woken after %llu ms", (unsigned long long)ms);
+        cr_assert_eq(eng_stream_try_loan(s, 100000, &p, &off), 0);
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, off, 100000, 2000), 0);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        eng_stream_release(s, &m);
+        seg_unmap(&sg);
+        eng_stream_close(s);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
 Test(engine, loan_waits_for_space_then_succeeds_after_frees)
 {
         char name[64];
