@@ -319,7 +319,10 @@ static void wake_session(struct eng_server *srv, eng_sstream_t *s)
  * client refused a loan at the shut gate waits as it would for space: on its session's wake
  * word (try_loan callers) or on the free word (eng_stream_loan). Nothing else would wake it,
  * since no free made the refusal: wake every session and the free word's sleepers. At most
- * once per repair (a second) or per healed gate. */
+ * once per repair (a second) or per healed gate. Ordering (Dekker with eng_client_ticket):
+ * the gate's release store comes first, then wake_session's full fence and its read of
+ * `waiting`; the client stores `waiting`, fences, then reads the gate in try_loan. Either it
+ * sees the gate open or we see it waiting and move its wake word. */
 static void gate_opened(struct eng_server *srv)
 {
         struct eng_seg *sg = &srv->sg;
