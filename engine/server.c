@@ -384,7 +384,9 @@ static int64_t finalize(struct eng_server *srv, eng_sstream_t *s, int err)
  * record's claim lock (a POSIX lock, so its pid comes with it), which must also be the pid
  * the claim names. Returns:
  *   0             accepted (OPEN);
- *   -EAGAIN       still on offer as far as the control thread knows (a stray wake-up);
+ *   -EAGAIN       still on offer as far as the control thread knows (a stray wake-up), and
+ *                 no live claim to decide: the control thread decides it once it sees it
+ *                 taken;
  *   -EINPROGRESS  a stream whose session is not decided yet: run it again later;
  *   -ESRCH        nobody holds the claim (forged, or the claimer is gone): give it back now;
  *   other         refused: the claimer is told (ERROR, ENDED) and the record comes back at
@@ -394,18 +396,19 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
 {
         struct eng_rec *r = s->rec;
         uint64_t taken = eng_load_acquire_u64(&s->taken_ns);
-        if (taken == 0)
-                return -EAGAIN;
-        /* CLAIMED was published with release after the owner fields. */
+        /* CLAIMED was published with release after the owner fields. Before the control thread
+         * has seen the take, only a claim someone holds the kernel lock of is decided here;
+         * anything else stays the control thread's to give back (it still counts the record
+         * as its offer, so we must not free it under it). */
         if (eng_load_acquire_u32(&r->state) != ST_CLAIMED)
-                return -ESRCH;
+                return taken == 0 ? -EAGAIN : -ESRCH;
         uint32_t type = eng_load_relaxed_u32(&r->type);
         uint32_t session = eng_load_relaxed_u32(&r->session);
         uint32_t user_id = eng_load_relaxed_u32(&r->user_id);
         pid_t claimed = (pid_t)eng_load_relaxed_u32((uint32_t *)&r->owner_pid);
         pid_t holder = seg_claim_holder(&srv->sg, s->idx, s->guid0);
         if (holder == 0)
-                return -ESRCH;
+                return taken == 0 ? -EAGAIN : -ESRCH;
         uint32_t depth = srv->sg.depth;
         s->type = type;
         s->session = session;
@@ -434,8 +437,8 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
                 if (ss == NULL || !ss->live) {
                         rc = -EPROTO;
                 } else if (!eng_load_acquire_u32(&ss->known)) {
-                        if (eng_now_ns() - taken < CLAIM_DEADLINE_NS)
-                                return -EINPROGRESS;
+                        if (taken == 0 || eng_now_ns() - taken < CLAIM_DEADLINE_NS)
+                                return -EINPROGRESS; /* (not seen taken yet: just claimed) */
                         rc = -EPROTO;
                 } else if (ss->type != REC_SESSION || ss->pid != s->pid || !ss->verified) {
                         rc = -EPROTO;
@@ -662,8 +665,11 @@ static bool run_stream(struct eng_server *srv, uint32_t idx, bool poll)
                 return false;
         }
         /* A record on offer is nobody's yet: a stray bit (a writer) must not make us touch it
-         * (its snapshot would no longer match: see offer_intact). */
-        if (!s->live || (!s->known && eng_load_acquire_u64(&s->taken_ns) == 0))
+         * (its snapshot would no longer match: see offer_intact). One a client has claimed is
+         * decided at once (accept_stream), without waiting for the control thread to notice
+         * the take: that wake-up was on the path of every stream's first message. */
+        if (!s->live || (!s->known && eng_load_acquire_u64(&s->taken_ns) == 0 &&
+                         eng_load_acquire_u32(&s->rec->state) != ST_CLAIMED))
                 goto out;
         struct eng_rec *r = s->rec;
         uint32_t st = eng_load_relaxed_u32(&r->sched);
