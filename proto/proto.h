@@ -47,6 +47,24 @@ enum {
 #define ENG_NAME_MAX 255
 
 /*
+ * A FILE_FAIL's arg: the errno in the low 32 bits and, in bits 32..39, what failed (one of
+ * ENG_XFER_WHY_*). Its text travels in a buffer the server loans, which it cannot have when
+ * the arena is full (a client's chunks fill it); the code then still names the reason.
+ */
+enum {
+        ENG_XFER_WHY_OTHER = 0,
+        ENG_XFER_WHY_CHECKSUM = 1, /* checksum mismatch */
+        ENG_XFER_WHY_SIZE = 2,     /* size mismatch */
+};
+
+/*
+ * The reason of a FILE_FAIL m for the user, into out (always NUL-terminated): the server's
+ * text (copied once from the segment and escaped), else what its code says, else fallback.
+ * Returns the errno it carries.
+ */
+int eng_xfer_fail_reason(const eng_msg_t *m, const char *fallback, char *out, size_t outlen);
+
+/*
  * Reduce a client-supplied name to a safe basename: the part after the last '/'. Refused
  * (-EINVAL, *why set to a sentence saying which rule) if the whole input is not valid UTF-8
  * (overlong forms, surrogates, beyond U+10FFFF, truncated or stray bytes) or contains a NUL,

@@ -109,15 +109,13 @@ static int poll_reply(eng_xfer_send_t *x)
         }
         int ret = 1;
         if (m.cmd == ENG_S_FILE_FAIL) {
-                /* The message is in the segment: copy it once, and escape the copy (it is the
-                 * peer's text and ends up on the user's terminal). */
-                char raw[256], msg[512] = "server refused the file";
-                if (m.data != NULL && m.len > 0) {
-                        size_t n = m.len < sizeof(raw) ? m.len : sizeof(raw);
-                        memcpy(raw, m.data, n);
-                        eng_log_escape(raw, n, msg, sizeof(msg));
-                }
-                eng_xfer_send_fail(x, (int)m.arg, msg);
+                char msg[512];
+                int err =
+                    eng_xfer_fail_reason(&m,
+                                         x->state == ENG_XFER_WAIT_READY ? "server refused the file"
+                                                                         : "server failed the file",
+                                         msg, sizeof(msg));
+                eng_xfer_send_fail(x, err, msg);
                 ret = -1;
         } else if (m.cmd == ENG_S_FILE_READY && x->state == ENG_XFER_WAIT_READY) {
                 x->state = ENG_XFER_DATA;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto.h"
 #include "xfer_int.h"
 
 struct scratch {
@@ -82,4 +83,25 @@ void xfer_reason(char *buf, size_t n, const char *text, int err, const char *ope
                 snprintf(buf, n, "%s", text);
         else
                 snprintf(buf, n, "%s%s%s%s", text, open, e, close);
+}
+
+int eng_xfer_fail_reason(const eng_msg_t *m, const char *fallback, char *out, size_t outlen)
+{
+        if (outlen == 0)
+                return (int)(uint32_t)m->arg;
+        uint32_t why = (uint32_t)(m->arg >> 32) & 0xffu;
+        if (m->data != NULL && m->len > 0) {
+                /* The text is in the segment: copy it once, escape the copy (it is the peer's
+                 * text and ends up on the user's terminal). */
+                char raw[256];
+                size_t n = m->len < sizeof(raw) ? m->len : sizeof(raw);
+                memcpy(raw, m->data, n);
+                eng_log_escape(raw, n, out, outlen);
+        } else {
+                snprintf(out, outlen, "%s",
+                         why == ENG_XFER_WHY_CHECKSUM ? "checksum mismatch"
+                         : why == ENG_XFER_WHY_SIZE   ? "size mismatch"
+                                                      : fallback);
+        }
+        return (int)(uint32_t)m->arg;
 }

@@ -221,7 +221,7 @@ static void report_refusal(eng_xfer_server_t *x, struct rx *r, int err, const ch
 }
 
 /* Tell the client why, with a message in a buffer when the arena has room. */
-static void send_fail(eng_sstream_t *s, int err, const char *why)
+static void send_fail_code(eng_sstream_t *s, int err, uint32_t code, const char *why)
 {
         void *p;
         uint64_t off = 0;
@@ -229,9 +229,15 @@ static void send_fail(eng_sstream_t *s, int err, const char *why)
         if (eng_sstream_loan(s, len, &p, &off) == 0)
                 memcpy(p, why, len);
         else
-                len = 0;
-        if (eng_sstream_send(s, ENG_S_FILE_FAIL, (uint64_t)(err < 0 ? -err : err), off, len) != 0)
+                len = 0; /* the arena is full: the code below still names the reason */
+        uint64_t arg = (uint64_t)(uint32_t)(err < 0 ? -err : err) | (uint64_t)(code & 0xffu) << 32;
+        if (eng_sstream_send(s, ENG_S_FILE_FAIL, arg, off, len) != 0)
                 eng_sstream_free(s, off);
+}
+
+static void send_fail(eng_sstream_t *s, int err, const char *why)
+{
+        send_fail_code(s, err, ENG_XFER_WHY_OTHER, why);
 }
 
 /* Make the received file durable and give it its final name: 0, or -errno and *why. The fd
@@ -480,7 +486,7 @@ static int file_end(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_ms
                 snprintf(msg, sizeof(msg), "size mismatch: announced %llu, received %llu",
                          (unsigned long long)r->res.size, (unsigned long long)r->res.received);
                 rx_finish(x, s, r, -EIO, msg);
-                send_fail(s, EIO, msg);
+                send_fail_code(s, EIO, ENG_XFER_WHY_SIZE, msg);
                 return 0;
         }
         uint64_t h = XXH3_64bits_digest(r->h);
@@ -488,7 +494,7 @@ static int file_end(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_ms
                 snprintf(msg, sizeof(msg), "checksum mismatch: client %016llx, server %016llx",
                          (unsigned long long)m->arg, (unsigned long long)h);
                 rx_finish(x, s, r, -EIO, msg);
-                send_fail(s, EIO, msg);
+                send_fail_code(s, EIO, ENG_XFER_WHY_CHECKSUM, msg);
                 return 0;
         }
         const char *why = NULL;

@@ -568,6 +568,54 @@ Test(proto, reason_from_the_server_is_said_once)
         cr_assert_eq(xu_server_stop(), 0);
 }
 
+/* A checksum mismatch is named even when the server has no buffer left for its text, the
+ * client's own loans filling the arena (CI once showed a tampered file as "server refused the
+ * file (Input/output error)"): the reason also travels in the FAIL's arg. */
+Test(proto, checksum_mismatch_is_named_when_the_arena_is_full)
+{
+        xu_write_opts("size=\"4MiB\"", NULL, 0);
+        xu_server_start();
+        eng_client_t *c = raw_attach();
+        eng_stream_t *s;
+        cr_assert_eq(eng_stream_open(c, 1, &s), 0);
+        void *p;
+        uint64_t off;
+        cr_assert_eq(eng_stream_loan(s, 5, &p, &off, 5000), 0);
+        memcpy(p, "a.bin", 5);
+        cr_assert_eq(eng_stream_send(s, ENG_C_FILE_OPEN, 4, off, 5, 5000), 0);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_recv(s, &m, 5000), 0);
+        cr_assert_eq(m.cmd, ENG_S_FILE_READY);
+        eng_stream_release(s, &m);
+        cr_assert_eq(eng_stream_loan(s, 4, &p, &off, 5000), 0);
+        memcpy(p, "abcd", 4);
+        cr_assert_eq(eng_stream_send(s, ENG_C_FILE_DATA, 0, off, 4, 5000), 0);
+        xu_sleep_ms(200); /* the server has written the chunk and freed its block */
+        /* Take every block the arena has left, and keep them. */
+        enum { HELD_MAX = 16384 };
+        uint64_t *held = calloc(HELD_MAX, sizeof(*held));
+        cr_assert_not_null(held);
+        int n = 0;
+        while (n < HELD_MAX && eng_stream_try_loan(s, 64, &p, &held[n]) == 0)
+                n++;
+        cr_assert_lt(n, HELD_MAX, "the arena never ran out");
+        cr_assert_eq(eng_stream_send(s, ENG_C_FILE_END, 12345, 0, 0, 5000), 0);
+        cr_assert_eq(eng_stream_recv(s, &m, 5000), 0);
+        cr_assert_eq(m.cmd, ENG_S_FILE_FAIL);
+        cr_assert_eq(m.len, 0u, "the server still had a buffer for its text: the case is not made");
+        char why[512];
+        int err = eng_xfer_fail_reason(&m, "server failed the file", why, sizeof(why));
+        eng_stream_release(s, &m);
+        cr_assert_eq(err, EIO);
+        cr_assert_str_eq(why, "checksum mismatch");
+        for (int i = 0; i < n; i++)
+                eng_stream_unloan(s, held[i]);
+        free(held);
+        eng_stream_abort(s);
+        eng_client_detach(c);
+        cr_assert_eq(xu_server_stop(), 0);
+}
+
 Test(proto, file_creation_under_fd_exhaustion_says_too_many_open_files)
 {
         if (access("/usr/bin/prlimit", X_OK) != 0) {
