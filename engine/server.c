@@ -1341,7 +1341,9 @@ static void repair_arena(struct eng_server *srv, bool idle)
         eng_arena_stats(&sg->arena, &st);
         /* Failed allocations are evidence only if nothing was freed meanwhile: a transfer
          * that fills the arena fails allocations all the time while the server frees behind
-         * it (back-pressure, not damage), and a repair stops the world for a moment. */
+         * it (back-pressure, not damage), and a repair stops the world for a moment. The
+         * counters are shared (a writer can move them): a hint for when to look, never what
+         * the repair decides with, and the idle repair does not need it. */
         uint64_t frees = 0;
         for (uint32_t c = 0; c < st.nclasses; c++)
                 frees += st.cls[c].frees;
