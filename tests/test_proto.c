@@ -1113,3 +1113,43 @@ Test(proto, payload_flickering_while_the_receiver_reads_it_never_reaches_a_final
                     "The receiver wrote bytes another process put in shared memory and hashed "
                     "what it read there a moment later: the hash agreed, the file did not");
 }
+
+/*
+ * proto/ hashes file data with libxxhash's run-time dispatched XXH3 (AVX2 or AVX-512 where the
+ * CPU has them; see xfer_int.h), while a peer on another CPU, and every other XXH3 user, may
+ * use the plain one. They must agree on every length, whatever pieces the data is fed in.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+#define XXH_DISPATCH_DISABLE_REPLACE
+#include <xxh_x86dispatch.h>
+
+Test(proto, dispatched_hash_is_the_plain_hash)
+{
+        enum { N = 3 * (1 << 20) + 77 };
+        unsigned char *b = malloc(N);
+        cr_assert_not_null(b);
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        for (size_t i = 0; i < N; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                b[i] = (unsigned char)x;
+        }
+        XXH3_state_t *s = XXH3_createState();
+        cr_assert_not_null(s);
+        /* every length up to 300 (the short-input paths), then large ones fed in odd pieces */
+        for (size_t len = 0; len < N; len = len < 300 ? len + 1 : len * 3 + 1009) {
+                uint64_t plain = XXH3_64bits(b, len);
+                cr_assert_eq(XXH3_64bits_dispatch(b, len), plain, "one-shot, %zu bytes", len);
+                cr_assert_eq(XXH3_64bits_reset(s), XXH_OK);
+                size_t piece = 1 + (size_t)(x % 70000);
+                for (size_t k = 0; k < len; k += piece) {
+                        size_t n = len - k < piece ? len - k : piece;
+                        cr_assert_eq(XXH3_64bits_update_dispatch(s, b + k, n), XXH_OK);
+                }
+                cr_assert_eq(XXH3_64bits_digest(s), plain, "streamed in %zu-byte pieces, %zu bytes",
+                             piece, len);
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        }
+        XXH3_freeState(s);
+        free(b);
+}
+#endif
