@@ -7,9 +7,9 @@ FUZZ_SECONDS ?= 30
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 SHELL      := /bin/bash
 PKGS       := cmake make gcc pkg-config bc clang libclang-rt-14-dev libck-dev libxml2-dev \
-              libcriterion-dev libxxhash-dev
+              libcriterion-dev libxxhash-dev help2man
 
-.PHONY: all deps install-pkgs build run test test-quick test-asan fuzz bench clean format
+.PHONY: all deps install-pkgs build install run test test-quick test-asan fuzz bench clean format
 
 all: build
 
@@ -31,6 +31,12 @@ install-pkgs:
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# The library (shared and static), its headers, pkg-config file and CMake package, the programs
+# and their man pages, under PREFIX (docs/API.md "Installing").
+PREFIX ?= /usr/local
+install: build
+	@cmake --install $(BUILD) --prefix $(PREFIX)
 
 # The main job: sample files, a server, two clients, verification, a summary.
 run: build

@@ -45,7 +45,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "eng_atomic.h"
+/* What the shared library exports: it is built with -fvisibility=hidden, so a symbol without
+ * this mark stays inside it. */
+#ifndef ENG_API
+#if defined(__GNUC__)
+#define ENG_API __attribute__((visibility("default")))
+#else
+#define ENG_API
+#endif
+#endif
 
 #define ENG_ARENA_MAX_CLASSES 16
 #define ENG_ARENA_HDR_BYTES   64u /* per-block and per-record header; payload follows it */
@@ -111,23 +119,23 @@ typedef struct eng_arena_stats {
 } eng_arena_stats_t;
 
 /* Format [base, base+size) as a new arena. base must be 64-byte aligned. Not concurrent. */
-int eng_arena_format(eng_arena_t *a, void *base, uint64_t size, const eng_arena_cfg_t *cfg);
+ENG_API int eng_arena_format(eng_arena_t *a, void *base, uint64_t size, const eng_arena_cfg_t *cfg);
 
 /* Attach to an arena formatted by another process (validates the header). */
-int eng_arena_attach(eng_arena_t *a, void *base, uint64_t size);
+ENG_API int eng_arena_attach(eng_arena_t *a, void *base, uint64_t size);
 
-eng_arena_kind_t eng_arena_kind(const eng_arena_t *a);
-const char *eng_arena_kind_name(eng_arena_kind_t k);
+ENG_API eng_arena_kind_t eng_arena_kind(const eng_arena_t *a);
+ENG_API const char *eng_arena_kind_name(eng_arena_kind_t k);
 
 /* Buffers. *off receives the payload offset; capacity is >= len. */
-int eng_arena_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off);
-int eng_arena_free(eng_arena_t *a, uint64_t off);
+ENG_API int eng_arena_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off);
+ENG_API int eng_arena_free(eng_arena_t *a, uint64_t off);
 /* Usable bytes of a live block, 0 if off is not a live block. */
-uint64_t eng_arena_capacity(const eng_arena_t *a, uint64_t off);
+ENG_API uint64_t eng_arena_capacity(const eng_arena_t *a, uint64_t off);
 /* Owner of a live block (0 if off is not a live block). */
-uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off);
+ENG_API uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off);
 /* Largest request eng_arena_alloc can ever satisfy. */
-uint64_t eng_arena_max_alloc(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_max_alloc(const eng_arena_t *a);
 
 /*
  * Batches, for hot paths (engine/ uses them per stream and per worker). On the mutex arena
@@ -153,38 +161,38 @@ typedef struct eng_arena_batch {
         uint64_t blk[ENG_ARENA_BATCH]; /* block offset | class */
 } eng_arena_batch_t;
 
-uint32_t eng_arena_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs,
-                              uint32_t n);
-int eng_arena_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
-void eng_arena_flush(eng_arena_t *a, eng_arena_batch_t *b);
+ENG_API uint32_t eng_arena_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs,
+                                      uint32_t n);
+ENG_API int eng_arena_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
+ENG_API void eng_arena_flush(eng_arena_t *a, eng_arena_batch_t *b);
 /* Usable bytes of the block a request of len bytes gets (0 if none can serve it). The mutex
  * arena carves to size: there it is a lower bound (len itself, 0 for len 0). */
-uint64_t eng_arena_class_bytes(const eng_arena_t *a, uint64_t len);
+ENG_API uint64_t eng_arena_class_bytes(const eng_arena_t *a, uint64_t len);
 
 /* Pointer to [off, off+len) if it lies inside the region, else NULL. */
-void *eng_arena_ptr(const eng_arena_t *a, uint64_t off, uint64_t len);
+ENG_API void *eng_arena_ptr(const eng_arena_t *a, uint64_t off, uint64_t len);
 
 /* Records: fixed-size slots; *off receives the body offset. */
-int eng_arena_rec_alloc(eng_arena_t *a, uint32_t owner, uint64_t *off);
-int eng_arena_rec_free(eng_arena_t *a, uint64_t off);
+ENG_API int eng_arena_rec_alloc(eng_arena_t *a, uint32_t owner, uint64_t *off);
+ENG_API int eng_arena_rec_free(eng_arena_t *a, uint64_t off);
 /* Slot index of a record body offset (-1 if not a record slot) and its inverse. */
-int64_t eng_arena_rec_index(const eng_arena_t *a, uint64_t off);
-uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index);
+ENG_API int64_t eng_arena_rec_index(const eng_arena_t *a, uint64_t off);
+ENG_API uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index);
 /* Number of slots ever carved (slots [0, n) may be inspected). */
-uint64_t eng_arena_rec_slots(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_rec_slots(const eng_arena_t *a);
 /* Bytes per record slot (header included). */
-uint64_t eng_arena_rec_stride(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_rec_stride(const eng_arena_t *a);
 /* Largest number of slots that could ever exist in this arena. */
-uint64_t eng_arena_rec_max_slots(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_rec_max_slots(const eng_arena_t *a);
 /*
  * For the process that carves record slots (the server), cheaply (two shared words): how many
  * slots the record free list holds (its counter: a hint), and how many bytes would be left for
  * buffers if one more slot were carved from the gap (the buffer area plus the gap after the
  * carve; 0 if that is not possible or the watermarks are insane).
  */
-void eng_arena_rec_room(const eng_arena_t *a, uint64_t *free_slots, uint64_t *buf_room);
+ENG_API void eng_arena_rec_room(const eng_arena_t *a, uint64_t *free_slots, uint64_t *buf_room);
 /* The end of the area blocks can occupy (the region's size rounded to whole superblocks). */
-uint64_t eng_arena_top(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_top(const eng_arena_t *a);
 
 /*
  * Free every buffer block owned by owner; returns the number freed (>= 0) or -errno. On the
@@ -192,9 +200,9 @@ uint64_t eng_arena_top(const eng_arena_t *a);
  * there on and counted (eng_arena_walk_skips, eng_arena_anomalies); the walk goes on with the
  * next superblock, so the owner's blocks everywhere else are still freed.
  */
-int64_t eng_arena_reclaim(eng_arena_t *a, uint32_t owner);
+ENG_API int64_t eng_arena_reclaim(eng_arena_t *a, uint32_t owner);
 
-void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st);
+ENG_API void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 
 /*
  * Quiescent consistency check (no concurrent calls): walks the records, the buffer area and
@@ -204,7 +212,7 @@ void eng_arena_stats(const eng_arena_t *a, eng_arena_stats_t *st);
  * whatever the region holds: walks step forward by validated sizes, list walks are bounded by
  * the blocks the walk found.
  */
-int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
+ENG_API int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
 
 /*
  * The same walk, tolerating what a process SIGKILLed inside an allocation can leave behind:
@@ -215,21 +223,21 @@ int eng_arena_check(const eng_arena_t *a, char *why, size_t whylen);
  * flight. Any corruption of the lists still fails; the blocks a cut list left behind (free, on
  * no list) count as leaked. The mutex arena repairs itself at the next lock, so it never leaks.
  */
-int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
+ENG_API int eng_arena_check_leaks(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 
 /*
  * A word that changes on every buffer free, for callers that wait for space: read it, retry
  * the allocation, and if it still fails sleep until the word changes (engine/ does that with
  * a futex). eng_arena_waiters() is the count of such sleepers; free() wakes them.
  */
-uint32_t *eng_arena_free_word(const eng_arena_t *a);
-uint32_t *eng_arena_waiters_word(const eng_arena_t *a);
+ENG_API uint32_t *eng_arena_free_word(const eng_arena_t *a);
+ENG_API uint32_t *eng_arena_waiters_word(const eng_arena_t *a);
 
 /* ---- damage: counting, healing, rebuilding ------------------------------------------- */
 
 /* This view's counters (see eng_arena_t): anomalies met, superblocks walks abandoned. */
-uint64_t eng_arena_anomalies(const eng_arena_t *a);
-uint64_t eng_arena_walk_skips(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_anomalies(const eng_arena_t *a);
+ENG_API uint64_t eng_arena_walk_skips(const eng_arena_t *a);
 
 /*
  * eng_arena_heal: put back what this view knows better than the shared header. Safe to call at
@@ -256,7 +264,7 @@ uint64_t eng_arena_walk_skips(const eng_arena_t *a);
  */
 #define ENG_ARENA_HEALED_HEADER 0x1
 #define ENG_ARENA_HEALED_MARKS  0x2
-int eng_arena_heal(eng_arena_t *a, char *what, size_t whatlen);
+ENG_API int eng_arena_heal(eng_arena_t *a, char *what, size_t whatlen);
 
 /* What the caller knows to be in use; NULL callbacks (or a NULL cfg) mean "nothing is". */
 typedef struct eng_arena_rebuild_cfg {
@@ -308,9 +316,9 @@ typedef struct eng_arena_rebuild_report {
  * first disagreement in why. What eng_arena_rebuild would have to fix, found without changing
  * anything.
  */
-int eng_arena_check_live(const eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg, char *why,
-                         size_t whylen);
-int eng_arena_rebuild(eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg,
-                      eng_arena_rebuild_report_t *rep);
+ENG_API int eng_arena_check_live(const eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg,
+                                 char *why, size_t whylen);
+ENG_API int eng_arena_rebuild(eng_arena_t *a, const eng_arena_rebuild_cfg_t *cfg,
+                              eng_arena_rebuild_report_t *rep);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "arena.h"
+#include "eng_atomic.h"
 
 #define ARENA_MAGIC   0x454e4741u /* "AGNE" */
 #define ARENA_VERSION 1u

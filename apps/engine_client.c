@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "options.h"
-#include "proto.h"
+#include <shmengine/proto.h>
 
 struct job {
         const eng_opts_stream_t *os;
@@ -379,7 +379,7 @@ int main(int argc, char **argv)
                         usage(stdout);
                         return 0;
                 case 'V':
-                        printf("engine-client %s\n", ENG_VERSION);
+                        printf("engine-client (shmengine) %s\n", eng_version());
                         return 0;
                 default:
                         usage(stderr);

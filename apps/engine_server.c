@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "options.h"
-#include "proto.h"
+#include <shmengine/proto.h>
 
 #define GRACE_S 5
 
@@ -93,7 +93,7 @@ int main(int argc, char **argv)
                         usage(stdout);
                         return 0;
                 case 'V':
-                        printf("engine-server %s\n", ENG_VERSION);
+                        printf("engine-server (shmengine) %s\n", eng_version());
                         return 0;
                 default:
                         usage(stderr);

@@ -29,7 +29,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "engine.h"
+#include <shmengine/engine.h>
 
 /* The largest options file eng_opts_load reads (64 MiB: some 2 million streams). */
 #define ENG_OPTS_MAX_FILE (64u << 20)

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "arena.h"
+#include "engine.h"
 
 #define WINDOW      8
 #define SIZES       4096 /* entries in each thread's size table (power of two) */
@@ -178,6 +179,7 @@ static void usage(FILE *f)
                 "  1 and %d threads of one process, random sizes (64 B..256 KiB,\n"
                 "  log-uniform) and a fixed 4000 B; %d live blocks per thread.\n"
                 "  --seconds S  time per cell (default 1)\n"
+                "  --version    print the version and exit\n"
                 "  --help       this text\n",
                 MAX_THREADS, WINDOW);
 }
@@ -188,6 +190,10 @@ int main(int argc, char **argv)
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
                         usage(stdout);
+                        return 0;
+                }
+                if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+                        printf("arena-bench (shmengine) %s\n", eng_version());
                         return 0;
                 }
                 if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "engine.h"
 
 static void usage(FILE *f)
 {
@@ -39,6 +40,7 @@ static void usage(FILE *f)
                "      --workers N      server worker threads (default 1: one core serves,\n"
                "                       the other runs the client)\n"
                "      --seg-size N     segment bytes (default 64MiB)\n"
+               "  -V, --version        print the version and exit\n"
                "  -h, --help           this text\n"
                "\n"
                "Progress goes to stderr, the tables to stdout. Exit status: 0 if every cell\n"
@@ -245,10 +247,11 @@ int main(int argc, char **argv)
                                            {"seg-size", required_argument, NULL, OPT_SEG},
                                            {"retries", required_argument, NULL, OPT_RETRIES},
                                            {"help", no_argument, NULL, 'h'},
+                                           {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
         int ch;
         uint64_t v;
-        while ((ch = getopt_long(argc, argv, "qf:lj:r:h", lo, NULL)) != -1) {
+        while ((ch = getopt_long(argc, argv, "qf:lj:r:hV", lo, NULL)) != -1) {
                 switch (ch) {
                 case 'q':
                         o.quick = true;
@@ -300,6 +303,9 @@ int main(int argc, char **argv)
                         break;
                 case 'h':
                         usage(stdout);
+                        return 0;
+                case 'V':
+                        printf("engine-bench (shmengine) %s\n", eng_version());
                         return 0;
                 default:
                         usage(stderr);

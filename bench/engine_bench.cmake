@@ -13,7 +13,8 @@ add_executable(engine-bench
   ${ENG_BENCH_DIR}/hist.c
   ${ENG_BENCH_DIR}/report.c)
 target_include_directories(engine-bench PRIVATE ${ENG_BENCH_DIR})
-target_link_libraries(engine-bench PRIVATE eng_proto eng_engine eng_alloc Threads::Threads m)
+target_link_libraries(engine-bench PRIVATE eng_internal Threads::Threads m)
+install(TARGETS engine-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # Boost.Interprocess message_queue as a reference row: header-only, so only the headers are
 # needed (Debian: libboost-dev). The option is ON by default and takes effect when the headers

@@ -24,6 +24,32 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* What the shared library exports: it is built with -fvisibility=hidden, so a symbol without
+ * this mark stays inside it. */
+#ifndef ENG_API
+#if defined(__GNUC__)
+#define ENG_API __attribute__((visibility("default")))
+#else
+#define ENG_API
+#endif
+#endif
+
+/*
+ * The version of this header. CMake reads the project's version from these three lines; the
+ * shared library's soname is libshmengine.so.MAJOR.MINOR while MAJOR is 0 (the ABI may change
+ * between minor versions before 1.0), libshmengine.so.MAJOR after.
+ */
+#define ENG_VERSION_MAJOR   0
+#define ENG_VERSION_MINOR   2
+#define ENG_VERSION_PATCH   0
+#define ENG_VERSION_STR2(x) #x
+#define ENG_VERSION_STR(x)  ENG_VERSION_STR2(x)
+#define ENG_VERSION_STRING                                                                         \
+        ENG_VERSION_STR(ENG_VERSION_MAJOR)                                                         \
+        "." ENG_VERSION_STR(ENG_VERSION_MINOR) "." ENG_VERSION_STR(ENG_VERSION_PATCH)
+/* One number that compares: 10000 * major + 100 * minor + patch. */
+#define ENG_VERSION_NUMBER (ENG_VERSION_MAJOR * 10000 + ENG_VERSION_MINOR * 100 + ENG_VERSION_PATCH)
+
 /* Command codes: clients send 0x01xx, servers 0x02xx; a side that receives its own range
  * ends the stream with -EPROTO. 0x01f0..0x01ff and 0x02f0..0x02ff are reserved for the engine. */
 #define ENG_CMD_CLIENT_MIN 0x0100u
@@ -82,25 +108,26 @@ typedef struct eng_server_cfg {
 
 /* Create the segment (refusing if a live server owns the name), pre-fault it and start the
  * worker pool and the control thread. */
-int eng_server_start(const eng_server_cfg_t *cfg, eng_server_t **out);
+ENG_API int eng_server_start(const eng_server_cfg_t *cfg, eng_server_t **out);
 /* Stop accepting, end every open stream (clients see -EPIPE), join threads, unlink. */
-void eng_server_stop(eng_server_t *srv);
+ENG_API void eng_server_stop(eng_server_t *srv);
 /* Number of worker threads. */
-uint32_t eng_server_workers(const eng_server_t *srv);
+ENG_API uint32_t eng_server_workers(const eng_server_t *srv);
 /* True once the segment cannot be served any more (another process shrank it and its pages
  * could not be had again): stop the server. The process survives that shrink: a SIGBUS
  * handler (installed at the first eng_server_start, chaining to the one before it) restores
  * the segment's size when another process shrinks it. */
-bool eng_server_failed(const eng_server_t *srv);
+ENG_API bool eng_server_failed(const eng_server_t *srv);
 
-uint32_t eng_sstream_id(const eng_sstream_t *s); /* the client's user id for the stream */
-pid_t eng_sstream_pid(const eng_sstream_t *s);   /* the client's pid */
-void **eng_sstream_user(eng_sstream_t *s);       /* one pointer of handler state */
-int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off);
+ENG_API uint32_t eng_sstream_id(const eng_sstream_t *s); /* the client's user id for the stream */
+ENG_API pid_t eng_sstream_pid(const eng_sstream_t *s);   /* the client's pid */
+ENG_API void **eng_sstream_user(eng_sstream_t *s);       /* one pointer of handler state */
+ENG_API int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off);
 /* Send to the client; never blocks (-EAGAIN if the ring is full: the engine guarantees room
  * for one reply per received message). Ownership of the buffer passes to the client. */
-int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len);
-void eng_sstream_free(eng_sstream_t *s, uint64_t off);
+ENG_API int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
+                             uint32_t len);
+ENG_API void eng_sstream_free(eng_sstream_t *s, uint64_t off);
 
 /* ---- client ------------------------------------------------------------------------- */
 
@@ -127,46 +154,48 @@ typedef struct eng_client_cfg {
  * -ECONNREFUSED if there is no segment (after cfg->wait_ms), -ETIMEDOUT if its server never
  * got ready.
  */
-int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out);
+ENG_API int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out);
 /* Closes nothing: close streams first (open streams are ended by the server when it sees
  * the process exit). */
-void eng_client_detach(eng_client_t *c);
+ENG_API void eng_client_detach(eng_client_t *c);
 
 /* Open a stream: waits (up to timeout_ms) for the bootstrap lock and a record on offer. */
-int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
+ENG_API int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
 /* The same without waiting: -EAGAIN if the bootstrap lock is held or no record is on offer
  * right now (the segment may be full: try again after a stream of yours has closed). */
-int eng_stream_try_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
+ENG_API int eng_stream_try_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
 /* The same, waiting at most timeout_ms (the server puts the next record on offer a few
  * microseconds after a claim): -ETIMEDOUT if none came. */
-int eng_stream_open_timed(eng_client_t *c, uint32_t user_id, int timeout_ms, eng_stream_t **out);
+ENG_API int eng_stream_open_timed(eng_client_t *c, uint32_t user_id, int timeout_ms,
+                                  eng_stream_t **out);
 /* The most records the segment can hold (streams and sessions, of every client). */
-uint32_t eng_client_max_records(const eng_client_t *c);
+ENG_API uint32_t eng_client_max_records(const eng_client_t *c);
 /* Orderly close: tells the server, waits for its acknowledgement (dropping replies still in
  * flight), then gives the record back. Every loan of the stream is invalid afterwards. */
-int eng_stream_close(eng_stream_t *s);
+ENG_API int eng_stream_close(eng_stream_t *s);
 /* Give the stream up at once, without the close handshake: the server sees the client is
  * done with it, tells its hooks the stream was aborted and reclaims everything it owns. */
-int eng_stream_abort(eng_stream_t *s);
-uint32_t eng_stream_index(const eng_stream_t *s);
+ENG_API int eng_stream_abort(eng_stream_t *s);
+ENG_API uint32_t eng_stream_index(const eng_stream_t *s);
 /* The largest buffer a loan can ever return in this segment. */
-uint64_t eng_client_max_loan(const eng_client_t *c);
+ENG_API uint64_t eng_client_max_loan(const eng_client_t *c);
 
 /* Loan a buffer of at least len bytes. -EAGAIN when the arena is full (try), or waits up to
  * timeout_ms for space (wait variant). */
-int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off);
-int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int timeout_ms);
-uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off);
-void eng_stream_unloan(eng_stream_t *s, uint64_t off);
+ENG_API int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off);
+ENG_API int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int timeout_ms);
+ENG_API uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off);
+ENG_API void eng_stream_unloan(eng_stream_t *s, uint64_t off);
 
 /* Send (buffer ownership passes to the server on success). */
-int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len);
-int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
-                    int timeout_ms);
-int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m);
-int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms);
+ENG_API int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
+                                uint32_t len);
+ENG_API int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
+                            int timeout_ms);
+ENG_API int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m);
+ENG_API int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms);
 /* Give back the buffer of a received message (no-op without one). */
-void eng_stream_release(eng_stream_t *s, eng_msg_t *m);
+ENG_API void eng_stream_release(eng_stream_t *s, eng_msg_t *m);
 
 /*
  * Waiting on many streams with one thread: take a ticket, look at every stream (try_send,
@@ -174,13 +203,20 @@ void eng_stream_release(eng_stream_t *s, eng_msg_t *m);
  * did anything for any stream of this client since the ticket was taken (0), on timeout
  * (-ETIMEDOUT), or when the server is gone (-EPIPE).
  */
-uint32_t eng_client_ticket(eng_client_t *c);
-int eng_client_wait(eng_client_t *c, uint32_t ticket, int timeout_ms);
+ENG_API uint32_t eng_client_ticket(eng_client_t *c);
+ENG_API int eng_client_wait(eng_client_t *c, uint32_t ticket, int timeout_ms);
 /* 0 while the server that created the segment is alive and serving, else -EPIPE. */
-int eng_client_check_server(eng_client_t *c);
+ENG_API int eng_client_check_server(eng_client_t *c);
 
-const char *eng_strerror(int err);
+ENG_API const char *eng_strerror(int err);
+
+/* The version of the library linked at run time ("0.2.0", and 10000 * major + 100 * minor +
+ * patch): compare with ENG_VERSION_STRING / ENG_VERSION_NUMBER, the header's. */
+ENG_API const char *eng_version(void);
+ENG_API unsigned eng_version_number(void);
+/* CLOCK_MONOTONIC in nanoseconds: the clock every timeout of the engine is measured with. */
+ENG_API uint64_t eng_now_ns(void);
 /* A message with context for the last failure of an engine call in this thread ("" if none). */
-const char *eng_errmsg(void);
+ENG_API const char *eng_errmsg(void);
 
 #endif

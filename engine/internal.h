@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "arena.h"
+#include "eng_atomic.h"
 #include "engine.h"
 
 #define SEG_MAGIC   0x53474e45u /* "ENGS" */
@@ -291,7 +292,7 @@ static inline struct eng_desc *rec_s2c_slots(struct eng_rec *r, uint32_t depth)
 /* futex helpers (wait.c). Shared (not FUTEX_PRIVATE_FLAG): they work across processes. */
 int eng_futex_wait(uint32_t *word, uint32_t expect, int64_t timeout_ns);
 void eng_futex_wake(uint32_t *word, int n);
-uint64_t eng_now_ns(void);
+/* eng_now_ns() is public (engine.h). */
 
 /*
  * Rings (ring.c). Each endpoint keeps its own counter privately (the truth) and publishes it;

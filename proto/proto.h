@@ -62,7 +62,8 @@ enum {
  * text (copied once from the segment and escaped), else what its code says, else fallback.
  * Returns the errno it carries.
  */
-int eng_xfer_fail_reason(const eng_msg_t *m, const char *fallback, char *out, size_t outlen);
+ENG_API int eng_xfer_fail_reason(const eng_msg_t *m, const char *fallback, char *out,
+                                 size_t outlen);
 
 /*
  * Reduce a client-supplied name to a safe basename: the part after the last '/'. Refused
@@ -76,7 +77,7 @@ int eng_xfer_fail_reason(const eng_msg_t *m, const char *fallback, char *out, si
  * U+202F, U+205F, U+3000). out receives the basename, NUL-terminated. in is read more than
  * once: pass a private copy, never bytes in the segment.
  */
-int eng_safe_name(const char *in, size_t len, char *out, size_t outlen, const char **why);
+ENG_API int eng_safe_name(const char *in, size_t len, char *out, size_t outlen, const char **why);
 
 /*
  * Render len bytes for a log line so that they cannot forge it: printable ASCII and valid
@@ -87,7 +88,7 @@ int eng_safe_name(const char *in, size_t len, char *out, size_t outlen, const ch
  * escape or a UTF-8 sequence. Returns the length of the whole rendering (without the NUL),
  * as snprintf does: a result >= outlen means out was truncated.
  */
-size_t eng_log_escape(const void *in, size_t len, char *out, size_t outlen);
+ENG_API size_t eng_log_escape(const void *in, size_t len, char *out, size_t outlen);
 
 /* Room for a name of ENG_NAME_MAX bytes escaped by eng_log_escape (longer renderings, of
  * refused names, are cut and end with "..."). */
@@ -126,8 +127,8 @@ typedef struct eng_xfer_server eng_xfer_server_t;
  * files dead predecessors left there (see eng_xfer_server_stale_removed). why receives a
  * message on failure.
  */
-int eng_xfer_server_new(const eng_xfer_server_cfg_t *cfg, eng_xfer_server_t **out, char *why,
-                        size_t whylen);
+ENG_API int eng_xfer_server_new(const eng_xfer_server_cfg_t *cfg, eng_xfer_server_t **out,
+                                char *why, size_t whylen);
 /*
  * How many temporary files eng_xfer_server_new removed from the output directory: regular
  * files named exactly ".eng-<pid>-<n>.part" that no live server holds locked (each server
@@ -136,14 +137,14 @@ int eng_xfer_server_new(const eng_xfer_server_cfg_t *cfg, eng_xfer_server_t **ou
  * predecessor's, whose pid we got), or that nobody touched for an hour (their pid was reused).
  * Nothing else is ever removed; symlinks are never followed.
  */
-uint32_t eng_xfer_server_stale_removed(const eng_xfer_server_t *x);
+ENG_API uint32_t eng_xfer_server_stale_removed(const eng_xfer_server_t *x);
 /* Fill the engine hooks that serve file transfer and ping-pong through x. */
-void eng_xfer_server_hooks(eng_xfer_server_t *x, eng_server_hooks_t *hooks);
+ENG_API void eng_xfer_server_hooks(eng_xfer_server_t *x, eng_server_hooks_t *hooks);
 /* Refuse new files from now on (shutdown): FILE_OPEN gets FAIL ESHUTDOWN. */
-void eng_xfer_server_drain(eng_xfer_server_t *x);
+ENG_API void eng_xfer_server_drain(eng_xfer_server_t *x);
 /* Transfers in progress right now. */
-uint32_t eng_xfer_server_active(eng_xfer_server_t *x);
-void eng_xfer_server_free(eng_xfer_server_t *x);
+ENG_API uint32_t eng_xfer_server_active(eng_xfer_server_t *x);
+ENG_API void eng_xfer_server_free(eng_xfer_server_t *x);
 
 /* ---- client side -------------------------------------------------------------------- */
 
@@ -160,24 +161,25 @@ typedef struct eng_xfer_send eng_xfer_send_t;
 
 /* Open path for sending on stream st as remote_name (NULL: the path's basename), in chunks
  * of at most chunk bytes. Fails with why set if the file cannot be read. */
-int eng_xfer_send_new(eng_stream_t *st, const char *path, const char *remote_name, uint32_t chunk,
-                      eng_xfer_send_t **out, char *why, size_t whylen);
+ENG_API int eng_xfer_send_new(eng_stream_t *st, const char *path, const char *remote_name,
+                              uint32_t chunk, eng_xfer_send_t **out, char *why, size_t whylen);
 /* Make whatever progress is possible without blocking. Returns > 0 if something moved,
  * 0 if nothing could, < 0 once the transfer failed (see eng_xfer_send_why). */
-int eng_xfer_send_step(eng_xfer_send_t *x);
-eng_xfer_state_t eng_xfer_send_state(const eng_xfer_send_t *x);
-uint64_t eng_xfer_send_size(const eng_xfer_send_t *x);
-uint64_t eng_xfer_send_acked(const eng_xfer_send_t *x); /* bytes handed to the engine */
+ENG_API int eng_xfer_send_step(eng_xfer_send_t *x);
+ENG_API eng_xfer_state_t eng_xfer_send_state(const eng_xfer_send_t *x);
+ENG_API uint64_t eng_xfer_send_size(const eng_xfer_send_t *x);
+ENG_API uint64_t eng_xfer_send_acked(const eng_xfer_send_t *x); /* bytes handed to the engine */
 /* Why it failed: one sentence, the text of the errno once; the server's part of it escaped
  * with eng_log_escape (it is the peer's text). */
-const char *eng_xfer_send_why(const eng_xfer_send_t *x);
+ENG_API const char *eng_xfer_send_why(const eng_xfer_send_t *x);
 /* Mark it failed with a reason (e.g. the caller's timeout). */
-void eng_xfer_send_fail(eng_xfer_send_t *x, int err, const char *why);
-void eng_xfer_send_free(eng_xfer_send_t *x);
+ENG_API void eng_xfer_send_fail(eng_xfer_send_t *x, int err, const char *why);
+ENG_API void eng_xfer_send_free(eng_xfer_send_t *x);
 
 /* ---- ping-pong ---------------------------------------------------------------------- */
 
 /* n round trips with payload bytes each; rtt_ns[i] receives each one (caller's array). */
-int eng_ping(eng_stream_t *st, uint32_t n, uint32_t payload, uint64_t *rtt_ns, int timeout_ms);
+ENG_API int eng_ping(eng_stream_t *st, uint32_t n, uint32_t payload, uint64_t *rtt_ns,
+                     int timeout_ms);
 
 #endif
