@@ -147,10 +147,14 @@ static void rng_error(void *ctx, const char *fmt, ...)
 
 int eng_parse_size(const char *s, uint64_t *out)
 {
+        /* Digits first: strtoull would also skip white space and take a sign, and it negates
+         * "-1" (after spaces too) into 2^64 - 1 without an error. */
+        if (*s < '0' || *s > '9')
+                return -1;
         char *end;
         errno = 0;
         unsigned long long v = strtoull(s, &end, 10);
-        if (errno || end == s || *s == '-')
+        if (errno) /* ERANGE: more than 2^64 - 1 */
                 return -1;
         uint64_t mul = 1;
         if (*end) {
@@ -163,7 +167,7 @@ int eng_parse_size(const char *s, uint64_t *out)
                     strcmp(end, "ib") != 0 && strcmp(end, "b") != 0)
                         return -1;
         }
-        if (v > UINT64_MAX / mul)
+        if (v > UINT64_MAX / mul) /* v * mul would wrap */
                 return -1;
         *out = v * mul;
         return 0;

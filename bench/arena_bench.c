@@ -54,13 +54,6 @@ static uint64_t xorshift(uint64_t *s)
         return *s = x;
 }
 
-static double now_s(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Log-uniform 64 B .. 256 KiB, or always 4000 B. */
 static void make_sizes(struct thr *t, uint64_t seed)
 {
@@ -143,7 +136,7 @@ static double run_cell(eng_arena_kind_t kind, enum workload w, int nthreads, dou
                 }
         }
         pthread_barrier_wait(&start);
-        double t0 = now_s();
+        uint64_t t0 = eng_now_ns();
         struct timespec ts = {.tv_sec = (time_t)seconds,
                               .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
@@ -156,7 +149,7 @@ static double run_cell(eng_arena_kind_t kind, enum workload w, int nthreads, dou
                 enomem += thr[i].enomem;
                 errors += thr[i].errors;
         }
-        double secs = now_s() - t0;
+        double secs = (double)(eng_now_ns() - t0) / 1e9;
         pthread_barrier_destroy(&start);
         char why[128];
         if (errors != 0 || eng_arena_check(&a, why, sizeof why) != 0) {

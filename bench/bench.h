@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "engine.h" /* eng_now_ns: the clock every figure of the bench is taken with */
 #include "hist.h"
 
 /* ---- options ------------------------------------------------------------------------ */
@@ -72,9 +73,13 @@ typedef struct eb_result {
         char hist_unit[8];
 } eb_result_t;
 
+/* results.c: a cell's figures, stored and found again */
 void eb_metric_set(eb_result_t *r, const char *key, double v);
-/* NaN if absent */
+/* NaN if absent, or if r is NULL or did not run to completion */
 double eb_metric(const eb_result_t *r, const char *key);
+/* Keep a copy of the latency histogram h (ns) and set its figures: p50_ns p90_ns p99_ns
+ * p99.9_ns p99.99_ns max_ns min_ns mean_ns n. */
+void eb_result_set_hist(eb_result_t *r, const eb_hist_t *h);
 
 /* ---- the exchange block and the process harness -------------------------------------- */
 
@@ -125,6 +130,8 @@ struct eb_cell {
 int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn server,
                     eb_client_fn client, uint64_t timeout_ms, eb_result_t *r);
 eb_xchg_t *eb_xchg_new(void);
+/* eb_xchg_new, or NULL with r failed ("mmap: why"). */
+eb_xchg_t *eb_xchg_new_or_fail(eb_result_t *r);
 void eb_xchg_free(eb_xchg_t *x);
 
 /* server side helpers (in a child) */
@@ -150,7 +157,6 @@ void eb_futex_wake(uint32_t *w);
 
 /* ---- utilities ---------------------------------------------------------------------- */
 
-uint64_t eb_now_ns(void);
 /* Read every byte of p (a word-wise xor): what a receiver that uses its data pays. */
 uint64_t eb_consume(const void *p, size_t n);
 /* memcpy(dst, src, n), then stamp seq into the first 8 bytes when n >= 8. */
@@ -177,6 +183,11 @@ eb_cell_t *eb_cell_add(eb_cells_t *cs, const char *group, const char *impl, cons
 extern const uint64_t eb_rtt_payloads[4];
 extern const uint64_t eb_tput_payloads[6];
 extern const uint32_t eb_tput_streams[4];
+/* The OS peers (refs.c): pipe, unix, tcp. */
+extern const char *const eb_os_peers[3];
+/* Round-trip and one-stream throughput implementations in table order: the engine's two
+ * transports, the OS peers, boost. */
+extern const char *const eb_msg_impls[6];
 
 void eb_engine_cells(eb_cells_t *cs, const eb_opts_t *o);
 void eb_ref_cells_floor(eb_cells_t *cs, const eb_opts_t *o);
@@ -224,10 +235,45 @@ void eb_cpu_sample(eb_cpu_sample_t *s);
 void eb_cpu_foreign(const eb_cpu_sample_t *a, const eb_cpu_sample_t *b, int cores, double *foreign,
                     double *steal);
 
+/* results.c: looking up a run's figures. A missing cell, a cell that did not run to completion
+ * and a missing metric all give NaN, and every ratio of a NaN is NaN (shown as n/a or -). */
 const eb_result_t *eb_find(const eb_run_t *run, const char *name);
-/* The human-readable tables (and the targets) into f. */
+const eb_result_t *eb_findf(const eb_run_t *run, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* eb_metric of the cell named by fmt */
+double eb_mval(const eb_run_t *run, const char *metric, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* a / b, NaN if either is NaN or b is 0 */
+double eb_ratio(double a, double b);
+/* The spin floor: mean p50 of floor/spinword and floor/spinword-after (measured just before and
+ * just after rtt/lockfree/spin/0B), whichever exist; *drift = larger / smaller (1 if only one). */
+double eb_floor_p50(const eb_run_t *run, double *drift);
+
+/* fmt.c: figures as the tables show them; each returns buf. A NaN is "-" ("n/a" for a ratio). */
+const char *eb_fmt_x(double ratio, char *buf, size_t n); /* 0.52x 12.3x 140x */
+const char *eb_fmt_us(double ns, char *buf, size_t n);   /* microseconds: 0.52 12.3 140 */
+const char *eb_fmt_rate(double v, char *buf, size_t n);  /* 1.23 G, 4.56 M, 7.8 k, 9 */
+const char *eb_fmt_fixed(double v, int decimals, char *buf, size_t n); /* %.<decimals>f */
+
+/* targets.c: the targets, each a ratio of figures of this run against a threshold. */
+typedef struct eb_target {
+        const char *id;
+        const char *what;
+        char detail[256]; /* the figures the ratio comes from */
+        double value;     /* the ratio; NaN when a figure is missing */
+        double need;
+        bool at_most;        /* value <= need passes (else value >= need) */
+        const char *verdict; /* "PASS", "MISS" or "n/a" */
+} eb_target_t;
+#define EB_MAX_TARGETS 8
+/* Evaluates every target into t; returns how many. */
+int eb_targets(const eb_run_t *run, eb_target_t t[EB_MAX_TARGETS]);
+
+/* report_text.c: the human-readable tables (and the targets) into f. */
 void eb_print_tables(const eb_run_t *run, FILE *f);
+/* report_json.c: every result, histogram and target (schema engine-bench/1, docs/BENCH.md). */
 int eb_write_json(const eb_run_t *run, const char *path);
+/* report_html.c: DIR/index.html with gnuplot plots of the latencies and throughputs. */
 int eb_write_report(const eb_run_t *run, const char *dir);
 
 #endif

@@ -123,7 +123,7 @@ static void tput_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 msgs++;
                 bytes += got;
         }
-        x->t_last_ns = eb_now_ns();
+        x->t_last_ns = eng_now_ns();
         x->srv_msgs = msgs;
         x->srv_bytes = bytes;
         x->sink ^= sink;
@@ -144,7 +144,7 @@ static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         /* Warm-up for 1/5 of the time (not counted: the parent subtracts cli_iters). */
         uint64_t n = 0;
         for (int phase = 0; phase < 2; phase++) {
-                uint64_t t0 = eb_now_ns();
+                uint64_t t0 = eng_now_ns();
                 uint64_t end = t0 + o->tput_ms * 1000000ull / (phase ? 1 : 5);
                 if (phase == 1) {
                         x->t0_ns = t0;
@@ -156,12 +156,12 @@ static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                                 eb_errf(x->cli_err, sizeof(x->cli_err), "send failed");
                                 return 1;
                         }
-                        if (++n % 64 == 0 && eb_now_ns() >= end)
+                        if (++n % 64 == 0 && eng_now_ns() >= end)
                                 break;
                 }
         }
         eb_bmq_send(q, src, 0); /* end of data: the server's receipt of it is the last */
-        x->t1_ns = eb_now_ns();
+        x->t1_ns = eng_now_ns();
         x->cli_msgs = n;
         eb_bmq_close(q);
         return 0;
@@ -169,12 +169,9 @@ static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 
 static void run_boost(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
-        eb_xchg_t *x = eb_xchg_new();
-        if (x == NULL) {
-                r->status = EB_FAIL;
-                eb_errf(r->reason, sizeof(r->reason), "mmap failed");
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
+        if (x == NULL)
                 return;
-        }
         bool rtt = strcmp(c->group, "rtt") == 0;
         char a[96], b[96];
         qname(c, o, rtt ? "req" : "data", a, sizeof(a));
@@ -185,21 +182,8 @@ static void run_boost(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                 eb_errf(r->reason, sizeof(r->reason), "cannot create message queues");
         } else if (rtt) {
                 r->status = eb_run_children(c, o, x, rtt_server, rtt_client, o->rtt_ms + 60000, r);
-                if (r->status == EB_OK) {
-                        const eb_hist_t *h = &x->hist;
-                        r->hist = malloc(sizeof(*h));
-                        if (r->hist)
-                                memcpy(r->hist, h, sizeof(*h));
-                        snprintf(r->hist_unit, sizeof(r->hist_unit), "ns");
-                        static const double ps[6] = {50, 90, 99, 99.9, 99.99, 100};
-                        static const char *ks[6] = {"p50_ns",   "p90_ns",    "p99_ns",
-                                                    "p99.9_ns", "p99.99_ns", "max_ns"};
-                        for (int i = 0; i < 6; i++)
-                                eb_metric_set(r, ks[i], (double)eb_hist_pct(h, ps[i]));
-                        eb_metric_set(r, "min_ns", (double)(h->count ? h->min : 0));
-                        eb_metric_set(r, "mean_ns", eb_hist_mean(h));
-                        eb_metric_set(r, "n", (double)h->count);
-                }
+                if (r->status == EB_OK)
+                        eb_result_set_hist(r, &x->hist);
         } else {
                 r->status =
                     eb_run_children(c, o, x, tput_server, tput_client, 2 * o->tput_ms + 60000, r);

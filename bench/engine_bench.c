@@ -17,6 +17,7 @@
 
 #include "bench.h"
 #include "engine.h"
+#include "options.h" /* eng_parse_size */
 
 static void usage(FILE *f)
 {
@@ -48,30 +49,26 @@ static void usage(FILE *f)
                "do not change the exit status.\n");
 }
 
-static int parse_size(const char *s, uint64_t *out)
+/* A size option's argument (eng_parse_size: 4096, 256KiB, 64M, 1G), at least min bytes.
+ * false, with a message, if it is malformed, does not fit in 64 bits or is too small. */
+static bool size_arg(const char *opt, const char *arg, uint64_t min, uint64_t *out)
 {
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || end == s)
-                return -1;
-        uint64_t m = 1;
-        if (*end == 'K' || *end == 'k')
-                m = 1ull << 10;
-        else if (*end == 'M' || *end == 'm')
-                m = 1ull << 20;
-        else if (*end == 'G' || *end == 'g')
-                m = 1ull << 30;
-        if (m != 1)
-                end++;
-        if (*end == 'i')
-                end++;
-        if (*end == 'B')
-                end++;
-        if (*end != '\0')
-                return -1;
-        *out = (uint64_t)v * m;
-        return 0;
+        uint64_t v;
+        char m[16];
+        if (eng_parse_size(arg, &v) != 0) {
+                fprintf(stderr,
+                        "engine-bench: %s: '%s' is not a size below 2^64 bytes (digits with an "
+                        "optional K, M or G, e.g. 64MiB)\n",
+                        opt, arg);
+                return false;
+        }
+        if (v < min) {
+                eb_size_name(min, m, sizeof(m));
+                fprintf(stderr, "engine-bench: %s wants >= %s\n", opt, m);
+                return false;
+        }
+        *out = v;
+        return true;
 }
 
 static void on_signal(int sig)
@@ -205,7 +202,7 @@ static void run_one(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r, const char
 {
         eb_cpu_sample_t c0, c1;
         eb_cpu_sample(&c0);
-        uint64_t t0 = eb_now_ns();
+        uint64_t t0 = eng_now_ns();
         if (strcmp(c->group, "xfer") == 0 && files_why[0]) {
                 r->status = EB_FAIL;
                 snprintf(r->reason, sizeof(r->reason), "%s", files_why);
@@ -218,7 +215,7 @@ static void run_one(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r, const char
                 r->status = EB_FAIL;
                 snprintf(r->reason, sizeof(r->reason), "interrupted");
         }
-        r->secs = (double)(eb_now_ns() - t0) / 1e9;
+        r->secs = (double)(eng_now_ns() - t0) / 1e9;
         eb_cpu_sample(&c1);
         double steal;
         eb_cpu_foreign(&c0, &c1, cores, &r->foreign, &steal);
@@ -273,29 +270,25 @@ int main(int argc, char **argv)
                         o.report = optarg;
                         break;
                 case OPT_FILE:
-                        if (parse_size(optarg, &file_bytes) != 0 || file_bytes < (8u << 20)) {
-                                fprintf(stderr, "engine-bench: --file-size wants >= 8MiB\n");
+                        if (!size_arg("--file-size", optarg, 8u << 20, &file_bytes))
                                 return 2;
-                        }
                         break;
                 case OPT_DIR:
                         o.dir = optarg;
                         break;
                 case OPT_WORKERS:
-                        if (parse_size(optarg, &v) != 0 || v == 0 || v > 64) {
+                        if (eng_parse_size(optarg, &v) != 0 || v == 0 || v > 64) {
                                 fprintf(stderr, "engine-bench: --workers wants 1..64\n");
                                 return 2;
                         }
                         o.workers = (uint32_t)v;
                         break;
                 case OPT_SEG:
-                        if (parse_size(optarg, &o.seg_bytes) != 0 || o.seg_bytes < (16u << 20)) {
-                                fprintf(stderr, "engine-bench: --seg-size wants >= 16MiB\n");
+                        if (!size_arg("--seg-size", optarg, 16u << 20, &o.seg_bytes))
                                 return 2;
-                        }
                         break;
                 case OPT_RETRIES:
-                        if (parse_size(optarg, &v) != 0 || v > 10) {
+                        if (eng_parse_size(optarg, &v) != 0 || v > 10) {
                                 fprintf(stderr, "engine-bench: --retries wants 0..10\n");
                                 return 2;
                         }
@@ -381,7 +374,7 @@ int main(int argc, char **argv)
         run.r = calloc((size_t)nsel, sizeof(*run.r));
         if (run.r == NULL)
                 return 1;
-        uint64_t t_start = eb_now_ns();
+        uint64_t t_start = eng_now_ns();
         fprintf(stderr, "engine-bench: %d workloads%s; %s, %d cores, %s\n", nsel,
                 o.quick ? " (quick mode)" : "", run.cpu, run.cores, run.kernel);
         char files_why[400] = "";
@@ -443,7 +436,7 @@ int main(int argc, char **argv)
         run.n = k;
         eb_cpu_sample(&run1);
         eb_cpu_foreign(&run0, &run1, run.cores, &run.foreign, &run.steal);
-        run.secs = (double)(eb_now_ns() - t_start) / 1e9;
+        run.secs = (double)(eng_now_ns() - t_start) / 1e9;
         if (need_files) {
                 char src[600];
                 snprintf(src, sizeof(src), "%s/src", o.workdir);

@@ -11,9 +11,14 @@ add_executable(engine-bench
   ${ENG_BENCH_DIR}/boost_wl.c
   ${ENG_BENCH_DIR}/harness.c
   ${ENG_BENCH_DIR}/hist.c
-  ${ENG_BENCH_DIR}/report.c)
+  ${ENG_BENCH_DIR}/results.c
+  ${ENG_BENCH_DIR}/fmt.c
+  ${ENG_BENCH_DIR}/targets.c
+  ${ENG_BENCH_DIR}/report_text.c
+  ${ENG_BENCH_DIR}/report_json.c
+  ${ENG_BENCH_DIR}/report_html.c)
 target_include_directories(engine-bench PRIVATE ${ENG_BENCH_DIR})
-target_link_libraries(engine-bench PRIVATE eng_internal Threads::Threads m)
+target_link_libraries(engine-bench PRIVATE eng_internal eng_options Threads::Threads m)
 install(TARGETS engine-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # Boost.Interprocess message_queue as a reference row: header-only, so only the headers are

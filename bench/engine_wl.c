@@ -88,7 +88,7 @@ static int hk_msg(eng_sstream_t *s, eng_msg_t *m, void *ctx)
                         k->sink ^= eb_consume(m->data, m->len);
                 if (m->arg & EB_FINAL) {
                         /* Everything this stream sent before arrived before this (FIFO). */
-                        uint64_t now = eb_now_ns();
+                        uint64_t now = eng_now_ns();
                         __atomic_fetch_add(&x->srv_msgs, k->msgs, __ATOMIC_RELAXED);
                         __atomic_fetch_add(&x->srv_bytes, k->bytes, __ATOMIC_RELAXED);
                         __atomic_fetch_add(&x->srv_bad, k->bad, __ATOMIC_RELAXED);
@@ -242,12 +242,12 @@ static int rtt_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         uint64_t i = 0;
         for (; i < warm && rc == 0; i++)
                 rc = one_rtt(x, st, i, P, src);
-        uint64_t t = eb_now_ns(), end = t + o->rtt_ms * 1000000ull;
+        uint64_t t = eng_now_ns(), end = t + o->rtt_ms * 1000000ull;
         x->t0_ns = t;
         uint64_t k = 0;
         for (; k < n && rc == 0 && t < end; k++, i++) {
                 rc = one_rtt(x, st, i, P, src);
-                uint64_t t1 = eb_now_ns();
+                uint64_t t1 = eng_now_ns();
                 eb_hist_add(&x->hist, t1 - t);
                 t = t1;
         }
@@ -303,7 +303,7 @@ static int tx_run(eb_xchg_t *x, eng_client_t *cl, struct tx *t, uint32_t ns, uin
                   uint16_t cmd, uint64_t dur_ns, uint64_t *sent)
 {
         const void *src = eb_src(P);
-        uint64_t end = eb_now_ns() + dur_ns, total = 0;
+        uint64_t end = eng_now_ns() + dur_ns, total = 0;
         for (;;) {
                 bool full = false;
                 int64_t m = tx_pass(x, t, ns, P, cmd, src, &full);
@@ -327,7 +327,7 @@ static int tx_run(eb_xchg_t *x, eng_client_t *cl, struct tx *t, uint32_t ns, uin
                         }
                 }
                 total += (uint64_t)m;
-                if (eb_now_ns() >= end) /* once per pass: at most 64 messages per stream */
+                if (eng_now_ns() >= end) /* once per pass: at most 64 messages per stream */
                         break;
         }
         /* Free every buffer: a filled loan that did not fit goes back. */
@@ -390,11 +390,11 @@ static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 goto out;
         for (uint32_t k = 0; k < ns; k++)
                 t[k].seq = 0;
-        x->t0_ns = eb_now_ns();
+        x->t0_ns = eng_now_ns();
         rc = tx_run(x, cl, t, ns, P, EB_C_DATA, o->tput_ms * 1000000ull, &sent);
         if (rc == 0)
                 rc = ping_all(x, t, ns, EB_FINAL);
-        x->t1_ns = eb_now_ns();
+        x->t1_ns = eng_now_ns();
         x->cli_msgs = sent;
         x->cli_bytes = sent * P;
 out:
@@ -437,7 +437,7 @@ static int xfer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                         goto out;
                 }
         }
-        x->t0_ns = eb_now_ns();
+        x->t0_ns = eng_now_ns();
         uint32_t left = ns;
         uint64_t last_move = x->t0_ns, total = 0;
         while (left > 0) {
@@ -461,7 +461,7 @@ static int xfer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                                 goto out;
                         }
                 }
-                uint64_t now = eb_now_ns();
+                uint64_t now = eng_now_ns();
                 if (moved) {
                         last_move = now;
                         continue;
@@ -478,7 +478,7 @@ static int xfer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                         goto out;
                 }
         }
-        x->t1_ns = eb_now_ns();
+        x->t1_ns = eng_now_ns();
         x->cli_bytes = total;
 out:
         for (uint32_t k = 0; k < opened; k++) {
@@ -505,7 +505,7 @@ static int openclose_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
                 if ((rc = eng_stream_close(st)) != 0)
                         return fail(x, "eng_stream_close", rc);
         }
-        uint64_t t = eb_now_ns(), end = t + o->misc_ms * 1000000ull;
+        uint64_t t = eng_now_ns(), end = t + o->misc_ms * 1000000ull;
         x->t0_ns = t;
         uint64_t k = 0;
         for (; t < end && k < 10000000; k++) {
@@ -514,7 +514,7 @@ static int openclose_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
                         return fail(x, "eng_stream_open", rc);
                 if ((rc = eng_stream_close(st)) != 0)
                         return fail(x, "eng_stream_close", rc);
-                uint64_t t1 = eb_now_ns();
+                uint64_t t1 = eng_now_ns();
                 eb_hist_add(&x->hist, t1 - t);
                 t = t1;
         }
@@ -526,33 +526,12 @@ static int openclose_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
 
 /* ---- cells -------------------------------------------------------------------------- */
 
-static void hist_result(eb_result_t *r, const eb_hist_t *h)
-{
-        r->hist = malloc(sizeof(*r->hist));
-        if (r->hist)
-                memcpy(r->hist, h, sizeof(*h));
-        snprintf(r->hist_unit, sizeof(r->hist_unit), "ns");
-        static const struct {
-                const char *k;
-                double p;
-        } pc[] = {{"p50_ns", 50},     {"p90_ns", 90},       {"p99_ns", 99},
-                  {"p99.9_ns", 99.9}, {"p99.99_ns", 99.99}, {"max_ns", 100}};
-        for (size_t i = 0; i < sizeof(pc) / sizeof(pc[0]); i++)
-                eb_metric_set(r, pc[i].k, (double)eb_hist_pct(h, pc[i].p));
-        eb_metric_set(r, "min_ns", (double)(h->count ? h->min : 0));
-        eb_metric_set(r, "mean_ns", eb_hist_mean(h));
-        eb_metric_set(r, "n", (double)h->count);
-}
-
 static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
         snprintf(c->seg, sizeof(c->seg), "/%s-%d", o->tag, c->seq);
-        eb_xchg_t *x = eb_xchg_new();
-        if (x == NULL) {
-                r->status = EB_FAIL;
-                eb_errf(r->reason, sizeof(r->reason), "mmap: %s", strerror(errno));
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
+        if (x == NULL)
                 return;
-        }
         eb_client_fn cf = NULL;
         uint64_t timeout_ms = 60000;
         bool xfer = strcmp(c->group, "xfer") == 0;
@@ -579,7 +558,7 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
         double secs = x->t1_ns > x->t0_ns ? (double)(x->t1_ns - x->t0_ns) / 1e9 : 0;
         if (r->status == EB_OK) {
                 if (strcmp(c->group, "rtt") == 0 || strcmp(c->group, "openclose") == 0) {
-                        hist_result(r, &x->hist);
+                        eb_result_set_hist(r, &x->hist);
                         eb_metric_set(r, "ops_per_s", secs > 0 ? (double)x->cli_iters / secs : 0);
                 } else if (strcmp(c->group, "tput") == 0) {
                         double s =

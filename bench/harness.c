@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <linux/futex.h>
-#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -25,43 +24,12 @@
 
 volatile int eb_interrupted;
 
-uint64_t eb_now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 void eb_errf(char *dst, size_t n, const char *fmt, ...)
 {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(dst, n, fmt, ap);
         va_end(ap);
-}
-
-void eb_metric_set(eb_result_t *r, const char *key, double v)
-{
-        for (int i = 0; i < r->nm; i++)
-                if (strcmp(r->m[i].key, key) == 0) {
-                        r->m[i].v = v;
-                        return;
-                }
-        if (r->nm < EB_MAX_METRICS) {
-                snprintf(r->m[r->nm].key, sizeof(r->m[r->nm].key), "%s", key);
-                r->m[r->nm].v = v;
-                r->nm++;
-        }
-}
-
-double eb_metric(const eb_result_t *r, const char *key)
-{
-        if (r == NULL || r->status != EB_OK)
-                return NAN;
-        for (int i = 0; i < r->nm; i++)
-                if (strcmp(r->m[i].key, key) == 0)
-                        return r->m[i].v;
-        return NAN;
 }
 
 uint64_t eb_consume(const void *p, size_t n)
@@ -151,6 +119,16 @@ eb_xchg_t *eb_xchg_new(void)
         return x;
 }
 
+eb_xchg_t *eb_xchg_new_or_fail(eb_result_t *r)
+{
+        eb_xchg_t *x = eb_xchg_new();
+        if (x == NULL) {
+                r->status = EB_FAIL;
+                eb_errf(r->reason, sizeof(r->reason), "mmap: %s", strerror(errno));
+        }
+        return x;
+}
+
 void eb_xchg_free(eb_xchg_t *x)
 {
         if (x)
@@ -173,19 +151,19 @@ bool eb_stop_requested(eb_xchg_t *x)
 
 void eb_server_wait_stop(eb_xchg_t *x)
 {
-        uint64_t end = eb_now_ns() + 600ull * 1000000000ull;
-        while (!eb_stop_requested(x) && eb_now_ns() < end)
+        uint64_t end = eng_now_ns() + 600ull * 1000000000ull;
+        while (!eb_stop_requested(x) && eng_now_ns() < end)
                 eb_futex_wait(&x->stop, 0, 100 * 1000000ull);
 }
 
 int eb_wait_server(eb_xchg_t *x, uint64_t timeout_ms)
 {
-        uint64_t end = eb_now_ns() + timeout_ms * 1000000ull;
+        uint64_t end = eng_now_ns() + timeout_ms * 1000000ull;
         for (;;) {
                 uint32_t s = __atomic_load_n(&x->srv_state, __ATOMIC_ACQUIRE);
                 if (s != SRV_STARTING)
                         return (int)s;
-                uint64_t now = eb_now_ns();
+                uint64_t now = eng_now_ns();
                 if (now >= end || eb_interrupted)
                         return -ETIMEDOUT;
                 uint64_t left = end - now;
@@ -247,7 +225,7 @@ static int wait_child(pid_t pid, uint64_t deadline, int *status)
                                 *status = 0;
                         return 1;
                 }
-                uint64_t now = eb_now_ns();
+                uint64_t now = eng_now_ns();
                 if (now >= deadline || eb_interrupted) {
                         if (pfd >= 0)
                                 close(pfd);
@@ -293,18 +271,18 @@ int eb_rtt_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t n, int (*one)(uint64_
                 void *arg)
 {
         uint64_t warm = n / 10 < 1000 ? n / 10 : 1000;
-        uint64_t t = eb_now_ns(), end = 0, k = 0;
+        uint64_t t = eng_now_ns(), end = 0, k = 0;
         int rc = 0;
         for (uint64_t i = 0; i < warm + n; i++) {
                 if (i == warm) {
-                        t = eb_now_ns();
+                        t = eng_now_ns();
                         end = t + o->rtt_ms * 1000000ull;
                         x->t0_ns = t;
                 }
                 if ((rc = one(i, arg)) != 0)
                         break;
                 if (i >= warm) {
-                        uint64_t t1 = eb_now_ns();
+                        uint64_t t1 = eng_now_ns();
                         eb_hist_add(&x->hist, t1 - t);
                         t = t1;
                         k++;
@@ -340,7 +318,7 @@ int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn
                                         "server did not start within 30 s");
                                 return EB_FAIL;
                         }
-                        if (!wait_child(ps, eb_now_ns() + 10000000000ull, &st))
+                        if (!wait_child(ps, eng_now_ns() + 10000000000ull, &st))
                                 kill_reap(ps);
                         if (s == SRV_UNAVAILABLE) {
                                 eb_errf(r->reason, sizeof(r->reason), "transport unavailable");
@@ -359,7 +337,7 @@ int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn
                 return EB_FAIL;
         }
         int rc = EB_OK;
-        if (!wait_child(pc, eb_now_ns() + timeout_ms * 1000000ull, &st)) {
+        if (!wait_child(pc, eng_now_ns() + timeout_ms * 1000000ull, &st)) {
                 kill_reap(pc);
                 kill_reap(ps);
                 eb_errf(r->reason, sizeof(r->reason), "timed out after %.0f s (children killed)",
@@ -375,7 +353,7 @@ int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn
         if (ps > 0) {
                 __atomic_store_n(&x->stop, 1, __ATOMIC_RELEASE);
                 eb_futex_wake(&x->stop);
-                if (!wait_child(ps, eb_now_ns() + 20000000000ull, &st)) {
+                if (!wait_child(ps, eng_now_ns() + 20000000000ull, &st)) {
                         kill_reap(ps);
                         if (rc == EB_OK)
                                 eb_errf(r->reason, sizeof(r->reason),
@@ -420,7 +398,7 @@ eb_cell_t *eb_cell_add(eb_cells_t *cs, const char *group, const char *impl, cons
 void eb_cpu_sample(eb_cpu_sample_t *s)
 {
         memset(s, 0, sizeof(*s));
-        s->t = (double)eb_now_ns() / 1e9;
+        s->t = (double)eng_now_ns() / 1e9;
         double hz = (double)sysconf(_SC_CLK_TCK);
         FILE *f = fopen("/proc/stat", "r");
         if (f) {

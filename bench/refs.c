@@ -31,32 +31,7 @@
 
 #define BULK_BUF (1u << 20)
 
-static void hist_metrics(eb_result_t *r, const eb_hist_t *h)
-{
-        r->hist = malloc(sizeof(*r->hist));
-        if (r->hist)
-                memcpy(r->hist, h, sizeof(*h));
-        snprintf(r->hist_unit, sizeof(r->hist_unit), "ns");
-        eb_metric_set(r, "p50_ns", (double)eb_hist_pct(h, 50));
-        eb_metric_set(r, "p90_ns", (double)eb_hist_pct(h, 90));
-        eb_metric_set(r, "p99_ns", (double)eb_hist_pct(h, 99));
-        eb_metric_set(r, "p99.9_ns", (double)eb_hist_pct(h, 99.9));
-        eb_metric_set(r, "p99.99_ns", (double)eb_hist_pct(h, 99.99));
-        eb_metric_set(r, "max_ns", (double)eb_hist_pct(h, 100));
-        eb_metric_set(r, "min_ns", (double)(h->count ? h->min : 0));
-        eb_metric_set(r, "mean_ns", eb_hist_mean(h));
-        eb_metric_set(r, "n", (double)h->count);
-}
-
-static eb_xchg_t *xchg_or_fail(eb_result_t *r)
-{
-        eb_xchg_t *x = eb_xchg_new();
-        if (x == NULL) {
-                r->status = EB_FAIL;
-                eb_errf(r->reason, sizeof(r->reason), "mmap: %s", strerror(errno));
-        }
-        return x;
-}
+const char *const eb_os_peers[3] = {"pipe", "unix", "tcp"};
 
 /* ---- the spin floor: one shared word, two processes ---------------------------------- */
 
@@ -171,11 +146,11 @@ static void run_ckring(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
         }
         ck_ring_init(&g_ckr->a, CKR_DEPTH);
         ck_ring_init(&g_ckr->b, CKR_DEPTH);
-        eb_xchg_t *x = xchg_or_fail(r);
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x != NULL) {
                 r->status = eb_run_children(c, o, x, ckr_server, ckr_client, o->rtt_ms + 30000, r);
                 if (r->status == EB_OK)
-                        hist_metrics(r, &x->hist);
+                        eb_result_set_hist(r, &x->hist);
                 eb_xchg_free(x);
         }
         munmap(g_ckr, sizeof(*g_ckr));
@@ -184,12 +159,12 @@ static void run_ckring(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 
 static void run_floor(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
-        eb_xchg_t *x = xchg_or_fail(r);
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
                 return;
         r->status = eb_run_children(c, o, x, floor_server, floor_client, o->rtt_ms + 30000, r);
         if (r->status == EB_OK)
-                hist_metrics(r, &x->hist);
+                eb_result_set_hist(r, &x->hist);
         eb_xchg_free(x);
 }
 
@@ -211,12 +186,12 @@ static int memcpy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 }
                 memset(a, 1, n);
                 memset(b, 2, n);
-                uint64_t t0 = eb_now_ns(), end = t0 + o->misc_ms * 1000000ull / 3, bytes = 0, t;
+                uint64_t t0 = eng_now_ns(), end = t0 + o->misc_ms * 1000000ull / 3, bytes = 0, t;
                 do {
                         memcpy(b, a, n);
                         __asm__ volatile("" : : "r"(b) : "memory");
                         bytes += n;
-                        t = eb_now_ns();
+                        t = eng_now_ns();
                 } while (t < end);
                 x->v[i] = (double)bytes / ((double)(t - t0) / 1e9) / 1e9;
                 x->v[3 + i] = (double)n;
@@ -228,7 +203,7 @@ static int memcpy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 
 static void run_memcpy(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
-        eb_xchg_t *x = xchg_or_fail(r);
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
                 return;
         r->status = eb_run_children(c, o, x, NULL, memcpy_client, 3 * o->misc_ms + 30000, r);
@@ -475,7 +450,7 @@ static void bulk_peer_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *
                 if (k > 0) {
                         sink ^= eb_consume(buf, (size_t)k);
                         bytes += (uint64_t)k;
-                        last = eb_now_ns();
+                        last = eng_now_ns();
                 } else if (k == 0 || errno != EINTR) {
                         break;
                 }
@@ -499,7 +474,7 @@ static int bulk_peer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
          * reader counts everything; the parent subtracts the warm-up bytes (cli_iters). */
         uint64_t n = 0, warm = 0;
         for (int phase = 0; phase < 2; phase++) {
-                uint64_t t0 = eb_now_ns();
+                uint64_t t0 = eng_now_ns();
                 uint64_t end = t0 + o->tput_ms * 1000000ull / (phase ? 1 : 5);
                 if (phase == 1) {
                         x->t0_ns = t0;
@@ -513,7 +488,7 @@ static int bulk_peer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
                                 return 1;
                         }
                         n++;
-                        if ((P >= 4096 || n % 64 == 0) && eb_now_ns() >= end)
+                        if ((P >= 4096 || n % 64 == 0) && eng_now_ns() >= end)
                                 break;
                 }
         }
@@ -521,13 +496,13 @@ static int bulk_peer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
         x->cli_msgs = n;
         x->cli_bytes = n * P;
         close(wfd); /* EOF: the server's last read is the last receipt */
-        x->t1_ns = eb_now_ns();
+        x->t1_ns = eng_now_ns();
         return 0;
 }
 
 static void run_peer(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
-        eb_xchg_t *x = xchg_or_fail(r);
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
                 return;
         bool bulk = strcmp(c->group, "tput") == 0;
@@ -573,7 +548,7 @@ static void run_peer(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                 r->status = eb_run_children(c, o, x, rtt_peer_server, rtt_peer_client,
                                             o->rtt_ms + 60000, r);
                 if (r->status == EB_OK) {
-                        hist_metrics(r, &x->hist);
+                        eb_result_set_hist(r, &x->hist);
                         double s = (double)(x->t1_ns - x->t0_ns) / 1e9;
                         eb_metric_set(r, "ops_per_s", s > 0 ? (double)x->cli_iters / s : 0);
                         eb_metric_set(r, "wire_bytes", (double)(c->payload ? c->payload : 1));
@@ -737,7 +712,7 @@ static int copy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         }
         unsigned char *buf = malloc(BULK_BUF);
         bool cfr = strcmp(c->impl, "cfr") == 0;
-        x->t0_ns = eb_now_ns();
+        x->t0_ns = eng_now_ns();
         for (uint32_t k = 0; k < c->streams; k++) {
                 char from[700], to[700];
                 eb_files_path(o, (int)c->streams, (int)k, from, sizeof(from));
@@ -745,14 +720,14 @@ static int copy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 if (copy_one(x, from, to, cfr, buf) != 0)
                         return 1;
         }
-        x->t1_ns = eb_now_ns();
+        x->t1_ns = eng_now_ns();
         free(buf);
         return 0;
 }
 
 static void run_copy(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
-        eb_xchg_t *x = xchg_or_fail(r);
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
                 return;
         char dir[600];
@@ -791,7 +766,7 @@ static void *arena_thread(void *p)
         static const uint64_t sizes[4] = {64, 1024, 4096, 65536};
         uint64_t offs[ARENA_BATCH];
         pthread_barrier_wait(t->bar);
-        uint64_t end = eb_now_ns() + t->ms * 1000000ull;
+        uint64_t end = eng_now_ns() + t->ms * 1000000ull;
         do {
                 for (int j = 0; j < ARENA_BATCH; j++) {
                         int rc = eng_arena_alloc(t->a, sizes[j & 3], t->owner, &offs[j]);
@@ -805,7 +780,7 @@ static void *arena_thread(void *p)
                 for (int j = 0; j < ARENA_BATCH; j++)
                         eng_arena_free(t->a, offs[j]);
                 t->pairs += ARENA_BATCH;
-        } while (eb_now_ns() < end);
+        } while (eng_now_ns() < end);
         return NULL;
 }
 
@@ -838,7 +813,7 @@ static int arena_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 pthread_create(&tid[i], NULL, arena_thread, &th[i]);
         }
         pthread_barrier_wait(&bar);
-        uint64_t t0 = eb_now_ns();
+        uint64_t t0 = eng_now_ns();
         uint64_t pairs = 0;
         int err = 0;
         for (uint32_t i = 0; i < n; i++) {
@@ -847,7 +822,7 @@ static int arena_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 if (th[i].err)
                         err = th[i].err;
         }
-        uint64_t t1 = eb_now_ns();
+        uint64_t t1 = eng_now_ns();
         x->t0_ns = t0;
         x->t1_ns = t1;
         x->cli_iters = pairs;
@@ -866,7 +841,7 @@ static int arena_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 
 static void run_arena(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
-        eb_xchg_t *x = xchg_or_fail(r);
+        eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
                 return;
         r->status = eb_run_children(c, o, x, NULL, arena_client, o->misc_ms + 30000, r);
@@ -901,7 +876,7 @@ void eb_ref_cells_floor(eb_cells_t *cs, const eb_opts_t *o)
 void eb_ref_cells_rtt(eb_cells_t *cs, const eb_opts_t *o)
 {
         (void)o;
-        static const char *impl[3] = {"pipe", "unix", "tcp"};
+        const char *const *impl = eb_os_peers;
         char sz[16];
         for (int m = 0; m < 2; m++)
                 for (int p = 0; p < 4; p++)
@@ -920,7 +895,7 @@ void eb_ref_cells_rtt(eb_cells_t *cs, const eb_opts_t *o)
 void eb_ref_cells_tput(eb_cells_t *cs, const eb_opts_t *o)
 {
         (void)o;
-        static const char *impl[3] = {"pipe", "unix", "tcp"};
+        const char *const *impl = eb_os_peers;
         char sz[16];
         for (int p = 1; p < 6; p++)
                 for (int i = 0; i < 3; i++) {

@@ -1080,3 +1080,37 @@ Test(parse_size, refuses_malformed_values_and_leaves_the_output_alone)
                 cr_assert_eq(v, 777, "'%s' changed the output", bad[i]);
         }
 }
+
+Test(parse_size, refuses_values_that_overflow_or_wrap)
+{
+        static const char *const bad[] = {
+            "18446744073709551616",  /* 2^64 */
+            "99999999999999999999",  /* strtoull: ERANGE */
+            "99999999999999999999K", /* ERANGE before the unit */
+            "18014398509481984K",    /* 2^54 KiB = 2^64 */
+            "17592186044416M",       /* 2^44 MiB = 2^64 */
+            "17179869185G",          /* 2^34 + 1 GiB: wrapped to 1 GiB in engine-bench once */
+            "18446744073709551615K", /* UINT64_MAX KiB */
+            " -1",                   /* strtoull skips the space and negates: 2^64 - 1 */
+            "\t-1",
+            "-18446744073709551615", /* negated into 1 */
+            "+1",
+            " 1",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                uint64_t v = 777;
+                cr_assert_eq(eng_parse_size(bad[i], &v), -1, "'%s' accepted as %llu", bad[i],
+                             (unsigned long long)v);
+                cr_assert_eq(v, 777, "'%s' changed the output", bad[i]);
+        }
+        /* the largest of each unit still fits */
+        static const struct size_case edge[] = {
+            {"18014398509481983K", 0, 18014398509481983ull << 10},
+            {"17592186044415M", 0, 17592186044415ull << 20},
+        };
+        for (size_t i = 0; i < sizeof(edge) / sizeof(edge[0]); i++) {
+                uint64_t v = 0;
+                cr_assert_eq(eng_parse_size(edge[i].in, &v), 0, "'%s' refused", edge[i].in);
+                cr_assert_eq(v, edge[i].want, "'%s' -> %llu", edge[i].in, (unsigned long long)v);
+        }
+}

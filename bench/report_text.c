@@ -1,0 +1,424 @@
+/*
+ * report_text.c - the tables engine-bench prints (stdout, and the report's page): round
+ * trips, throughput, file transfer, open/close, arena, memcpy, the targets, the cells measured
+ * on a busy machine and the failed ones. Every ratio is of cells of the same run.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "bench.h"
+
+/* "n/a (why)" / "FAILED: why" for a cell that did not produce figures, else NULL. */
+static const char *not_ok(const eb_result_t *r, char *buf, size_t n)
+{
+        if (r == NULL)
+                return NULL;
+        if (r->status == EB_NA)
+                snprintf(buf, n, "n/a (%.200s)", r->reason);
+        else if (r->status == EB_FAIL)
+                snprintf(buf, n, "FAILED: %.*s", 200, r->reason);
+        else
+                return NULL;
+        return buf;
+}
+
+/* ---- the comparisons ---------------------------------------------------------------- */
+
+/* Best OS peer round trip at this mode/payload: smallest p50 (or the given metric). */
+static const eb_result_t *best_os_rtt(const eb_run_t *run, const char *mode, const char *sz)
+{
+        const eb_result_t *best = NULL;
+        for (int i = 0; i < 3; i++) {
+                const eb_result_t *r = eb_findf(run, "rtt/%s/%s/%s", eb_os_peers[i], mode, sz);
+                double v = eb_metric(r, "p50_ns");
+                if (!isnan(v) && (best == NULL || v < eb_metric(best, "p50_ns")))
+                        best = r;
+        }
+        return best;
+}
+
+static const eb_result_t *best_os_tput(const eb_run_t *run, const char *sz)
+{
+        const eb_result_t *best = NULL;
+        for (int i = 0; i < 3; i++) {
+                const eb_result_t *r = eb_findf(run, "tput/%s/1s/%s", eb_os_peers[i], sz);
+                double v = eb_metric(r, "msgs_per_s");
+                if (!isnan(v) && (best == NULL || v > eb_metric(best, "msgs_per_s")))
+                        best = r;
+        }
+        return best;
+}
+
+/* ---- the tables --------------------------------------------------------------------- */
+
+static bool any_group(const eb_run_t *run, const char *g)
+{
+        for (int i = 0; i < run->n; i++)
+                if (strcmp(run->r[i].group, g) == 0)
+                        return true;
+        return false;
+}
+
+static void rtt_row(FILE *f, const char *mode, const char *sz, const eb_result_t *r,
+                    const char *label)
+{
+        char b[6][16], why[300];
+        const char *bad = not_ok(r, why, sizeof(why));
+        fprintf(f, "  %-5s %-6s %-9s", mode, sz, label ? label : r->impl);
+        if (bad) {
+                fprintf(f, " %s\n", bad);
+                return;
+        }
+        fprintf(f, " %8s %8s %8s %8s %8s %8s %9.0f\n", eb_fmt_us(eb_metric(r, "p50_ns"), b[0], 16),
+                eb_fmt_us(eb_metric(r, "p90_ns"), b[1], 16),
+                eb_fmt_us(eb_metric(r, "p99_ns"), b[2], 16),
+                eb_fmt_us(eb_metric(r, "p99.9_ns"), b[3], 16),
+                eb_fmt_us(eb_metric(r, "p99.99_ns"), b[4], 16),
+                eb_fmt_us(eb_metric(r, "max_ns"), b[5], 16), eb_metric(r, "n"));
+}
+
+static void print_rtt(const eb_run_t *run, FILE *f)
+{
+        if (!any_group(run, "rtt") && !any_group(run, "floor"))
+                return;
+        fprintf(f, "\nROUND TRIP, microseconds (client -> server -> client on one stream; "
+                   "lower is better)\n");
+        fprintf(f, "  %-5s %-6s %-9s %8s %8s %8s %8s %8s %8s %9s\n", "mode", "size", "impl", "p50",
+                "p90", "p99", "p99.9", "p99.99", "max", "n");
+        const eb_result_t *fl = eb_find(run, "floor/spinword");
+        const eb_result_t *fl2 = eb_find(run, "floor/spinword-after");
+        const eb_result_t *ck = eb_find(run, "floor/ckring");
+        static const char *modes[2] = {"spin", "block"};
+        bool floors_shown = false;
+        for (int m = 0; m < 2; m++)
+                for (int p = 0; p < 4; p++) {
+                        char sz[16];
+                        eb_size_name(eb_rtt_payloads[p], sz, sizeof(sz));
+                        for (size_t i = 0; i < sizeof(eb_msg_impls) / sizeof(eb_msg_impls[0]);
+                             i++) {
+                                const eb_result_t *r =
+                                    eb_findf(run, "rtt/%s/%s/%s", eb_msg_impls[i], modes[m], sz);
+                                if (r == NULL)
+                                        continue;
+                                /* the floor as measured: just before and just after this cell */
+                                bool here = m == 0 && p == 0 && i == 0;
+                                if (here && fl)
+                                        rtt_row(f, "spin", "0B", fl, "floor");
+                                rtt_row(f, modes[m], sz, r, NULL);
+                                if (here && fl2)
+                                        rtt_row(f, "spin", "0B", fl2, "floor2");
+                                if (here && ck)
+                                        rtt_row(f, "spin", "0B", ck, "ckring");
+                                floors_shown |= here;
+                        }
+                }
+        if (!floors_shown) {
+                if (fl)
+                        rtt_row(f, "spin", "0B", fl, "floor");
+                if (fl2)
+                        rtt_row(f, "spin", "0B", fl2, "floor2");
+                if (ck)
+                        rtt_row(f, "spin", "0B", ck, "ckring");
+        }
+        fprintf(f, "\n  ratios of round-trip times (lower is better; < 1 means the engine is "
+                   "faster)\n");
+        fprintf(f, "  %-5s %-6s %14s %14s %26s %14s\n", "mode", "size", "lf/mutex p50",
+                "lf/mutex p99", "lf/best OS peer p50", "lf/floor p50");
+        double drift, floor50 = eb_floor_p50(run, &drift);
+        for (int m = 0; m < 2; m++)
+                for (int p = 0; p < 4; p++) {
+                        char sz[16], a[24], b[24], c[24], d[24], e[48];
+                        eb_size_name(eb_rtt_payloads[p], sz, sizeof(sz));
+                        const eb_result_t *lf = eb_findf(run, "rtt/lockfree/%s/%s", modes[m], sz);
+                        const eb_result_t *mx = eb_findf(run, "rtt/mutex/%s/%s", modes[m], sz);
+                        const eb_result_t *os = best_os_rtt(run, modes[m], sz);
+                        if (lf == NULL && mx == NULL)
+                                continue;
+                        snprintf(
+                            e, sizeof(e), "%s%s%s%s",
+                            eb_fmt_x(eb_ratio(eb_metric(lf, "p50_ns"), eb_metric(os, "p50_ns")), c,
+                                     sizeof(c)),
+                            os ? " (" : "", os ? os->impl : "", os ? ")" : "");
+                        fprintf(f, "  %-5s %-6s %14s %14s %26s %14s\n", modes[m], sz,
+                                eb_fmt_x(eb_ratio(eb_metric(lf, "p50_ns"), eb_metric(mx, "p50_ns")),
+                                         a, sizeof(a)),
+                                eb_fmt_x(eb_ratio(eb_metric(lf, "p99_ns"), eb_metric(mx, "p99_ns")),
+                                         b, sizeof(b)),
+                                e,
+                                m == 0 ? eb_fmt_x(eb_ratio(eb_metric(lf, "p50_ns"), floor50), d,
+                                                  sizeof(d))
+                                       : "-");
+                }
+        double dr, fp = eb_floor_p50(run, &dr);
+        if (!isnan(fp)) {
+                char fb[16];
+                fprintf(f,
+                        "  (floor = mean of floor and floor2 p50 = %s us, measured just before "
+                        "and after rtt/lockfree/spin/0B%s)\n",
+                        eb_fmt_us(fp, fb, sizeof(fb)),
+                        dr > 1.3 ? "; they differ by more than 30%: the machine changed speed "
+                                   "in between, so lf/floor is unreliable"
+                                 : "");
+        }
+}
+
+static void print_tput(const eb_run_t *run, FILE *f)
+{
+        if (!any_group(run, "tput"))
+                return;
+        fprintf(f, "\nONE-WAY THROUGHPUT (client loans, fills and sends; the server reads every "
+                   "byte and frees;\n  rate from the client's start to the server's last "
+                   "receipt; higher is better)\n");
+        fprintf(f, "  %-3s %-6s %11s %8s %11s %8s %9s %22s %9s\n", "str", "size", "lf msg/s",
+                "lf GB/s", "mx msg/s", "mx GB/s", "lf/mutex", "best OS peer msg/s", "lf/OS");
+        for (int s = 0; s < 4; s++)
+                for (int p = 0; p < 6; p++) {
+                        char sz[16], a[6][24], why[300];
+                        uint32_t ns = eb_tput_streams[s];
+                        eb_size_name(eb_tput_payloads[p], sz, sizeof(sz));
+                        const eb_result_t *lf = eb_findf(run, "tput/lockfree/%us/%s", ns, sz);
+                        const eb_result_t *mx = eb_findf(run, "tput/mutex/%us/%s", ns, sz);
+                        if (lf == NULL && mx == NULL)
+                                continue;
+                        const eb_result_t *os = ns == 1 ? best_os_tput(run, sz) : NULL;
+                        fprintf(f, "  %-3u %-6s", ns, sz);
+                        const char *bad = not_ok(lf, why, sizeof(why));
+                        if (bad) {
+                                fprintf(f, " lockfree: %s\n", bad);
+                                continue;
+                        }
+                        char osb[40];
+                        snprintf(osb, sizeof(osb), "%s%s%s%s",
+                                 os ? eb_fmt_rate(eb_metric(os, "msgs_per_s"), a[4], 24) : "-",
+                                 os ? " (" : "", os ? os->impl : "", os ? ")" : "");
+                        fprintf(f, " %11s %8s %11s %8s %9s %22s %9s\n",
+                                eb_fmt_rate(eb_metric(lf, "msgs_per_s"), a[0], 24),
+                                eb_fmt_fixed(eb_metric(lf, "gb_per_s"), 3, a[1], 24),
+                                mx && mx->status == EB_NA
+                                    ? "n/a"
+                                    : eb_fmt_rate(eb_metric(mx, "msgs_per_s"), a[2], 24),
+                                eb_fmt_fixed(eb_metric(mx, "gb_per_s"), 3, a[3], 24),
+                                eb_fmt_x(eb_ratio(eb_metric(lf, "msgs_per_s"),
+                                                  eb_metric(mx, "msgs_per_s")),
+                                         a[5], 24),
+                                osb,
+                                eb_fmt_x(eb_ratio(eb_metric(lf, "msgs_per_s"),
+                                                  eb_metric(os, "msgs_per_s")),
+                                         why, sizeof(why)));
+                }
+        const eb_result_t *mx1 = eb_find(run, "tput/mutex/1s/64B");
+        if (mx1 && mx1->status == EB_NA)
+                fprintf(f, "  (mutex: n/a, %s)\n", mx1->reason);
+        bool refs = false;
+        for (int i = 0; i < run->n; i++)
+                if (strcmp(run->r[i].group, "tput") == 0 && strcmp(run->r[i].impl, "lockfree") &&
+                    strcmp(run->r[i].impl, "mutex"))
+                        refs = true;
+        if (!refs)
+                return;
+        fprintf(f, "\n  reference peers, one connection (one write() per message; the reader "
+                   "reads up to 1 MiB per call)\n");
+        fprintf(f, "  %-6s %-6s %11s %8s\n", "peer", "size", "msg/s", "GB/s");
+        static const char *peers[4] = {"pipe", "unix", "tcp", "boost"};
+        for (int p = 1; p < 6; p++)
+                for (int i = 0; i < 4; i++) {
+                        char sz[16], a[24], b[24], why[300];
+                        eb_size_name(eb_tput_payloads[p], sz, sizeof(sz));
+                        const eb_result_t *r = eb_findf(run, "tput/%s/1s/%s", peers[i], sz);
+                        if (r == NULL)
+                                continue;
+                        const char *bad = not_ok(r, why, sizeof(why));
+                        if (bad)
+                                fprintf(f, "  %-6s %-6s %s\n", peers[i], sz, bad);
+                        else
+                                fprintf(f, "  %-6s %-6s %11s %8s\n", peers[i], sz,
+                                        eb_fmt_rate(eb_metric(r, "msgs_per_s"), a, sizeof(a)),
+                                        eb_fmt_fixed(eb_metric(r, "gb_per_s"), 3, b, sizeof(b)));
+                }
+}
+
+static void print_xfer(const eb_run_t *run, FILE *f)
+{
+        if (!any_group(run, "xfer"))
+                return;
+        char sz[16];
+        eb_size_name(run->o->file_bytes, sz, sizeof(sz));
+        fprintf(f,
+                "\nFILE TRANSFER, %s tmpfs -> tmpfs in %s (source read once before; 8 streams = "
+                "8 files of 1/8)\n",
+                sz, run->o->dir);
+        fprintf(f, "  %-9s %-7s %8s %9s %14s\n", "impl", "streams", "GB/s", "seconds", "/ rwcopy");
+        static const char *impl[4] = {"lockfree", "mutex", "rwcopy", "cfr"};
+        for (int s = 0; s < 2; s++)
+                for (int i = 0; i < 4; i++) {
+                        unsigned ns = s ? 8 : 1;
+                        const eb_result_t *r = eb_findf(run, "xfer/%s/%us", impl[i], ns);
+                        if (r == NULL)
+                                continue;
+                        char a[24], b[24], c[24], why[300];
+                        const char *bad = not_ok(r, why, sizeof(why));
+                        if (bad) {
+                                fprintf(f, "  %-9s %-7u %s\n", impl[i], ns, bad);
+                                continue;
+                        }
+                        fprintf(f, "  %-9s %-7u %8s %9s %14s\n", impl[i], ns,
+                                eb_fmt_fixed(eb_metric(r, "gb_per_s"), 3, a, sizeof(a)),
+                                eb_fmt_fixed(eb_metric(r, "secs"), 3, b, sizeof(b)),
+                                eb_fmt_x(eb_ratio(eb_metric(r, "gb_per_s"),
+                                                  eb_mval(run, "gb_per_s", "xfer/rwcopy/%us", ns)),
+                                         c, sizeof(c)));
+                }
+        fprintf(f, "  (rwcopy: read()/write() with a 1 MiB buffer, one process; cfr: "
+                   "copy_file_range, a copy inside\n   the kernel as coreutils cat does; "
+                   "engine: client preads into loaned buffers, server pwrites,\n   both hash "
+                   "with XXH3; every copy ends with fsync)\n");
+}
+
+static void print_misc(const eb_run_t *run, FILE *f)
+{
+        char a[24], b[24], c[24], d[24], why[300];
+        if (any_group(run, "openclose")) {
+                fprintf(f,
+                        "\nSTREAM OPEN + CLOSE (one client, sequential; engine default spin, then "
+                        "sleep)\n");
+                fprintf(f, "  %-9s %10s %9s %9s %9s\n", "impl", "pairs/s", "p50 us", "p99 us",
+                        "lf/mutex");
+                for (int t = 0; t < 2; t++) {
+                        const eb_result_t *r =
+                            eb_findf(run, "openclose/%s", t ? "mutex" : "lockfree");
+                        if (r == NULL)
+                                continue;
+                        const char *bad = not_ok(r, why, sizeof(why));
+                        if (bad) {
+                                fprintf(f, "  %-9s %s\n", r->impl, bad);
+                                continue;
+                        }
+                        fprintf(f, "  %-9s %10s %9s %9s %9s\n", r->impl,
+                                eb_fmt_rate(eb_metric(r, "ops_per_s"), a, sizeof(a)),
+                                eb_fmt_us(eb_metric(r, "p50_ns"), b, sizeof(b)),
+                                eb_fmt_us(eb_metric(r, "p99_ns"), c, sizeof(c)),
+                                t ? ""
+                                  : eb_fmt_x(eb_ratio(eb_metric(r, "ops_per_s"),
+                                                      eb_mval(run, "ops_per_s", "openclose/mutex")),
+                                             d, sizeof(d)));
+                }
+        }
+        if (any_group(run, "arena")) {
+                fprintf(f, "\nARENA ALONE (eng_arena_format on malloc'd memory; batches of 16 "
+                           "allocs of 64 B..64 KiB, then 16 frees)\n");
+                fprintf(f, "  %-9s %-7s %16s %9s\n", "kind", "threads", "alloc+free /s",
+                        "lf/mutex");
+                for (int th = 1; th <= 2; th++)
+                        for (int k = 0; k < 2; k++) {
+                                const char *kind = k ? "mutex" : "lockfree";
+                                const eb_result_t *r = eb_findf(run, "arena/%s/%dt", kind, th);
+                                if (r == NULL)
+                                        continue;
+                                const char *bad = not_ok(r, why, sizeof(why));
+                                if (bad) {
+                                        fprintf(f, "  %-9s %-7d %s\n", kind, th, bad);
+                                        continue;
+                                }
+                                fprintf(f, "  %-9s %-7d %16s %9s\n", kind, th,
+                                        eb_fmt_rate(eb_metric(r, "pairs_per_s"), a, sizeof(a)),
+                                        k ? ""
+                                          : eb_fmt_x(eb_ratio(eb_metric(r, "pairs_per_s"),
+                                                              eb_mval(run, "pairs_per_s",
+                                                                      "arena/mutex/%dt", th)),
+                                                     b, sizeof(b)));
+                        }
+        }
+        const eb_result_t *mc = eb_find(run, "memcpy");
+        if (mc) {
+                fprintf(f, "\nMEMCPY (one thread)\n");
+                const char *bad = not_ok(mc, why, sizeof(why));
+                if (bad)
+                        fprintf(f, "  %s\n", bad);
+                else
+                        for (int i = 0; i < mc->nm; i++)
+                                fprintf(f, "  %-10s %7.1f GB/s\n", mc->m[i].key + 9, mc->m[i].v);
+        }
+}
+
+static void print_targets(const eb_run_t *run, FILE *f)
+{
+        eb_target_t t[EB_MAX_TARGETS];
+        int n = eb_targets(run, t);
+        fprintf(f, "\nTARGETS (measured in this run; ratios of cells of this run)\n");
+        fprintf(f, "  %-72s %9s %8s  %s\n", "target", "measured", "need", "verdict");
+        for (int i = 0; i < n; i++) {
+                char a[24], b[24];
+                snprintf(b, sizeof(b), "%s %.2f", t[i].at_most ? "<=" : ">=", t[i].need);
+                fprintf(f, "  %-72s %9s %8s  %s\n", t[i].what, eb_fmt_x(t[i].value, a, sizeof(a)),
+                        b, t[i].verdict);
+                fprintf(f, "  %-72s\n", t[i].detail);
+        }
+}
+
+void eb_print_tables(const eb_run_t *run, FILE *f)
+{
+        const eb_opts_t *o = run->o;
+        char sz[16];
+        eb_size_name(o->file_bytes, sz, sizeof(sz));
+        fprintf(f, "engine-bench: %s, %d cores, %s, %s (%.0f s)\n", run->cpu, run->cores,
+                run->kernel, run->started, run->secs);
+        if (o->quick)
+                fprintf(f,
+                        "QUICK MODE: at most %llu spinning / %llu blocking round trips and %llu "
+                        "ms per cell, %llu ms per throughput\n  cell, a %s file: indicative "
+                        "figures; run without --quick for the real ones.\n",
+                        (unsigned long long)o->rtt_spin_n, (unsigned long long)o->rtt_block_n,
+                        (unsigned long long)o->rtt_ms, (unsigned long long)o->tput_ms, sz);
+        fprintf(f,
+                "server: %u worker(s), %llu MiB segment, blocks 2^%u..2^%u, ring depth 128; "
+                "spinning: spin=2^30 on\n  both sides (nobody sleeps); blocking: spin=1 (both "
+                "sleep on futexes). Receivers read every byte.\n  OS peers carry 1 byte for a "
+                "0-byte round trip. Nothing is pinned.\n",
+                o->workers, (unsigned long long)(o->seg_bytes >> 20), o->min_shift, o->max_shift);
+        fprintf(f,
+                "load: other processes used %.0f%% of the CPUs during the run, the hypervisor "
+                "stole %.0f%%%s\n",
+                run->foreign * 100, run->steal * 100,
+                run->foreign > 0.05 ? " -- the machine was NOT idle: figures are noisy, compare "
+                                      "ratios, rerun"
+                                    : "");
+        print_rtt(run, f);
+        print_tput(run, f);
+        print_xfer(run, f);
+        print_misc(run, f);
+        print_targets(run, f);
+        int busy = 0;
+        for (int i = 0; i < run->n; i++)
+                if (run->r[i].foreign > 0.10)
+                        busy++;
+        if (busy) {
+                fprintf(f,
+                        "\nCELLS MEASURED WHILE OTHER PROCESSES USED > 10%% OF THE CPUs (%d; "
+                        "treat with suspicion)\n ",
+                        busy);
+                int col = 1;
+                for (int i = 0; i < run->n; i++)
+                        if (run->r[i].foreign > 0.10) {
+                                char item[140];
+                                int w = snprintf(item, sizeof(item), " %s (%.0f%%)", run->r[i].name,
+                                                 run->r[i].foreign * 100);
+                                if (col + w > 100) {
+                                        fprintf(f, "\n ");
+                                        col = 1;
+                                }
+                                fputs(item, f);
+                                col += w;
+                        }
+                fprintf(f, "\n");
+        }
+        int bad = 0;
+        for (int i = 0; i < run->n; i++)
+                if (run->r[i].status == EB_FAIL)
+                        bad++;
+        if (bad) {
+                fprintf(f, "\nFAILED CELLS (%d)\n", bad);
+                for (int i = 0; i < run->n; i++)
+                        if (run->r[i].status == EB_FAIL)
+                                fprintf(f, "  %s: %s\n", run->r[i].name, run->r[i].reason);
+        }
+}
