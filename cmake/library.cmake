@@ -25,7 +25,8 @@ endif()
 add_library(shmengine SHARED ${ENG_LIB_OBJECTS})
 set_target_properties(shmengine PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${ENG_SOVERSION}
                                            EXPORT_NAME shmengine)
-target_link_libraries(shmengine PRIVATE PkgConfig::CK PkgConfig::XXHASH Threads::Threads rt)
+# ck is used through its headers only (inline atomics, ck_ring): neither library links it.
+target_link_libraries(shmengine PRIVATE PkgConfig::XXHASH Threads::Threads rt)
 target_link_options(shmengine PRIVATE -Wl,--no-undefined)
 target_include_directories(shmengine INTERFACE $<BUILD_INTERFACE:${ENG_BUILD_INCLUDE}>
                                                $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
@@ -37,7 +38,7 @@ add_library(shmengine::shmengine ALIAS shmengine)
 # offers only eng_ names.
 add_library(shmengine_static STATIC ${ENG_LIB_OBJECTS})
 set_target_properties(shmengine_static PROPERTIES OUTPUT_NAME shmengine EXPORT_NAME static)
-target_link_libraries(shmengine_static PRIVATE PkgConfig::CK PkgConfig::XXHASH Threads::Threads rt)
+target_link_libraries(shmengine_static PRIVATE PkgConfig::XXHASH Threads::Threads rt)
 target_include_directories(shmengine_static
   INTERFACE $<BUILD_INTERFACE:${ENG_BUILD_INCLUDE}> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 add_custom_command(TARGET shmengine_static POST_BUILD

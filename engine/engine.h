@@ -13,7 +13,9 @@
  *   -ETIMEDOUT  a blocking call ran out of time
  *   -EPIPE      the peer is gone or the stream was ended
  *   -EINTR      the client's interrupt flag was set while waiting
- * eng_strerror() gives the text of any of them.
+ * eng_strerror() gives the text of any of them; eng_errmsg() says more about the last failure.
+ *
+ * Timeouts: a blocking call's timeout_ms < 0 means the client's default (cfg.timeout_ms).
  */
 #ifndef ENG_ENGINE_H
 #define ENG_ENGINE_H
@@ -159,7 +161,10 @@ ENG_API int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng
  * the process exit). */
 ENG_API void eng_client_detach(eng_client_t *c);
 
-/* Open a stream: waits (up to timeout_ms) for the bootstrap lock and a record on offer. */
+/* Open a stream: waits (up to timeout_ms) for the bootstrap lock and a record on offer.
+ * The server's on_open hook runs after this returns: a stream it refuses still opens here (0),
+ * and the refusal reaches the client as the error of its next call on the stream (the hook's
+ * error, or -EPIPE), after which the stream must still be closed or aborted. */
 ENG_API int eng_stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out);
 /* The same without waiting: -EAGAIN if the bootstrap lock is held or no record is on offer
  * right now (the segment may be full: try again after a stream of yours has closed). */
@@ -171,10 +176,13 @@ ENG_API int eng_stream_open_timed(eng_client_t *c, uint32_t user_id, int timeout
 /* The most records the segment can hold (streams and sessions, of every client). */
 ENG_API uint32_t eng_client_max_records(const eng_client_t *c);
 /* Orderly close: tells the server, waits for its acknowledgement (dropping replies still in
- * flight), then gives the record back. Every loan of the stream is invalid afterwards. */
+ * flight), then gives the record back. Every loan of the stream is invalid afterwards. The
+ * handle is freed whatever the result (an error only says the handshake did not complete):
+ * never use s again, not even to abort it. */
 ENG_API int eng_stream_close(eng_stream_t *s);
 /* Give the stream up at once, without the close handshake: the server sees the client is
- * done with it, tells its hooks the stream was aborted and reclaims everything it owns. */
+ * done with it, tells its hooks the stream was aborted and reclaims everything it owns. The
+ * handle is freed whatever the result. */
 ENG_API int eng_stream_abort(eng_stream_t *s);
 ENG_API uint32_t eng_stream_index(const eng_stream_t *s);
 /* The largest buffer a loan can ever return in this segment. */
@@ -216,7 +224,8 @@ ENG_API const char *eng_version(void);
 ENG_API unsigned eng_version_number(void);
 /* CLOCK_MONOTONIC in nanoseconds: the clock every timeout of the engine is measured with. */
 ENG_API uint64_t eng_now_ns(void);
-/* A message with context for the last failure of an engine call in this thread ("" if none). */
+/* A message with context for the last failure of an engine call in this thread ("" if none).
+ * A call that succeeds does not clear it: read it right after a call that failed. */
 ENG_API const char *eng_errmsg(void);
 
 #endif
