@@ -66,13 +66,6 @@ static void report(const eng_xfer_result_t *r, void *ctx)
         __atomic_fetch_add(r->err == 0 ? &files_ok : &files_failed, 1, __ATOMIC_RELAXED);
 }
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void pause_us(long us)
 {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = us * 1000L};
@@ -145,7 +138,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                 die("seg_attach", rc);
         atexit(teardown);
         /* Our session must be accepted before streams refer to it. */
-        uint64_t end = now_ns() + HUNG_NS;
+        uint64_t end = eng_now_ns() + HUNG_NS;
         for (;;) {
                 for (uint32_t i = 0; i < sg.max_streams; i++) {
                         struct eng_rec *r = seg_rec(&sg, i);
@@ -155,7 +148,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                             eng_load_acquire_u32(&r->state) == ST_OPEN)
                                 return 0;
                 }
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         die("session not accepted", -ETIMEDOUT);
                 pause_us(200);
         }
@@ -189,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const uint8_t *tail = data + 2 + n * sizeof(struct eng_desc);
         size_t tlen = size - 2 - n * sizeof(struct eng_desc);
 
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         eng_stream_t *st;
         int rc = eng_stream_open(cli, 1, &st);
         if (rc != 0)
@@ -261,8 +254,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sched_stream(&sg, r, idx);
 
         /* Until the server drained the ring or ended the stream (bounded). */
-        uint64_t end = now_ns() + WAIT_NS;
-        while (now_ns() < end) {
+        uint64_t end = eng_now_ns() + WAIT_NS;
+        while (eng_now_ns() < end) {
                 drain_replies(st);
                 if (eng_load_acquire_u32(&r->state) == ST_ENDED)
                         break;
@@ -276,9 +269,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* Abandon the stream (our last touch) and let the server finalise it. */
         uint64_t closes = eng_load_relaxed_u64(&sg.hdr->closes);
         eng_stream_abort(st);
-        end = now_ns() + HUNG_NS;
+        end = eng_now_ns() + HUNG_NS;
         while (eng_load_relaxed_u64(&sg.hdr->closes) == closes) {
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         die("the server did not finalise an abandoned stream", -ETIMEDOUT);
                 pause_us(20);
         }

@@ -335,19 +335,12 @@ void eng_xfer_send_free(eng_xfer_send_t *x)
         free(x);
 }
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int eng_ping(eng_stream_t *st, uint32_t n, uint32_t payload, uint64_t *rtt_ns, int timeout_ms)
 {
         for (uint32_t i = 0; i < n; i++) {
                 uint64_t off = 0;
                 void *p = NULL;
-                uint64_t t0 = now_ns();
+                uint64_t t0 = eng_now_ns();
                 if (payload > 0) {
                         int rc = eng_stream_loan(st, payload, &p, &off, timeout_ms);
                         if (rc != 0)
@@ -367,7 +360,7 @@ int eng_ping(eng_stream_t *st, uint32_t n, uint32_t payload, uint64_t *rtt_ns, i
                 eng_stream_release(st, &m);
                 if (!ok)
                         return -EPROTO;
-                rtt_ns[i] = now_ns() - t0;
+                rtt_ns[i] = eng_now_ns() - t0;
         }
         return 0;
 }

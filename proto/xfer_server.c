@@ -52,13 +52,6 @@ struct rx {
         eng_xfer_result_t res;
 };
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static int mkdir_p(const char *path)
 {
         char buf[4096];
@@ -278,7 +271,7 @@ static void rx_finish(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, int 
         r->open = false;
         r->failed = err != 0;
         name_drop(x, r->name);
-        r->res.ns = now_ns() - r->t0;
+        r->res.ns = eng_now_ns() - r->t0;
         char msg[1024];
         if (err != 0)
                 xfer_reason(msg, sizeof(msg), why, err, ": ", "");
@@ -355,7 +348,7 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
         r->res.stream_id = eng_sstream_id(s);
         r->res.pid = eng_sstream_pid(s);
         r->res.size = m->arg;
-        r->t0 = now_ns();
+        r->t0 = eng_now_ns();
         /* The name lives in shared memory, where the client can still change it: copy it
          * once into our own memory and check and use only the copy. */
         char name[4096];

@@ -26,13 +26,6 @@ static inline eng_transport_t test_transport(void)
         return t && strcmp(t, "mutex") == 0 ? ENG_TRANSPORT_MUTEX : ENG_TRANSPORT_LOCKFREE;
 }
 
-static inline uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static inline void sleep_ms(int ms)
 {
         struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000l};

@@ -151,13 +151,6 @@ static volatile sig_atomic_t g_faults, g_stop;
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void sleep_us(uint64_t us)
 {
         struct timespec ts = {.tv_sec = (time_t)(us / 1000000),
@@ -296,7 +289,7 @@ static struct eng_rec *any_rec(uint32_t *idx)
  */
 static void census(void)
 {
-        uint64_t now = now_ns();
+        uint64_t now = eng_now_ns();
         if (now - R.census_ns < CENSUS_NS)
                 return;
         R.census_ns = now;
@@ -500,7 +493,7 @@ static void hit_header(unsigned n)
 
 static void claims_expire(bool all)
 {
-        uint64_t now = now_ns();
+        uint64_t now = eng_now_ns();
         for (int i = 0; i < CLAIMS_MAX; i++) {
                 struct held_claim *c = &R.claims[i];
                 if (c->until_ns != 0 && (all || now >= c->until_ns)) {
@@ -517,7 +510,7 @@ static void claim_keep(uint32_t idx, uint64_t guid0)
                         R.claims[i] =
                             (struct held_claim){.idx = idx,
                                                 .guid0 = guid0,
-                                                .until_ns = now_ns() + below(500) * 1000000ull};
+                                                .until_ns = eng_now_ns() + below(500) * 1000000ull};
                         return;
                 }
         }
@@ -1415,8 +1408,8 @@ int main(int argc, char **argv)
         struct sigaction bus = {.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO};
         sigaction(SIGBUS, &bus, &g_prev_bus);
 
-        uint64_t t0 = now_ns(), end = t0 + seconds * 1000000000ull;
-        while (!g_stop && now_ns() < end) {
+        uint64_t t0 = eng_now_ns(), end = t0 + seconds * 1000000000ull;
+        while (!g_stop && eng_now_ns() < end) {
                 enum cat c = pick_cat();
                 unsigned n = 1 + below(MAX_BURST);
                 switch (c) {
@@ -1464,7 +1457,7 @@ int main(int argc, char **argv)
                 char line[1024];
                 int k = snprintf(line, sizeof(line),
                                  "engine-rogue: seed %llu, %.1f s, %llu bursts, %llu writes:",
-                                 (unsigned long long)seed, (double)(now_ns() - t0) / 1e9,
+                                 (unsigned long long)seed, (double)(eng_now_ns() - t0) / 1e9,
                                  (unsigned long long)R.bursts, (unsigned long long)total);
                 for (int c = 0; c < NCAT && k > 0 && (size_t)k < sizeof(line); c++)
                         if (R.enabled[c])

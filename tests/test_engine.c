@@ -161,7 +161,7 @@ static eng_stream_t *open_stream(eng_client_t *c, uint32_t user_id)
 /* The server's on_close for user_id, waiting up to ms; 0 if none (err 0 is reported as 1). */
 static int close_err_of(uint32_t user_id, int ms)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         do {
                 uint32_t n = __atomic_load_n(&H.nclose, __ATOMIC_ACQUIRE);
                 for (uint32_t i = 0; i < n && i < MAX_CLOSES; i++) {
@@ -170,7 +170,7 @@ static int close_err_of(uint32_t user_id, int ms)
                                 return e;
                 }
                 sleep_ms(1);
-        } while (now_ns() < end);
+        } while (eng_now_ns() < end);
         return 0;
 }
 
@@ -187,12 +187,12 @@ static void arena_stats(const char *name, eng_arena_stats_t *st)
 /* Wait until rec_used == recs and no buffer block is in use. */
 static bool arena_settles(const char *name, uint64_t recs, int ms, eng_arena_stats_t *st)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         for (;;) {
                 arena_stats(name, st);
                 if (st->rec_used == recs && st->buf_used_blocks == 0)
                         return true;
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         return false;
                 sleep_ms(2);
         }
@@ -466,9 +466,9 @@ Test(engine, back_to_back_open_close_is_never_lost, .timeout = 120)
         for (int i = 0; i < rounds && lost < 3; i++) {
                 eng_stream_t *s = NULL;
                 cr_assert_eq(eng_stream_open(c, 1000 + (uint32_t)i, &s), 0);
-                uint64_t t0 = now_ns();
+                uint64_t t0 = eng_now_ns();
                 int rc = eng_stream_close(s);
-                uint64_t dt = now_ns() - t0;
+                uint64_t dt = eng_now_ns() - t0;
                 worst = dt > worst ? dt : worst;
                 if (rc != 0) {
                         if (lost++ == 0)
@@ -631,9 +631,9 @@ Test(engine, forged_foreign_buffer_ends_stream_with_eproto)
 
 static void wait_held(uint32_t n)
 {
-        uint64_t end = now_ns() + 2000000000ull;
+        uint64_t end = eng_now_ns() + 2000000000ull;
         while (__atomic_load_n(&H.held, __ATOMIC_ACQUIRE) < n) {
-                cr_assert_lt(now_ns(), end, "the hook never started holding");
+                cr_assert_lt(eng_now_ns(), end, "the hook never started holding");
                 sleep_ms(1);
         }
 }
@@ -668,20 +668,20 @@ Test(engine, stream_accepted_before_its_session_is_not_refused)
          * new record on offer after each claim, so wait for that before counting, or the
          * offer made after g's claim would hide z's freed record. */
         eng_arena_stats_t st;
-        uint64_t end = now_ns() + 2000000000ull;
+        uint64_t end = eng_now_ns() + 2000000000ull;
         do {
                 sleep_ms(1);
                 arena_stats(name, &st);
-        } while (st.rec_used != 4 && now_ns() < end);
+        } while (st.rec_used != 4 && eng_now_ns() < end);
         cr_assert_eq(st.rec_used, 4, "session + 2 streams + offer, yet %llu records in use",
                      (unsigned long long)st.rec_used);
         uint32_t zi = eng_stream_index(z);
         cr_assert_eq(eng_stream_close(z), 0);
-        end = now_ns() + 2000000000ull;
+        end = eng_now_ns() + 2000000000ull;
         do {
                 sleep_ms(1);
                 arena_stats(name, &st);
-        } while (st.rec_used != 3 && now_ns() < end);
+        } while (st.rec_used != 3 && eng_now_ns() < end);
         cr_assert_eq(st.rec_used, 3,
                      "the closed stream's record was not freed (%llu records in use, 4 before "
                      "the close)",
@@ -727,9 +727,9 @@ static void backpressure_body(const char *tag)
         cr_assert_eq(rc, -EAGAIN, "full ring: %s", eng_strerror(rc));
         cr_assert_eq(accepted, depth - 1, "a ring of %u holds %u, accepted %u", depth, depth - 1,
                      accepted);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         rc = eng_stream_send(s, CMD_ECHO, 999, 0, 0, 150);
-        uint64_t dt = (now_ns() - t0) / 1000000;
+        uint64_t dt = (eng_now_ns() - t0) / 1000000;
         cr_assert_eq(rc, -ETIMEDOUT, "blocking send on a full ring: %s", eng_strerror(rc));
         cr_assert(dt >= 140 && dt < 1000, "send timed out after %llu ms (asked 150)",
                   (unsigned long long)dt);
@@ -753,9 +753,9 @@ static void backpressure_body(const char *tag)
         cr_assert_eq(eng_stream_try_send(s, CMD_ECHO, 0, 0, 0), -EAGAIN);
         pthread_t th;
         pthread_create(&th, NULL, open_gate_later, (void *)(intptr_t)100);
-        t0 = now_ns();
+        t0 = eng_now_ns();
         rc = eng_stream_send(s, CMD_ECHO, depth, 0, 0, 5000);
-        dt = (now_ns() - t0) / 1000000;
+        dt = (eng_now_ns() - t0) / 1000000;
         pthread_join(th, NULL);
         cr_assert_eq(rc, 0, "send after the server made room: %s", eng_strerror(rc));
         cr_assert(dt >= 80 && dt < 1000, "blocked send returned after %llu ms",
@@ -802,9 +802,9 @@ Test(engine, client_that_never_reads_can_still_close)
         cr_assert_geq(sent, depth - 1);
         int rc = eng_stream_send(s, CMD_ECHO, 0, 0, 0, 100);
         cr_assert_eq(rc, -ETIMEDOUT, "%s", eng_strerror(rc));
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         rc = eng_stream_close(s);
-        uint64_t dt = (now_ns() - t0) / 1000000;
+        uint64_t dt = (eng_now_ns() - t0) / 1000000;
         cr_assert_eq(rc, 0,
                      "close after %u sends, unread replies, a full request ring: %s after %llu ms",
                      sent, eng_strerror(rc), (unsigned long long)dt);
@@ -866,8 +866,8 @@ static void busy_stream_body(uint16_t hog_cmd)
                 _exit(hog_child(name, rep, hog_cmd));
         eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
         open_gate(gate);
-        uint64_t end = now_ns() + 5000000000ull;
-        while (!__atomic_load_n(&rep->ready, __ATOMIC_ACQUIRE) && now_ns() < end)
+        uint64_t end = eng_now_ns() + 5000000000ull;
+        while (!__atomic_load_n(&rep->ready, __ATOMIC_ACQUIRE) && eng_now_ns() < end)
                 sleep_ms(1);
         sleep_ms(50);
         eng_client_t *c = attach(name);
@@ -875,14 +875,14 @@ static void busy_stream_body(uint16_t hog_cmd)
         int done = 0, rc = 0;
         uint64_t worst = 0;
         uint64_t hog_before = __atomic_load_n(&rep->msgs, __ATOMIC_RELAXED);
-        uint64_t until = now_ns() + 300000000ull; /* 300 ms of round trips */
-        for (; now_ns() < until; done++) {
+        uint64_t until = eng_now_ns() + 300000000ull; /* 300 ms of round trips */
+        for (; eng_now_ns() < until; done++) {
                 eng_msg_t m;
-                uint64_t t0 = now_ns();
+                uint64_t t0 = eng_now_ns();
                 rc = eng_stream_send(s, CMD_ECHO, (uint64_t)done, 0, 0, 1000);
                 if (rc == 0)
                         rc = eng_stream_recv(s, &m, 1000);
-                uint64_t dt = now_ns() - t0;
+                uint64_t dt = eng_now_ns() - t0;
                 worst = dt > worst ? dt : worst;
                 if (rc != 0)
                         break;
@@ -927,9 +927,9 @@ Test(engine, client_wait_returns_at_its_timeout_even_with_a_huge_spin)
         eng_client_cfg_t cfg = {.spin = 1u << 30};
         cr_assert_eq(eng_client_attach(name, &cfg, &c), 0, "%s", eng_errmsg());
         uint32_t tk = eng_client_ticket(c);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         int rc = eng_client_wait(c, tk, 100);
-        uint64_t ms = (now_ns() - t0) / 1000000;
+        uint64_t ms = (eng_now_ns() - t0) / 1000000;
         cr_assert_eq(rc, -ETIMEDOUT, "%s", eng_strerror(rc));
         cr_assert_lt(ms, 1000, "a 100 ms wait took %llu ms", (unsigned long long)ms);
         eng_client_detach(c);
@@ -962,9 +962,9 @@ Test(engine, client_refused_a_loan_at_a_shut_gate_is_woken_when_it_opens)
                         eng_stream_unloan(s, off);
         }
         cr_assert_eq(refused, -EAGAIN, "a loan at a shut gate: %s", eng_strerror(refused));
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         int rc = eng_client_wait(c, tk, 5000);
-        uint64_t ms = (now_ns() - t0) / 1000000;
+        uint64_t ms = (eng_now_ns() - t0) / 1000000;
         cr_assert_eq(rc, 0, "not woken when the server opened the gate: %s after %llu ms",
                      eng_strerror(rc), (unsigned long long)ms);
         cr_assert_lt(ms, 1000, "woken after %llu ms", (unsigned long long)ms);
@@ -1004,9 +1004,9 @@ Test(engine, loan_waits_for_space_then_succeeds_after_frees)
         else
                 cr_assert_eq(rc, -EAGAIN, "a small loan on a full arena: %s", eng_strerror(rc));
 
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         rc = eng_stream_loan(s, big, &p, &small, 150);
-        uint64_t dt = (now_ns() - t0) / 1000000;
+        uint64_t dt = (eng_now_ns() - t0) / 1000000;
         cr_assert_eq(rc, -ETIMEDOUT, "loan on a full arena: %s", eng_strerror(rc));
         cr_assert(dt >= 140 && dt < 1000, "loan timed out after %llu ms", (unsigned long long)dt);
 
@@ -1025,9 +1025,9 @@ Test(engine, loan_waits_for_space_then_succeeds_after_frees)
         cr_assert_eq(eng_stream_try_loan(s, big, &p, &small), -EAGAIN);
         pthread_t th;
         pthread_create(&th, NULL, open_gate_later, (void *)(intptr_t)100);
-        t0 = now_ns();
+        t0 = eng_now_ns();
         rc = eng_stream_loan(s, big, &p, &offs[n], 5000);
-        dt = (now_ns() - t0) / 1000000;
+        dt = (eng_now_ns() - t0) / 1000000;
         pthread_join(th, NULL);
         cr_assert_eq(rc, 0, "waiting loan: %s", eng_strerror(rc));
         cr_assert(dt >= 80 && dt < 1000, "waiting loan returned after %llu ms",
@@ -1131,8 +1131,8 @@ Test(engine, servers_starting_together_on_one_name_leave_exactly_one, .timeout =
                 }
                 for (int i = 0; i < N; i++)
                         open_gate(gate[i]);
-                uint64_t end = now_ns() + 20000000000ull;
-                while (__atomic_load_n(&R->done, __ATOMIC_ACQUIRE) < N && now_ns() < end)
+                uint64_t end = eng_now_ns() + 20000000000ull;
+                while (__atomic_load_n(&R->done, __ATOMIC_ACQUIRE) < N && eng_now_ns() < end)
                         sleep_ms(1);
                 int winners = 0, winner = -1;
                 for (int i = 0; i < N; i++) {
@@ -1184,10 +1184,10 @@ Test(engine, scribbled_header_does_not_let_a_second_server_take_a_live_name)
         cr_assert_not_null(strstr(eng_errmsg(), "live server"), "%s", eng_errmsg());
         /* Still the same object under the name, and the server puts its words back itself
          * (its control thread, every 50 ms). */
-        uint64_t end = now_ns() + 1000000000ull;
+        uint64_t end = eng_now_ns() + 1000000000ull;
         while ((eng_load_acquire_u32(&sg.hdr->magic) != saved.magic ||
                 sg.hdr->state != saved.state || sg.hdr->server_pid != saved.server_pid) &&
-               now_ns() < end)
+               eng_now_ns() < end)
                 sleep_ms(2);
         cr_assert_eq(sg.hdr->magic, saved.magic, "magic not restored within 1 s");
         cr_assert_eq(sg.hdr->state, saved.state, "state not restored within 1 s");
@@ -1267,10 +1267,10 @@ Test(engine, attach_to_dead_servers_segment_is_refused_and_name_reusable)
         }
         cr_assert_eq(wait_child(pid), 0);
         eng_client_t *c = NULL;
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         int rc = eng_client_attach(name, NULL, &c);
         cr_assert_eq(rc, -ECONNREFUSED, "attach to a dead server's segment: %s", eng_strerror(rc));
-        cr_assert_lt(now_ns() - t0, 1000000000ull, "refusal took more than a second");
+        cr_assert_lt(eng_now_ns() - t0, 1000000000ull, "refusal took more than a second");
         /* A new server replaces the stale segment. */
         eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
         c = attach(name);
@@ -1415,7 +1415,7 @@ static int stop_child(const char *name, enum stop_mode mode, struct stop_report 
                                 break;
                 }
         }
-        rep->t_ret = now_ns();
+        rep->t_ret = eng_now_ns();
         rep->rc = rc;
         return 0;
 }
@@ -1431,11 +1431,11 @@ static void stop_while_blocked(const char *tag, enum stop_mode mode)
                 _exit(stop_child(name, mode, rep));
         eng_server_t *srv = start_server(name, 8 << 20, 0, 2);
         open_gate(gate);
-        uint64_t end = now_ns() + 5000000000ull;
-        while (!__atomic_load_n(&rep->ready, __ATOMIC_ACQUIRE) && now_ns() < end)
+        uint64_t end = eng_now_ns() + 5000000000ull;
+        while (!__atomic_load_n(&rep->ready, __ATOMIC_ACQUIRE) && eng_now_ns() < end)
                 sleep_ms(1);
         sleep_ms(200); /* let the child go to sleep in its wait */
-        rep->t_stop = now_ns();
+        rep->t_stop = eng_now_ns();
         eng_server_stop(srv);
         int code = wait_child(pid);
         cr_assert_eq(code, 0, "%s: child failed with %d", tag, code);
@@ -1481,16 +1481,16 @@ static void call_after_stop(const char *tag, enum after_call what)
         cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
-        uint64_t end = now_ns() + 2000000000ull;
+        uint64_t end = eng_now_ns() + 2000000000ull;
         while (offer_state_of(eng_load_acquire_u32(&sg.hdr->offer_state)) != OFFER_UP &&
-               now_ns() < end)
+               eng_now_ns() < end)
                 sleep_ms(1);
         seg_unmap(&sg);
         eng_server_stop(srv);
         cr_assert_eq(eng_client_check_server(c), -EPIPE);
         eng_stream_t *s2 = NULL;
         int rc = 0;
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         switch (what) {
         case AFTER_SEND:
                 rc = eng_stream_send(s, CMD_ECHO, 0, 0, 0, 5000);
@@ -1502,7 +1502,7 @@ static void call_after_stop(const char *tag, enum after_call what)
                 rc = eng_stream_open(c, 2, &s2);
                 break;
         }
-        uint64_t dt = (now_ns() - t0) / 1000000;
+        uint64_t dt = (eng_now_ns() - t0) / 1000000;
         if (s2 != NULL)
                 eng_stream_close(s2);
         eng_stream_close(s);

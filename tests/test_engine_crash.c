@@ -32,14 +32,14 @@ TestSuite(crash, .timeout = 120);
 /* Waits for a child's flag; fails at once, saying how, if the child ended instead. */
 static void wait_flag(const uint32_t *flag, pid_t child, int ms, const char *what)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
                 int st;
                 if (waitpid(child, &st, WNOHANG) == child)
                         cr_assert_fail("%s: the child ended first (%s %d)", what,
                                        WIFEXITED(st) ? "exit code" : "signal",
                                        WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         cr_assert_fail("%s: still waiting after %d ms", what, ms);
                 sleep_ms(1);
         }
@@ -82,7 +82,7 @@ static void h_close(eng_sstream_t *s, int err, void *ctx)
         uint32_t i = __atomic_fetch_add(&H.nclose, 1, __ATOMIC_ACQ_REL);
         if (i < MAX_CLOSES) {
                 H.closes[i].user_id = eng_sstream_id(s);
-                H.closes[i].t = now_ns();
+                H.closes[i].t = eng_now_ns();
                 __atomic_store_n(&H.closes[i].err, err == 0 ? 1 : err, __ATOMIC_RELEASE);
         }
 }
@@ -99,7 +99,7 @@ static void h_event(const char *msg, void *ctx)
 /* on_close of user_id: its err (0 reported as 1) and time; 0 if not seen within ms. */
 static int close_of(uint32_t user_id, int ms, uint64_t *t)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         do {
                 uint32_t n = __atomic_load_n(&H.nclose, __ATOMIC_ACQUIRE);
                 for (uint32_t i = 0; i < n && i < MAX_CLOSES; i++) {
@@ -111,7 +111,7 @@ static int close_of(uint32_t user_id, int ms, uint64_t *t)
                         }
                 }
                 sleep_ms(1);
-        } while (now_ns() < end);
+        } while (eng_now_ns() < end);
         return 0;
 }
 
@@ -140,12 +140,12 @@ static void stats_of(const char *name, eng_arena_stats_t *st)
 
 static bool settles(const char *name, uint64_t recs, uint64_t blocks, int ms, eng_arena_stats_t *st)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         for (;;) {
                 stats_of(name, st);
                 if (st->rec_used == recs && st->buf_used_blocks == blocks)
                         return true;
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         return false;
                 sleep_ms(2);
         }
@@ -154,16 +154,16 @@ static bool settles(const char *name, uint64_t recs, uint64_t blocks, int ms, en
 /* attach + open + one echo + close + detach, all within ms; returns the time taken. */
 static uint64_t use_server(const char *name, int ms)
 {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         eng_client_cfg_t cfg = {.timeout_ms = (uint32_t)ms};
         eng_client_t *c = NULL;
         int rc = eng_client_attach(name, &cfg, &c);
         cr_assert_eq(rc, 0, "attach: %s (%s) after %llu ms", eng_strerror(rc), eng_errmsg(),
-                     (unsigned long long)((now_ns() - t0) / 1000000));
+                     (unsigned long long)((eng_now_ns() - t0) / 1000000));
         eng_stream_t *s = NULL;
         rc = eng_stream_open(c, 1, &s);
         cr_assert_eq(rc, 0, "open: %s (%s) after %llu ms", eng_strerror(rc), eng_errmsg(),
-                     (unsigned long long)((now_ns() - t0) / 1000000));
+                     (unsigned long long)((eng_now_ns() - t0) / 1000000));
         cr_assert_eq(eng_stream_send(s, CMD_ECHO, 5, 0, 0, ms), 0);
         eng_msg_t m;
         rc = eng_stream_recv(s, &m, ms);
@@ -171,7 +171,7 @@ static uint64_t use_server(const char *name, int ms)
         cr_assert_eq(m.arg, 1005);
         cr_assert_eq(eng_stream_close(s), 0);
         eng_client_detach(c);
-        return (now_ns() - t0) / 1000000;
+        return (eng_now_ns() - t0) / 1000000;
 }
 
 /* ---- the bootstrap lock -------------------------------------------------------------- */
@@ -204,7 +204,7 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
         if (claim == CLAIM_STREAM) {
                 /* The scenario needs the session accepted (OPEN): poll for it, bounded. */
                 bool found = false;
-                for (uint64_t end = now_ns() + 5000000000ull; !found && now_ns() < end;) {
+                for (uint64_t end = eng_now_ns() + 5000000000ull; !found && eng_now_ns() < end;) {
                         for (uint32_t i = 0;
                              i < eng_arena_rec_slots(&sg.arena) && i < sg.max_streams; i++) {
                                 struct eng_rec *r = seg_rec(&sg, i);
@@ -223,7 +223,7 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
         /* Like take_offer: the server may not have put the next record on offer yet (it
          * re-offers from its control thread after the session's claim), so wait for one. */
         struct eng_rec *r = NULL;
-        for (uint64_t end = now_ns() + 5000000000ull;;) {
+        for (uint64_t end = eng_now_ns() + 5000000000ull;;) {
                 rep->lock_rc = seg_boot_lock(&sg, end, NULL, NULL);
                 if (rep->lock_rc != 0)
                         return 11;
@@ -234,7 +234,7 @@ static int boot_holder(const char *name, enum claim claim, struct boot_report *r
                     eng_load_acquire_u32(&r->state) == ST_OFFERED)
                         break;
                 seg_boot_unlock(&sg);
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         return 12;
                 usleep(1000);
         }
@@ -295,7 +295,7 @@ static void dead_boot_holder(const char *tag, enum claim claim)
          * (it did not wait for the holder). What must change is the offer the child took. */
         uint64_t guid0 = rep->guid[0], guid1 = rep->guid[1];
         kill_and_reap(pid);
-        uint64_t t_kill = now_ns();
+        uint64_t t_kill = eng_now_ns();
 
         /* With no other client coming, within 1 s: the lock is free (the kernel let go of it
          * with the process), whatever the dead holder claimed is reclaimed, a fresh record is
@@ -305,7 +305,7 @@ static void dead_boot_holder(const char *tag, enum claim claim)
         uint32_t ev = 0;
         uint32_t want_ev = claim == CLAIM_NOTHING ? 0 : 1;
         do {
-                if (now_ns() - t_kill > 1000000000ull)
+                if (eng_now_ns() - t_kill > 1000000000ull)
                         break;
                 sleep_ms(2);
                 /* A claimed offer is spent: the record is reclaimed and a new GUID offered (the
@@ -339,7 +339,7 @@ static void dead_boot_holder(const char *tag, enum claim claim)
                 cr_assert_eq(eb + ex, want_ev, "%s: the reclaim was logged %u times (want %u)", tag,
                              eb + ex, want_ev);
         cr_log_info("%s: reclaimed %.0f ms after the kill, without another client", tag,
-                    (double)(now_ns() - t_kill) / 1e6);
+                    (double)(eng_now_ns() - t_kill) / 1e6);
         trc = seg_boot_trylock(&sg);
         if (trc == 0)
                 seg_boot_unlock(&sg);
@@ -388,9 +388,9 @@ Test(crash, client_waiting_on_a_held_bootstrap_mutex_gives_up_at_its_deadline)
         eng_server_t *srv = boot_holder_up(name, CLAIM_NOTHING, &base, &pid, &rep);
         eng_client_cfg_t cfg = {.timeout_ms = 300};
         eng_client_t *c = NULL;
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         int rc = eng_client_attach(name, &cfg, &c);
-        double ms = (double)(now_ns() - t0) / 1e6;
+        double ms = (double)(eng_now_ns() - t0) / 1e6;
         cr_log_info("attach while a live process holds the mutex: %s after %.0f ms (%s)",
                     eng_strerror(rc), ms, eng_errmsg());
         cr_assert_eq(rc, -ETIMEDOUT, "attach: %s (%s)", eng_strerror(rc), eng_errmsg());
@@ -449,7 +449,7 @@ Test(crash, client_of_an_old_epoch_cannot_touch_the_new_segment)
         uint64_t new_epoch = nsg.hdr->epoch;
 
         /* The old client is told the server is gone, at once. */
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         /* (a send with room in the ring may land in the dead segment; the answer never comes) */
         int rc = eng_stream_send(s, CMD_ECHO, 1, 0, 0, 5000);
         cr_assert(rc == 0 || rc == -EPIPE, "send: %s", eng_strerror(rc));
@@ -458,7 +458,7 @@ Test(crash, client_of_an_old_epoch_cannot_touch_the_new_segment)
         cr_assert_eq(rc, -EPIPE, "recv: %s", eng_strerror(rc));
         eng_stream_t *s2 = NULL;
         cr_assert_eq(eng_stream_open(old, 2, &s2), -EPIPE);
-        cr_assert_lt(now_ns() - t0, 1000000000ull);
+        cr_assert_lt(eng_now_ns() - t0, 1000000000ull);
         eng_stream_abort(s);
         eng_client_detach(old);
         /* And a hostile process of that epoch writes garbage over all it has. */
@@ -526,7 +526,7 @@ static void *survivor_main(void *arg)
 {
         struct survivor *v = arg;
         while (!__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE)) {
-                uint64_t t0 = now_ns();
+                uint64_t t0 = eng_now_ns();
                 eng_msg_t m;
                 int rc = eng_stream_send(v->s, CMD_ECHO, v->rounds, 0, 0, 5000);
                 if (rc == 0)
@@ -537,7 +537,7 @@ static void *survivor_main(void *arg)
                         v->err = rc;
                         break;
                 }
-                uint64_t dt = now_ns() - t0;
+                uint64_t dt = eng_now_ns() - t0;
                 if (dt > v->worst_ns)
                         v->worst_ns = dt;
                 v->rounds++;
@@ -571,9 +571,9 @@ Test(crash, client_killed_mid_stream_is_reaped_and_others_keep_going)
         open_gate(gate);
         wait_flag(&rep->ready, pid, 10000, "the victim getting ready");
         /* All its messages handled (replies wait unread in its rings). */
-        uint64_t end = now_ns() + 2000000000ull;
+        uint64_t end = eng_now_ns() + 2000000000ull;
         while (__atomic_load_n(&H.msgs, __ATOMIC_ACQUIRE) < 1 + 2 * VICTIM_STREAMS &&
-               now_ns() < end)
+               eng_now_ns() < end)
                 sleep_ms(1);
         /* The control thread re-offers after each claim: let the counts settle. */
         eng_arena_stats_t mid;
@@ -588,7 +588,7 @@ Test(crash, client_killed_mid_stream_is_reaped_and_others_keep_going)
         pthread_t th;
         cr_assert_eq(pthread_create(&th, NULL, survivor_main, &sv), 0);
         sleep_ms(20);
-        uint64_t t_kill = now_ns();
+        uint64_t t_kill = eng_now_ns();
         kill_and_reap(pid);
         for (uint32_t i = 0; i < VICTIM_STREAMS; i++) {
                 uint64_t t = 0;
@@ -757,7 +757,7 @@ static void *kill_later(void *arg)
 {
         struct killer *k = arg;
         sleep_ms(k->delay_ms);
-        k->t_kill = now_ns();
+        k->t_kill = eng_now_ns();
         kill(k->pid, SIGKILL);
         return NULL;
 }
@@ -801,7 +801,7 @@ Test(crash, server_killed_wakes_blocked_clients_with_epipe)
         pthread_t th;
         cr_assert_eq(pthread_create(&th, NULL, kill_later, &k), 0);
         int rc = eng_stream_recv(s, &m, 5000);
-        uint64_t t_ret = now_ns();
+        uint64_t t_ret = eng_now_ns();
         pthread_join(th, NULL);
         int st;
         waitpid(spid, &st, 0);
@@ -812,10 +812,10 @@ Test(crash, server_killed_wakes_blocked_clients_with_epipe)
         cr_assert_eq(rc, -EPIPE, "blocked recv after the server died: %s", eng_strerror(rc));
         cr_assert_lt(ms, 1000.0, "blocked recv returned %.0f ms after the server died", ms);
         uint32_t t = eng_client_ticket(c);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         rc = eng_client_wait(c, t, 5000);
         cr_assert_eq(rc, -EPIPE, "wait on a dead server: %s", eng_strerror(rc));
-        cr_assert_lt(now_ns() - t0, 1000000000ull);
+        cr_assert_lt(eng_now_ns() - t0, 1000000000ull);
         eng_stream_close(s);
         eng_client_detach(c);
 

@@ -60,13 +60,13 @@ static void run_alone(void)
 static int reap_children(const pid_t *pids, unsigned n, int timeout_s)
 {
         int bad = 0;
-        uint64_t end = now_ns() + (uint64_t)timeout_s * 1000000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)timeout_s * 1000000000ull;
         for (unsigned i = 0; i < n; i++) {
                 int st;
                 pid_t r;
                 for (;;) {
                         r = waitpid(pids[i], &st, WNOHANG);
-                        if (r != 0 || now_ns() > end)
+                        if (r != 0 || eng_now_ns() > end)
                                 break;
                         sleep_ms(5);
                 }
@@ -90,12 +90,12 @@ static bool arena_settles(const char *name, uint64_t recs, int ms, eng_arena_sta
 {
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         bool ok;
         for (;;) {
                 eng_arena_stats(&sg.arena, st);
                 ok = st->rec_used == recs && st->buf_used_blocks == 0;
-                if (ok || now_ns() > end)
+                if (ok || eng_now_ns() > end)
                         break;
                 sleep_ms(5);
         }
@@ -375,11 +375,11 @@ static void stress_body(const char *tag, eng_transport_t transport, uint32_t msg
         eng_server_t *srv;
         int rc = eng_server_start(&cfg, &srv);
         cr_assert_eq(rc, 0, "%s (%s)", eng_strerror(rc), eng_errmsg());
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         for (uint32_t p = 0; p < ST_PROCS; p++)
                 open_gate(gates[p]);
         int bad = reap_children(pids, ST_PROCS, 540);
-        double secs = (double)(now_ns() - t0) / 1e9;
+        double secs = (double)(eng_now_ns() - t0) / 1e9;
         uint64_t total = (uint64_t)ST_PROCS * ST_STREAMS * msgs;
         fprintf(stderr,
                 "[stress] %s: %u procs x %u streams x %u msgs = %llu round trips in %.2f s: %.0f "
@@ -388,9 +388,9 @@ static void stress_body(const char *tag, eng_transport_t transport, uint32_t msg
                 (double)total / secs, 2.0 * (double)total / secs, (unsigned long long)S.loaned);
         cr_assert_eq(bad, 0, "%d client processes failed", bad);
         /* Every stream was closed cleanly, and the hook counted every message. */
-        uint64_t end = now_ns() + 2000000000ull;
+        uint64_t end = eng_now_ns() + 2000000000ull;
         while (__atomic_load_n(&S.closes_ok, __ATOMIC_ACQUIRE) < ST_PROCS * ST_STREAMS &&
-               now_ns() < end)
+               eng_now_ns() < end)
                 sleep_ms(5);
         cr_assert_eq(S.errors, 0, "the server saw %llu bad messages", (unsigned long long)S.errors);
         cr_assert_eq(S.opens, ST_PROCS * ST_STREAMS);
@@ -510,11 +510,11 @@ Test(stress, ten_thousand_opens_have_distinct_guids)
         eng_server_t *srv;
         int rc = eng_server_start(&cfg, &srv);
         cr_assert_eq(rc, 0, "%s (%s)", eng_strerror(rc), eng_errmsg());
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         for (uint32_t p = 0; p < OP_PROCS; p++)
                 open_gate(gates[p]);
         int bad = reap_children(pids, OP_PROCS, 300);
-        double secs = (double)(now_ns() - t0) / 1e9;
+        double secs = (double)(eng_now_ns() - t0) / 1e9;
         fprintf(stderr, "[stress] %u opens+closes from %u processes in %.2f s: %.0f/s\n", n,
                 OP_PROCS, secs, n / secs);
         cr_assert_eq(bad, 0, "%d client processes failed", bad);
@@ -526,8 +526,8 @@ Test(stress, ten_thousand_opens_have_distinct_guids)
                               "GUID %016llx%016llx given twice (records %u and %u)",
                               (unsigned long long)tab[i].g[0], (unsigned long long)tab[i].g[1],
                               tab[i - 1].idx, tab[i].idx);
-        uint64_t end = now_ns() + 2000000000ull;
-        while (__atomic_load_n(&S.closes_ok, __ATOMIC_ACQUIRE) < n && now_ns() < end)
+        uint64_t end = eng_now_ns() + 2000000000ull;
+        while (__atomic_load_n(&S.closes_ok, __ATOMIC_ACQUIRE) < n && eng_now_ns() < end)
                 sleep_ms(5);
         cr_assert_eq(S.opens, n);
         cr_assert_eq(S.closes_ok, n, "clean closes %llu, with error %llu",
@@ -626,8 +626,8 @@ static int pr_child(const char *name, uint32_t proc)
                 if (r % 8 == 0) {
                         usleep((useconds_t)(r >> 8) % 200);
                 } else {
-                        uint64_t until = now_ns() + (r >> 8) % 20000;
-                        while (now_ns() < until)
+                        uint64_t until = eng_now_ns() + (r >> 8) % 20000;
+                        while (eng_now_ns() < until)
                                 eng_cpu_relax();
                 }
         }
@@ -668,17 +668,17 @@ Test(stress, polled_streams_let_go_while_clients_push_lose_nothing)
                 cr_assert(asym, "membarrier works here but the segment does not offer it");
         else
                 cr_log_warn("membarrier(GLOBAL_EXPEDITED) unavailable: clients always fence");
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         for (uint32_t p = 0; p < PR_PROCS; p++)
                 open_gate(gates[p]);
         int bad = reap_children(pids, PR_PROCS, 300);
-        double secs = (double)(now_ns() - t0) / 1e9;
+        double secs = (double)(eng_now_ns() - t0) / 1e9;
         fprintf(stderr, "[stress] poll release: %u procs x %u round trips in %.2f s (asym %d)\n",
                 PR_PROCS, PR_MSGS, secs, asym);
         cr_assert_eq(bad, 0, "%d client processes failed (a lost wake-up times out a recv)", bad);
-        uint64_t end = now_ns() + 2000000000ull;
+        uint64_t end = eng_now_ns() + 2000000000ull;
         while (__atomic_load_n(&S.closes_ok, __ATOMIC_ACQUIRE) < PR_PROCS * PR_STREAMS &&
-               now_ns() < end)
+               eng_now_ns() < end)
                 sleep_ms(5);
         cr_assert_eq(S.errors, 0, "the server saw %llu messages out of order",
                      (unsigned long long)S.errors);

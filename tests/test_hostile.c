@@ -64,13 +64,6 @@ TestSuite(hostile, .timeout = 240);
 
 /* ---- time, shared memory, messages -------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void sleep_us(long us)
 {
         struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000L};
@@ -203,7 +196,7 @@ static void setup(const char *tag)
 {
         serialise();
         memset(&E, 0, sizeof(E));
-        rng_state = now_ns() ^ ((uint64_t)getpid() << 32);
+        rng_state = eng_now_ns() ^ ((uint64_t)getpid() << 32);
         snprintf(E.base, sizeof(E.base), "/tmp/eng-hostile-%s-XXXXXX", tag);
         cr_assert_not_null(mkdtemp(E.base), "mkdtemp: %s", strerror(errno));
         char p[PATH_MAX + 32];
@@ -258,7 +251,7 @@ static void forget(pid_t pid)
 /* Wait for pid up to ms; true and *status if it ended. */
 static bool reap(pid_t pid, int ms, int *status)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         for (;;) {
                 pid_t r = waitpid(pid, status, WNOHANG);
                 if (r == pid) {
@@ -267,7 +260,7 @@ static bool reap(pid_t pid, int ms, int *status)
                 }
                 if (r < 0 && errno != EINTR)
                         return false;
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         return false;
                 sleep_us(2000);
         }
@@ -331,8 +324,8 @@ static void server_main(void)
 static void start_server(void)
 {
         E.server = spawn(server_main);
-        uint64_t end = now_ns() + 20000000000ull;
-        while (ld(&E.k->srv_up) == 0 && now_ns() < end)
+        uint64_t end = eng_now_ns() + 20000000000ull;
+        while (ld(&E.k->srv_up) == 0 && eng_now_ns() < end)
                 sleep_us(2000);
         cr_assert_eq(ld(&E.k->srv_up), 1, "server did not start: %s", E.k->srv_msg);
 }
@@ -340,12 +333,13 @@ static void start_server(void)
 /* Wait until a client child says it is ready (g_ready); it must not have died. */
 static void wait_ready(pid_t pid, int *status)
 {
-        uint64_t end = now_ns() + 30000000000ull;
+        uint64_t end = eng_now_ns() + 30000000000ull;
         while (!ld(&E.k->g_ready)) {
                 if (reap(pid, 1, status))
                         cr_assert_fail("the client died before it was ready (%s): %s",
                                        status_str(*status), E.k->g_msg);
-                cr_assert(now_ns() < end, "the client did not get ready in 30 s: %s", E.k->g_msg);
+                cr_assert(eng_now_ns() < end, "the client did not get ready in 30 s: %s",
+                          E.k->g_msg);
                 sleep_us(1000);
         }
 }
@@ -389,7 +383,7 @@ static int attach_ready(eng_client_t **c, struct eng_seg *sg, char *msg, size_t 
                 msg_add(msg, n, "raw attach: %s (%s); ", eng_strerror(rc), eng_errmsg());
                 return rc;
         }
-        uint64_t end = now_ns() + 5000000000ull;
+        uint64_t end = eng_now_ns() + 5000000000ull;
         for (;;) {
                 for (uint32_t i = 0; i < sg->max_streams; i++) {
                         struct eng_rec *r = seg_rec(sg, i);
@@ -399,7 +393,7 @@ static int attach_ready(eng_client_t **c, struct eng_seg *sg, char *msg, size_t 
                             eng_load_acquire_u32(&r->state) == ST_OPEN)
                                 return 0;
                 }
-                if (now_ns() > end) {
+                if (eng_now_ns() > end) {
                         msg_add(msg, n, "session not accepted within 5 s; ");
                         return -ETIMEDOUT;
                 }
@@ -418,7 +412,7 @@ static int send_file(eng_client_t *c, eng_stream_t *s, const char *path, const c
                 msg_add(why, n, "%s: %s; ", as, w);
                 return rc;
         }
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         for (;;) {
                 uint32_t t = eng_client_ticket(c);
                 int r = eng_xfer_send_step(x);
@@ -430,7 +424,7 @@ static int send_file(eng_client_t *c, eng_stream_t *s, const char *path, const c
                         eng_xfer_send_free(x);
                         return -EIO;
                 }
-                if (now_ns() > end) {
+                if (eng_now_ns() > end) {
                         msg_add(why, n, "%s: no DONE within %d ms; ", as, ms);
                         eng_xfer_send_free(x);
                         return -ETIMEDOUT;
@@ -490,7 +484,7 @@ static void good_main(void)
                         }
                         open++;
                 }
-                uint64_t end = now_ns() + 60000000000ull;
+                uint64_t end = eng_now_ns() + 60000000000ull;
                 while (open > 0) {
                         uint32_t t = eng_client_ticket(c);
                         bool moved = false;
@@ -515,7 +509,7 @@ static void good_main(void)
                                         open--;
                                 }
                         }
-                        if (now_ns() > end) {
+                        if (eng_now_ns() > end) {
                                 msg_add(k->g_msg, sizeof(k->g_msg), "round %u: no end in 60 s; ",
                                         round);
                                 _exit(6);
@@ -723,10 +717,10 @@ static int hs_open(struct hs *h)
                 hfail("stream index %u has no record", h->idx);
                 return -EINVAL;
         }
-        uint64_t end = now_ns() + 3000000000ull;
+        uint64_t end = eng_now_ns() + 3000000000ull;
         uint32_t s;
         while ((s = eng_load_acquire_u32(&h->r->state)) != ST_OPEN) {
-                if (s == ST_ENDED || now_ns() > end) {
+                if (s == ST_ENDED || eng_now_ns() > end) {
                         hfail("stream %u not accepted (state %u)", h->idx, s);
                         return -EPROTO;
                 }
@@ -743,9 +737,9 @@ static bool hs_ended(struct hs *h)
 
 static bool hs_wait_ended(struct hs *h, int ms)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         while (!hs_ended(h)) {
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         return false;
                 sleep_us(200);
         }
@@ -1165,8 +1159,8 @@ static void hostile_main(void)
         if (attach_ready(&HC, &HSG, k->h_msg, sizeof(k->h_msg)) != 0)
                 _exit(2);
         hdr_save();
-        uint64_t end = now_ns() + 30000000000ull;
-        while (!ld(&k->h_go) && now_ns() < end)
+        uint64_t end = eng_now_ns() + 30000000000ull;
+        while (!ld(&k->h_go) && eng_now_ns() < end)
                 sleep_us(1000);
         for (;;) {
                 for (size_t i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++)
@@ -1292,10 +1286,10 @@ static void assert_no_leaks(const char *what)
         int rc = seg_attach(&sg, E.name);
         cr_assert_eq(rc, 0, "raw attach: %s (%s)", eng_strerror(rc), eng_errmsg());
         eng_arena_stats_t s;
-        uint64_t end = now_ns() + 5000000000ull;
+        uint64_t end = eng_now_ns() + 5000000000ull;
         for (;;) {
                 eng_arena_stats(&sg.arena, &s);
-                if ((s.rec_used == 1 && s.buf_used_blocks == 0) || now_ns() > end)
+                if ((s.rec_used == 1 && s.buf_used_blocks == 0) || eng_now_ns() > end)
                         break;
                 sleep_us(10000);
         }
@@ -1527,10 +1521,10 @@ static void arena_hostile_main(void)
                         _exit(4);
                 memcpy(p, ".refused", 8);
         }
-        uint64_t end = now_ns() + 6000000000ull;
+        uint64_t end = eng_now_ns() + 6000000000ull;
         int used = 0;
         uint64_t seq = 0;
-        while (now_ns() < end && !ld(&k->h_stop)) {
+        while (eng_now_ns() < end && !ld(&k->h_stop)) {
                 arena_scribble_one();
                 /* make the server touch the arena: a loan for a FAIL message, an offer */
                 if (used < NB && rnd() % 4 == 0)
@@ -1727,8 +1721,8 @@ Test(hostile, detached_client_leaves_nothing_behind, .timeout = 60)
         cr_assert(done && WIFEXITED(cs) && WEXITSTATUS(cs) == 0, "client: %s: %s",
                   done ? status_str(cs) : "hung", E.k->g_msg);
         cr_assert(ld(&E.k->g_ready), "the client never had a transfer in flight");
-        uint64_t end = now_ns() + 3000000000ull;
-        while (count_part_files() > 0 && now_ns() < end)
+        uint64_t end = eng_now_ns() + 3000000000ull;
+        while (count_part_files() > 0 && eng_now_ns() < end)
                 sleep_us(10000);
         cr_expect_eq(count_part_files(), 0,
                      "3 s after a client detached (session closed) with a stream open and "
@@ -1754,7 +1748,7 @@ static void garbled_claim_main(void)
         if (attach_ready(&c, &sg, k->g_msg, sizeof(k->g_msg)) != 0)
                 _exit(2);
         struct eng_seg_hdr *h = sg.hdr;
-        uint64_t end = now_ns() + 5000000000ull;
+        uint64_t end = eng_now_ns() + 5000000000ull;
         for (;;) {
                 if (seg_boot_lock(&sg, end, NULL, NULL) != 0)
                         _exit(4);
@@ -1773,7 +1767,7 @@ static void garbled_claim_main(void)
                         break;
                 }
                 seg_boot_unlock(&sg);
-                if (now_ns() > end)
+                if (eng_now_ns() > end)
                         _exit(3);
                 sleep_us(1000);
         }
@@ -1860,9 +1854,9 @@ static void name_racer_main(void)
                 _exit(4);
         const uint32_t len = RACE_LEN;
         const uint64_t empty = XXH3_64bits(NULL, 0);
-        uint64_t end = now_ns() + 8000000000ull;
+        uint64_t end = eng_now_ns() + 8000000000ull;
         int rc = 0;
-        while (now_ns() < end && count_entries(parent) == before) {
+        while (eng_now_ns() < end && count_entries(parent) == before) {
                 void *p;
                 uint64_t off = hs_loan(&h, len, &p);
                 if (off == 0)
@@ -1963,8 +1957,8 @@ static void hammerer_main(void)
                 ready_post(&HSG, h[i].idx);
         }
         st(&k->h_go, 1);
-        uint64_t end = now_ns() + 15000000000ull;
-        while (!ld(&k->h_stop) && now_ns() < end) {
+        uint64_t end = eng_now_ns() + 15000000000ull;
+        while (!ld(&k->h_stop) && eng_now_ns() < end) {
                 for (int i = 0; i < HAMMERS; i++)
                         ready_post(&HSG, h[i].idx);
                 sleep_us(10000);

@@ -89,7 +89,7 @@ static pid_t server_up(const char *name, uint64_t size)
                 eng_server_stop(srv);
                 _exit(0);
         }
-        for (uint64_t end = now_ns() + 10000000000ull; now_ns() < end;) {
+        for (uint64_t end = eng_now_ns() + 10000000000ull; eng_now_ns() < end;) {
                 uint32_t up = __atomic_load_n(&R->up, __ATOMIC_ACQUIRE);
                 if (up == 1)
                         return pid;
@@ -114,7 +114,7 @@ static void server_down(pid_t pid)
         __atomic_store_n(&R->stop, 1, __ATOMIC_RELEASE);
         int st = 0;
         bool done = false;
-        for (uint64_t end = now_ns() + 15000000000ull; now_ns() < end;) {
+        for (uint64_t end = eng_now_ns() + 15000000000ull; eng_now_ns() < end;) {
                 if (waitpid(pid, &st, WNOHANG) == pid) {
                         done = true;
                         break;
@@ -176,12 +176,12 @@ static int use_once(const char *name, int timeout_ms)
 /* Keep trying use_once until it works or ms pass; the time it took, or -1. */
 static int64_t usable_within(const char *name, int ms)
 {
-        uint64_t t0 = now_ns(), end = t0 + (uint64_t)ms * 1000000ull;
+        uint64_t t0 = eng_now_ns(), end = t0 + (uint64_t)ms * 1000000ull;
         do {
                 if (use_once(name, 300) == 0)
-                        return (int64_t)((now_ns() - t0) / 1000000);
+                        return (int64_t)((eng_now_ns() - t0) / 1000000);
                 sleep_ms(5);
-        } while (now_ns() < end);
+        } while (eng_now_ns() < end);
         return -1;
 }
 
@@ -201,13 +201,13 @@ static void usage_of(const char *name, uint64_t *recs, uint64_t *blocks)
 static bool back_to(const char *name, uint64_t recs, int ms, uint64_t *got_recs,
                     uint64_t *got_blocks)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         do {
                 usage_of(name, got_recs, got_blocks);
                 if (*got_recs == recs && *got_blocks == 0)
                         return true;
                 sleep_ms(10);
-        } while (now_ns() < end);
+        } while (eng_now_ns() < end);
         return false;
 }
 
@@ -245,9 +245,9 @@ Test(trust, header_writes_never_crash_the_server)
          * of PTHREAD_MUTEX_PRIO_PROTECT_NP (0x40) made glibc assert. */
         unsigned char *line3 = h + 3 * CL;
         uint32_t kinds[] = {0x40, 0x50, 0x20, 0x10, 0x13, 0x7f, 0xffffffffu, 0x42};
-        uint64_t end = now_ns() + 1500000000ull;
+        uint64_t end = eng_now_ns() + 1500000000ull;
         unsigned long writes = 0;
-        while (now_ns() < end && server_alive(srv)) {
+        while (eng_now_ns() < end && server_alive(srv)) {
                 uint32_t k = kinds[rnd() % (sizeof(kinds) / sizeof(kinds[0]))];
                 memcpy(line3 + 16, &k, sizeof(k)); /* kind */
                 uint32_t owner = (uint32_t)rnd() % 2 ? 0x7ffffffe : (uint32_t)getpid();
@@ -308,7 +308,7 @@ Test(trust, forged_lock_holder_does_not_block_opens)
 /* Wait for a record on offer other than `not`; its index, or -1. */
 static int64_t next_offer(struct eng_seg *sg, int64_t not, uint64_t g0, int ms)
 {
-        uint64_t end = now_ns() + (uint64_t)ms * 1000000ull;
+        uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         do {
                 struct eng_seg_hdr *h = sg->hdr;
                 if (offer_state_of(eng_load_acquire_u32(&h->offer_state)) == OFFER_UP) {
@@ -319,7 +319,7 @@ static int64_t next_offer(struct eng_seg *sg, int64_t not, uint64_t g0, int ms)
                                 return idx;
                 }
                 sleep_ms(1);
-        } while (now_ns() < end);
+        } while (eng_now_ns() < end);
         return -1;
 }
 
@@ -394,8 +394,8 @@ static int rogue_records(const char *name, struct rogue_report *rep, uint64_t se
                 return 12;
         __atomic_store_n(&rep->ready, 1, __ATOMIC_RELEASE);
         pid_t honest = (pid_t)__atomic_load_n(&rep->honest_pid, __ATOMIC_ACQUIRE);
-        uint64_t end = now_ns() + 1500000000ull;
-        while (now_ns() < end) {
+        uint64_t end = eng_now_ns() + 1500000000ull;
+        while (eng_now_ns() < end) {
                 uint64_t n = eng_arena_rec_slots(&sg.arena);
                 if (n > sg.max_streams)
                         n = sg.max_streams;
@@ -481,7 +481,7 @@ Test(trust, record_writes_by_a_rogue_leak_nothing_once_it_is_gone)
         open_gate(gate);
         int st = 0;
         bool done = false;
-        for (uint64_t end = now_ns() + 20000000000ull; now_ns() < end;) {
+        for (uint64_t end = eng_now_ns() + 20000000000ull; eng_now_ns() < end;) {
                 if (waitpid(rogue, &st, WNOHANG) == rogue) {
                         done = true;
                         break;
@@ -498,7 +498,7 @@ Test(trust, record_writes_by_a_rogue_leak_nothing_once_it_is_gone)
         /* Our stream may have been broken by the writes (that is allowed): give it back. */
         eng_stream_abort(s);
         eng_client_detach(c);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         uint64_t r, b;
         bool back = back_to(name, recs0 - 2, 4000, &r, &b);
         log_events();
@@ -507,7 +507,7 @@ Test(trust, record_writes_by_a_rogue_leak_nothing_once_it_is_gone)
                   "%llu records)",
                   (unsigned long long)r, (unsigned long long)b, (unsigned long long)(recs0 - 2));
         cr_log_info("baseline %.0f ms after the rogue and the honest client left",
-                    (double)(now_ns() - t0) / 1e6);
+                    (double)(eng_now_ns() - t0) / 1e6);
         cr_assert_geq(usable_within(name, 2000), 0);
         server_down(srv);
 }
@@ -578,8 +578,8 @@ Test(trust, bad_block_header_does_not_leak_a_dead_clients_buffers)
         uint64_t recs0, blocks0;
         usage_of(name, &recs0, &blocks0);
         open_gate(gate);
-        for (uint64_t end = now_ns() + 10000000000ull;
-             !__atomic_load_n(ready, __ATOMIC_ACQUIRE) && now_ns() < end;)
+        for (uint64_t end = eng_now_ns() + 10000000000ull;
+             !__atomic_load_n(ready, __ATOMIC_ACQUIRE) && eng_now_ns() < end;)
                 sleep_ms(2);
         cr_assert(__atomic_load_n(ready, __ATOMIC_ACQUIRE), "the client did not get its loans");
         /* Scribble one byte of a block header in the middle of the buffer area (the magic of
@@ -601,13 +601,13 @@ Test(trust, bad_block_header_does_not_leak_a_dead_clients_buffers)
         cr_assert(hit, "no block header found to scribble");
         kill(victim, SIGKILL);
         waitpid(victim, NULL, 0);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = eng_now_ns();
         uint64_t r, b;
         bool back = back_to(name, recs0, 4000, &r, &b);
         log_events();
         cr_assert(back, "4 s after the client died: %llu records and %llu blocks in use",
                   (unsigned long long)r, (unsigned long long)b);
-        cr_log_info("everything back %.0f ms after the kill", (double)(now_ns() - t0) / 1e6);
+        cr_log_info("everything back %.0f ms after the kill", (double)(eng_now_ns() - t0) / 1e6);
         char why[200] = "";
         cr_assert_eq(eng_arena_check(&sg.arena, why, sizeof(why)), 0, "arena: %s", why);
         seg_unmap(&sg);
