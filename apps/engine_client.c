@@ -106,7 +106,7 @@ static int run_ping(eng_client_t *c, uint32_t n, uint32_t payload)
         eng_stream_t *st;
         int rc = eng_stream_open(c, 0, &st);
         if (rc != 0) {
-                fprintf(stderr, "engine-client: cannot open a stream: %s\n", eng_strerror(rc));
+                eng_log(ENG_LOG_ERROR, NULL, "cannot open a stream: %s", eng_strerror(rc));
                 return 1;
         }
         if (payload > eng_client_max_loan(c)) {
@@ -128,7 +128,7 @@ static int run_ping(eng_client_t *c, uint32_t n, uint32_t payload)
                 rc = eng_ping(st, n, payload, rtt, -1);
         eng_stream_close(st);
         if (rc != 0) {
-                fprintf(stderr, "engine-client: ping failed: %s\n", eng_strerror(rc));
+                eng_log(ENG_LOG_ERROR, NULL, "ping failed: %s", eng_strerror(rc));
                 free(rtt);
                 return 1;
         }
@@ -182,6 +182,25 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
         }
 }
 
+/* The log line of a job that is over: INFO delivered, ERROR failed (the run fails). */
+static void log_end(const struct job *j)
+{
+        double s = (double)(j->t1 - j->t0) / 1e9;
+        double mbs = s > 0 ? (double)j->sent / s / 1e6 : 0;
+        if (j->done)
+                eng_log(ENG_LOG_INFO,
+                        ENG_LOG_FIELDS(ENG_LF_U64("stream", j->os->id), ENG_LF_STR("name", j->name),
+                                       ENG_LF_U64("bytes", j->size), ENG_LF_FIX("seconds", s, 3),
+                                       ENG_LF_FIX("rate", mbs, 1)),
+                        "delivered and verified");
+        else
+                eng_log(ENG_LOG_ERROR,
+                        ENG_LOG_FIELDS(ENG_LF_U64("stream", j->os->id), ENG_LF_STR("name", j->name),
+                                       ENG_LF_U64("bytes", j->sent), ENG_LF_U64("size", j->size),
+                                       ENG_LF_FIX("seconds", s, 3), ENG_LF_STR("error", j->why)),
+                        "transfer FAILED");
+}
+
 /* A job is over: record when, say so (unless on a terminal), give its stream back at once
  * (its record may be what a queued job is waiting for). */
 static void job_end(struct job *j, bool done, const char *why, bool log)
@@ -191,15 +210,14 @@ static void job_end(struct job *j, bool done, const char *why, bool log)
         j->t1 = now_ns();
         if (!done && why != NULL && why != j->why)
                 snprintf(j->why, sizeof(j->why), "%s", why);
-        if (log)
-                fprintf(stderr, "engine-client: stream %u: %s%s\n", j->os->id,
-                        done ? "delivered and verified" : "FAILED: ", done ? "" : j->why);
         if (j->x != NULL) {
                 j->size = eng_xfer_send_size(j->x);
                 j->sent = eng_xfer_send_acked(j->x);
                 eng_xfer_send_free(j->x); /* before the stream: it gives back a pending loan */
                 j->x = NULL;
         }
+        if (log)
+                log_end(j);
         if (j->st != NULL) {
                 /* A delivered stream closes in order; a failed one is given up at once (the
                  * server drops what is left of it). */
@@ -279,10 +297,13 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
                         }
                         moved = true;
                         if (log)
-                                fprintf(stderr,
-                                        "engine-client: stream %u: sending %s (%llu bytes)\n",
-                                        j->os->id, j->os->file,
-                                        (unsigned long long)eng_xfer_send_size(j->x));
+                                eng_log(
+                                    ENG_LOG_INFO,
+                                    ENG_LOG_FIELDS(ENG_LF_U64("stream", j->os->id),
+                                                   ENG_LF_STR("name", j->name),
+                                                   ENG_LF_STR("file", j->os->file),
+                                                   ENG_LF_U64("bytes", eng_xfer_send_size(j->x))),
+                                    "sending");
                 }
                 for (size_t i = 0; i < n; i++) {
                         struct job *j = &jobs[i];
@@ -335,6 +356,7 @@ int main(int argc, char **argv)
         const char *config = "options.xml";
         uint32_t ping = 0, payload = 0, wait_s = 1;
         bool quiet = false;
+        eng_log_init("engine-client");
         static const struct option lo[] = {
             {"config", required_argument, NULL, 'c'}, {"wait", required_argument, NULL, 'w'},
             {"ping", required_argument, NULL, 'p'},   {"payload", required_argument, NULL, 'P'},
@@ -451,7 +473,7 @@ int main(int argc, char **argv)
                                .interrupt = &interrupted};
         int rc = eng_client_attach(o.name, &cc, &c);
         if (rc != 0) {
-                fprintf(stderr, "engine-client: cannot reach the server on %s: %s\n", o.name,
+                eng_log(ENG_LOG_ERROR, NULL, "cannot reach the server on %s: %s", o.name,
                         *eng_errmsg() ? eng_errmsg() : eng_strerror(rc));
                 status = interrupted ? 128 + interrupted : 1;
                 goto out;

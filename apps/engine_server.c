@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,44 +18,35 @@
 
 #define GRACE_S 5
 
-static void logf_ts(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void logf_ts(const char *fmt, ...)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        struct tm tm;
-        localtime_r(&ts.tv_sec, &tm);
-        char line[1024];
-        int n = (int)strftime(line, sizeof(line), "%H:%M:%S", &tm);
-        n += snprintf(line + n, sizeof(line) - (size_t)n,
-                      ".%03ld engine-server: ", ts.tv_nsec / 1000000);
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-        va_end(ap);
-        fprintf(stderr, "%s\n", line);
-}
-
+/* One line per finished or failed transfer. A failed one is WARN: the server carries on. */
 static void report(const eng_xfer_result_t *r, void *ctx)
 {
         (void)ctx;
         double s = (double)r->ns / 1e9;
         double mbs = s > 0 ? (double)r->received / s / 1e6 : 0;
+        /* name and why are eng_log_escape renderings already (proto.h) */
         if (r->err == 0)
-                logf_ts("stream %u (pid %d) %s: %llu bytes in %.3f s, %.1f MB/s, verified",
-                        r->stream_id, (int)r->pid, r->name, (unsigned long long)r->size, s, mbs);
+                eng_log(ENG_LOG_INFO,
+                        ENG_LOG_FIELDS(ENG_LF_U64("stream", r->stream_id),
+                                       ENG_LF_I64("pid", r->pid), ENG_LF_ESC("name", r->name),
+                                       ENG_LF_U64("bytes", r->size), ENG_LF_FIX("seconds", s, 3),
+                                       ENG_LF_FIX("rate", mbs, 1)),
+                        "file received and verified");
         else
-                logf_ts("stream %u (pid %d) %s: FAILED after %llu of %llu bytes (%.3f s, "
-                        "%.1f MB/s): %s",
-                        r->stream_id, (int)r->pid, r->name, (unsigned long long)r->received,
-                        (unsigned long long)r->size, s, mbs, r->why);
+                eng_log(ENG_LOG_WARN,
+                        ENG_LOG_FIELDS(ENG_LF_U64("stream", r->stream_id),
+                                       ENG_LF_I64("pid", r->pid), ENG_LF_ESC("name", r->name),
+                                       ENG_LF_U64("bytes", r->received),
+                                       ENG_LF_U64("size", r->size), ENG_LF_FIX("seconds", s, 3),
+                                       ENG_LF_FIX("rate", mbs, 1), ENG_LF_ESC("error", r->why)),
+                        "transfer FAILED");
 }
 
 /* The engine's own recovery work: dead clients reclaimed, the bootstrap mutex repaired. */
 static void log_event(const char *msg, void *ctx)
 {
         (void)ctx;
-        logf_ts("%s", msg);
+        eng_log(ENG_LOG_WARN, NULL, "%s", msg);
 }
 
 static void usage(FILE *f)
@@ -79,6 +69,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
         const char *config = "options.xml";
+        eng_log_init("engine-server");
         static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
@@ -127,7 +118,7 @@ int main(int argc, char **argv)
         eng_xfer_server_cfg_t xc = {
             .outdir = o.outputpath, .file_mode = o.file_mode, .report = report};
         if (eng_xfer_server_new(&xc, &x, err, sizeof(err)) != 0) {
-                fprintf(stderr, "engine-server: %s\n", err);
+                eng_log(ENG_LOG_ERROR, NULL, "%s", err);
                 eng_opts_free(&o);
                 return 1;
         }
@@ -143,21 +134,23 @@ int main(int argc, char **argv)
         eng_server_t *srv;
         int rc = eng_server_start(&sc, &srv);
         if (rc != 0) {
-                fprintf(stderr, "engine-server: cannot serve %s: %s%s%s\n", o.name,
-                        eng_strerror(rc), *eng_errmsg() ? ": " : "", eng_errmsg());
+                eng_log(ENG_LOG_ERROR, NULL, "cannot serve %s: %s%s%s", o.name, eng_strerror(rc),
+                        *eng_errmsg() ? ": " : "", eng_errmsg());
                 eng_xfer_server_free(x);
                 eng_opts_free(&o);
                 return 1;
         }
-        logf_ts("serving %s (%llu MiB, %s, %u workers), writing to %s", o.name,
+        eng_log(ENG_LOG_INFO, NULL, "serving %s (%llu MiB, %s, %u workers), writing to %s", o.name,
                 (unsigned long long)(o.size >> 20),
                 o.transport == ENG_TRANSPORT_MUTEX ? "mutex" : "lockfree", eng_server_workers(srv),
                 o.outputpath);
         if (eng_xfer_server_stale_removed(x) > 0)
-                logf_ts("removed %u temporary file(s) that servers which died left in %s",
+                eng_log(ENG_LOG_WARN, NULL,
+                        "removed %u temporary file(s) that servers which died left in %s",
                         eng_xfer_server_stale_removed(x), o.outputpath);
         if (o.transport == ENG_TRANSPORT_MUTEX)
-                logf_ts("transport \"mutex\" is the benchmark baseline: its queues and arena are "
+                eng_log(ENG_LOG_WARN, NULL,
+                        "transport \"mutex\" is the benchmark baseline: its queues and arena are "
                         "process-shared pthread mutexes in the segment, so it trusts every process "
                         "that can write the segment (use \"lockfree\" with untrusted clients)");
 
@@ -173,16 +166,18 @@ int main(int argc, char **argv)
                 }
         }
         if (failed)
-                logf_ts("the segment cannot be served any more: stopping");
+                eng_log(ENG_LOG_ERROR, NULL, "the segment cannot be served any more: stopping");
         else
-                logf_ts("%s: stopping", sig == SIGINT   ? "SIGINT"
-                                        : sig == SIGHUP ? "SIGHUP"
-                                                        : "SIGTERM");
+                eng_log(ENG_LOG_INFO, NULL, "%s: stopping",
+                        sig == SIGINT   ? "SIGINT"
+                        : sig == SIGHUP ? "SIGHUP"
+                                        : "SIGTERM");
         eng_xfer_server_drain(x);
         struct timespec grace = {.tv_sec = 0, .tv_nsec = 50 * 1000000};
         for (int i = 0; i < GRACE_S * 20 && eng_xfer_server_active(x) > 0; i++) {
                 if (i == 0)
-                        logf_ts("waiting up to %d s for %u transfer(s) in flight (signal again to "
+                        eng_log(ENG_LOG_INFO, NULL,
+                                "waiting up to %d s for %u transfer(s) in flight (signal again to "
                                 "stop now)",
                                 GRACE_S, eng_xfer_server_active(x));
                 if (sigtimedwait(&set, NULL, &grace) > 0)
@@ -190,7 +185,7 @@ int main(int argc, char **argv)
         }
         eng_server_stop(srv); /* ends what is left: clients see the error, temp files go */
         eng_xfer_server_free(x);
-        logf_ts("stopped; segment %s removed", o.name);
+        eng_log(ENG_LOG_INFO, NULL, "stopped; segment %s removed", o.name);
         eng_opts_free(&o);
         return failed ? 1 : 0;
 }

@@ -1,6 +1,6 @@
 /*
- * options.h - the public interface of apps/: options.xml, shared by engine-server and
- * engine-client.
+ * options.h - the public interface of apps/, shared by engine-server and engine-client: the
+ * options file (options.c) and the log lines (log.c, at the end).
  *
  *   <streams>
  *     <server outputpath="out/" name="/engine-default" size="64MiB" transport="lockfree"
@@ -64,5 +64,68 @@ const eng_opts_stream_t *eng_opts_find(const eng_opts_t *o, uint32_t id);
 
 /* "64MiB", "256k", "1G", "4096" -> bytes; -1 on a malformed value. */
 int eng_parse_size(const char *s, uint64_t *out);
+
+/* ---- log lines (log.c) -------------------------------------------------------------- */
+
+/*
+ * Every log line engine-server and engine-client write to stderr, one per eng_log call:
+ *
+ *   2026-12-04T23:51:25.123+00:00 INFO engine-server[1234]: file received and verified
+ *   stream=3 pid=5678 name="a b.bin" bytes=1048576 seconds=0.012 rate=87.4  (one line)
+ *
+ * local time with milliseconds and UTC offset; the level; program[pid]:; the message; then
+ * " key=value" per field. The message and every value go through eng_log_escape (no control,
+ * bidirectional or invisible character is ever written raw), and the message never holds '='
+ * (written \x3D): the fields begin at the first word with a '='. A value is bare when it is
+ * non-empty printable ASCII without space, '"', '=' or '\'; otherwise it is in double quotes,
+ * where \" is '"', \\ is '\', \xNN a byte and \u{N...} a code point. A message or value is
+ * cut after 2 KiB of rendering (ending in "..."); fields that no longer fit in the line are left
+ * out and the line ends with truncated=true.
+ *
+ * Thread-safe: a line is built on the caller's stack and written with one write(2) under a
+ * mutex, so lines never interleave. eng_log_init is called once, before any thread logs.
+ */
+typedef enum eng_log_level {
+        ENG_LOG_DEBUG,
+        ENG_LOG_INFO,
+        ENG_LOG_WARN,
+        ENG_LOG_ERROR,
+} eng_log_level_t;
+
+typedef enum eng_log_kind {
+        ENG_LOG_STR, /* raw text: escaped here */
+        ENG_LOG_ESC, /* text eng_log_escape already rendered (proto's names and reasons): its
+                      * escapes are kept, so it is not escaped twice */
+        ENG_LOG_U64,
+        ENG_LOG_I64,
+        ENG_LOG_FIX, /* a double with prec digits after the point */
+} eng_log_kind_t;
+
+typedef struct eng_log_field {
+        const char *key; /* [a-z0-9_]+; NULL ends a list */
+        eng_log_kind_t kind;
+        int prec;
+        union {
+                const char *s;
+                uint64_t u;
+                int64_t i;
+                double d;
+        };
+} eng_log_field_t;
+
+#define ENG_LF_STR(k, v) ((eng_log_field_t){.key = (k), .kind = ENG_LOG_STR, .s = (v)})
+#define ENG_LF_ESC(k, v) ((eng_log_field_t){.key = (k), .kind = ENG_LOG_ESC, .s = (v)})
+#define ENG_LF_U64(k, v) ((eng_log_field_t){.key = (k), .kind = ENG_LOG_U64, .u = (v)})
+#define ENG_LF_I64(k, v) ((eng_log_field_t){.key = (k), .kind = ENG_LOG_I64, .i = (v)})
+#define ENG_LF_FIX(k, v, p)                                                                        \
+        ((eng_log_field_t){.key = (k), .kind = ENG_LOG_FIX, .prec = (p), .d = (v)})
+/* A field list for eng_log: ENG_LOG_FIELDS(ENG_LF_U64("stream", id), ENG_LF_STR("name", n)). */
+#define ENG_LOG_FIELDS(...) ((const eng_log_field_t[]){__VA_ARGS__, {.key = NULL}})
+
+/* The program name lines carry ("engine-server"); the string must outlive the logging. */
+void eng_log_init(const char *prog);
+/* One line: level, the fields (NULL or an ENG_LOG_FIELDS list, at most 16), the message. */
+void eng_log(eng_log_level_t level, const eng_log_field_t *fields, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -65,5 +65,5 @@ ROGUE_SEEDS="$seeds" ROGUE_SECONDS="$seconds" ROGUE_ONLY="$only" ROGUE_SKIP="$sk
 
 # Everything but the tails of server logs quoted in failure reports (each failing seed names
 # the file that keeps its whole server log).
-grep -Ev '^\[----\] +[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3} engine-server: ' "$log" || true
+grep -Ev '^\[----\] +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}[+-][0-9]{2}:[0-9]{2} [A-Z]+ engine-server\[[0-9]+\]: ' "$log" || true
 exit $status

@@ -472,6 +472,7 @@ Test(proto, refused_names_reach_the_server_log_escaped)
                           cases[i].escaped);
         }
         eng_client_detach(c);
+        pid_t server = X.server;
         cr_assert_eq(xu_server_stop(), 0);
         char *log = xu_slurp(X.slog);
         long bad = log_dirty((const unsigned char *)log, strlen(log));
@@ -479,13 +480,17 @@ Test(proto, refused_names_reach_the_server_log_escaped)
                      bad >= 0 ? (unsigned char)log[bad] : 0, bad, log);
         cr_assert_eq(xu_count(log, "FAILED"), (int)(sizeof(cases) / sizeof(cases[0])),
                      "one FAILED line per refused name, and no forged line:\n%s", log);
-        /* Every line is one of the server's own: a timestamp, then "engine-server: ". */
+        /* Every line is one of the server's own: a timestamp, a level, then
+         * "engine-server[<its pid>]: " (test_logs.c holds lines to the whole format). */
         for (char *p = log, *e; *p; p = e + 1) {
                 e = strchr(p, '\n');
                 cr_assert_not_null(e, "an unterminated line: %s", p);
-                int hh, mm, ss, ms, at = -1;
-                sscanf(p, "%2d:%2d:%2d.%3d engine-server: %n", &hh, &mm, &ss, &ms, &at);
-                cr_assert_eq(at, 28, "a line the server did not start:\n%.*s", (int)(e - p), p);
+                int y, mo, d, hh, mm, ss, ms, oh, om, pid = -1, at = -1;
+                char sign, level[8];
+                sscanf(p, "%4d-%2d-%2dT%2d:%2d:%2d.%3d%c%2d:%2d %7[A-Z] engine-server[%d]: %n", &y,
+                       &mo, &d, &hh, &mm, &ss, &ms, &sign, &oh, &om, level, &pid, &at);
+                cr_assert(at > 0 && pid == (int)server && (sign == '+' || sign == '-'),
+                          "a line the server did not start:\n%.*s", (int)(e - p), p);
         }
         free(log);
         xu_assert_no_temps();

@@ -400,6 +400,10 @@ static void round_end(struct loop *l, int st)
                         said_delivered[id] = true;
         }
         unsigned bad = 0, unexplained = 0;
+        /* the message of the client's log line, after "engine-client[<pid>]: " */
+        const char *said = strstr(err, "engine-client[");
+        said = said ? strstr(said, "]: ") : NULL;
+        said = said ? said + 3 : NULL;
         for (const char *p = out; (p = strstr(p, ": FAILED: ")) != NULL;) {
                 p += strlen(": FAILED: ");
                 bad++;
@@ -414,10 +418,9 @@ static void round_end(struct loop *l, int st)
                 l->clean++;
         } else if (code == 1 && bad > 0 && unexplained == 0) {
                 l->failed_rounds++; /* allowed under attack: each failure says why */
-        } else if (code == 1 && bad == 0 && ok == 0 && strstr(err, "engine-client: ") != NULL &&
-                   strlen(err) > strlen("engine-client: ") + 8) {
+        } else if (code == 1 && bad == 0 && ok == 0 && said != NULL && strlen(said) > 8) {
                 l->failed_rounds++; /* could not attach: it says why */
-                reason_seen(strstr(err, "engine-client: ") + strlen("engine-client: "));
+                reason_seen(said);
         } else {
                 l->failed_rounds++;
                 problem("honest round %u of loop %d ended with %s %d without a reason for every "

@@ -625,8 +625,9 @@ static unsigned nofile_leaving(pid_t pid, int room)
         return 0;
 }
 
-/* Every line of the server log that says a process exited or is gone names (as "pid N")
- * only processes that had ended when the line was read. Returns the first offender's line. */
+/* Every line of the server log that says a process exited or is gone names (as "pid N" in
+ * its message or "pid=N" in its fields) only processes that had ended when the line was read.
+ * Returns the first offender's line. */
 static char *live_one_called_gone(const pid_t *pids, size_t n)
 {
         char *log = xu_slurp(X.slog);
@@ -634,7 +635,9 @@ static char *live_one_called_gone(const pid_t *pids, size_t n)
         for (char *l = strtok(log, "\n"); l && !bad; l = strtok(NULL, "\n")) {
                 if (!strstr(l, "exited") && !strstr(l, "gone"))
                         continue;
-                for (const char *p = strstr(l, "pid "); p && !bad; p = strstr(p + 4, "pid ")) {
+                for (const char *p = l; (p = strstr(p, "pid")) != NULL && !bad; p += 3) {
+                        if (p[3] != ' ' && p[3] != '=')
+                                continue;
                         pid_t pid = (pid_t)atoi(p + 4);
                         for (size_t i = 0; i < n; i++)
                                 if (pids[i] == pid && !has_ended(pid))
