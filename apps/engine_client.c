@@ -38,13 +38,6 @@ static void on_signal(int sig)
         interrupted = sig;
 }
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void human(double b, char *out, size_t n)
 {
         const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -155,7 +148,7 @@ static void draw(struct job *jobs, size_t n, bool tty, bool first)
                 fprintf(stderr, "\033[%zuA", n);
         struct winsize ws;
         int cols = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col : 80;
-        uint64_t now = now_ns();
+        uint64_t now = eng_now_ns();
         for (size_t i = 0; i < n; i++) {
                 struct job *j = &jobs[i];
                 uint64_t size = j->x ? eng_xfer_send_size(j->x) : j->size;
@@ -207,7 +200,7 @@ static void job_end(struct job *j, bool done, const char *why, bool log)
 {
         j->done = done;
         j->failed = !done;
-        j->t1 = now_ns();
+        j->t1 = eng_now_ns();
         if (!done && why != NULL && why != j->why)
                 snprintf(j->why, sizeof(j->why), "%s", why);
         if (j->x != NULL) {
@@ -237,18 +230,18 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
         for (size_t i = 0; i < n; i++) {
                 const char *slash = strrchr(jobs[i].os->file, '/');
                 jobs[i].name = slash ? slash + 1 : jobs[i].os->file;
-                jobs[i].t0 = now_ns(); /* again when it gets its record */
+                jobs[i].t0 = eng_now_ns(); /* again when it gets its record */
         }
         draw(jobs, n, tty, true);
-        uint64_t last_draw = now_ns();
+        uint64_t last_draw = eng_now_ns();
         uint64_t timeout = (uint64_t)o->timeout_s * 1000000000ull;
-        uint64_t last_open = now_ns();         /* the last time a queued job got a record */
+        uint64_t last_open = eng_now_ns();     /* the last time a queued job got a record */
         size_t open = n, queued = n, next = 0; /* next: the first job that may still be queued */
         uint32_t records = eng_client_max_records(c);
         while (open > 0) {
                 uint32_t t = eng_client_ticket(c);
                 bool moved = false;
-                uint64_t now = now_ns();
+                uint64_t now = eng_now_ns();
                 if (interrupted) {
                         for (size_t i = 0; i < n; i++)
                                 if (!jobs[i].done && !jobs[i].failed)
@@ -324,9 +317,9 @@ static int run_transfers(eng_client_t *c, const eng_opts_t *o, struct job *jobs,
                                 last_open = now; /* a record goes back: queued jobs wait afresh */
                         }
                 }
-                if (tty && now_ns() - last_draw > 100 * 1000000ull) {
+                if (tty && eng_now_ns() - last_draw > 100 * 1000000ull) {
                         draw(jobs, n, tty, false);
-                        last_draw = now_ns();
+                        last_draw = eng_now_ns();
                 }
                 if (moved || open == 0)
                         continue;
