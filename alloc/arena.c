@@ -191,9 +191,7 @@ eng_arena_kind_t eng_arena_kind(const eng_arena_t *a)
 
 void *eng_arena_ptr(const eng_arena_t *a, uint64_t off, uint64_t len)
 {
-        if (off == 0 || off > a->size || len > a->size - off)
-                return NULL;
-        return a->base + off;
+        return arena_in_region(a, off, len) ? a->base + off : NULL;
 }
 
 /* ---- damage ------------------------------------------------------------------------- */
@@ -733,19 +731,30 @@ uint64_t eng_arena_class_bytes(const eng_arena_t *a, uint64_t len)
         return lf_class_bytes(a, len);
 }
 
+/*
+ * The header word is read once (acquire, in *_block_of: it pairs with the release that stamped
+ * the block), validated with the size it implies against the private geometry, and only that
+ * copy is used (arena_lookup_copy): a writer that changes the header meanwhile cannot make
+ * owner and capacity disagree, or the capacity reach past the block's validated bounds. Each
+ * implementation does it in its own file, where its block_of is inlined: this is on every
+ * message's path, both sides.
+ */
+int eng_arena_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner, uint64_t *cap)
+{
+        return a->kind == ENG_ARENA_MUTEX ? mx_lookup(a, off, ptr, owner, cap)
+                                          : lf_lookup(a, off, ptr, owner, cap);
+}
+
 uint64_t eng_arena_capacity(const eng_arena_t *a, uint64_t off)
 {
-        return a->kind == ENG_ARENA_MUTEX ? mx_capacity(a, off) : lf_capacity(a, off);
+        uint64_t cap;
+        return eng_arena_lookup(a, off, NULL, NULL, &cap) == 0 ? cap : 0;
 }
 
 uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off)
 {
-        uint64_t blk, w;
-        int rc = a->kind == ENG_ARENA_MUTEX ? mx_block_of(a, off, &blk, &w)
-                                            : lf_block_of(a, off, &blk, &w);
-        if (rc != 0 || blk_state(w) != BLK_USED)
-                return 0;
-        return blk_owner(w);
+        uint32_t owner;
+        return eng_arena_lookup(a, off, NULL, &owner, NULL) == 0 ? owner : 0;
 }
 
 uint64_t eng_arena_max_alloc(const eng_arena_t *a)

@@ -134,6 +134,16 @@ ENG_API int eng_arena_free(eng_arena_t *a, uint64_t off);
 ENG_API uint64_t eng_arena_capacity(const eng_arena_t *a, uint64_t off);
 /* Owner of a live block (0 if off is not a live block). */
 ENG_API uint32_t eng_arena_owner(const eng_arena_t *a, uint64_t off);
+/*
+ * Everything a receiver needs to know about a handle, from one look at its block's header
+ * (the word is read once, validated, and only the copies are returned): 0 if off is a live
+ * (allocated) block, with *ptr its payload (inside the region for *cap bytes), *owner its
+ * owner and *cap its usable bytes; -EINVAL otherwise (nothing written). Any of ptr, owner, cap
+ * may be NULL. eng_arena_owner and eng_arena_capacity are this, one field each; a caller that
+ * needs two of them (owner and capacity, then the pointer) asks once.
+ */
+ENG_API int eng_arena_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner,
+                             uint64_t *cap);
 /* Largest request eng_arena_alloc can ever satisfy. */
 ENG_API uint64_t eng_arena_max_alloc(const eng_arena_t *a);
 

@@ -193,6 +193,33 @@ static inline void arena_note_max(uint64_t *p, uint64_t v)
                 ;
 }
 
+/* Does [off, off + len) lie inside the region (and off != 0)? eng_arena_ptr's test. */
+static inline bool arena_in_region(const eng_arena_t *a, uint64_t off, uint64_t len)
+{
+        return off != 0 && off <= a->size && len <= a->size - off;
+}
+
+/*
+ * The end of eng_arena_lookup, from a block validated by lf_block_of or mx_block_of: its header
+ * word w and size bytes, each read once there. Only these copies are used.
+ */
+static inline int arena_lookup_copy(const eng_arena_t *a, uint64_t off, uint64_t w, uint64_t bytes,
+                                    void **ptr, uint32_t *owner, uint64_t *cap)
+{
+        if (blk_state(w) != BLK_USED || bytes < ENG_ARENA_HDR_BYTES)
+                return -EINVAL;
+        uint64_t c = bytes - ENG_ARENA_HDR_BYTES;
+        if (!arena_in_region(a, off, c)) /* implied by the validation: checked anyway */
+                return -EINVAL;
+        if (ptr != NULL)
+                *ptr = a->base + off;
+        if (owner != NULL)
+                *owner = blk_owner(w);
+        if (cap != NULL)
+                *cap = c;
+        return 0;
+}
+
 /* Shared by both implementations (arena.c). */
 void arena_cut(eng_arena_t *a, uint64_t *head);
 void arena_note_marks(eng_arena_t *a, uint64_t rt, uint64_t bb);
@@ -209,13 +236,15 @@ void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 int lf_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
 int lf_check_owners(const eng_arena_t *a, bool (*owner_live)(uint32_t, void *), void *ctx,
                     char *why, size_t whylen);
-uint64_t lf_capacity(const eng_arena_t *a, uint64_t off);
 uint64_t lf_max_alloc(const eng_arena_t *a);
 uint32_t lf_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *offs, uint32_t n);
 int lf_free_later(eng_arena_t *a, eng_arena_batch_t *b, uint64_t off);
 void lf_flush(eng_arena_t *a, eng_arena_batch_t *b);
 uint64_t lf_class_bytes(const eng_arena_t *a, uint64_t len);
-int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word);
+/* The block whose payload is at off, validated: its offset, its header word and its size in
+ * bytes (header included), each read once. 0 or -EINVAL. */
+int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word, uint64_t *bytes);
+int lf_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner, uint64_t *cap);
 bool lf_marks_sane(const eng_arena_t *a, uint64_t m, uint64_t *rt, uint64_t *bb);
 uint64_t lf_bottom_probe(const eng_arena_t *a, uint64_t low, uint64_t floor);
 bool lf_born_between(const eng_arena_t *a, uint64_t lo, uint64_t hi);
@@ -229,9 +258,9 @@ int mx_free(eng_arena_t *a, uint64_t off);
 int64_t mx_reclaim(eng_arena_t *a, uint32_t owner);
 void mx_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 int mx_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);
-uint64_t mx_capacity(const eng_arena_t *a, uint64_t off);
 uint64_t mx_max_alloc(const eng_arena_t *a);
-int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word);
+int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word, uint64_t *bytes);
+int mx_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner, uint64_t *cap);
 int mx_rec_alloc(eng_arena_t *a, uint32_t owner, uint64_t *off);
 int mx_rec_free(eng_arena_t *a, uint64_t off);
 int arena_mx_lock(eng_arena_t *a);

@@ -530,8 +530,8 @@ static bool lf_still_block(const eng_arena_t *a, uint64_t b, uint64_t w)
 /* USED -> FREE by CAS as lf_release, but the push waits for lf_flush. */
 int lf_free_later(eng_arena_t *a, eng_arena_batch_t *bt, uint64_t off)
 {
-        uint64_t b, w;
-        int rc = lf_block_of(a, off, &b, &w);
+        uint64_t b, w, bytes;
+        int rc = lf_block_of(a, off, &b, &w, &bytes);
         if (rc != 0)
                 return rc;
         struct blk_hdr *bh = blk_at(a, b);
@@ -584,7 +584,9 @@ void lf_flush(eng_arena_t *a, eng_arena_batch_t *bt)
         }
 }
 
-int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word)
+/* lf_block_of, inlined where it is on every message's path (lf_lookup). */
+static inline __attribute__((always_inline)) int
+lf_block_get(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word, uint64_t *bytes)
 {
         if (off < ENG_ARENA_HDR_BYTES || (off & 63u))
                 return -EINVAL;
@@ -596,15 +598,21 @@ int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *wor
                 return -EINVAL;
         *blk = b;
         *word = w;
+        *bytes = cls_bytes(a, blk_class(w)); /* of the class just validated, from the same word */
         return 0;
 }
 
-uint64_t lf_capacity(const eng_arena_t *a, uint64_t off)
+int lf_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word, uint64_t *bytes)
 {
-        uint64_t b, w;
-        if (lf_block_of(a, off, &b, &w) != 0 || blk_state(w) != BLK_USED)
-                return 0;
-        return cls_bytes(a, blk_class(w)) - ENG_ARENA_HDR_BYTES;
+        return lf_block_get(a, off, blk, word, bytes);
+}
+
+int lf_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner, uint64_t *cap)
+{
+        uint64_t b, w, bytes;
+        if (lf_block_get(a, off, &b, &w, &bytes) != 0)
+                return -EINVAL;
+        return arena_lookup_copy(a, off, w, bytes, ptr, owner, cap);
 }
 
 /* USED -> FREE by CAS (a second free of the same block finds FREE and is refused). */
@@ -630,8 +638,8 @@ static int lf_release(eng_arena_t *a, uint64_t b, uint64_t w, uint32_t owner_mus
 
 int lf_free(eng_arena_t *a, uint64_t off)
 {
-        uint64_t b, w;
-        int rc = lf_block_of(a, off, &b, &w);
+        uint64_t b, w, bytes;
+        int rc = lf_block_of(a, off, &b, &w, &bytes);
         if (rc != 0)
                 return rc;
         return lf_release(a, b, w, 0);

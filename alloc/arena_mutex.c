@@ -206,7 +206,8 @@ int mx_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off)
         return -ENOMEM;
 }
 
-int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word)
+int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *word,
+                uint64_t *bytes_out)
 {
         const struct eng_arena_hdr *h = a->hdr;
         if (off < ENG_ARENA_HDR_BYTES || (off & 63u))
@@ -223,15 +224,16 @@ int mx_block_of(const eng_arena_t *a, uint64_t off, uint64_t *blk, uint64_t *wor
                 return -EINVAL;
         *blk = b;
         *word = w;
+        *bytes_out = bytes; /* the value just validated: never read again */
         return 0;
 }
 
-uint64_t mx_capacity(const eng_arena_t *a, uint64_t off)
+int mx_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner, uint64_t *cap)
 {
-        uint64_t b, w;
-        if (mx_block_of(a, off, &b, &w) != 0 || blk_state(w) != BLK_USED)
-                return 0;
-        return blk_at(a, b)->bytes - ENG_ARENA_HDR_BYTES;
+        uint64_t b, w, bytes;
+        if (mx_block_of(a, off, &b, &w, &bytes) != 0)
+                return -EINVAL;
+        return arena_lookup_copy(a, off, w, bytes, ptr, owner, cap);
 }
 
 /* Free block o (already validated, USED) under the mutex; returns the start of the free
@@ -288,8 +290,8 @@ int mx_free(eng_arena_t *a, uint64_t off)
         int rc = arena_mx_lock(a);
         if (rc != 0)
                 return rc;
-        uint64_t b, w;
-        rc = mx_block_of(a, off, &b, &w);
+        uint64_t b, w, bytes;
+        rc = mx_block_of(a, off, &b, &w, &bytes);
         if (rc == 0 && blk_state(w) != BLK_USED)
                 rc = blk_state(w) == BLK_FREE ? -EALREADY : -EINVAL;
         if (rc == 0)

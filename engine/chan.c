@@ -1,6 +1,6 @@
 /*
  * chan.c - one direction of a stream, behind one interface for both transports:
- *   lock-free: a ck_ring driven through ring_* (seg.c);
+ *   lock-free: a ck_ring driven through ring_* (ring.c);
  *   mutex:     the baseline, a bounded queue of the same depth and slots guarded by a
  *              process-shared robust mutex and a condition variable.
  * Everything above (scheduling, waking sessions, the protocol) is the same for both, so the
@@ -59,7 +59,10 @@ void chan_attach(struct chan_end *e, union rec_chan *c, struct eng_desc *slots, 
                 ring_attach(&e->ring, &c->r, slots, depth, producer);
 }
 
-bool chan_push(struct chan_end *e, const struct eng_desc *d)
+/* The bodies of chan_push and chan_pop, inlined into chan_send and chan_recv, which are on
+ * every message's path: the protocol's wrapper adds no call there. */
+static inline __attribute__((always_inline)) bool chan_push_one(struct chan_end *e,
+                                                                const struct eng_desc *d)
 {
         if (!e->mutex)
                 return ring_push_spsc(&e->ring, d);
@@ -75,7 +78,8 @@ bool chan_push(struct chan_end *e, const struct eng_desc *d)
         return ok;
 }
 
-bool chan_pop(struct chan_end *e, struct eng_desc *d)
+static inline __attribute__((always_inline)) bool chan_pop_one(struct chan_end *e,
+                                                               struct eng_desc *d)
 {
         if (!e->mutex)
                 return ring_pop_spsc(&e->ring, d);
@@ -89,6 +93,39 @@ bool chan_pop(struct chan_end *e, struct eng_desc *d)
         }
         pthread_mutex_unlock(&q->m);
         return ok;
+}
+
+bool chan_push(struct chan_end *e, const struct eng_desc *d)
+{
+        return chan_push_one(e, d);
+}
+
+bool chan_pop(struct chan_end *e, struct eng_desc *d)
+{
+        return chan_pop_one(e, d);
+}
+
+/* The one place a descriptor is built and a sequence number given: the client's requests and
+ * the server's replies alike. */
+bool chan_send(struct chan_end *e, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
+{
+        struct eng_desc d = {.cmd = cmd, .len = len, .seq = e->seq + 1, .off = off, .arg = arg};
+        if (!chan_push_one(e, &d))
+                return false;
+        e->seq++;
+        return true;
+}
+
+/* The peer counts what it sends; so do we. A gap, a repeat or a forged descriptor is the
+ * receiver's to report (it ends the stream). */
+int chan_recv(struct chan_end *e, struct eng_desc *d)
+{
+        if (!chan_pop_one(e, d))
+                return 0;
+        if (d->seq != e->seq + 1)
+                return -EPROTO;
+        e->seq++;
+        return 1;
 }
 
 uint32_t chan_used(const struct chan_end *e)

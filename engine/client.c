@@ -27,9 +27,8 @@ struct eng_stream {
         uint64_t guid[2]; /* the record's GUID when we claimed it: ours while it matches */
         bool claim_held;  /* we hold the record's claim lock (until the server's answer) */
         struct eng_rec *rec;
-        struct chan_end out; /* c2s, we produce */
-        struct chan_end in;  /* s2c, we consume */
-        uint64_t seq_out, seq_in;
+        struct chan_end out; /* c2s, we produce (and count what we sent) */
+        struct chan_end in;  /* s2c, we consume (and count what we received) */
         int ended; /* 0, or the error the stream ended with (-EPIPE when closed by the server) */
         /* Small loans come from blocks taken off the arena LOAN_CACHE at a time (one CAS), already
          * stamped as this stream's: a crash leaves them to the server's reclaim like any loan. */
@@ -125,7 +124,7 @@ uint32_t eng_client_ticket(eng_client_t *c)
         struct eng_rec *sr = c->session->rec;
         eng_store_relaxed_u32(&sr->waiting, WAIT_SPIN);
         /* Full fence: `waiting` is visible before we look at any ring (Dekker with the
-         * server's publish-fence-read in wake_session). */
+         * server's publish-fence-read in srv_wake_session). */
         eng_fence_full();
         return eng_load_acquire_u32(&sr->wake);
 }
@@ -252,7 +251,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                 }
                 /* Acquire: the offer's words were written before the word that publishes them. */
                 uint32_t w = eng_load_acquire_u32(&h->offer_state);
-                uint32_t taken = (w & ~3u) | OFFER_TAKEN;
+                uint32_t taken = offer_word_with(w, OFFER_TAKEN);
                 if (offer_state_of(w) == OFFER_UP) {
                         /* Read the offer once; check and use the copies. */
                         uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
@@ -260,12 +259,15 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         uint64_t g1 = eng_load_relaxed_u64(&h->offer_guid[1]);
                         struct eng_rec *r = seg_rec(sg, idx);
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
-                            r->guid[0] == g0 && r->guid[1] == g1 && r->depth == sg->depth &&
+                            eng_load_relaxed_u64(&r->guid[0]) == g0 &&
+                            eng_load_relaxed_u64(&r->guid[1]) == g1 &&
+                            eng_load_relaxed_u32(&r->depth) == sg->depth &&
                             seg_claim_lock(sg, idx, g0) == 0) {
-                                r->owner_pid = getpid();
-                                r->type = type;
-                                r->user_id = user_id;
-                                r->session = session;
+                                eng_store_relaxed_u32((uint32_t *)&r->owner_pid,
+                                                      (uint32_t)getpid());
+                                eng_store_relaxed_u32(&r->type, type);
+                                eng_store_relaxed_u32(&r->user_id, user_id);
+                                eng_store_relaxed_u32(&r->session, session);
                                 /* Release: the owner fields are visible before CLAIMED. */
                                 eng_store_release_u32(&r->state, ST_CLAIMED);
                                 /* This generation's offer is taken; if the server already saw
@@ -532,7 +534,8 @@ static int arena_enter(eng_client_t *c, uint64_t wait_ns)
                         __atomic_signal_fence(__ATOMIC_SEQ_CST);
                 else
                         eng_fence_full();
-                uint32_t g = eng_load_relaxed_u32(gate);
+                /* Acquire: a repair's writes to the arena come before the server opens it. */
+                uint32_t g = eng_load_acquire_u32(gate);
                 if (g == 0)
                         return 0;
                 eng_store_release_u32(op, 0);
@@ -571,9 +574,13 @@ int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
                 /* Each entry is still ours unless this stream sent it without loaning it
                  * (a confused caller): then the server freed it and it is dropped here. */
                 while (s->ncache > 0) {
+                        uint32_t owner;
+                        uint64_t cap;
+                        void *q;
                         *off = s->cache[--s->ncache];
-                        if (eng_arena_owner(a, *off) == s->owner) {
-                                *p = eng_arena_ptr(a, *off, len);
+                        if (eng_arena_lookup(a, *off, &q, &owner, &cap) == 0 && owner == s->owner &&
+                            cap >= len) {
+                                *p = q;
                                 return 0;
                         }
                 }
@@ -624,9 +631,11 @@ int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int 
 
 uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off)
 {
-        return eng_arena_owner(&s->c->sg.arena, off) == s->owner
-                   ? eng_arena_capacity(&s->c->sg.arena, off)
-                   : 0;
+        uint32_t owner;
+        uint64_t cap;
+        if (eng_arena_lookup(&s->c->sg.arena, off, NULL, &owner, &cap) != 0 || owner != s->owner)
+                return 0;
+        return cap;
 }
 
 /*
@@ -636,9 +645,11 @@ uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off)
  */
 static void give_back(eng_stream_t *s, uint64_t off)
 {
-        eng_arena_t *a = &s->c->sg.arena;
-        if (s->ncache < LOAN_CACHE && s->c->small_len != 0 && eng_arena_owner(a, off) == s->owner &&
-            eng_arena_capacity(a, off) == s->c->small_len) {
+        uint32_t owner;
+        uint64_t cap;
+        if (s->ncache < LOAN_CACHE && s->c->small_len != 0 &&
+            eng_arena_lookup(&s->c->sg.arena, off, NULL, &owner, &cap) == 0 && owner == s->owner &&
+            cap == s->c->small_len) {
                 for (uint32_t i = 0; i < s->ncache; i++)
                         if (s->cache[i] == off)
                                 return; /* given back twice: keep one entry */
@@ -673,12 +684,11 @@ static void sched_push(eng_stream_t *s)
         sched_stream(&s->c->sg, s->rec, s->idx);
 }
 
+/* Send to the server: the channel's send (sequence numbered), then make sure it is seen. */
 static int push(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-        struct eng_desc d = {.cmd = cmd, .len = len, .seq = s->seq_out + 1, .off = off, .arg = arg};
-        if (!chan_push(&s->out, &d))
+        if (!chan_send(&s->out, cmd, arg, off, len))
                 return -EAGAIN;
-        s->seq_out++;
         sched_push(s);
         return 0;
 }
@@ -714,32 +724,60 @@ static bool spin_on(eng_stream_t *s, struct chan_end *ch, uint64_t deadline)
         return false;
 }
 
-int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
-                    int timeout_ms)
+/* One non-blocking attempt of a blocking call, with its arguments: try_send or try_recv. */
+struct stream_try {
+        int (*fn)(eng_stream_t *s, const struct stream_try *t);
+        uint16_t cmd; /* send */
+        uint32_t len;
+        uint64_t arg, off;
+        eng_msg_t *m; /* recv */
+};
+
+/*
+ * The blocking calls' loop, for either direction (ch: s->out to send, s->in to receive): the
+ * caller's first try said -EAGAIN; spin on the channel, then take a ticket before each try
+ * (so a change after the try moves the wake word) and wait on it, until the try says
+ * something else or the wait fails (deadline, server gone, interrupted).
+ */
+static int stream_retry(eng_stream_t *s, struct chan_end *ch, const struct stream_try *t,
+                        int timeout_ms)
 {
         eng_client_t *c = s->c;
-        int rc = eng_stream_try_send(s, cmd, arg, off, len);
-        if (rc != -EAGAIN)
-                return rc;
         uint64_t deadline = deadline_of(c, timeout_ms);
-        if (spin_on(s, &s->out, deadline) &&
-            (rc = eng_stream_try_send(s, cmd, arg, off, len)) != -EAGAIN)
+        int rc;
+        if (spin_on(s, ch, deadline) && (rc = t->fn(s, t)) != -EAGAIN)
                 return rc;
         for (;;) {
-                uint32_t t = eng_client_ticket(c);
-                rc = eng_stream_try_send(s, cmd, arg, off, len);
+                uint32_t ticket = eng_client_ticket(c);
+                rc = t->fn(s, t);
                 if (rc != -EAGAIN)
                         return rc;
-                rc = stream_wait(c, &s->out, t, deadline);
+                rc = stream_wait(c, ch, ticket, deadline);
                 if (rc != 0)
                         return rc;
         }
 }
 
+static int try_send(eng_stream_t *s, const struct stream_try *t)
+{
+        return eng_stream_try_send(s, t->cmd, t->arg, t->off, t->len);
+}
+
+int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
+                    int timeout_ms)
+{
+        int rc = eng_stream_try_send(s, cmd, arg, off, len);
+        if (rc != -EAGAIN)
+                return rc;
+        struct stream_try t = {.fn = try_send, .cmd = cmd, .len = len, .arg = arg, .off = off};
+        return stream_retry(s, &s->out, &t, timeout_ms);
+}
+
 int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
 {
         struct eng_desc d;
-        if (!chan_pop(&s->in, &d)) {
+        int got = chan_recv(&s->in, &d);
+        if (got == 0) {
                 int rc = stream_state(s);
                 return rc != 0 ? rc : -EAGAIN;
         }
@@ -750,13 +788,12 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
                 eng_store_relaxed_u32(&s->rec->want_space, 0);
                 sched_stream(&s->c->sg, s->rec, s->idx);
         }
-        if (d.seq != s->seq_in + 1) {
+        if (got < 0) {
                 s->ended = -EPROTO;
                 eng_set_err("stream %u: expected message %llu, got %llu", s->user_id,
-                            (unsigned long long)(s->seq_in + 1), (unsigned long long)d.seq);
+                            (unsigned long long)(s->in.seq + 1), (unsigned long long)d.seq);
                 return -EPROTO;
         }
-        s->seq_in++;
         if (d.cmd == CMD_S_CLOSE || d.cmd == CMD_S_ERROR) {
                 int err = d.cmd == CMD_S_CLOSE ? -EPIPE : -(int)(int64_t)d.arg;
                 if (err >= 0 || err == -ESHUTDOWN)
@@ -781,13 +818,17 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
         m->off = d.off;
         m->data = NULL;
         if (d.off != 0) {
-                if (eng_arena_owner(&s->c->sg.arena, d.off) != s->owner ||
-                    eng_arena_capacity(&s->c->sg.arena, d.off) < d.len) {
+                /* One look at the block's header; its copies decide, and give the pointer. */
+                uint32_t owner;
+                uint64_t cap;
+                void *p;
+                if (eng_arena_lookup(&s->c->sg.arena, d.off, &p, &owner, &cap) != 0 ||
+                    owner != s->owner || cap < d.len) {
                         s->ended = -EPROTO;
                         eng_set_err("stream %u: message buffer is not ours", s->user_id);
                         return -EPROTO;
                 }
-                m->data = eng_arena_ptr(&s->c->sg.arena, d.off, d.len);
+                m->data = p;
         } else if (d.len != 0) {
                 s->ended = -EPROTO;
                 eng_set_err("stream %u: a message of %u bytes without a buffer", s->user_id, d.len);
@@ -796,24 +837,18 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
         return 0;
 }
 
+static int try_recv(eng_stream_t *s, const struct stream_try *t)
+{
+        return eng_stream_try_recv(s, t->m);
+}
+
 int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms)
 {
-        eng_client_t *c = s->c;
         int rc = eng_stream_try_recv(s, m);
         if (rc != -EAGAIN)
                 return rc;
-        uint64_t deadline = deadline_of(c, timeout_ms);
-        if (spin_on(s, &s->in, deadline) && (rc = eng_stream_try_recv(s, m)) != -EAGAIN)
-                return rc;
-        for (;;) {
-                uint32_t t = eng_client_ticket(c);
-                rc = eng_stream_try_recv(s, m);
-                if (rc != -EAGAIN)
-                        return rc;
-                rc = stream_wait(c, &s->in, t, deadline);
-                if (rc != 0)
-                        return rc;
-        }
+        struct stream_try t = {.fn = try_recv, .m = m};
+        return stream_retry(s, &s->in, &t, timeout_ms);
 }
 
 void eng_stream_release(eng_stream_t *s, eng_msg_t *m)

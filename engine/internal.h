@@ -45,15 +45,35 @@ static inline long long seg_claim_byte(uint32_t idx, uint64_t guid0)
 
 /*
  * hdr->offer_state: a generation (bits 31..2, bumped at every publication by the server) and a
- * state (bits 1..0). The server publishes an offer without the bootstrap lock: words first,
- * then this word (release) with a new generation and UP. A claimer, under the lock, acquires it,
- * reads the words, claims, and CASes UP into TAKEN of the same generation: a claim that ends
- * after the server already published the next offer cannot mark that one taken.
+ * state (bits 1..0, enum offer_state). The server publishes an offer without the bootstrap
+ * lock: words first (offer_guid, offer_idx: relaxed stores), then this word with a new
+ * generation and UP. A claimer, under the lock, acquires it, reads the words (relaxed), claims,
+ * and CASes UP into TAKEN of the same generation: a claim that ends after the server already
+ * published the next offer cannot mark that one taken.
+ *
+ * Discipline: every plain write is eng_store_release_u32 (the server: publish, withdraw at
+ * stop, mark spent in offer_republish), so whoever acquires the word sees the offer's words
+ * written before it; the claimer writes only with eng_cas_u32 from the exact word it read;
+ * every read is eng_load_acquire_u32. Words are built with offer_word_next/offer_word_with.
  */
-enum { OFFER_NONE = 0, OFFER_UP = 1, OFFER_TAKEN = 2 };
+enum offer_state {
+        OFFER_NONE = 0,  /* nothing on offer (before the first, or withdrawn at stop) */
+        OFFER_UP = 1,    /* offer_idx/offer_guid name a record to claim */
+        OFFER_TAKEN = 2, /* claimed, or spent (inconsistent, or its claim lock held) */
+};
 static inline uint32_t offer_state_of(uint32_t w)
 {
         return w & 3u;
+}
+/* The word of the generation after w's, in state st (the server's publications). */
+static inline uint32_t offer_word_next(uint32_t w, enum offer_state st)
+{
+        return (((w >> 2) + 1) << 2) | (uint32_t)st;
+}
+/* w's generation in state st (marking an offer taken). */
+static inline uint32_t offer_word_with(uint32_t w, enum offer_state st)
+{
+        return (w & ~3u) | (uint32_t)st;
 }
 
 /* engine-reserved commands */
@@ -118,29 +138,54 @@ _Static_assert(sizeof(struct mq) <= 3 * 64, "mq fits the ring's lines");
 /*
  * A record body (the arena gives fixed-size slots; the body follows the arena's 64-byte slot
  * header). Lines are grouped by writer so that the two processes never write one cache line.
+ *
+ * Every word has one discipline, given with it. The server initialises the whole record
+ * (plain and relaxed stores, the slot is nobody's yet) before it publishes state = OFFERED with
+ * release; what it writes there is read by a claimer after its acquire of OFFERED.
  */
 struct eng_rec {
         /* line 0: identity. Server writes before offering; client writes owner fields while it
-         * holds the bootstrap mutex; read-only afterwards. */
+         * holds the bootstrap lock; read-only afterwards. */
+        /* ST_*: every store is eng_store_release_u32 (the words of the step it announces come
+         * first: the claim's fields before CLAIMED, the server's last push before ENDED); every
+         * load that goes on to read those is eng_load_acquire_u32. A relaxed load is only a hint
+         * re-read with acquire before anything relies on it (the client's spin, spin_on). */
         uint32_t state;
+        /* The claim: type, owner_pid, session, user_id. Relaxed stores by the claimer before its
+         * release of CLAIMED; relaxed loads by the server after its acquire of CLAIMED, once
+         * (accept_stream copies them). */
         uint32_t type;
+        /* Written by the server before OFFERED; relaxed loads (the claimer, a client checking
+         * that the record is still its own, the server comparing with its private copy). */
         uint64_t guid[2];
-        uint64_t epoch;
+        uint64_t epoch; /* written before OFFERED; carries no authority (never read back) */
         int32_t owner_pid;
         uint32_t session; /* stream: record index of the client's session */
         uint32_t user_id;
-        uint32_t depth;
+        uint32_t depth; /* written before OFFERED; the claimer checks it (relaxed) */
         /* Server: "I stopped draining: wake me when you read a reply"; client clears it. Both
          * writes are rare (a full reply ring), so it shares the read-mostly identity line
-         * rather than the sched line, which the client reads after every push. */
+         * rather than the sched line, which the client reads after every push. Relaxed stores
+         * and loads, each side's store and load separated by a full fence (Dekker: the server
+         * sets it, fences, re-checks its room; the client pops, fences, reads it). */
         uint32_t want_space;
         uint32_t pad0[3];
-        /* line 1: scheduling word (client sets QUEUED/AGAIN, workers RUNNING/POLLING/IDLE) */
+        /* line 1: scheduling word (RUN_*; client sets QUEUED/AGAIN/FIN, workers RUNNING/
+         * POLLING/IDLE). Every change is eng_cas_u32 or eng_swap_u32 (full barriers: the state
+         * machine in docs/ARCHITECTURE.md relies on it); loads are relaxed and only choose the
+         * CAS to try, or are hints (reap_tick; sched_push under the asymmetric barrier). */
         _Alignas(CL) uint32_t sched;
-        /* line 2: session wake-up (session records): server bumps, client sleeps */
+        /* line 2: session wake-up (session records): server bumps, client sleeps.
+         * wake: eng_faa_u32 by the server, eng_load_acquire_u32 and futex waits by the client.
+         * waiting (WAIT_*): relaxed stores by the client, each followed by a full fence;
+         * relaxed loads by the server, after a full fence: Dekker with the rings (see
+         * eng_client_ticket and srv_wake_session). */
         _Alignas(CL) uint32_t wake;
         uint32_t waiting;
-        uint32_t arena_op; /* session: 1 while its client is inside an arena operation */
+        /* Session: 1 while its client is inside an arena operation. Client: relaxed store of
+         * 1, then a full fence (or the asymmetric barrier), then its look at the gate; release
+         * store of 0 (its arena writes come first). Server: acquire loads (repair_arena). */
+        uint32_t arena_op;
         /* lines 3..5 and 6..8: the two channels' control blocks (ring or mutex queue) */
         _Alignas(CL) union rec_chan c2s;
         _Alignas(CL) union rec_chan s2c;
@@ -160,7 +205,10 @@ static inline uint64_t rec_bytes(uint32_t depth)
 
 /* The segment header: offset 0 of the segment. */
 struct eng_seg_hdr {
-        /* line 0: immutable after creation; magic is written last and read first */
+        /* line 0: immutable after creation; magic is written last and read first. Written
+         * while formatting (plain stores) and published by the release store of magic; an
+         * attacher loads magic with acquire, then copies the line once (seg_attach_trust) and
+         * uses only the copy. The server heals it the same way (magic last). */
         uint32_t magic;
         uint32_t version;
         uint32_t transport;
@@ -173,21 +221,34 @@ struct eng_seg_hdr {
         uint32_t bitmap_words;
         uint32_t hdr_bytes;
         uint32_t asym; /* 1: the server issues membarrier(GLOBAL_EXPEDITED) (see sched_push) */
-        /* line 1: server state (server writes) */
+        /* line 1: server state (server writes). state (SRV_*): release stores, acquire loads.
+         * arena_gate: 1 while the server repairs the arena (clients stay out); release stores
+         * by the server (the repair's writes come first), acquire loads; a client's load
+         * follows its arena_op store and a full fence (Dekker with repair_arena). */
         _Alignas(CL) uint32_t state;
-        uint32_t arena_gate; /* 1 while the server repairs the arena: clients stay out */
-        /* line 2: worker wake-up (clients write) */
+        uint32_t arena_gate;
+        /* line 2: worker wake-up (clients write). srv_wake: eng_faa_u32 and futex wakes by
+         * whoever posts work, acquire load and futex wait by a worker going to sleep.
+         * srv_sleepers: eng_faa_u32 by workers around their sleep (a locked add before the
+         * re-scan), relaxed load by a poster after its locked CAS (of the ready bit, or of
+         * sched before it): Dekker, see ready_post. */
         _Alignas(CL) uint32_t srv_wake;
         uint32_t srv_sleepers;
-        /* line 3: bootstrap hand-out (the lock itself is SEG_LOCK_BOOT, held by the kernel) */
+        /* line 3: bootstrap hand-out (the lock itself is SEG_LOCK_BOOT, held by the kernel).
+         * offer_guid, offer_idx: relaxed stores by the server before its release of
+         * offer_state, relaxed loads after an acquire of it. offer_state: see enum offer_state.
+         * boot_wake, ctl_wake, boot_seq: wake words, eng_faa_u32 and futex wakes by the waker,
+         * acquire load and futex wait by the sleeper. boot_waiters: eng_faa_u32 by a waiter
+         * before its second try, relaxed load after a full fence by the holder letting go. */
         _Alignas(CL) uint64_t offer_guid[2];
         uint32_t offer_idx;    /* record index on offer */
-        uint32_t offer_state;  /* OFFER_* */
+        uint32_t offer_state;  /* generation | enum offer_state */
         uint32_t boot_wake;    /* clients waiting for an offer sleep here */
         uint32_t ctl_wake;     /* the server's control thread sleeps here */
         uint32_t boot_seq;     /* bumped when the bootstrap lock is let go with waiters */
         uint32_t boot_waiters; /* processes waiting for the bootstrap lock (a hint) */
-        /* line: counters (relaxed, statistics only) */
+        /* line: counters, statistics only: eng_faa_u64 by the server (ck_pr_faa, a locked add:
+         * a full barrier on x86, though nothing relies on its order), read by tools */
         _Alignas(CL) uint64_t opens;
         uint64_t closes;
         uint64_t ended;
@@ -202,7 +263,7 @@ _Static_assert(offsetof(struct eng_seg_hdr, srv_wake) == 2 * CL, "workers' wake 
 _Static_assert(offsetof(struct eng_seg_hdr, offer_guid) == 3 * CL, "bootstrap from line 3");
 _Static_assert(offsetof(struct eng_seg_hdr, opens) % CL == 0, "counters on their own line");
 
-/* ---- helpers shared by both sides (seg.c) ------------------------------------------ */
+/* ---- the segment (seg.c) ------------------------------------------------------------ */
 
 struct eng_seg {
         int fd;
@@ -219,11 +280,13 @@ struct eng_seg {
         dev_t dev;
         ino_t ino;
         bool serving;             /* created it: holds SEG_LOCK_SERVER on fd */
-        uint32_t broken;          /* SIGBUS guard: shrunk, and the pages cannot be had again */
-        uint32_t restored;        /* SIGBUS guard: shrinks it undid */
+        uint32_t broken;          /* SIGBUS guard: shrunk, and the pages cannot be had again
+                                   * (guard.c stores 1 with release; loads are acquire) */
+        uint32_t restored;        /* SIGBUS guard: shrinks it undid (eng_faa_u32; acquire) */
         uint32_t ready_hi;        /* server: highest record index ever offered + 1 (bounds the
                                    * ready-set scan: not the shared record top, which a writer
-                                   * can lower under live records) */
+                                   * can lower under live records). Private; written by the
+                                   * control thread only, relaxed (see ready_words) */
         uid_t evicted_uid;        /* create: a foreign object under the name was removed */
         struct eng_seg *reg_next; /* every segment mapped in this process (seg.c) */
 };
@@ -289,7 +352,7 @@ static inline struct eng_desc *rec_s2c_slots(struct eng_rec *r, uint32_t depth)
         return r->slots + depth;
 }
 
-/* futex helpers (wait.c). Shared (not FUTEX_PRIVATE_FLAG): they work across processes. */
+/* Clock and futexes (wait.c). Shared (not FUTEX_PRIVATE_FLAG): they work across processes. */
 int eng_futex_wait(uint32_t *word, uint32_t expect, int64_t timeout_ns);
 void eng_futex_wake(uint32_t *word, int n);
 /* eng_now_ns() is public (engine.h). */
@@ -323,11 +386,14 @@ bool ring_room(struct ring_end *e, uint32_t n);
 /*
  * Channels (chan.c): the one interface the server and client use for a direction of a
  * stream, whatever the transport. Lock-free: the ring_* functions above. Mutex: struct mq.
+ * chan_send and chan_recv are the protocol's view (sequence-numbered descriptors); chan_push
+ * and chan_pop move a descriptor as it is.
  */
 struct chan_end {
         struct ring_end ring;
         struct mq *q;
         struct eng_desc *slots;
+        uint64_t seq; /* sequence number of the last descriptor sent (producer) or received */
         uint32_t mask;
         bool mutex;
         bool producer;
@@ -337,6 +403,13 @@ void chan_attach(struct chan_end *e, union rec_chan *c, struct eng_desc *slots, 
                  eng_transport_t t, bool producer);
 bool chan_push(struct chan_end *e, const struct eng_desc *d);
 bool chan_pop(struct chan_end *e, struct eng_desc *d);
+/* Producer: push the descriptor {cmd, len, arg, off} with the next sequence number. true: sent
+ * (the sequence advances); false: the channel is full (nothing changed). */
+bool chan_send(struct chan_end *e, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len);
+/* Consumer: pop a descriptor into *d. 1: the next in sequence (the sequence advances); 0:
+ * nothing to receive; -EPROTO: out of sequence (lost, duplicated or forged; *d holds it, and
+ * the descriptor expected was e->seq + 1). */
+int chan_recv(struct chan_end *e, struct eng_desc *d);
 uint32_t chan_used(const struct chan_end *e);
 uint32_t chan_free(const struct chan_end *e);
 bool chan_ready(struct chan_end *e);            /* consumer: chan_used() > 0, cheaply */
@@ -346,25 +419,31 @@ bool chan_room(struct chan_end *e, uint32_t n); /* producer: chan_free() >= n, c
  * transport waits on the session word instead (client.c); this returns at once for it. */
 void chan_wait(struct chan_end *e, uint64_t deadline);
 
-/* Ready set (ready.c): one bit per record index. */
+/* Ready set (sched.c): one bit per record index, in the segment after the header. Bits are
+ * set and cleared only by CAS (full barriers) and read relaxed; a bit is a hint (a worker
+ * validates the stream against its private table). */
 bool ready_set(struct eng_seg *sg, uint32_t idx); /* true if the bit was clear */
 bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx);
 bool ready_any(struct eng_seg *sg);
 void ready_post(struct eng_seg *sg, uint32_t idx);
 
-/* Schedule a stream for the server's workers (client side, after publishing work). */
+/* Schedule a stream for the server's workers (client side, after publishing work; sched.c). */
 void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
 /*
- * The asymmetric barrier (membarrier(2)): a client registered for it skips the full fence
- * between its ring publication and its read of sched when that read says POLLING; a worker
+ * The asymmetric barrier (membarrier(2), sched.c): a client registered for it skips the full
+ * fence between its ring publication and its read of sched when that read says POLLING; a worker
  * that takes a stream out of POLLING calls eng_asym_heavy() between its CAS and its second
- * look at the ring. Both return false / do nothing where the kernel cannot.
+ * look at the ring. The arena gate uses it the same way (the client's arena_op store and gate
+ * load; repair_arena's gate store and arena_op loads). Both return false / do nothing where
+ * the kernel cannot.
  */
 bool eng_asym_supported(void); /* server: can issue the heavy side (checked once) */
 bool eng_asym_register(void);  /* client: register this process for it */
 void eng_asym_heavy(void);     /* server: every registered thread passes a full barrier */
 /* Client's last touch of a record: sched := FIN (and schedule it if it was idle). */
 void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
+
+/* The calling thread's message for the user, read back by eng_errmsg() (err.c). */
 void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The SIGBUS guard of a mapped segment (guard.c): a shrink of the object by another process

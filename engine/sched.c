@@ -1,0 +1,163 @@
+/*
+ * sched.c - who runs a stream: the ready set (one bit per record index in the segment) and a
+ * record's scheduling word (rec->sched), as the client drives them (sched_stream, sched_fin) and
+ * the workers take them (ready_take, ready_any), and the asymmetric barrier (membarrier) that
+ * lets a client skip its fence while a worker polls its stream. The worker's side of the
+ * sched word is in worker.c.
+ */
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/*
+ * Set the bit of idx; true if this call set it, false if it was set already. A relaxed load,
+ * then a CAS loop (a CAS, not a locked OR: it returns the word it found, and a bit found set
+ * costs no locked instruction); a successful CAS is a full barrier. The bit is a hint and
+ * orders nothing the reader relies on: a client's ring push is ordered before it by the fence
+ * and CAS of sched in sched_stream (the swap in sched_fin), and a worker that takes the bit
+ * (ready_take, a CAS) then reads sched and the ring itself. A bit found set serves this call's
+ * purpose too: a worker will take it and look at the stream.
+ */
+bool ready_set(struct eng_seg *sg, uint32_t idx)
+{
+        uint64_t bit = 1ull << (idx & 63);
+        uint64_t *w = &sg->bitmap[idx >> 6];
+        uint64_t old = eng_load_relaxed_u64(w);
+        while ((old & bit) == 0) {
+                if (eng_cas_u64(w, old, old | bit, &old))
+                        return true;
+        }
+        return false;
+}
+
+/*
+ * Take one set bit, scanning from bit *cursor onwards and wrapping around (the cursor is a bit
+ * index, so a stream that is re-queued is not taken again before the other set bits of its
+ * word: a stream waiting for its session must let the session's bit be seen).
+ */
+/* Words of the bitmap that can hold a set bit: only records ever carved can be scheduled, so
+ * the scan costs what the arena's record area holds, not what the segment could hold. */
+static uint32_t ready_words(struct eng_seg *sg)
+{
+        /* The server's own count (private memory). Relaxed: the control thread raises it before
+         * it publishes the offer (release), and the bit of a record claimed from that offer is
+         * set by a CAS (a full barrier) after the claimer acquired it, so a worker that sees the
+         * bit and then reads a stale count misses the bit for one scan only; its fenced look
+         * before sleeping (ready_any after a locked add) reads the count anew. */
+        uint32_t hi = eng_load_relaxed_u32(&sg->ready_hi);
+        uint32_t n = ((hi < sg->max_streams ? hi : sg->max_streams) + 63) / 64;
+        return n ? n : 1;
+}
+
+bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
+{
+        uint32_t nw = ready_words(sg);
+        uint32_t start = *cursor % (nw * 64);
+        uint32_t sw = start / 64, sb = start % 64;
+        for (uint32_t k = 0; k <= nw; k++) {
+                uint32_t wi = (sw + k) % nw;
+                uint64_t mask = ~0ull;
+                if (k == 0)
+                        mask = ~0ull << sb;
+                else if (k == nw)
+                        mask = sb ? (1ull << sb) - 1 : 0; /* the start word's low bits, last */
+                uint64_t *w = &sg->bitmap[wi];
+                uint64_t old = eng_load_relaxed_u64(w);
+                while ((old & mask) != 0) {
+                        uint64_t bit = (old & mask) & (~(old & mask) + 1);
+                        if (eng_cas_u64(w, old, old & ~bit, &old)) {
+                                *idx = wi * 64 + (uint32_t)__builtin_ctzll(bit);
+                                *cursor = *idx + 1;
+                                return *idx < sg->max_streams;
+                        }
+                }
+        }
+        return false;
+}
+
+bool ready_any(struct eng_seg *sg)
+{
+        uint32_t nw = ready_words(sg);
+        for (uint32_t i = 0; i < nw; i++)
+                if (eng_load_relaxed_u64(&sg->bitmap[i]))
+                        return true;
+        return false;
+}
+
+/*
+ * Client side, after pushing to the c2s ring: make sure a worker will look at the stream.
+ * IDLE -> QUEUED (and set the ready bit, and wake a worker if one sleeps); RUNNING -> AGAIN
+ * (the worker running it will go round again). All CAS: full barriers, so the push is
+ * visible before the worker can observe the transition.
+ */
+void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
+{
+        /* Full fence: our ring publication (a store) must be visible before we read sched.
+         * Without it a worker could see QUEUED -> RUNNING, drain a ring that does not yet show
+         * our descriptor, and go IDLE, while we read the stale QUEUED and return: the message
+         * would sit there until the next push (store->load is the one order TSO does not keep). */
+        eng_fence_full();
+        uint32_t s = eng_load_relaxed_u32(&r->sched);
+        for (;;) {
+                uint32_t want;
+                if (s == RUN_IDLE)
+                        want = RUN_QUEUED;
+                else if (s == RUN_RUNNING)
+                        want = RUN_AGAIN;
+                else
+                        return; /* QUEUED or AGAIN: someone will look; POLLING: a worker is
+                                   watching the ring and re-checks it after leaving (worker.c) */
+                if (eng_cas_u32(&r->sched, s, want, &s)) {
+                        if (want == RUN_AGAIN)
+                                return;
+                        break;
+                }
+        }
+        ready_post(sg, idx);
+}
+
+bool eng_asym_supported(void)
+{
+        long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+        if (q < 0 || !(q & MEMBARRIER_CMD_GLOBAL_EXPEDITED))
+                return false;
+        /* Seccomp may allow the query and refuse the command: try it once. */
+        return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+
+bool eng_asym_register(void)
+{
+        return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+
+void eng_asym_heavy(void)
+{
+        syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
+}
+
+/* Set idx's ready bit and wake a worker if one sleeps. */
+void ready_post(struct eng_seg *sg, uint32_t idx)
+{
+        ready_set(sg, idx);
+        /* Dekker with the worker: we set the bit (a CAS: locked) or found it set, then read
+         * sleepers; a worker increments sleepers (locked), then re-scans the bits. One of us
+         * sees the other: it finds the bit, or we see it asleep and wake it. */
+        if (eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0) {
+                eng_faa_u32(&sg->hdr->srv_wake, 1);
+                eng_futex_wake(&sg->hdr->srv_wake, 1);
+        }
+}
+
+/*
+ * The client's last write to a record: sched := FIN. If the stream was idle nobody would look
+ * at it, so post it; if it was queued or running, the worker will see FIN when it tries to go
+ * idle. After this the record may be freed and reused at any moment.
+ */
+void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx)
+{
+        uint32_t prev = eng_swap_u32(&r->sched, RUN_FIN);
+        if (prev == RUN_IDLE)
+                ready_post(sg, idx);
+}
