@@ -13,6 +13,9 @@ foreach(h IN LISTS ENG_PUBLIC_HEADERS)
   configure_file(${h} ${ENG_BUILD_INCLUDE}/shmengine/${n} COPYONLY)
 endforeach()
 
+# The library's objects export only ENG_API names (tests/check-symbols.sh). Only theirs: a test
+# binary with its own main() must keep default visibility (Criterion's runner finds it).
+set_target_properties(eng_alloc eng_engine eng_proto PROPERTIES C_VISIBILITY_PRESET hidden)
 set(ENG_LIB_OBJECTS $<TARGET_OBJECTS:eng_alloc> $<TARGET_OBJECTS:eng_engine>
                     $<TARGET_OBJECTS:eng_proto>)
 # Before 1.0 the ABI may change with the minor version: soname libshmengine.so.0.MINOR.
