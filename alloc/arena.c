@@ -531,6 +531,18 @@ uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index)
         return a->rec_base + index * a->rec_stride + ENG_ARENA_HDR_BYTES;
 }
 
+int eng_arena_rec_in_use(const eng_arena_t *a, uint64_t index)
+{
+        if (index >= a->rec_slots_max)
+                return -1;
+        uint64_t w = eng_load_relaxed_u64(&blk_at(a, a->rec_base + index * a->rec_stride)->word);
+        if (w == 0)
+                return 0; /* never carved */
+        if (blk_magic(w) != BLK_MAGIC)
+                return -1;
+        return blk_state(w) == BLK_RUSED ? 1 : blk_state(w) == BLK_RFREE ? 0 : -1;
+}
+
 uint64_t eng_arena_rec_slots(const eng_arena_t *a)
 {
         return (rec_top(a) - a->rec_base) / a->rec_stride;

@@ -189,6 +189,9 @@ ENG_API int eng_arena_rec_free(eng_arena_t *a, uint64_t off);
 ENG_API int64_t eng_arena_rec_index(const eng_arena_t *a, uint64_t off);
 ENG_API uint64_t eng_arena_rec_offset(const eng_arena_t *a, uint64_t index);
 /* Number of slots ever carved (slots [0, n) may be inspected). */
+/* Slot index as its header says: 1 allocated, 0 free or never carved, -1 not a record's
+ * header (damage) or out of range. For tools; the owner of a record knows without asking. */
+ENG_API int eng_arena_rec_in_use(const eng_arena_t *a, uint64_t index);
 ENG_API uint64_t eng_arena_rec_slots(const eng_arena_t *a);
 /* Bytes per record slot (header included). */
 ENG_API uint64_t eng_arena_rec_stride(const eng_arena_t *a);

@@ -42,6 +42,58 @@ static void report(const eng_xfer_result_t *r, void *ctx)
                         "transfer FAILED");
 }
 
+/* SIGUSR1: what engine-stat shows, in the log: one line per open stream, one for the arena and
+ * the engine's counters. Read through the same read-only snapshot as engine-stat. */
+static void log_summary(const char *name)
+{
+        eng_stat_view_t *v;
+        eng_stat_t st;
+        int rc = eng_stat_open(name, 0, &v);
+        if (rc == 0) {
+                rc = eng_stat_take(v, &st);
+                eng_stat_close(v);
+        }
+        if (rc != 0) {
+                eng_log(ENG_LOG_WARN, NULL, "SIGUSR1: no summary: %s", eng_errmsg());
+                return;
+        }
+        uint32_t open = 0;
+        for (uint32_t i = 0; i < st.nrecs; i++) {
+                const eng_stat_rec_t *r = &st.recs[i];
+                if (r->session || strcmp(r->state, "open") != 0)
+                        continue;
+                open++;
+                eng_log(
+                    ENG_LOG_INFO,
+                    ENG_LOG_FIELDS(
+                        ENG_LF_U64("stream", r->user_id), ENG_LF_I64("pid", r->pid),
+                        ENG_LF_U64("record", r->index), ENG_LF_STR("sched", r->sched),
+                        ENG_LF_U64("c2s_fill", r->c2s_fill), ENG_LF_U64("s2c_fill", r->s2c_fill),
+                        ENG_LF_U64("c2s_msgs", r->c2s_msgs), ENG_LF_U64("c2s_bytes", r->c2s_bytes),
+                        ENG_LF_U64("s2c_msgs", r->s2c_msgs), ENG_LF_U64("s2c_bytes", r->s2c_bytes),
+                        ENG_LF_FIX("age", (double)r->age_ns / 1e9, 3)),
+                    "summary: open stream");
+        }
+        eng_log(ENG_LOG_INFO,
+                ENG_LOG_FIELDS(
+                    ENG_LF_STR("kind", st.arena_kind), ENG_LF_U64("records_used", st.rec_used),
+                    ENG_LF_U64("records_free", st.rec_free),
+                    ENG_LF_U64("buf_used_bytes", st.buf_used_bytes),
+                    ENG_LF_U64("buf_free_bytes", st.buf_free_bytes),
+                    ENG_LF_U64("alloc_failed", st.alloc_failed), ENG_LF_U64("rec_top", st.rec_top),
+                    ENG_LF_U64("buf_bottom", st.buf_bottom), ENG_LF_U64("problems", st.nproblems)),
+                "summary: arena");
+        eng_log(ENG_LOG_INFO,
+                ENG_LOG_FIELDS(ENG_LF_U64("streams", open), ENG_LF_U64("clients", st.nclients),
+                               ENG_LF_U64("opens", st.opens), ENG_LF_U64("closes", st.closes),
+                               ENG_LF_U64("ended", st.ended), ENG_LF_U64("aborts", st.aborts),
+                               ENG_LF_U64("reclaims", st.reclaims), ENG_LF_U64("heals", st.heals),
+                               ENG_LF_U64("refused", st.refused),
+                               ENG_LF_FIX("uptime", (double)st.uptime_ns / 1e9, 3)),
+                "summary: engine");
+        eng_stat_free(&st);
+}
+
 /* The engine's own recovery work: dead clients reclaimed, the bootstrap mutex repaired. */
 static void log_event(const char *msg, void *ctx)
 {
@@ -62,7 +114,9 @@ static void usage(FILE *f)
                 "\n"
                 "Stops on SIGINT, SIGTERM or SIGHUP: transfers in flight get %d s to finish,\n"
                 "then fail cleanly (no partial file is left under a final name). Exit status 0\n"
-                "after a clean stop, 1 if it cannot serve, 2 on bad usage or options.\n",
+                "after a clean stop, 1 if it cannot serve, 2 on bad usage or options.\n"
+                "SIGUSR1 logs one line per open stream, one for the arena and one with the\n"
+                "engine's counters (what engine-stat shows).\n",
                 GRACE_S);
 }
 
@@ -109,7 +163,8 @@ int main(int argc, char **argv)
         sigemptyset(&set);
         sigaddset(&set, SIGINT);
         sigaddset(&set, SIGTERM);
-        sigaddset(&set, SIGHUP); /* the terminal went away: stop cleanly, as for SIGTERM */
+        sigaddset(&set, SIGHUP);  /* the terminal went away: stop cleanly, as for SIGTERM */
+        sigaddset(&set, SIGUSR1); /* log a summary of the segment (log_summary) */
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         signal(SIGXFSZ, SIG_IGN);
         signal(SIGPIPE, SIG_IGN);
@@ -159,7 +214,11 @@ int main(int argc, char **argv)
         int sig;
         bool failed = false;
         struct timespec second = {.tv_sec = 1, .tv_nsec = 0};
-        while ((sig = sigtimedwait(&set, NULL, &second)) < 0) {
+        while ((sig = sigtimedwait(&set, NULL, &second)) < 0 || sig == SIGUSR1) {
+                if (sig == SIGUSR1) {
+                        log_summary(o.name);
+                        continue;
+                }
                 if (errno == EAGAIN && eng_server_failed(srv)) {
                         failed = true;
                         break;
@@ -180,7 +239,10 @@ int main(int argc, char **argv)
                                 "waiting up to %d s for %u transfer(s) in flight (signal again to "
                                 "stop now)",
                                 GRACE_S, eng_xfer_server_active(x));
-                if (sigtimedwait(&set, NULL, &grace) > 0)
+                int g = sigtimedwait(&set, NULL, &grace);
+                if (g == SIGUSR1)
+                        log_summary(o.name);
+                else if (g > 0)
                         break;
         }
         eng_server_stop(srv); /* ends what is left: clients see the error, temp files go */

@@ -113,6 +113,13 @@ bool chan_send(struct chan_end *e, uint16_t cmd, uint64_t arg, uint64_t off, uin
         if (!chan_push_one(e, &d))
                 return false;
         e->seq++;
+        e->bytes += len;
+        if (e->stat != NULL) {
+                /* For tools only, on a line this side alone writes: plain relaxed stores of the
+                 * private truth, never a locked instruction (internal.h, struct eng_rec). */
+                eng_store_relaxed_u64(&e->stat->msgs, e->seq);
+                eng_store_relaxed_u64(&e->stat->bytes, e->bytes);
+        }
         return true;
 }
 

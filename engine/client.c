@@ -329,6 +329,7 @@ static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx, const uint64_t gu
         s->rec = r;
         chan_attach(&s->out, &r->c2s, rec_c2s_slots(r, c->sg.depth), c->sg.depth, c->transport,
                     true);
+        s->out.stat = &r->cstat;
         chan_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth, c->transport,
                     false);
         return s;

@@ -175,6 +175,7 @@ int srv_offer_new(struct eng_server *srv)
 /* Take a stream away from the workers and give everything back. */
 static int64_t reap(struct eng_server *srv, eng_sstream_t *t)
 {
+        eng_faa_u64(&srv->sg.hdr->reclaims, 1);
         uint32_t seen;
         /* A worker polling the stream lets go when anything is posted: post it. */
         if (!eng_cas_u32(&t->busy, 0, 1, &seen)) {
@@ -360,6 +361,8 @@ static void heal_header(struct eng_server *srv)
                         eng_store_release_u32(&h->state, now);
                 bad = true;
         }
+        if (bad)
+                eng_faa_u64(&h->heals, 1);
         if (bad && (srv->heals++ % 1000) == 0)
                 srv_event(srv,
                           "the segment header was overwritten by a client: restored (%llu "
@@ -390,6 +393,7 @@ static void heal_object(struct eng_server *srv)
         if ((uint64_t)st.st_size != sg->size) {
                 if (ftruncate(sg->fd, (off_t)sg->size) == 0)
                         posix_fallocate(sg->fd, 0, (off_t)sg->size);
+                eng_faa_u64(&sg->hdr->heals, 1);
                 srv_event(srv,
                           "the segment was resized to %lld bytes by another process: put "
                           "back to %llu",
@@ -397,6 +401,7 @@ static void heal_object(struct eng_server *srv)
         }
         if ((st.st_mode & 07777) != srv->cfg.mode) {
                 fchmod(sg->fd, srv->cfg.mode);
+                eng_faa_u64(&sg->hdr->heals, 1);
                 srv_event(srv,
                           "the segment's mode was changed to %04o by another process: put "
                           "back to %04o",
@@ -628,6 +633,7 @@ static void repair_arena(struct eng_server *srv, bool idle)
         srv_boot_unlock(srv);
         gate_opened(srv); /* and space may have come back */
         if (!ok) {
+                eng_faa_u64(&sg->hdr->heals, 1);
                 srv_event(srv,
                           "arena repaired %s (%s): %llu buffer block(s) of %llu bytes and %llu "
                           "record slot(s) given back, %llu byte(s) back in the gap%s",
@@ -657,6 +663,7 @@ void *srv_ctl_main(void *arg)
                                 while (n > 0 && (what[n - 1] == ' ' || what[n - 1] == ';'))
                                         what[--n] = '\0';
                                 srv->dirty = true;
+                                eng_faa_u64(&sg->hdr->heals, 1);
                                 if ((srv->heals++ % 1000) == 0)
                                         srv_event(srv,
                                                   "the arena header was overwritten by another "

@@ -228,4 +228,93 @@ ENG_API uint64_t eng_now_ns(void);
  * A call that succeeds does not clear it: read it right after a call that failed. */
 ENG_API const char *eng_errmsg(void);
 
+/* ---- inspection (engine-stat) -------------------------------------------------------- */
+
+/*
+ * A snapshot of a live segment for tools: eng_stat_open opens the segment read-only (no
+ * mapping, no lock, no write: nothing it does can block or disturb the server or a client);
+ * each eng_stat_take reads the whole segment once into private memory (pread) and decodes
+ * that copy. Every value is untrusted: one that cannot be right is left out or shown as
+ * unknown, and a line saying why goes to problems[] - never a crash, never an endless loop.
+ * eng_stat_decode does the same for any image in memory (tests, fuzzing).
+ */
+typedef struct eng_stat_view eng_stat_view_t;
+
+typedef struct eng_stat_rec {
+        uint32_t index;     /* record slot */
+        uint32_t user_id;   /* the client's stream id (streams) */
+        int32_t pid;        /* the client's pid, as the record says */
+        int alive;          /* that pid exists: 1, 0, or -1 not known */
+        bool session;       /* a client's own record (its wake-up line), not a stream */
+        const char *state;  /* "offered" "claimed" "open" "ended" or "?" */
+        const char *sched;  /* "idle" "queued" "running" "again" "fin" "polling" or "?" */
+        uint32_t c2s_fill;  /* descriptors waiting, client -> server */
+        uint32_t s2c_fill;  /* descriptors waiting, server -> client */
+        uint64_t c2s_msgs;  /* messages sent by the client (= its last sequence number) */
+        uint64_t s2c_msgs;  /* messages sent by the server (= its last sequence number) */
+        uint64_t c2s_bytes; /* payload bytes sent by the client */
+        uint64_t s2c_bytes; /* payload bytes sent by the server */
+        uint64_t age_ns;    /* since the server accepted it (0: not accepted / unknown) */
+} eng_stat_rec_t;
+
+typedef struct eng_stat_client {
+        int32_t pid;
+        int alive;        /* 1, 0, -1 not known */
+        uint32_t streams; /* its stream records (sessions not counted) */
+} eng_stat_client_t;
+
+typedef struct eng_stat_class {
+        uint64_t block_bytes; /* one block of the class, header included */
+        uint64_t used, free;  /* blocks */
+        uint64_t failed;      /* allocations refused for want of space */
+} eng_stat_class_t;
+
+typedef struct eng_stat {
+        uint64_t taken_ns; /* eng_now_ns() when the image was read */
+        char name[256];    /* the segment's name */
+        uid_t owner_uid;   /* of the shm object */
+        /* the server */
+        int32_t server_pid;
+        int server_alive;         /* 1: it holds the segment; 0: it is gone; -1: not known */
+        const char *server_state; /* "starting" "ready" "stopping" "stopped" or "?" */
+        uint64_t epoch;
+        uint64_t uptime_ns; /* 0: not known */
+        const char *transport;
+        uint32_t workers;
+        uint64_t size; /* bytes, as the header says */
+        uint32_t ring_depth;
+        uint32_t max_streams;
+        /* the engine's counters since the server started */
+        uint64_t opens, closes, ended, aborts, reclaims, heals, refused;
+        /* the arena */
+        const char *arena_kind;
+        uint64_t arena_size, rec_base, rec_top, buf_bottom, arena_top;
+        uint64_t rec_used, rec_free;
+        uint32_t nclasses;
+        eng_stat_class_t cls[16];
+        uint64_t buf_used_bytes, buf_free_bytes, alloc_failed;
+        /* records in use, and the clients they belong to */
+        uint32_t nrecs;
+        eng_stat_rec_t *recs;
+        uint32_t nclients;
+        eng_stat_client_t *clients;
+        /* one line per value found impossible (or a note that the list was cut) */
+        uint32_t nproblems;
+        char **problems;
+} eng_stat_t;
+
+/* Open `name` (NULL: "/engine-default") for inspection: -ENOENT no such segment, -EACCES it
+ * belongs to a user other than the caller, root or trust_uid (0: none) and the caller is not
+ * root, or it cannot be read; the reason in eng_errmsg(). */
+ENG_API int eng_stat_open(const char *name, uid_t trust_uid, eng_stat_view_t **out);
+/* Read and decode one snapshot. 0 (even with problems: see out->nproblems); -EPROTO if the
+ * image is not a segment at all (no magic; reason in eng_errmsg()); -errno if it could not be
+ * read. Free with eng_stat_free. */
+ENG_API int eng_stat_take(eng_stat_view_t *v, eng_stat_t *out);
+/* Decode an image of len bytes (a copy of a segment): as eng_stat_take, without liveness
+ * (alive fields -1) and with name "". */
+ENG_API int eng_stat_decode(const void *image, size_t len, eng_stat_t *out);
+ENG_API void eng_stat_free(eng_stat_t *st);
+ENG_API void eng_stat_close(eng_stat_view_t *v);
+
 #endif

@@ -18,7 +18,8 @@
 #include "engine.h"
 
 #define SEG_MAGIC   0x53474e45u /* "ENGS" */
-#define SEG_VERSION 3u          /* 3: kernel-held bootstrap lock, no pthread object in the header */
+#define SEG_VERSION 4u /* 4: per-stream counters, engine counters and server facts (engine-stat)   \
+                        */
 
 /*
  * Locks the kernel holds on byte ranges of the shm object, far beyond its end (a lock may lie
@@ -135,6 +136,13 @@ union rec_chan {
 };
 _Static_assert(sizeof(struct mq) <= 3 * 64, "mq fits the ring's lines");
 
+/* Counters of one direction of a stream (struct eng_rec cstat/sstat). */
+struct rec_stat {
+        uint64_t msgs;      /* descriptors sent (= the last sequence number) */
+        uint64_t bytes;     /* their payload bytes */
+        uint64_t opened_ns; /* sstat only: CLOCK_MONOTONIC when the server accepted it */
+};
+
 /*
  * A record body (the arena gives fixed-size slots; the body follows the arena's 64-byte slot
  * header). Lines are grouped by writer so that the two processes never write one cache line.
@@ -189,6 +197,14 @@ struct eng_rec {
         /* lines 3..5 and 6..8: the two channels' control blocks (ring or mutex queue) */
         _Alignas(CL) union rec_chan c2s;
         _Alignas(CL) union rec_chan s2c;
+        /* lines 9 and 10: each side's counters of what it sent on this stream, for tools
+         * (engine-stat). Each has one writer: cstat the client, sstat the server (the worker
+         * that holds the stream; opened_ns at accept). The writer keeps the truth privately
+         * (struct chan_end) and publishes it with relaxed stores: no locked instruction on the
+         * message path, and the line is nobody else's to write. Readers copy it (stat.c);
+         * nothing relies on it. Zeroed with the record before it is offered. */
+        _Alignas(CL) struct rec_stat cstat;
+        _Alignas(CL) struct rec_stat sstat;
         /* then: struct eng_desc c2s_slots[depth], s2c_slots[depth] */
         _Alignas(CL) struct eng_desc slots[];
 };
@@ -196,7 +212,8 @@ _Static_assert(offsetof(struct eng_rec, sched) == 64, "sched on its own line");
 _Static_assert(offsetof(struct eng_rec, wake) == 128, "wake on its own line");
 _Static_assert(offsetof(struct eng_rec, c2s) == 192, "rings after the control lines");
 _Static_assert(offsetof(struct eng_rec, s2c) == 192 + 3 * CL, "rings are three lines each");
-_Static_assert(offsetof(struct eng_rec, slots) == 192 + 6 * CL, "slots after both rings");
+_Static_assert(offsetof(struct eng_rec, cstat) == 192 + 6 * CL, "counters after both rings");
+_Static_assert(offsetof(struct eng_rec, slots) == 192 + 8 * CL, "slots after the counters");
 
 static inline uint64_t rec_bytes(uint32_t depth)
 {
@@ -249,9 +266,19 @@ struct eng_seg_hdr {
         uint32_t boot_waiters; /* processes waiting for the bootstrap lock (a hint) */
         /* line: counters, statistics only: eng_faa_u64 by the server (ck_pr_faa, a locked add:
          * a full barrier on x86, though nothing relies on its order), read by tools */
-        _Alignas(CL) uint64_t opens;
-        uint64_t closes;
-        uint64_t ended;
+        _Alignas(CL) uint64_t opens; /* streams accepted */
+        uint64_t closes;             /* records given back (closed, aborted, reaped) */
+        uint64_t ended;              /* streams the server ended (close handshake, error, stop) */
+        uint64_t aborts;             /* streams the client gave up without a close */
+        uint64_t reclaims;           /* records reclaimed from dead or vanished clients */
+        uint64_t heals;   /* header, arena header, object or arena put right after a writer */
+        uint64_t refused; /* descriptors refused (out of sequence, bad command, bad buffer) */
+        uint64_t pad_counters;
+        /* line: facts about the server for tools, written (relaxed) before the release of
+         * state = READY and never after: started_ns (CLOCK_MONOTONIC), workers, spin. */
+        _Alignas(CL) uint64_t started_ns;
+        uint32_t workers;
+        uint32_t spin;
         /* then: the ready bitmap (uint64_t[bitmap_words]), then the arena */
 };
 /* Attachers of any build read line 0 at these offsets; the server and clients write lines 1
@@ -262,6 +289,8 @@ _Static_assert(offsetof(struct eng_seg_hdr, state) == CL, "server state on line 
 _Static_assert(offsetof(struct eng_seg_hdr, srv_wake) == 2 * CL, "workers' wake word on line 2");
 _Static_assert(offsetof(struct eng_seg_hdr, offer_guid) == 3 * CL, "bootstrap from line 3");
 _Static_assert(offsetof(struct eng_seg_hdr, opens) % CL == 0, "counters on their own line");
+_Static_assert(offsetof(struct eng_seg_hdr, started_ns) == offsetof(struct eng_seg_hdr, opens) + CL,
+               "server facts on the line after the counters");
 
 /* ---- the segment (seg.c) ------------------------------------------------------------ */
 
@@ -391,6 +420,8 @@ bool ring_room(struct ring_end *e, uint32_t n);
  */
 struct chan_end {
         struct ring_end ring;
+        struct rec_stat *stat; /* producer: the counters it publishes (NULL: none) */
+        uint64_t bytes;        /* producer: payload bytes sent (the truth behind stat->bytes) */
         struct mq *q;
         struct eng_desc *slots;
         uint64_t seq; /* sequence number of the last descriptor sent (producer) or received */

@@ -215,6 +215,8 @@ int64_t srv_finalize(struct eng_server *srv, eng_sstream_t *s, int err)
         s->user = NULL;
         eng_faa_u32(&srv->finals, 1);
         eng_faa_u64(&srv->sg.hdr->closes, 1);
+        if (err == -ECONNABORTED)
+                eng_faa_u64(&srv->sg.hdr->aborts, 1);
         eng_arena_rec_free(&srv->sg.arena, eng_arena_rec_offset(&srv->sg.arena, s->idx));
         return blocks > 0 ? blocks : 0;
 }
@@ -283,6 +285,10 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
         }
         if ((rc = -pthread_create(&srv->ctl, NULL, srv_ctl_main, srv)) != 0)
                 goto fail_threads;
+        /* Facts for tools, before READY is published (internal.h: written once). */
+        eng_store_relaxed_u64(&srv->sg.hdr->started_ns, eng_now_ns());
+        eng_store_relaxed_u32(&srv->sg.hdr->workers, srv->nworkers);
+        eng_store_relaxed_u32(&srv->sg.hdr->spin, srv->cfg.spin);
         eng_store_release_u32(&srv->hstate, SRV_READY);
         eng_store_release_u32(&srv->sg.hdr->state, SRV_READY);
         *out = srv;

@@ -81,6 +81,7 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         s->verified = holder > 0 && holder == claimed;
         chan_attach(&s->in, &r->c2s, rec_c2s_slots(r, depth), depth, srv->cfg.transport, false);
         chan_attach(&s->out, &r->s2c, rec_s2c_slots(r, depth), depth, srv->cfg.transport, true);
+        s->out.stat = &r->sstat;
         int rc = 0;
         if (!s->verified) {
                 rc = -EACCES; /* the claim names someone other than its lock's holder */
@@ -129,6 +130,7 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
         if (rc == 0) {
                 eng_store_release_u32(&r->state, ST_OPEN);
                 eng_faa_u64(&srv->sg.hdr->opens, 1);
+                eng_store_relaxed_u64(&r->sstat.opened_ns, eng_now_ns());
         }
         return rc;
 }
@@ -207,6 +209,8 @@ static int drain_batch(struct eng_server *srv, eng_sstream_t *s, bool *full)
                 s->pushed = true; /* a consumed slot is news for a client blocked on a full ring */
                 /* out of sequence: lost, duplicated or forged descriptor */
                 int rc = got < 0 ? got : handle(srv, s, &d);
+                if (rc == -EPROTO)
+                        eng_faa_u64(&srv->sg.hdr->refused, 1); /* a descriptor refused */
                 if (rc < 0)
                         srv_end_stream(srv, s, rc);
         }
