@@ -592,6 +592,8 @@ int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
         arena_leave(s->c);
         if (rc == -ENOMEM)
                 return -EAGAIN;
+        if (rc == -E2BIG)
+                return eng_err_msgsize(len, eng_arena_max_alloc(a));
         if (rc == 0)
                 *p = eng_arena_ptr(&s->c->sg.arena, *off, len);
         return rc;

@@ -13,6 +13,7 @@
  *   -ETIMEDOUT  a blocking call ran out of time
  *   -EPIPE      the peer is gone or the stream was ended
  *   -EINTR      the client's interrupt flag was set while waiting
+ *   -EMSGSIZE   a loan larger than the segment's largest buffer (eng_client_max_loan)
  * eng_strerror() gives the text of any of them; eng_errmsg() says more about the last failure.
  *
  * Timeouts: a blocking call's timeout_ms < 0 means the client's default (cfg.timeout_ms).
@@ -189,7 +190,8 @@ ENG_API uint32_t eng_stream_index(const eng_stream_t *s);
 ENG_API uint64_t eng_client_max_loan(const eng_client_t *c);
 
 /* Loan a buffer of at least len bytes. -EAGAIN when the arena is full (try), or waits up to
- * timeout_ms for space (wait variant). */
+ * timeout_ms for space (wait variant). -EMSGSIZE when len is over eng_client_max_loan(): no
+ * wait can help (eng_errmsg() names the limit and the server option that raises it). */
 ENG_API int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off);
 ENG_API int eng_stream_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off, int timeout_ms);
 ENG_API uint64_t eng_stream_loan_capacity(eng_stream_t *s, uint64_t off);

@@ -39,7 +39,21 @@ const char *eng_strerror(int err)
                 return "protocol error";
         case -EADDRINUSE:
                 return "a live server already owns this segment name";
+        case -EMSGSIZE:
+                return "message larger than the segment's largest buffer";
         default:
                 return strerror(err < 0 ? -err : err);
         }
+}
+
+int eng_err_msgsize(uint32_t len, uint64_t max)
+{
+        unsigned shift = 0;
+        while (shift < 63 && (1ull << shift) < max + ENG_ARENA_HDR_BYTES)
+                shift++;
+        eng_set_err("a message of %u bytes is larger than the largest buffer of this segment, "
+                    "%llu bytes (blocks of 2^%u bytes less a %u-byte header): raise the server's "
+                    "max_block_shift (eng_server_cfg_t), or send it in pieces",
+                    len, (unsigned long long)max, shift, ENG_ARENA_HDR_BYTES);
+        return -EMSGSIZE;
 }

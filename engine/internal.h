@@ -17,9 +17,10 @@
 #include "eng_atomic.h"
 #include "engine.h"
 
-#define SEG_MAGIC   0x53474e45u /* "ENGS" */
-#define SEG_VERSION 4u /* 4: per-stream counters, engine counters and server facts (engine-stat)   \
-                        */
+#define SEG_MAGIC 0x53474e45u /* "ENGS" */
+#define SEG_VERSION                                                                                \
+        4u /* 4: per-stream counters, engine counters and server facts (engine-stat)               \
+            */
 
 /*
  * Locks the kernel holds on byte ranges of the shm object, far beyond its end (a lock may lie
@@ -476,6 +477,9 @@ void sched_fin(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);
 
 /* The calling thread's message for the user, read back by eng_errmsg() (err.c). */
 void eng_set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* -EMSGSIZE for a loan of len bytes over max (the arena's largest), with a message that names
+ * the limit and what raises it. */
+int eng_err_msgsize(uint32_t len, uint64_t max);
 
 /* The SIGBUS guard of a mapped segment (guard.c): a shrink of the object by another process
  * is undone in the fault handler (*restored counts it); *broken is set if it cannot be.

@@ -46,6 +46,8 @@ int eng_sstream_loan(eng_sstream_t *s, uint32_t len, void **p, uint64_t *off)
         int rc = eng_arena_alloc(&s->srv->sg.arena, len, owner_of(s->idx), off);
         if (rc == -ENOMEM)
                 return -EAGAIN;
+        if (rc == -E2BIG)
+                return eng_err_msgsize(len, eng_arena_max_alloc(&s->srv->sg.arena));
         if (rc == 0)
                 *p = eng_arena_ptr(&s->srv->sg.arena, *off, len);
         return rc;

@@ -186,12 +186,12 @@ static int send_data(eng_xfer_send_t *x)
                         int rc = eng_stream_try_loan(x->st, n, &p, &x->pend_off);
                         if (rc == -EAGAIN)
                                 break; /* arena full: the server frees as it writes */
-                        if (rc == -E2BIG) {
-                                char msg[128];
+                        if (rc == -EMSGSIZE) {
+                                char msg[640];
                                 snprintf(msg, sizeof(msg),
-                                         "chunks of %u bytes are larger than the segment's "
-                                         "largest buffer",
-                                         n);
+                                         "chunks of %u bytes: %s (or lower "
+                                         "`chunk` in the options file)",
+                                         n, eng_errmsg());
                                 eng_xfer_send_fail(x, 0, msg);
                                 return -1;
                         }

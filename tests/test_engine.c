@@ -35,9 +35,12 @@ TestSuite(engine, .timeout = 60);
 #define CMD_HOLD_ECHO 0x0110u /* wait for the gate, then echo */
 #define CMD_HOLD_EAT  0x0111u /* wait for the gate, then consume (no reply) */
 #define CMD_SLOW_EAT  0x0112u /* take 50 us, then consume (no reply) */
-#define REFUSED_ID    666u
-#define SERVER_TEXT   "hello from the server"
-#define MAX_CLOSES    4096
+#define CMD_BIGLOAN                                                                                \
+        0x0113u /* loan arg bytes; reply 0x0213, arg = -rc | (message named it) << 32              \
+                 */
+#define REFUSED_ID  666u
+#define SERVER_TEXT "hello from the server"
+#define MAX_CLOSES  4096
 
 static struct hstate {
         uint32_t gate; /* 1: HOLD commands wait */
@@ -103,6 +106,15 @@ static int h_msg(eng_sstream_t *s, eng_msg_t *m, void *ctx)
         }
         case CMD_FAIL:
                 return -ECONNABORTED;
+        case CMD_BIGLOAN: {
+                void *p;
+                uint64_t off;
+                int rc = eng_sstream_loan(s, (uint32_t)m->arg, &p, &off);
+                if (rc == 0)
+                        eng_sstream_free(s, off);
+                uint64_t named = strstr(eng_errmsg(), "max_block_shift") != NULL;
+                return eng_sstream_send(s, 0x0213, (uint64_t)(uint32_t)-rc | named << 32, 0, 0);
+        }
         case CMD_HOLD_ECHO:
         case CMD_HOLD_EAT:
                 __atomic_fetch_add(&H.held, 1, __ATOMIC_ACQ_REL);
@@ -354,6 +366,49 @@ Test(engine, unsent_loans_are_reclaimed_at_close)
         eng_client_detach(c);
         cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
                   (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+/* A loan over the largest block is -EMSGSIZE, at once, on both sides, with a message that names
+ * the limit and the option that raises it (before: -E2BIG, "Argument list too long"). */
+Test(engine, a_loan_larger_than_the_largest_block_is_emsgsize_naming_the_limit)
+{
+        char name[64];
+        mkname(name, sizeof(name), "msgsize");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        uint64_t max = eng_client_max_loan(c);
+        cr_assert_gt(max, 0);
+        void *p;
+        uint64_t off;
+        /* The largest loan is not refused as too big (the mutex arena may lack the space). */
+        int rc0 = eng_stream_try_loan(s, (uint32_t)max, &p, &off);
+        cr_assert(rc0 == 0 || rc0 == -EAGAIN, "the largest loan: %s", eng_strerror(rc0));
+        if (rc0 == 0)
+                eng_stream_unloan(s, off);
+        char limit[32];
+        snprintf(limit, sizeof(limit), "%llu bytes", (unsigned long long)max);
+        for (int wait = 0; wait < 2; wait++) {
+                int rc = wait ? eng_stream_loan(s, (uint32_t)max + 1, &p, &off, 10000)
+                              : eng_stream_try_loan(s, (uint32_t)max + 1, &p, &off);
+                cr_assert_eq(rc, -EMSGSIZE, "%s: %s", wait ? "loan" : "try_loan", eng_strerror(rc));
+                cr_assert(strstr(eng_errmsg(), limit) != NULL, "no limit in: %s", eng_errmsg());
+                cr_assert(strstr(eng_errmsg(), "max_block_shift") != NULL, "no option in: %s",
+                          eng_errmsg());
+        }
+        cr_assert(strstr(eng_strerror(-EMSGSIZE), "largest buffer") != NULL);
+        /* The server's loans too. */
+        cr_assert_eq(eng_stream_send(s, CMD_BIGLOAN, max + 1, 0, 0, 2000), 0);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        cr_assert_eq(m.cmd, 0x0213);
+        cr_assert_eq((uint32_t)m.arg, EMSGSIZE, "server loan: %s",
+                     eng_strerror(-(int)(uint32_t)m.arg));
+        cr_assert_eq(m.arg >> 32, 1, "the server's message does not name max_block_shift");
+        eng_stream_release(s, &m);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
         eng_server_stop(srv);
 }
 
