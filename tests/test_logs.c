@@ -606,6 +606,52 @@ Test(logs, a_client_killed_mid_transfer_is_logged_as_warnings_naming_it, .timeou
         log_free(&cl);
 }
 
+/* ---- SIGUSR1: a summary for those who only have the log --------------------------------- */
+
+Test(logs, sigusr1_logs_a_line_per_open_stream_one_for_the_arena_and_the_counters, .timeout = 120)
+{
+        /* A client that holds its stream open mid-transfer: SIGSTOP once it is in flight. */
+        pid_t c = xu_start_big_transfer(256 * MiB);
+        pid_t server = X.server;
+        cr_assert_eq(kill(c, SIGSTOP), 0);
+        cr_assert_eq(kill(server, SIGUSR1), 0);
+        cr_assert(xu_log_wait("summary: engine", 5000), "no summary after SIGUSR1");
+        kill(c, SIGCONT);
+        xu_kill(c);
+        cr_assert_eq(xu_server_stop(), 0);
+
+        log_t s = log_read(X.slog, "engine-server", server);
+        const ll_t *l = log_one(&s, "INFO", "summary: open stream", "stream", "1");
+        cr_assert_str_eq(ll_get(l, "pid"), u64s((uint64_t)c), "%s", l->text);
+        cr_assert_gt(ll_num(l, "c2s_msgs"), 1, "%s", l->text);
+        cr_assert_gt(ll_num(l, "c2s_bytes"), 0, "%s", l->text);
+        cr_assert_lt(ll_num(l, "c2s_bytes"), (double)(256 * MiB) + 4096, "%s", l->text);
+        cr_assert_geq(ll_num(l, "s2c_msgs"), 1, "the server's answer to FILE_BEGIN: %s", l->text);
+        cr_assert_gt(ll_num(l, "age"), 0, "%s", l->text);
+        for (const char *k = "sched\0c2s_fill\0s2c_fill\0s2c_bytes\0record\0"; *k;
+             k += strlen(k) + 1)
+                cr_assert_not_null(ll_get(l, k), "no %s: %s", k, l->text);
+        l = log_one(&s, "INFO", "summary: arena", NULL, NULL);
+        cr_assert_str_eq(ll_get(l, "kind"),
+                         getenv("ENG_TEST_TRANSPORT") &&
+                                 strcmp(getenv("ENG_TEST_TRANSPORT"), "mutex") == 0
+                             ? "mutex"
+                             : "lockfree",
+                         "%s", l->text);
+        cr_assert_geq(ll_num(l, "records_used"), 2, "a session and a stream at least: %s", l->text);
+        cr_assert_lt(ll_num(l, "rec_top"), ll_num(l, "buf_bottom"), "%s", l->text);
+        cr_assert_eq(ll_num(l, "problems"), 0, "%s", l->text);
+        l = log_one(&s, "INFO", "summary: engine", NULL, NULL);
+        cr_assert_eq(ll_num(l, "streams"), 1, "%s", l->text);
+        cr_assert_eq(ll_num(l, "clients"), 1, "%s", l->text);
+        cr_assert_geq(ll_num(l, "opens"), 2, "the session and the stream: %s", l->text);
+        cr_assert_gt(ll_num(l, "uptime"), 0, "%s", l->text);
+        for (const char *k = "closes\0ended\0aborts\0reclaims\0heals\0refused\0"; *k;
+             k += strlen(k) + 1)
+                cr_assert_not_null(ll_get(l, k), "no %s: %s", k, l->text);
+        log_free(&s);
+}
+
 /* ---- errors before and after start-up ------------------------------------------------ */
 
 Test(logs, start_up_failures_are_log_lines_but_usage_errors_stay_plain, .timeout = 60)
