@@ -4,6 +4,7 @@ find_program(HELP2MAN help2man)
 set(ENG_MAN_PROGRAMS
   "engine-server|serve streams and receive files over a shared-memory segment"
   "engine-client|send files to an engine-server over shared memory"
+  "engine-stat|show the server, clients, streams, arena and counters of an engine segment"
   "engine-bench|measure the shared-memory engine against its baseline and OS peers"
   "arena-bench|measure the lock-free and the mutex arena allocators")
 if(HELP2MAN)

@@ -138,20 +138,35 @@ static uint32_t chan_fill(eng_stat_t *st, const union rec_chan *c, uint32_t tran
         return fill;
 }
 
-static void add_client(eng_stat_t *st, int32_t pid, bool stream)
+static int cmp_pid(const void *a, const void *b)
 {
-        if (pid <= 0)
+        const eng_stat_client_t *x = a, *y = b;
+        return (x->pid > y->pid) - (x->pid < y->pid);
+}
+
+/* The clients: the records' owner pids, each once (sorted: n log n, whatever the image). */
+static void collect_clients(eng_stat_t *st)
+{
+        if (st->nrecs == 0)
                 return;
-        for (uint32_t i = 0; i < st->nclients; i++)
-                if (st->clients[i].pid == pid) {
-                        st->clients[i].streams += stream;
-                        return;
-                }
-        eng_stat_client_t *c = realloc(st->clients, (st->nclients + 1) * sizeof(*c));
+        eng_stat_client_t *c = calloc(st->nrecs, sizeof(*c));
         if (c == NULL)
                 return;
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < st->nrecs; i++)
+                if (st->recs[i].pid > 0 && strcmp(st->recs[i].state, "offered") != 0)
+                        c[n++] = (eng_stat_client_t){
+                            .pid = st->recs[i].pid, .alive = -1, .streams = !st->recs[i].session};
+        qsort(c, n, sizeof(*c), cmp_pid);
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < n; i++) {
+                if (m > 0 && c[m - 1].pid == c[i].pid)
+                        c[m - 1].streams += c[i].streams;
+                else
+                        c[m++] = c[i];
+        }
         st->clients = c;
-        c[st->nclients++] = (eng_stat_client_t){.pid = pid, .alive = -1, .streams = stream};
+        st->nclients = m;
 }
 
 /* The records: every slot the private geometry allows, read from the copy. */
@@ -230,7 +245,6 @@ static void decode_records(eng_stat_t *st, const unsigned char *img, uint64_t le
                         o->age_ns = now - r.sstat.opened_ns;
                 else if (r.sstat.opened_ns > now)
                         problem(st, "record %llu: opened in the future", (unsigned long long)i);
-                add_client(st, o->pid, !o->session);
         }
 }
 
@@ -340,6 +354,7 @@ static int decode(unsigned char *img, uint64_t len, eng_stat_t *st)
         decode_arena(st, &a);
         if (geometry)
                 decode_records(st, img, len, &h, &a, now);
+        collect_clients(st);
         return 0;
 }
 
@@ -412,14 +427,26 @@ int eng_stat_open(const char *name, uid_t trust_uid, eng_stat_view_t **out)
         return 0;
 }
 
-/* 1 if pid exists, 0 if not, -1 if it cannot be told. */
+/* 1 if pid is a live process, 0 if not (none, or a zombie its parent has not reaped yet), -1
+ * if it cannot be told. (A pid reused by another process looks alive: tools say "pid".) */
 static int pid_alive(int32_t pid)
 {
         if (pid <= 0)
                 return -1;
-        if (kill(pid, 0) == 0 || errno == EPERM)
+        if (kill(pid, 0) != 0 && errno != EPERM)
+                return errno == ESRCH ? 0 : -1;
+        char path[64], buf[512];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
                 return 1;
-        return errno == ESRCH ? 0 : -1;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return 1;
+        buf[n] = '\0';
+        const char *paren = strrchr(buf, ')'); /* the command name may hold anything but ')' last */
+        return paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X') ? 0 : 1;
 }
 
 int eng_stat_take(eng_stat_view_t *v, eng_stat_t *out)

@@ -42,15 +42,15 @@ if ! CC=clang cmake -S "$root" -B "$build" -DENG_FUZZ=ON -DENG_TESTS=OFF \
                 "remove $build)" >&2
         exit 2
 fi
-echo "== building fuzz_options fuzz_desc"
-if ! cmake --build "$build" --target fuzz_options fuzz_desc -j "$(nproc)" >"$work/build.log" 2>&1; then
+echo "== building fuzz_options fuzz_desc fuzz_stat"
+if ! cmake --build "$build" --target fuzz_options fuzz_desc fuzz_stat -j "$(nproc)" >"$work/build.log" 2>&1; then
         tail -n 40 "$work/build.log" >&2
         echo "run-fuzzers: build failed" >&2
         exit 2
 fi
 
 status=0
-for h in options desc; do
+for h in options desc stat; do
         bin=$build/bin/fuzz_$h
         corpus=$work/corpus-$h
         art=$work/artifacts-$h
@@ -74,7 +74,7 @@ for h in options desc; do
         if [ "$rc" -ne 0 ] || [ -n "$found" ]; then
                 status=1
                 keep=1
-                why=$(grep -m1 -E 'ERROR: |==[0-9]+==|runtime error|fuzz_desc: ' "$work/$h.log" ||
+                why=$(grep -m1 -E 'ERROR: |==[0-9]+==|runtime error|fuzz_[a-z]+: ' "$work/$h.log" ||
                         true)
                 echo "fuzz_$h: FAILED (exit $rc) after ${runs:-?} runs: ${why:-see log}; crash" \
                         "input: ${found:-none written}; log: $work/$h.log"

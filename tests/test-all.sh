@@ -2,7 +2,8 @@
 # `make test`: the whole suite, three ways, each bounded in time.
 #   1. the Criterion suites on the normal build (ctest; stress tests run alone);
 #   2. the same suites under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   3. the libFuzzer harnesses (descriptor validation, options loader), FUZZ_SECONDS each.
+#   3. the libFuzzer harnesses (descriptor validation, options loader, segment snapshots),
+#      FUZZ_SECONDS each.
 # Ends with one line: "N passed, N failed" over all Criterion tests of both builds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
