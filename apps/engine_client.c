@@ -70,18 +70,6 @@ static void usage(FILE *f)
                 "  -V, --version      version\n");
 }
 
-/* A whole decimal number in lo..hi, nothing else. */
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || end == s || *end || *s == '-' || *s == '+' || v < lo || v > hi)
-                return -1;
-        *out = (uint32_t)v;
-        return 0;
-}
-
 static int cmp_u32(const void *a, const void *b)
 {
         uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -362,7 +350,7 @@ int main(int argc, char **argv)
                         config = optarg;
                         break;
                 case 'w':
-                        if (parse_u32(optarg, 0, 86400, &wait_s) != 0) {
+                        if (eng_parse_u32(optarg, 0, 86400, &wait_s) != 0) {
                                 fprintf(stderr,
                                         "engine-client: --wait wants seconds in 0..86400, not "
                                         "'%s'\n",
@@ -371,7 +359,7 @@ int main(int argc, char **argv)
                         }
                         break;
                 case 'p':
-                        if (parse_u32(optarg, 1, 100000000, &ping) != 0) {
+                        if (eng_parse_u32(optarg, 1, 100000000, &ping) != 0) {
                                 fprintf(stderr,
                                         "engine-client: --ping wants a count in 1..100000000, "
                                         "not '%s'\n",
@@ -380,7 +368,7 @@ int main(int argc, char **argv)
                         }
                         break;
                 case 'P':
-                        if (parse_u32(optarg, 0, UINT32_MAX, &payload) != 0) {
+                        if (eng_parse_u32(optarg, 0, UINT32_MAX, &payload) != 0) {
                                 fprintf(stderr,
                                         "engine-client: --payload wants a byte count, not '%s'\n",
                                         optarg);

@@ -76,18 +76,6 @@ static void usage(FILE *f)
                 "  6  the object is not an engine segment, or reading it failed\n");
 }
 
-/* A whole decimal number in lo..hi, nothing else. */
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || end == s || *end || *s == '-' || *s == '+' || v < lo || v > hi)
-                return -1;
-        *out = (uint32_t)v;
-        return 0;
-}
-
 /* Seconds as a decimal number in 0.01..86400 (no sign, no hex, no inf/nan). */
 static int parse_secs(const char *s, double *out)
 {
@@ -677,7 +665,7 @@ int main(int argc, char **argv)
                         }
                         break;
                 case 'n':
-                        if (parse_u32(optarg, 1, UINT32_MAX, &count) != 0) {
+                        if (eng_parse_u32(optarg, 1, UINT32_MAX, &count) != 0) {
                                 fprintf(stderr,
                                         "engine-stat: --count wants a number of samples >= 1, "
                                         "not '%s'\n",

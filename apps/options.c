@@ -145,6 +145,19 @@ static void rng_error(void *ctx, const char *fmt, ...)
         (void)fmt; /* structured errors carry the detail; this only silences stderr */
 }
 
+int eng_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+        if (*s < '0' || *s > '9')
+                return -1;
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || *end || v < lo || v > hi)
+                return -1;
+        *out = (uint32_t)v;
+        return 0;
+}
+
 int eng_parse_size(const char *s, uint64_t *out)
 {
         /* Digits first: strtoull would also skip white space and take a sign, and it negates

@@ -64,6 +64,9 @@ const eng_opts_stream_t *eng_opts_find(const eng_opts_t *o, uint32_t id);
 
 /* "64MiB", "256k", "1G", "4096" -> bytes; -1 on a malformed value. */
 int eng_parse_size(const char *s, uint64_t *out);
+/* A whole decimal number in lo..hi and nothing else (no sign, no space): 0, or -1 leaving *out
+ * alone. For the programs' numeric options. */
+int eng_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out);
 
 /* ---- log lines (log.c) -------------------------------------------------------------- */
 

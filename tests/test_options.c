@@ -1114,3 +1114,32 @@ Test(parse_size, refuses_values_that_overflow_or_wrap)
                 cr_assert_eq(v, edge[i].want, "'%s' -> %llu", edge[i].in, (unsigned long long)v);
         }
 }
+
+/* ---- eng_parse_u32 (the programs' numeric options) ------------------------------------ */
+
+Test(parse_size, u32_takes_whole_numbers_in_range_and_nothing_else)
+{
+        uint32_t v = 7;
+        cr_assert_eq(eng_parse_u32("0", 0, 10, &v), 0);
+        cr_assert_eq(v, 0);
+        cr_assert_eq(eng_parse_u32("4294967295", 0, UINT32_MAX, &v), 0);
+        cr_assert_eq(v, UINT32_MAX);
+        const char *bad[] = {"",
+                             " 1",
+                             "+1",
+                             "-1",
+                             "1 ",
+                             "1x",
+                             "0x10",
+                             "11",
+                             "4294967296",
+                             "18446744073709551617",
+                             "99999999999999999999999"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                v = 7;
+                cr_assert_eq(eng_parse_u32(bad[i], 0, i == 7 ? 10 : UINT32_MAX, &v), -1,
+                             "'%s' accepted", bad[i]);
+                cr_assert_eq(v, 7, "'%s' changed the output", bad[i]);
+        }
+        cr_assert_eq(eng_parse_u32("5", 6, 10, &v), -1, "below lo");
+}
