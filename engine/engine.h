@@ -235,10 +235,11 @@ ENG_API const char *eng_errmsg(void);
 /*
  * A snapshot of a live segment for tools: eng_stat_open opens the segment read-only (no
  * mapping, no lock, no write: nothing it does can block or disturb the server or a client);
- * each eng_stat_take reads the whole segment once into private memory (pread) and decodes
- * that copy. Every value is untrusted: one that cannot be right is left out or shown as
- * unknown, and a line saying why goes to problems[] - never a crash, never an endless loop.
- * eng_stat_decode does the same for any image in memory (tests, fuzzing).
+ * each eng_stat_take reads the segment's headers and records (up to the record watermark,
+ * never the buffers above it) into private memory with pread and decodes that copy: its memory
+ * is what the records take, not the segment's size. Every value is untrusted: one that cannot be
+ * right is left out or shown as unknown, and a line saying why goes to problems[] - never a crash,
+ * never an endless loop. eng_stat_decode does the same for any image in memory (tests, fuzzing).
  */
 typedef struct eng_stat_view eng_stat_view_t;
 

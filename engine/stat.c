@@ -25,6 +25,10 @@
 /* The most a snapshot reads: larger objects are read up to this (the header says how big the
  * segment should be; a shm object grown past it by someone else is not read). */
 #define STAT_MAX_BYTES (64ull << 30)
+/* The first read of a snapshot (headers, bitmap, the arena's header), and how much of the
+ * arena's start it must hold to decode the arena's header from a partial image. */
+#define STAT_FIRST_READ   (1ull << 20)
+#define STAT_ARENA_PREFIX (64ull << 10)
 
 struct eng_stat_view {
         int fd;
@@ -186,8 +190,17 @@ static void decode_records(eng_stat_t *st, const unsigned char *img, uint64_t le
         uint64_t need = rec_bytes(h->ring_depth);
         for (uint64_t i = 0; i < slots; i++) {
                 uint64_t off = h->arena_off + eng_arena_rec_offset(a, i);
-                if (off > len || len - off < need || eng_arena_rec_stride(a) < need + 64) {
-                        problem(st, "record %llu lies outside the segment", (unsigned long long)i);
+                if (eng_arena_rec_stride(a) < need + 64) {
+                        problem(st, "records of %llu bytes cannot hold rings of depth %u",
+                                (unsigned long long)eng_arena_rec_stride(a), h->ring_depth);
+                        break;
+                }
+                if (off > len || len - off < need) {
+                        /* Past what was read: the end of the object (a problem), or of a
+                         * partial read taken before the watermark grew (records carved since) */
+                        if (len >= h->size)
+                                problem(st, "record %llu lies outside the segment",
+                                        (unsigned long long)i);
                         break;
                 }
                 int used = eng_arena_rec_in_use(a, i);
@@ -280,8 +293,10 @@ static void decode_arena(eng_stat_t *st, const eng_arena_t *a)
                         (unsigned long long)as.cuts);
 }
 
-/* Decode img (len bytes, private and writable: the arena's view is attached to it). */
-static int decode(unsigned char *img, uint64_t len, eng_stat_t *st)
+/* Decode img: the first len bytes of an object of total bytes (len < total: the buffers above
+ * the record watermark were not read; nothing below reads them). Private and writable: the
+ * arena's view is attached to it. */
+static int decode(unsigned char *img, uint64_t len, uint64_t total, eng_stat_t *st)
 {
         uint64_t now = eng_now_ns();
         st->taken_ns = now;
@@ -328,9 +343,9 @@ static int decode(unsigned char *img, uint64_t len, eng_stat_t *st)
         st->reclaims = h.reclaims;
         st->heals = h.heals;
         st->refused = h.refused;
-        if (h.size != len)
+        if (h.size != total)
                 problem(st, "the header says %llu bytes, the object holds %llu",
-                        (unsigned long long)h.size, (unsigned long long)len);
+                        (unsigned long long)h.size, (unsigned long long)total);
         bool geometry = true;
         if (h.ring_depth < 2 || h.ring_depth > 65536 || (h.ring_depth & (h.ring_depth - 1))) {
                 problem(st, "ring depth %u is not a power of two in 2..65536", h.ring_depth);
@@ -340,13 +355,16 @@ static int decode(unsigned char *img, uint64_t len, eng_stat_t *st)
                 problem(st, "max streams %u is not in 1..65536", h.max_streams);
                 geometry = false;
         }
-        if (h.arena_off < sizeof(h) || h.arena_off % CL != 0 || h.arena_off >= len) {
+        if (h.arena_off < sizeof(h) || h.arena_off % CL != 0 || h.arena_off >= total ||
+            (len < total && len - h.arena_off < STAT_ARENA_PREFIX)) {
                 problem(st, "arena offset %llu is outside the segment",
                         (unsigned long long)h.arena_off);
                 return 0;
         }
         eng_arena_t a;
-        int arc = eng_arena_attach(&a, img + h.arena_off, len - h.arena_off);
+        /* The arena's header lies within what was read (checked above); its geometry is the
+         * whole object's. */
+        int arc = eng_arena_attach(&a, img + h.arena_off, total - h.arena_off);
         if (arc != 0) {
                 problem(st, "the arena's header is not valid (%s)", strerror(-arc));
                 return 0;
@@ -367,7 +385,7 @@ int eng_stat_decode(const void *image, size_t len, eng_stat_t *out)
         if (img == NULL)
                 return -ENOMEM;
         memcpy(img, image, len);
-        int rc = decode(img, len, out);
+        int rc = decode(img, len, len, out);
         free(img);
         return rc;
 }
@@ -449,17 +467,10 @@ static int pid_alive(int32_t pid)
         return paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X') ? 0 : 1;
 }
 
-int eng_stat_take(eng_stat_view_t *v, eng_stat_t *out)
+/* pread the object's first want bytes into v->buf (a short read at a shrunk end is what there
+ * is): 0 and *got, or -errno. */
+static int read_prefix(eng_stat_view_t *v, uint64_t want, uint64_t *got)
 {
-        memset(out, 0, sizeof(*out));
-        struct stat sb;
-        if (fstat(v->fd, &sb) != 0) {
-                eng_set_err("cannot stat segment %s: %s", v->name, strerror(errno));
-                return -errno;
-        }
-        uint64_t want = sb.st_size < 0 ? 0 : (uint64_t)sb.st_size;
-        if (want > STAT_MAX_BYTES)
-                want = STAT_MAX_BYTES;
         if (want > v->cap) {
                 unsigned char *b = realloc(v->buf, want);
                 if (b == NULL) {
@@ -469,22 +480,71 @@ int eng_stat_take(eng_stat_view_t *v, eng_stat_t *out)
                 v->buf = b;
                 v->cap = want;
         }
-        /* Read the object once (it may shrink meanwhile: a short read is what there is). */
-        uint64_t got = 0;
-        while (got < want) {
-                ssize_t n = pread(v->fd, v->buf + got, want - got, (off_t)got);
-                if (n < 0 && errno == EINTR)
+        uint64_t n = 0;
+        while (n < want) {
+                ssize_t r = pread(v->fd, v->buf + n, want - n, (off_t)n);
+                if (r < 0 && errno == EINTR)
                         continue;
-                if (n < 0) {
+                if (r < 0) {
                         int e = errno;
                         eng_set_err("cannot read segment %s: %s", v->name, strerror(e));
                         return -e;
                 }
-                if (n == 0)
+                if (r == 0)
                         break;
-                got += (uint64_t)n;
+                n += (uint64_t)r;
         }
-        int rc = decode(v->buf, got, out);
+        *got = n;
+        return 0;
+}
+
+/* How much of the object a snapshot needs, from a first read of len bytes: up to the record
+ * watermark, or all of it when that cannot be told (what is read is decoded and checked
+ * anyway: this only sizes the read). */
+static uint64_t stat_need(const unsigned char *img, uint64_t len, uint64_t total)
+{
+        struct eng_seg_hdr h;
+        if (len >= total || len < sizeof(h))
+                return len;
+        memcpy(&h, img, sizeof(h));
+        if (h.magic != SEG_MAGIC || h.version != SEG_VERSION || h.arena_off < sizeof(h) ||
+            h.arena_off >= total || len < h.arena_off || len - h.arena_off < STAT_ARENA_PREFIX)
+                return total;
+        eng_arena_t a;
+        if (eng_arena_attach(&a, (void *)(img + h.arena_off), total - h.arena_off) != 0)
+                return total;
+        eng_arena_stats_t as;
+        eng_arena_stats(&a, &as);
+        if (as.rec_top > total - h.arena_off)
+                return total;
+        uint64_t need = h.arena_off + as.rec_top;
+        return need > len ? need : len;
+}
+
+int eng_stat_take(eng_stat_view_t *v, eng_stat_t *out)
+{
+        memset(out, 0, sizeof(*out));
+        struct stat sb;
+        if (fstat(v->fd, &sb) != 0) {
+                eng_set_err("cannot stat segment %s: %s", v->name, strerror(errno));
+                return -errno;
+        }
+        uint64_t total = sb.st_size < 0 ? 0 : (uint64_t)sb.st_size;
+        if (total > STAT_MAX_BYTES)
+                total = STAT_MAX_BYTES;
+        /* The headers first; then, if the records reach further, everything up to the record
+         * watermark in one read. The buffers above it are never read: a snapshot costs what the
+         * records take, not the segment's size (SIGUSR1 in a server with a large segment). */
+        uint64_t want = total < STAT_FIRST_READ ? total : STAT_FIRST_READ, got = 0;
+        int rc = read_prefix(v, want, &got);
+        if (rc == 0) {
+                uint64_t need = stat_need(v->buf, got, total);
+                if (need > got)
+                        rc = read_prefix(v, need, &got);
+        }
+        if (rc != 0)
+                return rc;
+        rc = decode(v->buf, got, total, out);
         snprintf(out->name, sizeof(out->name), "%s", v->name);
         out->owner_uid = v->owner;
         if (rc != 0)

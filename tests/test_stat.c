@@ -18,6 +18,7 @@
 
 #include <grp.h>
 #include <poll.h>
+#include <sys/resource.h>
 
 #include "engine.h"
 
@@ -592,7 +593,7 @@ static void h_close(eng_sstream_t *s, int err, void *ctx)
 
 /* fork a process that serves name (size SEG_SIZE, DEPTH, 1 worker, mode) until SIGTERM;
  * returns once it serves. The child only uses the engine API and _exits. */
-static pid_t server_fork(const char *name, mode_t mode)
+static pid_t server_fork_size(const char *name, mode_t mode, uint64_t size)
 {
         int p[2];
         cr_assert_eq(pipe(p), 0);
@@ -610,7 +611,7 @@ static pid_t server_fork(const char *name, mode_t mode)
                 sigprocmask(SIG_BLOCK, &set, NULL); /* before the threads: they inherit it */
                 eng_server_cfg_t cfg = {
                     .name = name,
-                    .size = SEG_SIZE,
+                    .size = size,
                     .mode = mode,
                     .transport = ENG_TRANSPORT_LOCKFREE,
                     .workers = 1,
@@ -637,6 +638,11 @@ static pid_t server_fork(const char *name, mode_t mode)
                 cr_assert_fail("the server on %s did not start within 10 s", name);
         }
         return pid;
+}
+
+static pid_t server_fork(const char *name, mode_t mode)
+{
+        return server_fork_size(name, mode, SEG_SIZE);
 }
 
 static void server_stop(pid_t pid)
@@ -1411,4 +1417,51 @@ Test(stat, bad_usage_exits_2)
         }
         free(out);
         free(err);
+}
+
+/*
+ * A snapshot reads the headers and the records, not the buffers: engine-stat (and a server
+ * answering SIGUSR1) must not need memory the size of the segment. A 1 GiB segment with two
+ * records: engine-stat's peak RSS stays far below it (it read the whole object before).
+ */
+Test(stat, a_snapshot_of_a_large_segment_reads_its_records_not_its_buffers, .timeout = 120)
+{
+        pid_t srv = server_fork_size(X.name, 0600, 1ull << 30);
+        eng_client_t *c = attach();
+        eng_stream_t *s = open_stream(c, 1);
+        pid_t parent = getpid();
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (getppid() != parent)
+                        _exit(126);
+                int fd = open("/dev/null", O_WRONLY);
+                if (fd < 0)
+                        _exit(125);
+                dup2(fd, 1);
+                execl(XU_STAT, XU_STAT, "--name", X.name, "--json", (char *)NULL);
+                _exit(127);
+        }
+        xu_track(pid);
+        int st = 0;
+        struct rusage ru;
+        memset(&ru, 0, sizeof(ru));
+        uint64_t end = eng_now_ns() + 20000000000ull;
+        pid_t w = 0;
+        while ((w = wait4(pid, &st, WNOHANG, &ru)) == 0 && eng_now_ns() < end)
+                xu_sleep_ms(5);
+        if (w != pid) {
+                xu_kill(pid);
+                cr_assert_fail("engine-stat hung (killed after 20 s)");
+        }
+        xu_untrack(pid); /* reaped here */
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "engine-stat exited %d",
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
+        cr_log_info("engine-stat on a 1 GiB segment: peak RSS %ld KiB", ru.ru_maxrss);
+        cr_assert_lt(ru.ru_maxrss, 128 * 1024, "peak RSS %ld KiB for a 1 GiB segment",
+                     ru.ru_maxrss);
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        server_stop(srv);
 }
