@@ -355,8 +355,13 @@ static int decode(unsigned char *img, uint64_t len, uint64_t total, eng_stat_t *
                 problem(st, "max streams %u is not in 1..65536", h.max_streams);
                 geometry = false;
         }
-        if (h.arena_off < sizeof(h) || h.arena_off % CL != 0 || h.arena_off >= total ||
-            (len < total && len - h.arena_off < STAT_ARENA_PREFIX)) {
+        if (len < total && (len < h.arena_off || len - h.arena_off < STAT_ARENA_PREFIX)) {
+                /* Only a shrink between fstat and pread leaves the read short of the arena. */
+                problem(st, "the segment shrank to %llu bytes while it was read (%llu before)",
+                        (unsigned long long)len, (unsigned long long)total);
+                return 0;
+        }
+        if (h.arena_off < sizeof(h) || h.arena_off % CL != 0 || h.arena_off >= total) {
                 problem(st, "arena offset %llu is outside the segment",
                         (unsigned long long)h.arena_off);
                 return 0;
