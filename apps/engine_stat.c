@@ -353,11 +353,11 @@ static void print_text(FILE *f, const eng_stat_t *st, const rate_t *rates, const
 
         fprintf(f,
                 "counters  opens %llu  closes %llu  ended %llu  aborts %llu  reclaims %llu  heals "
-                "%llu  refused %llu\n",
+                "%llu  refused %llu  walks %llu\n",
                 (unsigned long long)st->opens, (unsigned long long)st->closes,
                 (unsigned long long)st->ended, (unsigned long long)st->aborts,
                 (unsigned long long)st->reclaims, (unsigned long long)st->heals,
-                (unsigned long long)st->refused);
+                (unsigned long long)st->refused, (unsigned long long)st->walks);
         if (tot->have)
                 fprintf(f,
                         "rates     over %.2f s, %u records: c2s %.0f msg/s %.1f MB/s  s2c %.0f "
@@ -532,9 +532,9 @@ static void print_json(FILE *f, const eng_stat_t *st, const rate_t *rates, const
 
         fprintf(f,
                 ",\"counters\":{\"opens\":%llu,\"closes\":%llu,\"ended\":%llu,\"aborts\":%llu,"
-                "\"reclaims\":%llu,\"heals\":%llu,\"refused\":%llu}",
+                "\"reclaims\":%llu,\"heals\":%llu,\"refused\":%llu,\"walks\":%llu}",
                 U(st->opens), U(st->closes), U(st->ended), U(st->aborts), U(st->reclaims),
-                U(st->heals), U(st->refused));
+                U(st->heals), U(st->refused), U(st->walks));
 
         fputs(",\"rates\":", f);
         if (tot->have) {

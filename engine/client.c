@@ -34,6 +34,12 @@ struct eng_stream {
          * stamped as this stream's: a crash leaves them to the server's reclaim like any loan. */
         uint32_t ncache;
         uint64_t cache[LOAN_CACHE];
+        /* Blocks of this stream in the caller's hands: loans not yet sent or given back,
+         * replies received and not yet released. Told to the server in our CLOSE: 0 lets it
+         * skip the arena walk when it finalises the stream (srv_finalize). Private; misuse
+         * (a block given back twice) only makes it nonzero, which costs a walk. */
+        int64_t held;
+        eng_stream_t *prev, *next; /* the client's streams (stuck_requests) */
 };
 
 struct eng_client {
@@ -45,6 +51,9 @@ struct eng_client {
         eng_transport_t transport; /* private copy, taken (and validated) at attach */
         uint64_t small_len;        /* loans up to this many bytes use the stream's cache */
         bool asym;                 /* registered for the server's membarrier (sched_push) */
+        eng_stream_t *streams;     /* every stream of ours (the session too), for stuck_requests */
+        uint32_t spin_cur;         /* the adaptive spin budget (spin_budget), <= cfg.spin */
+        uint32_t spin_probe;
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
@@ -140,14 +149,62 @@ static int wait_until(eng_client_t *c, uint32_t ticket, uint64_t deadline)
         return rc;
 }
 
+/*
+ * Requests of ours the server has not taken for a whole slice of sleep. The server's control
+ * thread sleeps without a timeout when all is calm; normally our push wakes a worker and that is
+ * all it takes. But the scheduling words are writable by any process: one rewritten while the
+ * server slept could leave our stream unscheduled, and nothing on the server's side would look
+ * again. So a client whose requests sit in its ring while it sleeps wakes the control thread,
+ * which re-posts what a writer undid (reap_tick). An idle client (nothing pushed) never does.
+ */
+static bool stuck_requests(eng_client_t *c)
+{
+        for (eng_stream_t *s = c->streams; s != NULL; s = s->next)
+                if (s->ended == 0 && chan_used(&s->out) > 0)
+                        return true;
+        return false;
+}
+
+/*
+ * How long to spin before sleeping: adaptive, between 0 and cfg.spin. Spinning pays only when
+ * the answer comes while we spin: from a server running on another CPU. It costs when it cannot:
+ * traffic sparser than the budget (the answer needs a worker woken from sleep), or a server
+ * that needs the very CPU we spin on (same core, or more runnable threads than CPUs): then each
+ * spin delays the answer by its whole length. So a spin that ends in the answer restores the
+ * full budget (cfg.spin) and one that ends in sleep halves it; one wait in 256 spins the full
+ * cfg.spin as a probe, so a budget driven to 0 by sparse traffic comes back once traffic is
+ * dense again. (The worker's idle spin adapts the same way: worker.c.)
+ */
+static uint32_t spin_budget(eng_client_t *c)
+{
+        if (c->spin_cur < c->cfg.spin && (++c->spin_probe & 255u) == 0)
+                return c->cfg.spin;
+        return c->spin_cur;
+}
+
+static void spin_won(eng_client_t *c)
+{
+        c->spin_cur = c->cfg.spin;
+}
+
+static void spin_lost(eng_client_t *c)
+{
+        c->spin_cur /= 2;
+}
+
 static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
 {
         struct eng_rec *sr = c->session->rec;
-        for (uint32_t i = 0; i < c->cfg.spin && !spun_out(i, deadline); i++) {
-                if (eng_load_acquire_u32(&sr->wake) != ticket)
+        uint32_t budget = spin_budget(c);
+        for (uint32_t i = 0; i < budget && !spun_out(i, deadline); i++) {
+                if (eng_load_acquire_u32(&sr->wake) != ticket) {
+                        spin_won(c);
                         goto woken;
+                }
                 eng_cpu_relax();
         }
+        if (budget != 0)
+                spin_lost(c);
         /* The server's liveness costs two system calls: look after each slice we slept, not
          * before the first (a server that died is still noticed within one slice). */
         for (bool slept = false;; slept = true) {
@@ -158,6 +215,8 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
                 int rc = slept ? wait_check(c) : interrupted(c) ? -EINTR : 0;
                 if (rc != 0)
                         return rc;
+                if (slept && stuck_requests(c))
+                        eng_ctl_nudge(c->sg.hdr);
                 int64_t left = remaining_ns(deadline);
                 if (left == 0)
                         return -ETIMEDOUT;
@@ -240,6 +299,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                 }
                 if (!ready) {
                         seg_boot_unlock(sg);
+                        eng_ctl_nudge(h); /* a writer's state: the server puts it back */
                         if (deadline == 0)
                                 return -EAGAIN;
                         if ((rc = wait_check(c)) != 0)
@@ -298,6 +358,10 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                  * hold the lock, so an offer made after we unlock changes it). */
                 uint32_t seq = eng_load_acquire_u32(&h->boot_wake);
                 seg_boot_unlock(sg);
+                /* The server offers the next record as soon as it sees a claim, which wakes
+                 * it; if none is up, it may be asleep with the offer's words overwritten (it
+                 * republishes them when it looks) or full: wake it either way. */
+                eng_ctl_nudge(h);
                 if (deadline == 0)
                         return -EAGAIN;
                 rc = wait_check(c);
@@ -332,7 +396,22 @@ static eng_stream_t *stream_new(eng_client_t *c, uint32_t idx, const uint64_t gu
         s->out.stat = &r->cstat;
         chan_attach(&s->in, &r->s2c, rec_s2c_slots(r, c->sg.depth), c->sg.depth, c->transport,
                     false);
+        s->next = c->streams;
+        if (c->streams)
+                c->streams->prev = s;
+        c->streams = s;
         return s;
+}
+
+static void stream_free(eng_stream_t *s)
+{
+        if (s->prev)
+                s->prev->next = s->next;
+        else
+                s->c->streams = s->next;
+        if (s->next)
+                s->next->prev = s->prev;
+        free(s);
 }
 
 int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_t **out)
@@ -344,6 +423,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
                 c->cfg = *cfg;
         if (c->cfg.spin == 0)
                 c->cfg.spin = 4096;
+        c->spin_cur = c->cfg.spin;
         if (c->cfg.timeout_ms == 0)
                 c->cfg.timeout_ms = 10000;
         c->server_pidfd = -1;
@@ -388,6 +468,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
                         rc = -EINTR;
                         goto fail;
                 }
+                eng_ctl_nudge(c->sg.hdr); /* a state a writer changed: the server puts it back */
                 usleep(2000);
         }
         uint32_t idx;
@@ -582,6 +663,7 @@ int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
                         if (eng_arena_lookup(a, *off, &q, &owner, &cap) == 0 && owner == s->owner &&
                             cap >= len) {
                                 *p = q;
+                                s->held++;
                                 return 0;
                         }
                 }
@@ -594,8 +676,10 @@ int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
                 return -EAGAIN;
         if (rc == -E2BIG)
                 return eng_err_msgsize(len, eng_arena_max_alloc(a));
-        if (rc == 0)
+        if (rc == 0) {
                 *p = eng_arena_ptr(&s->c->sg.arena, *off, len);
+                s->held++;
+        }
         return rc;
 }
 
@@ -650,6 +734,7 @@ static void give_back(eng_stream_t *s, uint64_t off)
 {
         uint32_t owner;
         uint64_t cap;
+        s->held--;
         if (s->ncache < LOAN_CACHE && s->c->small_len != 0 &&
             eng_arena_lookup(&s->c->sg.arena, off, NULL, &owner, &cap) == 0 && owner == s->owner &&
             cap == s->c->small_len) {
@@ -707,7 +792,10 @@ int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t of
                 return -EINVAL;
         if (off == 0 && len != 0)
                 return -EINVAL;
-        return push(s, cmd, arg, off, len);
+        rc = push(s, cmd, arg, off, len);
+        if (rc == 0 && off != 0)
+                s->held--; /* the server's now */
+        return rc;
 }
 
 /*
@@ -717,13 +805,17 @@ int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t of
  */
 static bool spin_on(eng_stream_t *s, struct chan_end *ch, uint64_t deadline)
 {
-        for (uint32_t i = 0; i < s->c->cfg.spin && !spun_out(i, deadline); i++) {
-                if (ch->producer ? chan_room(ch, 1) : chan_ready(ch))
+        uint32_t budget = spin_budget(s->c);
+        for (uint32_t i = 0; i < budget && !spun_out(i, deadline); i++) {
+                if ((ch->producer ? chan_room(ch, 1) : chan_ready(ch)) ||
+                    eng_load_relaxed_u32(&s->rec->state) == ST_ENDED) {
+                        spin_won(s->c);
                         return true;
-                if (eng_load_relaxed_u32(&s->rec->state) == ST_ENDED)
-                        return true;
+                }
                 eng_cpu_relax();
         }
+        if (budget != 0)
+                spin_lost(s->c);
         return false;
 }
 
@@ -832,6 +924,7 @@ int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
                         return -EPROTO;
                 }
                 m->data = p;
+                s->held++;
         } else if (d.len != 0) {
                 s->ended = -EPROTO;
                 eng_set_err("stream %u: a message of %u bytes without a buffer", s->user_id, d.len);
@@ -869,7 +962,7 @@ static int stream_end(eng_stream_t *s, int timeout_ms)
         if (s->ended == 0 && timeout_ms != 0) {
                 /* One deadline for the whole handshake, however many steps it takes. */
                 uint64_t deadline = deadline_of(c, timeout_ms);
-                rc = push(s, CMD_C_CLOSE, 0, 0, 0);
+                rc = push(s, CMD_C_CLOSE, (uint64_t)s->held, 0, 0);
                 while (rc == -EAGAIN) {
                         /* Ring full: the server drains it only while it has room for replies,
                          * so read (and drop) replies while we wait for room. */
@@ -882,7 +975,7 @@ static int stream_end(eng_stream_t *s, int timeout_ms)
                                 rc = r == -EPIPE ? 0 : r; /* ended meanwhile: nothing to close */
                                 goto fin;
                         }
-                        rc = push(s, CMD_C_CLOSE, 0, 0, 0);
+                        rc = push(s, CMD_C_CLOSE, (uint64_t)s->held, 0, 0);
                         if (rc == -EAGAIN && (rc = stream_wait(c, &s->out, t, deadline)) == 0)
                                 rc = -EAGAIN;
                 }
@@ -918,7 +1011,7 @@ fin:
         if (eng_load_relaxed_u64(&s->rec->guid[0]) == s->guid[0] &&
             eng_load_relaxed_u64(&s->rec->guid[1]) == s->guid[1])
                 sched_fin(&c->sg, s->rec, s->idx);
-        free(s);
+        stream_free(s);
         return rc;
 }
 

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +19,9 @@
 #include "server_int.h"
 
 #define TICK_NS (50 * 1000000ull) /* the control thread's heal/reap period */
+/* After a calm sleep is broken, tick at least this long before sleeping calmly again: a
+ * client that woke us on taking the bootstrap lock may die inside its claim. */
+#define CTL_GRACE_NS (200 * 1000000ull)
 
 /* An event counted where it happens (on workers), logged once per tick by the control thread
  * ("N what"), so that a writer that provokes it in a loop gets one line a tick, not a flood. */
@@ -207,7 +211,7 @@ static bool bit_set(const struct eng_seg *sg, uint32_t idx)
  *     is posted again. So no scribble of sched, the bitmap or want_space stalls a stream for
  *     more than a tick once the writer stops.
  */
-static bool reap_tick(struct eng_server *srv)
+static bool reap_tick(struct eng_server *srv, bool *quiet)
 {
         struct eng_seg *sg = &srv->sg;
         struct {
@@ -244,6 +248,9 @@ static bool reap_tick(struct eng_server *srv)
         uint32_t orphans = 0, late = 0, undecided = 0;
         int64_t orphan_blocks = 0;
         bool idle = true; /* nothing live but the offer and sessions: nobody holds buffers */
+        /* Nothing for the next tick to do: every live record decided, no deadline running,
+         * every stream at rest (IDLE, no ready bit, no worker on it). */
+        bool calm = nd == 0;
         for (uint32_t j = 0; j < n; j++) {
                 eng_sstream_t *t = &srv->tab[j];
                 if (!t->live || j == offered)
@@ -251,6 +258,7 @@ static bool reap_tick(struct eng_server *srv)
                 if (!eng_load_acquire_u32(&t->known) || t->type != REC_SESSION)
                         idle = false;
                 if (!eng_load_acquire_u32(&t->known)) {
+                        calm = false;
                         uint64_t taken = eng_load_acquire_u64(&t->taken_ns);
                         if (taken != 0 && now - taken > CLAIM_DEADLINE_NS) {
                                 reap(srv, t);
@@ -272,6 +280,8 @@ static bool reap_tick(struct eng_server *srv)
                 }
                 if (gone)
                         continue;
+                if (t->pw < 0 || t->fin_deadline != 0)
+                        calm = false; /* a pid without a pidfd, a deadline: look each tick */
                 if (t->pw < 0 && t->verified && pid_gone(t->pid)) {
                         pid_t pid = t->pid;
                         int64_t b = reap(srv, t);
@@ -292,12 +302,24 @@ static bool reap_tick(struct eng_server *srv)
                                 continue;
                         }
                 }
+                uint32_t st = eng_load_relaxed_u32(&t->rec->sched);
+                if (eng_load_relaxed_u32(&t->busy) || bit_set(sg, j) || st != RUN_IDLE ||
+                    t->stalled)
+                        calm = false;
                 if (!eng_load_relaxed_u32(&t->busy) && !bit_set(sg, j)) {
-                        uint32_t st = eng_load_relaxed_u32(&t->rec->sched);
                         if (st == RUN_QUEUED || st == RUN_AGAIN || st == RUN_FIN || t->stalled)
                                 ready_post(sg, j);
                 }
         }
+        /* Work is posted: make sure a worker is awake, whatever the (writable) sleeper count
+         * says. ready_post wakes only if srv_sleepers says someone sleeps, and a writer can
+         * zero it; workers sleep without a timeout. */
+        if (ready_any(sg)) {
+                calm = false;
+                eng_faa_u32(&sg->hdr->srv_wake, 1);
+                eng_futex_wake(&sg->hdr->srv_wake, 1);
+        }
+        *quiet = calm;
         for (uint32_t i = 0; i < nd; i++)
                 srv_event(srv, "client pid %d exited: reclaimed %u record(s), %lld buffer(s)",
                           (int)dead[i].pid, dead[i].recs, (long long)dead[i].blocks);
@@ -644,11 +666,59 @@ static void repair_arena(struct eng_server *srv, bool idle)
         }
 }
 
+/*
+ * Sleep on ctl_wake until seq moves. While something is due (a claim to decide, a deadline,
+ * a stream in motion, a repair) for at most a tick; when all is calm, without a timeout: an
+ * idle server does not wake. What wakes it then: a claim or a client that found something
+ * amiss (client.c, seg.c: srv_ctl_nudge), a watched client's death (srv_watch_main), a record
+ * finalised (the check at idle), stop. Returns true if it slept without a timeout (the
+ * caller then runs a tick at once: whatever woke it may need one).
+ */
+static bool ctl_sleep(struct eng_server *srv, uint32_t seq, bool quiet, int64_t nap_ns)
+{
+        struct eng_seg *sg = &srv->sg;
+        if (!quiet) {
+                eng_futex_wait(&sg->hdr->ctl_wake, seq, nap_ns);
+                return false;
+        }
+        uint32_t finals = eng_load_relaxed_u32(&srv->finals);
+        eng_store_relaxed_u32(&srv->ctl_asleep, 1);
+        eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 1);
+        eng_fence_full(); /* Dekker with srv_finalize: finals add, then ctl_asleep read */
+        if (eng_load_relaxed_u32(&srv->finals) == finals && !eng_load_relaxed_u32(&srv->stop))
+                eng_futex_wait(&sg->hdr->ctl_wake, seq, -1);
+        eng_store_relaxed_u32(&srv->ctl_asleep, 0);
+        eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
+        return true;
+}
+
+/* The death watch: wakes the control thread when a watched client process exits (its pidfd
+ * becomes readable; one shot: the reap closes it), and ends at stop (the eventfd). */
+void *srv_watch_main(void *arg)
+{
+        struct eng_server *srv = arg;
+        for (;;) {
+                struct epoll_event ev[16];
+                int n = epoll_wait(srv->epfd, ev, 16, -1);
+                if (n < 0 && errno != EINTR)
+                        return NULL;
+                bool death = false;
+                for (int i = 0; i < n; i++) {
+                        if (ev[i].data.u64 == 0)
+                                return NULL; /* stop */
+                        death = true;
+                }
+                if (death)
+                        srv_ctl_nudge(srv->sg.hdr);
+        }
+}
+
 void *srv_ctl_main(void *arg)
 {
         struct eng_server *srv = arg;
         struct eng_seg *sg = &srv->sg;
-        uint64_t last_tick = 0;
+        uint64_t last_tick = 0, grace_until = 0;
+        bool quiet = false;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
                 /* Every tick whatever else happens (a full segment included: that is when a
@@ -676,14 +746,22 @@ void *srv_ctl_main(void *arg)
                                                "/dev/shm has no room to restore it: the server "
                                                "must stop");
                         }
-                        repair_arena(srv, reap_tick(srv));
+                        repair_arena(srv, reap_tick(srv, &quiet));
+                        quiet = quiet && !srv->dirty && now >= grace_until;
                         last_tick = now;
                 }
                 /* Still on offer? (the header's copy put right if it was overwritten) */
                 if (offer_republish(srv)) {
-                        eng_futex_wait(&sg->hdr->ctl_wake, seq, 50 * 1000000ll);
+                        if (ctl_sleep(srv, seq, quiet, (int64_t)TICK_NS)) {
+                                /* Woken from a calm sleep: look now, and every tick for a
+                                 * while (a claim may be under way: seg_boot_trylock). */
+                                last_tick = 0;
+                                grace_until = eng_now_ns() + CTL_GRACE_NS;
+                                quiet = false;
+                        }
                         continue;
                 }
+                quiet = false;
                 if (srv->offered) {
                         /* Taken (or made to look taken): a worker decides it now, even if the
                          * client stays silent; it must be decided by the claim deadline. */

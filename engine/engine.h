@@ -289,6 +289,7 @@ typedef struct eng_stat {
         uint32_t max_streams;
         /* the engine's counters since the server started */
         uint64_t opens, closes, ended, aborts, reclaims, heals, refused;
+        uint64_t walks; /* arena walks for finalised records (none after an orderly close) */
         /* the arena */
         const char *arena_kind;
         uint64_t arena_size, rec_base, rec_top, buf_bottom, arena_top;

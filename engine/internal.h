@@ -19,8 +19,8 @@
 
 #define SEG_MAGIC 0x53474e45u /* "ENGS" */
 #define SEG_VERSION                                                                                \
-        4u /* 4: per-stream counters, engine counters and server facts (engine-stat)               \
-            */
+        5u /* 4: per-stream counters, engine counters and server facts (engine-stat);              \
+              5: the control thread sleeps until woken (ctl_asleep, nudges), walks counted */
 
 /*
  * Locks the kernel holds on byte ranges of the shm object, far beyond its end (a lock may lie
@@ -265,6 +265,11 @@ struct eng_seg_hdr {
         uint32_t ctl_wake;     /* the server's control thread sleeps here */
         uint32_t boot_seq;     /* bumped when the bootstrap lock is let go with waiters */
         uint32_t boot_waiters; /* processes waiting for the bootstrap lock (a hint) */
+        /* 1 while the control thread sleeps without a timeout (relaxed stores by it, relaxed
+         * loads by a new holder of the bootstrap lock, which then wakes it: seg_boot_trylock).
+         * A hint: a writer that clears it delays the notice of a claimer's death until the
+         * next client comes (whose nudges wake the server). */
+        uint32_t ctl_asleep;
         /* line: counters, statistics only: eng_faa_u64 by the server (ck_pr_faa, a locked add:
          * a full barrier on x86, though nothing relies on its order), read by tools */
         _Alignas(CL) uint64_t opens; /* streams accepted */
@@ -274,7 +279,7 @@ struct eng_seg_hdr {
         uint64_t reclaims;           /* records reclaimed from dead or vanished clients */
         uint64_t heals;   /* header, arena header, object or arena put right after a writer */
         uint64_t refused; /* descriptors refused (out of sequence, bad command, bad buffer) */
-        uint64_t pad_counters;
+        uint64_t walks;   /* arena walks to give back a finalised record's buffers */
         /* line: facts about the server for tools, written (relaxed) before the release of
          * state = READY and never after: started_ns (CLOCK_MONOTONIC), workers, spin. */
         _Alignas(CL) uint64_t started_ns;
@@ -446,6 +451,16 @@ uint32_t chan_used(const struct chan_end *e);
 uint32_t chan_free(const struct chan_end *e);
 bool chan_ready(struct chan_end *e);            /* consumer: chan_used() > 0, cheaply */
 bool chan_room(struct chan_end *e, uint32_t n); /* producer: chan_free() >= n, cheaply */
+
+/* Wake the server's control thread. It sleeps on ctl_wake, without a timeout when nothing is
+ * due (ctl.c ctl_sleep): whoever needs it (a claim, a client that finds the header, the offer or
+ * its requests not attended to) moves the word and wakes it. Anyone may; at worst the server
+ * looks once for nothing. */
+static inline void eng_ctl_nudge(struct eng_seg_hdr *h)
+{
+        eng_faa_u32(&h->ctl_wake, 1);
+        eng_futex_wake(&h->ctl_wake, 1);
+}
 /* Mutex transport only: if the queue is full (producer) or empty (consumer), sleep on its
  * condition variable once, at most until deadline (CLOCK_MONOTONIC ns). The lock-free
  * transport waits on the session word instead (client.c); this returns at once for it. */

@@ -59,6 +59,12 @@ int seg_server_alive(const struct eng_seg *sg)
 int seg_boot_trylock(struct eng_seg *sg)
 {
         int rc = lk(sg->fd, F_OFD_SETLK, F_WRLCK, SEG_LOCK_BOOT, NULL);
+        /* A claim may follow, and the holder may die before its claim wakes the server (the
+         * kernel lets go of the lock, nobody tells the server). If the control thread sleeps
+         * without a timeout, wake it now: it then looks every tick for a while (CTL_GRACE_NS)
+         * and sees the record leave the offer whatever becomes of us. */
+        if (rc == 0 && eng_load_relaxed_u32(&sg->hdr->ctl_asleep))
+                eng_ctl_nudge(sg->hdr);
         return rc == -EACCES ? -EAGAIN : rc;
 }
 
@@ -673,6 +679,11 @@ static int attach_once(struct eng_seg *sg, const char *name, const struct seg_tr
                 struct flock f = {0};
                 bool held =
                     lk(fd, F_OFD_GETLK, F_WRLCK, SEG_LOCK_SERVER, &f) == 0 && f.l_type != F_UNLCK;
+                /* A server holds it but we cannot use it: it is starting, or a writer spoiled
+                 * the header or the arena's and the server (asleep when all is calm) puts them
+                 * back when it looks. Wake it. */
+                if (held && base != MAP_FAILED && size >= sizeof(struct eng_seg_hdr))
+                        eng_ctl_nudge((struct eng_seg_hdr *)base);
                 if (base != MAP_FAILED) {
                         eng_guard_remove(base);
                         munmap(base, size);

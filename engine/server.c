@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -93,6 +95,12 @@ int srv_pw_acquire(struct eng_server *srv, pid_t pid, int32_t *slot)
         }
         int fd = (int)syscall(SYS_pidfd_open, pid, 0);
         int rc = fd < 0 ? -errno : 0;
+        /* Its death wakes the control thread (srv_watch_main): one shot, the reap closes it. */
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = 1};
+        if (rc == 0 && epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+                rc = -errno;
+                close(fd);
+        }
         if (rc == 0 && free_slot < 0) {
                 if (srv->npw == srv->cappw) {
                         uint32_t cap = srv->cappw ? 2 * srv->cappw : 16;
@@ -208,7 +216,22 @@ int64_t srv_finalize(struct eng_server *srv, eng_sstream_t *s, int err)
                         srv->cfg.hooks.on_close(s, err, srv->cfg.hooks.ctx);
                 s->opened = false;
         }
-        int64_t blocks = eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
+        /*
+         * What the stream still owns goes back. After an orderly close (the client's CLOSE,
+         * our acknowledgement, its FIN, nothing after the CLOSE in its ring) an honest client
+         * owns nothing: it drained our replies and gave its cached loans back before the FIN.
+         * So only an abort, a death, a refusal or an end we decided walks the arena (a walk
+         * reads every block header: O(arena), ~1 ms per 64 MiB). A client that closes in
+         * order while holding loans has leaked them to itself; they come back at the next
+         * arena check (repair_arena: at idle, or on evidence of starvation), or when the slot
+         * is next finalised with a walk, since they keep the slot's owner id.
+         */
+        bool walk = !(err == 0 && s->clean_close && !chan_ready(&s->in));
+        int64_t blocks = 0;
+        if (walk) {
+                blocks = eng_arena_reclaim(&srv->sg.arena, owner_of(s->idx));
+                eng_faa_u64(&srv->sg.hdr->walks, 1);
+        }
         srv_pw_release(srv, s->pw);
         s->pw = -1;
         s->live = false;
@@ -216,6 +239,8 @@ int64_t srv_finalize(struct eng_server *srv, eng_sstream_t *s, int err)
         eng_store_release_u32(&s->known, 0);
         s->user = NULL;
         eng_faa_u32(&srv->finals, 1);
+        if (eng_load_relaxed_u32(&srv->ctl_asleep))
+                srv_ctl_nudge(srv->sg.hdr); /* for the arena check at idle */
         eng_faa_u64(&srv->sg.hdr->closes, 1);
         if (err == -ECONNABORTED)
                 eng_faa_u64(&srv->sg.hdr->aborts, 1);
@@ -252,10 +277,26 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 cfg->max_block_shift = 20;
         pthread_mutex_init(&srv->boot_mu, NULL);
         pthread_mutex_init(&srv->pw_mu, NULL);
+        srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+        srv->stopfd = eventfd(0, EFD_CLOEXEC);
+        struct epoll_event sev = {.events = EPOLLIN, .data.u64 = 0};
+        if (srv->epfd < 0 || srv->stopfd < 0 ||
+            epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->stopfd, &sev) != 0) {
+                int e = errno;
+                eng_set_err("cannot watch client processes: %s", strerror(e));
+                if (srv->epfd >= 0)
+                        close(srv->epfd);
+                if (srv->stopfd >= 0)
+                        close(srv->stopfd);
+                free(srv);
+                return -e;
+        }
         int rc =
             seg_create(&srv->sg, cfg->name, cfg->size, cfg->mode, cfg->transport, cfg->ring_depth,
                        cfg->max_streams, cfg->min_block_shift, cfg->max_block_shift);
         if (rc != 0) {
+                close(srv->epfd);
+                close(srv->stopfd);
                 free(srv);
                 return rc;
         }
@@ -287,6 +328,13 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
         }
         if ((rc = -pthread_create(&srv->ctl, NULL, srv_ctl_main, srv)) != 0)
                 goto fail_threads;
+        if ((rc = -pthread_create(&srv->watch, NULL, srv_watch_main, srv)) != 0) {
+                eng_store_relaxed_u32(&srv->stop, 1);
+                srv_ctl_nudge(srv->sg.hdr);
+                pthread_join(srv->ctl, NULL);
+                goto fail_threads;
+        }
+        srv->watch_started = true;
         /* Facts for tools, before READY is published (internal.h: written once). */
         eng_store_relaxed_u64(&srv->sg.hdr->started_ns, eng_now_ns());
         eng_store_relaxed_u32(&srv->sg.hdr->workers, srv->nworkers);
@@ -305,6 +353,8 @@ fail_threads:
 fail:
         shm_unlink(srv->sg.name);
         seg_unmap(&srv->sg);
+        close(srv->epfd);
+        close(srv->stopfd);
         free(srv->tab);
         free(srv->workers);
         free(srv);
@@ -326,9 +376,15 @@ void eng_server_stop(eng_server_t *srv)
         eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);
         eng_faa_u32(&sg->hdr->ctl_wake, 1);
         eng_futex_wake(&sg->hdr->ctl_wake, INT32_MAX);
+        uint64_t one = 1;
+        if (write(srv->stopfd, &one, sizeof(one)) < 0) {
+                /* an eventfd write fails only on overflow: it is readable then anyway */
+        }
         for (uint32_t i = 0; i < srv->nworkers; i++)
                 pthread_join(srv->workers[i], NULL);
         pthread_join(srv->ctl, NULL);
+        if (srv->watch_started)
+                pthread_join(srv->watch, NULL);
         /* Workers are gone: end what is still open so every client learns it (-EPIPE). */
         for (uint32_t i = 0; i < srv->ntab; i++) {
                 eng_sstream_t *s = &srv->tab[i];
@@ -346,6 +402,8 @@ void eng_server_stop(eng_server_t *srv)
         seg_unmap(sg);
         pthread_mutex_destroy(&srv->boot_mu);
         pthread_mutex_destroy(&srv->pw_mu);
+        close(srv->epfd);
+        close(srv->stopfd);
         free(srv->pw);
         free(srv->tab);
         free(srv->workers);

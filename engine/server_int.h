@@ -46,7 +46,11 @@ struct eng_sstream {
         bool pushed;  /* this turn produced something for the client */
         bool opened;  /* on_open accepted it: on_close is owed exactly once */
         bool stalled; /* the last drain stopped for want of reply room */
-        int32_t err;  /* why we ended it (0: closed in order) */
+        /* The client closed in order (its CLOSE was the last request we took): at its FIN
+         * the stream owns no buffer an honest client still knows of, so finalising it does
+         * not walk the arena (srv_finalize). */
+        bool clean_close;
+        int32_t err; /* why we ended it (0: closed in order) */
         uint32_t type;
         uint32_t session;
         uint32_t session_gen; /* the session's gen when this stream was accepted */
@@ -120,6 +124,15 @@ struct eng_server {
         uint32_t gate; /* hdr->arena_gate as it should be (heal_header puts it back) */
         bool dirty;
         uint64_t last_repair_ns;
+        /* The control thread sleeps without a timeout (nothing to do until an event):
+         * store 1, full fence, re-read finals; srv_finalize adds to finals (a locked add),
+         * then reads it, and wakes the control thread for the check at idle. */
+        uint32_t ctl_asleep;
+        /* Deaths: an epoll set of the watched pidfds (EPOLLONESHOT) and an eventfd for
+         * stop, waited on by the watch thread, which wakes the control thread. */
+        int epfd, stopfd;
+        pthread_t watch;
+        bool watch_started;
 };
 _Static_assert(offsetof(struct eng_sstream, busy) == 0,
                "busy first: srv_offer_new clears the rest");
@@ -161,6 +174,8 @@ void srv_free(struct eng_server *srv, uint64_t off, uint64_t cap);
 /* ---- ctl.c: the control thread ------------------------------------------------------- */
 
 void *srv_ctl_main(void *arg);
+void *srv_watch_main(void *arg);
+#define srv_ctl_nudge eng_ctl_nudge
 /* Put a fresh record on offer. 0, or -ENOMEM (no room for one, or none we can offer). */
 int srv_offer_new(struct eng_server *srv);
 

@@ -343,6 +343,7 @@ static int decode(unsigned char *img, uint64_t len, uint64_t total, eng_stat_t *
         st->reclaims = h.reclaims;
         st->heals = h.heals;
         st->refused = h.refused;
+        st->walks = h.walks;
         if (h.size != total)
                 problem(st, "the header says %llu bytes, the object holds %llu",
                         (unsigned long long)h.size, (unsigned long long)total);

@@ -139,6 +139,8 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
 static int handle(struct eng_server *srv, eng_sstream_t *s, const struct eng_desc *d)
 {
         if (d->cmd == CMD_C_CLOSE) {
+                /* arg: how many of the stream's blocks the client still holds (client.c) */
+                s->clean_close = !s->ended && d->arg == 0;
                 srv_end_stream(srv, s, 0);
                 return 0;
         }
@@ -429,6 +431,11 @@ void *srv_worker_main(void *arg)
         struct eng_seg *sg = &srv->sg;
         uint32_t cursor = (uint32_t)(uintptr_t)pthread_self();
         uint32_t spins = 0;
+        /* The idle spin adapts as the client's does (client.c spin_budget): work that came
+         * while we spun restores the full budget, a spin that ended in sleep halves it, and one
+         * idle period in 256 spins the full cfg.spin. Sparse traffic (or a client on our CPU)
+         * thus stops paying for a spin that cannot succeed and delays whoever needs the CPU. */
+        uint32_t budget = srv->cfg.spin, probe = 0;
         eng_sstream_t *set[POLL_MAX]; /* held (busy), sched POLLING */
         uint32_t np = 0;
         eng_arena_batch_t frees = {.n = 0};
@@ -460,7 +467,10 @@ void *srv_worker_main(void *arg)
                                         break;
                                 }
                         }
-                        if (run_stream(srv, idx, np < POLL_MAX))
+                        /* Polling pays only while spinning does: letting go of a polled
+                         * stream costs a membarrier, on the path of the next request once
+                         * we sleep right after each turn. */
+                        if (run_stream(srv, idx, np < POLL_MAX && budget >= 64))
                                 set[np++] = &srv->tab[idx];
                         moved = true;
                         /* No `continue`: a stream that always has more goes straight back to
@@ -479,10 +489,12 @@ void *srv_worker_main(void *arg)
                 if (frees.n != 0)
                         eng_arena_flush(&srv->sg.arena, &frees);
                 if (moved) {
+                        if (spins != 0)
+                                budget = srv->cfg.spin; /* spinning pays: all of it again */
                         spins = 0;
                         continue;
                 }
-                if (++spins < srv->cfg.spin) {
+                if (++spins < budget) {
                         eng_cpu_relax();
                         continue;
                 }
@@ -493,11 +505,19 @@ void *srv_worker_main(void *arg)
                         np = 0;
                         continue;
                 }
-                /* Announce, then re-check (Dekker with ready_post), then sleep. */
+                budget /= 2;
+                if (budget < srv->cfg.spin && (++probe & 255u) == 0)
+                        budget = srv->cfg.spin;
+                /* Announce, then re-check (Dekker with ready_post), then sleep until woken: no
+                 * timeout, so an idle server does not wake at all. Everything that needs a
+                 * worker moves srv_wake after setting what it wants seen: a client's post
+                 * (ready_post), stop, park; a write to srv_wake by anyone else is at worst a
+                 * spurious wake-up. The control thread re-posts scheduling a writer undid. */
                 eng_faa_u32(&sg->hdr->srv_sleepers, 1);
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->srv_wake);
-                if (!ready_any(sg) && !eng_load_relaxed_u32(&srv->stop))
-                        eng_futex_wait(&sg->hdr->srv_wake, seq, 200 * 1000000ll);
+                if (!ready_any(sg) && !eng_load_relaxed_u32(&srv->stop) &&
+                    !eng_load_acquire_u32(&srv->park))
+                        eng_futex_wait(&sg->hdr->srv_wake, seq, -1);
                 eng_faa_u32(&sg->hdr->srv_sleepers, (uint32_t)-1);
                 spins = 0;
         }

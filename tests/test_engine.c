@@ -9,6 +9,7 @@
  * their exit status and a MAP_SHARED page, and _exit.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -366,6 +368,171 @@ Test(engine, unsent_loans_are_reclaimed_at_close)
         eng_client_detach(c);
         cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
                   (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
+/* The header's counters of a live segment: (closes, walks). */
+static void close_counters(const char *name, uint64_t *closes, uint64_t *walks)
+{
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        *closes = eng_load_relaxed_u64(&sg.hdr->closes);
+        *walks = eng_load_relaxed_u64(&sg.hdr->walks);
+        seg_unmap(&sg);
+}
+
+/* Wait until the server has given back `closes` records. */
+static void closes_reach(const char *name, uint64_t closes, uint64_t *walks)
+{
+        uint64_t c = 0, end = eng_now_ns() + 5000 * 1000000ull;
+        do {
+                close_counters(name, &c, walks);
+                if (c >= closes)
+                        return;
+                sleep_ms(1);
+        } while (eng_now_ns() < end);
+        cr_assert_fail("%llu of %llu records given back after 5 s", (unsigned long long)c,
+                       (unsigned long long)closes);
+}
+
+/* An orderly close (CLOSE, acknowledgement, FIN, with nothing of the stream left in the
+ * client's hands) gives the record back without walking the arena (before: every close read
+ * every block header). A close while holding a loan or an unreleased reply, and an abort,
+ * still walk, and their blocks are back at once. */
+Test(engine, orderly_close_does_not_walk_the_arena_and_a_close_holding_buffers_does)
+{
+        char name[64];
+        mkname(name, sizeof(name), "walks");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
+        eng_client_t *c = attach(name);
+        uint64_t closes0, walks0, walks;
+        close_counters(name, &closes0, &walks0);
+        enum { N = 40 };
+        for (int i = 0; i < N; i++) {
+                eng_stream_t *s = open_stream(c, 100 + (uint32_t)i);
+                for (int k = 0; k < 3; k++) { /* small (cached) and large loans, echoed */
+                        uint32_t len = k == 2 ? 60000 : 64;
+                        void *p;
+                        uint64_t off;
+                        cr_assert_eq(eng_stream_loan(s, len, &p, &off, 2000), 0);
+                        memset(p, k, len);
+                        cr_assert_eq(eng_stream_send(s, CMD_ECHO, (uint64_t)k, off, len, 2000), 0);
+                        eng_msg_t m;
+                        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+                        eng_stream_release(s, &m);
+                }
+                cr_assert_eq(eng_stream_close(s), 0);
+        }
+        closes_reach(name, closes0 + N, &walks);
+        cr_assert_eq(walks, walks0, "%llu walks for %d orderly closes",
+                     (unsigned long long)(walks - walks0), N);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 2, 2000, &st), "%llu blocks in use after orderly closes",
+                  (unsigned long long)st.buf_used_blocks);
+
+        /* A loan kept across the close: one walk, and the block is back. */
+        eng_stream_t *s = open_stream(c, 200);
+        void *p;
+        uint64_t off;
+        cr_assert_eq(eng_stream_loan(s, 5000, &p, &off, 2000), 0);
+        cr_assert_eq(eng_stream_close(s), 0);
+        closes_reach(name, closes0 + N + 1, &walks);
+        cr_assert_eq(walks, walks0 + 1);
+        /* A reply received and never released: one walk. */
+        s = open_stream(c, 201);
+        cr_assert_eq(eng_stream_loan(s, 64, &p, &off, 2000), 0);
+        cr_assert_eq(eng_stream_send(s, CMD_ECHO, 1, off, 64, 2000), 0);
+        eng_msg_t m;
+        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
+        cr_assert_eq(eng_stream_close(s), 0);
+        closes_reach(name, closes0 + N + 2, &walks);
+        cr_assert_eq(walks, walks0 + 2);
+        /* An abort: one walk. */
+        s = open_stream(c, 202);
+        cr_assert_eq(eng_stream_abort(s), 0);
+        closes_reach(name, closes0 + N + 3, &walks);
+        cr_assert_eq(walks, walks0 + 3);
+        cr_assert(arena_settles(name, 2, 500, &st), "%llu blocks in use after the walks",
+                  (unsigned long long)st.buf_used_blocks);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
+/* Context switches of every thread of this process but the calling one (the server's threads,
+ * in a test that runs the server in-process): each wake-up from a sleep is one. */
+static uint64_t other_threads_switches(void)
+{
+        char path[300], line[256];
+        uint64_t total = 0;
+        pid_t self = (pid_t)syscall(SYS_gettid);
+        DIR *d = opendir("/proc/self/task");
+        cr_assert_not_null(d);
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+                if (e->d_name[0] == '.' || atoi(e->d_name) == self)
+                        continue;
+                snprintf(path, sizeof(path), "/proc/self/task/%s/status", e->d_name);
+                FILE *f = fopen(path, "r");
+                if (f == NULL)
+                        continue; /* a thread that just ended */
+                while (fgets(line, sizeof(line), f) != NULL) {
+                        unsigned long long v;
+                        if (sscanf(line, "voluntary_ctxt_switches: %llu", &v) == 1 ||
+                            sscanf(line, "nonvoluntary_ctxt_switches: %llu", &v) == 1)
+                                total += v;
+                }
+                fclose(f);
+        }
+        closedir(d);
+        return total;
+}
+
+/* An idle server does not wake: its control thread, workers and death watch sleep until an
+ * event, with no client and with an idle client (a session and streams, nothing sent) attached
+ * (before: 30 wake-ups a second, the control thread's 50 ms tick and each worker's 200 ms
+ * slice). Counted, not timed: a wake-up is a context switch whatever the machine's speed. And
+ * the sleeping server still answers at once. */
+Test(engine, an_idle_server_does_not_wake_at_all, .timeout = 60)
+{
+        char name[64];
+        mkname(name, sizeof(name), "idle");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
+        for (int round = 0; round < 2; round++) {
+                eng_client_t *c = NULL;
+                eng_stream_t *s[4] = {0};
+                if (round == 1) {
+                        c = attach(name);
+                        for (int i = 0; i < 4; i++) {
+                                s[i] = open_stream(c, 10 + (uint32_t)i);
+                                cr_assert_eq(eng_stream_send(s[i], CMD_ECHO, 1, 0, 0, 2000), 0);
+                                eng_msg_t m;
+                                cr_assert_eq(eng_stream_recv(s[i], &m, 2000), 0);
+                                eng_stream_release(s[i], &m);
+                        }
+                }
+                sleep_ms(600); /* settle: spins spent, the control thread's grace over */
+                uint64_t a = other_threads_switches();
+                sleep_ms(1500);
+                uint64_t b = other_threads_switches();
+                cr_log_info("%s: %llu wake-ups in 1.5 s", round ? "idle client" : "no client",
+                            (unsigned long long)(b - a));
+                cr_assert_eq(b - a, 0, "%s: the server's threads woke %llu times in 1.5 s",
+                             round ? "with an idle client" : "with no client",
+                             (unsigned long long)(b - a));
+                if (round == 1) {
+                        /* Asleep, it still answers at once. */
+                        uint64_t t0 = eng_now_ns();
+                        cr_assert_eq(eng_stream_send(s[0], CMD_ECHO, 2, 0, 0, 2000), 0);
+                        eng_msg_t m;
+                        cr_assert_eq(eng_stream_recv(s[0], &m, 2000), 0);
+                        eng_stream_release(s[0], &m);
+                        cr_log_info("first answer after the sleep: %.0f us",
+                                    (double)(eng_now_ns() - t0) / 1e3);
+                        for (int i = 0; i < 4; i++)
+                                cr_assert_eq(eng_stream_close(s[i]), 0);
+                        eng_client_detach(c);
+                }
+        }
         eng_server_stop(srv);
 }
 
@@ -1237,8 +1404,13 @@ Test(engine, scribbled_header_does_not_let_a_second_server_take_a_live_name)
         cr_assert_eq(rc, -EADDRINUSE, "second start over a scribbled header: %s (%s)",
                      eng_strerror(rc), eng_errmsg());
         cr_assert_not_null(strstr(eng_errmsg(), "live server"), "%s", eng_errmsg());
-        /* Still the same object under the name, and the server puts its words back itself
-         * (its control thread, every 50 ms). */
+        /* Still the same object under the name, and the server puts its words back as soon
+         * as a client needs them: an idle server sleeps, and a client that finds the header
+         * spoilt while the server holds the object wakes it (seg.c attach_once). */
+        uint64_t t0 = eng_now_ns();
+        echo_once(name);
+        cr_log_info("a client got in %.1f ms after the scribble",
+                    (double)(eng_now_ns() - t0) / 1e6);
         uint64_t end = eng_now_ns() + 1000000000ull;
         while ((eng_load_acquire_u32(&sg.hdr->magic) != saved.magic ||
                 sg.hdr->state != saved.state || sg.hdr->server_pid != saved.server_pid) &&
@@ -1248,7 +1420,6 @@ Test(engine, scribbled_header_does_not_let_a_second_server_take_a_live_name)
         cr_assert_eq(sg.hdr->state, saved.state, "state not restored within 1 s");
         cr_assert_eq(sg.hdr->server_pid, saved.server_pid, "server pid not restored within 1 s");
         seg_unmap(&sg);
-        echo_once(name);
         eng_server_stop(srv);
 }
 
