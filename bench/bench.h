@@ -31,17 +31,21 @@ typedef struct eb_opts {
         uint64_t seg_bytes;
         uint32_t workers;
         uint32_t min_shift, max_shift;
-        uint64_t file_bytes;  /* the file-transfer file (and the total for 8 streams) */
-        uint32_t xfer_chunk;  /* bytes per FILE_DATA message */
-        uint64_t rtt_spin_n;  /* max round trips per spinning cell */
-        uint64_t rtt_block_n; /* max round trips per blocking cell */
-        uint64_t rtt_ms;      /* time cap of a round-trip cell */
-        uint64_t tput_ms;     /* measured time of a throughput cell */
-        uint64_t misc_ms;     /* open/close, arena, memcpy per size */
-        uint32_t spin_budget; /* cfg.spin in spinning mode */
-        int retries;          /* re-runs of a cell measured while the machine was busy */
-        char tag[32];         /* "eb-<pid>": prefix of every shm/socket/file name */
-        char workdir[512];    /* <dir>/eb-<pid> */
+        uint64_t file_bytes;        /* the file-transfer file (and the total for 8 streams) */
+        uint32_t xfer_chunk;        /* bytes per FILE_DATA message */
+        uint64_t rtt_spin_n;        /* max round trips per spinning cell */
+        uint64_t rtt_block_n;       /* max round trips per blocking cell */
+        uint64_t rtt_ms;            /* time cap of a round-trip cell */
+        uint64_t tput_ms;           /* measured time of a throughput cell */
+        uint64_t misc_ms;           /* open/close, arena, memcpy per size */
+        uint32_t spin_budget;       /* cfg.spin in spinning mode */
+        int retries;                /* re-runs of a cell measured while the machine was busy */
+        uint32_t scale_streams[16]; /* --streams: the stream counts of the scale/ cells */
+        int nscale;
+        uint64_t idle_ms;          /* the window of an idle/ cell */
+        uint64_t sparse_budget_ms; /* sparse/ cells: samples = budget / (gap + 100 us) */
+        char tag[32];              /* "eb-<pid>": prefix of every shm/socket/file name */
+        char workdir[512];         /* <dir>/eb-<pid> */
 } eb_opts_t;
 
 /* ---- results ------------------------------------------------------------------------ */
@@ -57,13 +61,15 @@ typedef struct eb_metric {
 
 typedef struct eb_result {
         char name[96];
-        char group[16];   /* floor rtt tput xfer openclose arena memcpy */
-        char impl[16];    /* lockfree mutex pipe unix tcp boost spinword rwcopy cfr memcpy */
-        char mode[8];     /* spin | block | "" */
+        char group[16];   /* floor rtt sparse tput scale xfer openclose idle arena memcpy */
+        char impl[16];    /* lockfree mutex pipe unix tcp boost spinword rwcopy cfr cat memcpy */
+        char mode[8];     /* spin | block | default | "" */
+        char place[12];   /* unpinned samecore crosscore (sparse, b2b), else "" */
         uint64_t payload; /* bytes per message (rtt, tput), file bytes (xfer) */
         uint32_t streams; /* streams (engine), files (xfer), threads (arena) */
         int status;
         char reason[320];
+        char note[256]; /* more about figures that ran (idle: wake-ups by thread), or "" */
         double secs;    /* wall time of the cell, setup included */
         double foreign; /* share of the machine's CPU time other processes used meanwhile */
         int attempts;   /* runs of the cell (the kept one is the least disturbed) */
@@ -101,6 +107,16 @@ typedef struct eb_xchg {
         uint64_t sink; /* checksums folded in so nothing is optimised away */
         uint32_t xfer_ok, xfer_failed;
         char xfer_why[320];
+        int32_t srv_pid; /* the server child (eb_server_ready) */
+        uint64_t late;   /* sparse: trips that ended after the next one was due (gap restarted) */
+        double cpu_s[2]; /* CPU seconds over the measured phase: server process, client side */
+        double open_s;   /* scale: seconds to open all the streams */
+        double open_last_s; /* scale: seconds to open the last tenth of them */
+        double close_s;     /* scale: seconds to close all the streams */
+        uint64_t wakeups;   /* idle: context switches of the server's threads over the window */
+        uint32_t threads;   /* idle: the server's threads */
+        double window_s;    /* idle: the window */
+        char note[256];     /* idle: wake-ups by thread */
         double v[16];
         _Alignas(64) uint64_t word; /* the spin-floor word, alone on its cache line */
         char pad[56];
@@ -122,6 +138,12 @@ struct eb_cell {
         int seq; /* cell number: unique names */
         char seg[64];
         int fds[4]; /* descriptors created by the parent before forking (pipes), -1 if none */
+        int cpu_srv, cpu_cli; /* CPU the server / client child pins itself to, -1: not pinned */
+        uint64_t gap_ns;      /* sparse: sleep between round trips */
+        uint64_t seg_bytes;   /* engine segment, 0: o->seg_bytes */
+        bool defaults;        /* engine defaults: server workers 0 and spin 0, client spin 0 */
+        char place[12];       /* unpinned samecore crosscore, or "" */
+        int sub;              /* order among comparable cells (before the implementation) */
         void (*run)(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r);
 };
 
@@ -148,6 +170,21 @@ int eb_wait_server(eb_xchg_t *x, uint64_t timeout_ms);
  */
 int eb_rtt_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t n, int (*one)(uint64_t i, void *arg),
                 void *arg);
+/*
+ * Sparse round trips: a few warm-up trips, then up to eb_sparse_n(o, gap) timed ones (stopping
+ * after the budget plus a margin); after each trip the caller sleeps until its next deadline
+ * (clock_nanosleep, absolute: start + k * gap; a trip that ends after the next deadline
+ * restarts the schedule from its end and counts in x->late). Only the trip is timed.
+ */
+int eb_sparse_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t gap_ns,
+                   int (*one)(uint64_t i, void *arg), void *arg);
+uint64_t eb_sparse_n(const eb_opts_t *o, uint64_t gap_ns);
+/* Pin the calling thread (and the threads it creates later) to one CPU: 0 or -errno. */
+int eb_pin(int cpu);
+/* Whether this process may run on cpu (its affinity mask holds it). */
+bool eb_cpu_usable(int cpu);
+/* CPU seconds of a process (pid 0: this one), every thread, ns resolution; NaN if unknown. */
+double eb_proc_cpu_s(pid_t pid);
 
 /* Set by SIGINT/SIGTERM: waits give up, children are killed, the bench cleans up. */
 extern volatile int eb_interrupted;
@@ -183,6 +220,13 @@ eb_cell_t *eb_cell_add(eb_cells_t *cs, const char *group, const char *impl, cons
 extern const uint64_t eb_rtt_payloads[4];
 extern const uint64_t eb_tput_payloads[6];
 extern const uint32_t eb_tput_streams[4];
+/* sparse/ and b2b cells (harness.c): the gaps, the placements (unpinned, samecore: server and
+ * client on CPU 0, crosscore: server on CPU 0, client on CPU 1). */
+extern const uint64_t eb_sparse_gaps[3];
+extern const char *const eb_places[3];
+void eb_gap_name(uint64_t ns, char *out, size_t n); /* 100us 1ms 10ms */
+/* Give a cell placement p (index into eb_places): its place, pinning and order. */
+void eb_cell_place(eb_cell_t *c, int p);
 /* The OS peers (refs.c): pipe, unix, tcp. */
 extern const char *const eb_os_peers[3];
 /* Round-trip and one-stream throughput implementations in table order: the engine's two
@@ -259,15 +303,20 @@ const char *eb_fmt_fixed(double v, int decimals, char *buf, size_t n); /* %.<dec
 typedef struct eb_target {
         const char *id;
         const char *what;
-        char detail[256]; /* the figures the ratio comes from */
-        double value;     /* the ratio; NaN when a figure is missing */
+        char detail[384]; /* the figures the ratio comes from */
+        double value;     /* the ratio (or the figure, see fmt); NaN when a figure is missing */
         double need;
+        /* how value and need are shown; NULL: a ratio (eb_fmt_x, need with 2 decimals) */
+        const char *(*fmt)(double v, char *buf, size_t n);
         bool at_most;        /* value <= need passes (else value >= need) */
         const char *verdict; /* "PASS", "MISS" or "n/a" */
 } eb_target_t;
-#define EB_MAX_TARGETS 8
+#define EB_MAX_TARGETS 24
 /* Evaluates every target into t; returns how many. */
 int eb_targets(const eb_run_t *run, eb_target_t t[EB_MAX_TARGETS]);
+/* --filter: for every target that reads a cell the filters selected (sel0), select every other
+ * cell it reads too (sel). Returns how many cells that added. */
+int eb_targets_expand(const eb_cells_t *cs, const bool *sel0, bool *sel);
 
 /* report_text.c: the human-readable tables (and the targets) into f. */
 void eb_print_tables(const eb_run_t *run, FILE *f);

@@ -22,31 +22,39 @@
 static void usage(FILE *f)
 {
         fprintf(
-            f, "usage: engine-bench [--quick] [--filter SUBSTR]... [--json FILE] [--report DIR]\n"
-               "\n"
-               "Measure the shared-memory engine (lock-free transport vs the mutex baseline)\n"
-               "with server and clients in separate processes, next to reference rows measured\n"
-               "in the same run: spinning on one shared word (the round-trip floor), memcpy,\n"
-               "pipe, UNIX socket, TCP loopback, read/write file copy, Boost message_queue.\n"
-               "\n"
-               "  -q, --quick          fewer iterations, shorter runs, a 256 MiB file (< 60 s)\n"
-               "  -f, --filter SUBSTR  run only workloads whose name contains SUBSTR\n"
-               "                       (repeatable: any may match), e.g. rtt/lockfree, tput, /64B\n"
-               "  -l, --list           print the workload names and exit\n"
-               "  -j, --json FILE      every raw figure and histogram as JSON (docs/BENCH.md)\n"
-               "  -r, --report DIR     latency report: DIR/index.html with gnuplot plots\n"
-               "      --file-size N    bytes of the file-transfer file (default 1GiB, quick "
-               "256MiB)\n"
-               "      --dir DIR        tmpfs directory for files (default /dev/shm)\n"
-               "      --workers N      server worker threads (default 1: one core serves,\n"
-               "                       the other runs the client)\n"
-               "      --seg-size N     segment bytes (default 64MiB)\n"
-               "  -V, --version        print the version and exit\n"
-               "  -h, --help           this text\n"
-               "\n"
-               "Progress goes to stderr, the tables to stdout. Exit status: 0 if every cell\n"
-               "ran (n/a cells included), 1 if any failed, 2 on bad usage. Targets that MISS\n"
-               "do not change the exit status.\n");
+            f,
+            "usage: engine-bench [--quick] [--filter SUBSTR]... [--json FILE] [--report DIR]\n"
+            "\n"
+            "Measure the shared-memory engine (lock-free transport vs the mutex baseline)\n"
+            "with server and clients in separate processes, next to reference rows measured\n"
+            "in the same run: spinning on one shared word (the round-trip floor), memcpy,\n"
+            "pipe, UNIX socket, TCP loopback, read/write file copy, Boost message_queue.\n"
+            "\n"
+            "  -q, --quick          fewer iterations, shorter runs, a 256 MiB file (~1 min)\n"
+            "  -f, --filter SUBSTR  run only workloads whose name contains SUBSTR\n"
+            "                       (repeatable: any may match), e.g. rtt/lockfree, tput, /64B;\n"
+            "                       the other cells of a target a selected cell feeds run too\n"
+            "  -l, --list           print the workload names and exit\n"
+            "  -j, --json FILE      every raw figure and histogram as JSON (docs/BENCH.md)\n"
+            "  -r, --report DIR     latency report: DIR/index.html with gnuplot plots\n"
+            "      --file-size N    bytes of the file-transfer file (default 1GiB, quick "
+            "256MiB)\n"
+            "      --dir DIR        tmpfs directory for files (default /dev/shm)\n"
+            "      --workers N      server worker threads (default 1: one core serves,\n"
+            "                       the other runs the client)\n"
+            "      --seg-size N     segment bytes (default 64MiB; scale/ cells take at\n"
+            "                       least 16 KiB per stream)\n"
+            "      --streams LIST   stream counts of the scale/ cells, comma-separated\n"
+            "                       (1..65000; default 1,100,1000,10000)\n"
+            "      --retries N      run a cell again (up to N times) when other processes\n"
+            "                       used > 10%% of the CPUs meanwhile (default 2, quick 0)\n"
+            "  -V, --version        print the version and exit\n"
+            "  -h, --help           this text\n"
+            "\n"
+            "Progress goes to stderr, the tables to stdout. Exit status: 0 if every cell\n"
+            "ran (n/a cells included), 1 if any failed, 2 on bad usage or when no cell is\n"
+            "selected (nothing is written then). Targets that MISS do not change the exit\n"
+            "status.\n");
 }
 
 /* A size option's argument (eng_parse_size: 4096, 256KiB, 64M, 1G), at least min bytes.
@@ -71,6 +79,50 @@ static bool size_arg(const char *opt, const char *arg, uint64_t min, uint64_t *o
         return true;
 }
 
+/* --streams 1,100,1000: the scale/ cells' stream counts, each 1..65000 (a segment holds at
+ * most 65536 records, the client's session included), at most 16, sorted, no repeats. */
+static bool streams_arg(const char *arg, eb_opts_t *o)
+{
+        uint32_t v[16];
+        int n = 0;
+        const char *p = arg;
+        for (;;) {
+                char *end;
+                errno = 0;
+                unsigned long k = strtoul(p, &end, 10);
+                if (end == p || errno || k < 1 || k > 65000 || (*end != ',' && *end != '\0') ||
+                    *p == '-' || *p == '+' || *p == ' ') {
+                        fprintf(stderr,
+                                "engine-bench: --streams wants a comma list of counts in "
+                                "1..65000, e.g. 1,100,1000 (got '%s')\n",
+                                arg);
+                        return false;
+                }
+                bool dup = false;
+                for (int i = 0; i < n; i++)
+                        dup |= v[i] == (uint32_t)k;
+                if (!dup) {
+                        if (n == 16) {
+                                fprintf(stderr, "engine-bench: --streams: at most 16 counts\n");
+                                return false;
+                        }
+                        v[n++] = (uint32_t)k;
+                }
+                if (*end == '\0')
+                        break;
+                p = end + 1;
+        }
+        for (int i = 1; i < n; i++) /* insertion sort */
+                for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+                        uint32_t t = v[j];
+                        v[j] = v[j - 1];
+                        v[j - 1] = t;
+                }
+        memcpy(o->scale_streams, v, sizeof(v[0]) * (size_t)n);
+        o->nscale = n;
+        return true;
+}
+
 static void on_signal(int sig)
 {
         (void)sig;
@@ -79,13 +131,24 @@ static void on_signal(int sig)
 
 static int group_rank(const char *g)
 {
-        static const char *order[] = {"rtt", "tput", "xfer", "openclose", "arena", "memcpy"};
+        static const char *order[] = {"rtt",       "sparse", "tput",  "scale", "xfer",
+                                      "openclose", "idle",   "arena", "memcpy"};
         if (strcmp(g, "floor") == 0)
                 return 0; /* runs among the spinning 0-byte round trips: see impl_key */
-        for (int i = 0; i < 6; i++)
+        for (int i = 0; i < (int)(sizeof(order) / sizeof(order[0])); i++)
                 if (strcmp(g, order[i]) == 0)
                         return i;
         return 99;
+}
+
+/* Round trips: spinning, then blocking, then at the engine's defaults (b2b). */
+static int mode_rank(const char *m)
+{
+        static const char *order[] = {"spin", "block", "default"};
+        for (int i = 0; i < 3; i++)
+                if (strcmp(m, order[i]) == 0)
+                        return i;
+        return 3;
 }
 
 /* Order within a comparable set. The spin floor brackets the lock-free 0-byte round trip
@@ -96,9 +159,9 @@ static int impl_key(const eb_cell_t *c)
 {
         if (strcmp(c->group, "floor") == 0)
                 return strstr(c->name, "after") ? 1 : -1;
-        static const char *order[] = {"lockfree", "mutex", "pipe",   "unix",
-                                      "tcp",      "boost", "rwcopy", "cfr"};
-        for (int i = 0; i < 8; i++)
+        static const char *order[] = {"lockfree", "mutex",  "pipe", "unix", "tcp",
+                                      "boost",    "rwcopy", "cfr",  "cat"};
+        for (int i = 0; i < 9; i++)
                 if (strcmp(c->impl, order[i]) == 0)
                         return 2 * i;
         return 99;
@@ -112,12 +175,15 @@ static int cell_cmp(const void *pa, const void *pb)
         if (d)
                 return d;
         if (strcmp(a->mode, b->mode) != 0 &&
-            (strcmp(a->group, "rtt") == 0 || strcmp(a->group, "floor") == 0))
-                return strcmp(a->mode, "spin") == 0 ? -1 : 1;
+            (strcmp(a->group, "rtt") == 0 || strcmp(a->group, "floor") == 0) &&
+            mode_rank(a->mode) != mode_rank(b->mode))
+                return mode_rank(a->mode) - mode_rank(b->mode);
         if (a->streams != b->streams)
                 return a->streams < b->streams ? -1 : 1;
         if (a->payload != b->payload)
                 return a->payload < b->payload ? -1 : 1;
+        if (a->sub != b->sub) /* gap and placement: the engine next to its pipe */
+                return a->sub - b->sub;
         d = impl_key(a) - impl_key(b);
         return d ? d : a->seq - b->seq;
 }
@@ -178,7 +244,18 @@ static void summary(const eb_result_t *r, char *out, size_t n)
                 return;
         }
         double v;
-        if (r->hist) {
+        if (strcmp(r->group, "idle") == 0) {
+                snprintf(out, n, "%.1f wake-ups/s (%.0f in %.1f s), CPU %.1f ms",
+                         eb_metric(r, "wakeups_per_s"), eb_metric(r, "wakeups"),
+                         eb_metric(r, "window_s"), eb_metric(r, "cpu_s") * 1e3);
+        } else if (strcmp(r->group, "scale") == 0) {
+                snprintf(out, n, "%.3f M msg/s  open %.1f k/s  close all %.3f s",
+                         eb_metric(r, "msgs_per_s") / 1e6, eb_metric(r, "open_per_s") / 1e3,
+                         eb_metric(r, "close_secs"));
+        } else if (strcmp(r->group, "xfer") == 0) {
+                snprintf(out, n, "%.3f GB/s  CPU %.2f s/GB", eb_metric(r, "gb_per_s"),
+                         eb_metric(r, "cpu_s_per_gb"));
+        } else if (r->hist) {
                 snprintf(out, n, "p50 %.2f us  p99 %.2f us  (n=%.0f)", eb_metric(r, "p50_ns") / 1e3,
                          eb_metric(r, "p99_ns") / 1e3, eb_metric(r, "n"));
         } else if (strcmp(r->group, "tput") == 0) {
@@ -231,7 +308,7 @@ int main(int argc, char **argv)
                        .spin_budget = 1u << 30};
         uint64_t file_bytes = 0;
         bool list = false;
-        enum { OPT_FILE = 256, OPT_DIR, OPT_WORKERS, OPT_SEG, OPT_RETRIES };
+        enum { OPT_FILE = 256, OPT_DIR, OPT_WORKERS, OPT_SEG, OPT_RETRIES, OPT_STREAMS };
         int retries = -1;
         static const struct option lo[] = {{"quick", no_argument, NULL, 'q'},
                                            {"filter", required_argument, NULL, 'f'},
@@ -243,6 +320,7 @@ int main(int argc, char **argv)
                                            {"workers", required_argument, NULL, OPT_WORKERS},
                                            {"seg-size", required_argument, NULL, OPT_SEG},
                                            {"retries", required_argument, NULL, OPT_RETRIES},
+                                           {"streams", required_argument, NULL, OPT_STREAMS},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
@@ -294,6 +372,10 @@ int main(int argc, char **argv)
                         }
                         retries = (int)v;
                         break;
+                case OPT_STREAMS:
+                        if (!streams_arg(optarg, &o))
+                                return 2;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -326,6 +408,13 @@ int main(int argc, char **argv)
                 o.file_bytes = 1ull << 30;
         }
         o.retries = retries >= 0 ? retries : o.quick ? 0 : 2;
+        o.idle_ms = o.quick ? 1500 : 3000;
+        o.sparse_budget_ms = o.quick ? 800 : 2500;
+        if (o.nscale == 0) {
+                static const uint32_t def[] = {1, 100, 1000, 10000};
+                o.nscale = 4;
+                memcpy(o.scale_streams, def, sizeof(def));
+        }
         if (file_bytes)
                 o.file_bytes = file_bytes & ~((8ull << 20) - 1);
         o.xfer_chunk = (1u << 20) - 64; /* one 1 MiB block, its 64-byte header included */
@@ -343,25 +432,41 @@ int main(int argc, char **argv)
         for (int i = 0; i < cs.n; i++)
                 cs.v[i].seq = i;
         qsort(cs.v, (size_t)cs.n, sizeof(*cs.v), cell_cmp);
-        int nsel = 0;
+        int nsel = 0, added = 0;
         bool need_files = false;
+        bool *sel0 = calloc((size_t)cs.n + 1, sizeof(bool));
+        bool *sel = calloc((size_t)cs.n + 1, sizeof(bool));
+        if (sel0 == NULL || sel == NULL)
+                return 1;
         for (int i = 0; i < cs.n; i++) {
                 cs.v[i].seq = i;
-                if (selected(&o, cs.v[i].name)) {
+                sel0[i] = sel[i] = selected(&o, cs.v[i].name);
+        }
+        /* A filter that picks a cell a target reads runs the target's other cells too, so
+         * that no target is n/a only because the filter left its other half out. */
+        if (o.nfilters > 0)
+                added = eb_targets_expand(&cs, sel0, sel);
+        for (int i = 0; i < cs.n; i++)
+                if (sel[i]) {
                         nsel++;
                         if (strcmp(cs.v[i].group, "xfer") == 0)
                                 need_files = true;
                 }
+        if (nsel == 0) {
+                fprintf(stderr, "engine-bench: no workload matches the filter (see --list); "
+                                "nothing run, nothing written\n");
+                return 2;
         }
         if (list) {
                 for (int i = 0; i < cs.n; i++)
-                        if (selected(&o, cs.v[i].name))
+                        if (sel[i])
                                 printf("%s\n", cs.v[i].name);
+                if (added)
+                        fprintf(stderr,
+                                "engine-bench: %d of these are not matched by the filter but "
+                                "feed a target a matched one feeds\n",
+                                added);
                 return 0;
-        }
-        if (nsel == 0) {
-                fprintf(stderr, "engine-bench: no workload matches the filter (see --list)\n");
-                return 2;
         }
 
         struct sigaction sa = {.sa_handler = on_signal};
@@ -377,6 +482,11 @@ int main(int argc, char **argv)
         uint64_t t_start = eng_now_ns();
         fprintf(stderr, "engine-bench: %d workloads%s; %s, %d cores, %s\n", nsel,
                 o.quick ? " (quick mode)" : "", run.cpu, run.cores, run.kernel);
+        if (added)
+                fprintf(stderr,
+                        "engine-bench: %d of them not matched by the filter: the targets of the "
+                        "matched ones need them\n",
+                        added);
         char files_why[400] = "";
         if (need_files) {
                 char sz[16];
@@ -392,19 +502,20 @@ int main(int argc, char **argv)
         eb_cpu_sample(&run0);
         for (int i = 0; i < cs.n && !eb_interrupted; i++) {
                 eb_cell_t *c = &cs.v[i];
-                if (!selected(&o, c->name))
+                if (!sel[i])
                         continue;
                 eb_result_t *r = &run.r[k++];
                 snprintf(r->name, sizeof(r->name), "%s", c->name);
                 snprintf(r->group, sizeof(r->group), "%s", c->group);
                 snprintf(r->impl, sizeof(r->impl), "%s", c->impl);
                 snprintf(r->mode, sizeof(r->mode), "%s", c->mode);
+                snprintf(r->place, sizeof(r->place), "%s", c->place);
                 r->payload = strcmp(c->group, "xfer") == 0 ? o.file_bytes : c->payload;
                 r->streams = c->streams;
                 const eb_result_t id = *r; /* identity fields only */
                 for (int attempt = 0;; attempt++) {
                         eb_result_t t = id;
-                        fprintf(stderr, "[%3d/%d] %-26s ", k, nsel, c->name);
+                        fprintf(stderr, "[%3d/%d] %-31s ", k, nsel, c->name);
                         if (attempt)
                                 fprintf(stderr, "(again, %d/%d) ", attempt, o.retries);
                         fflush(stderr);
@@ -446,6 +557,15 @@ int main(int argc, char **argv)
         if (eb_interrupted)
                 fprintf(stderr, "engine-bench: interrupted; reporting what was measured\n");
 
+        free(sel0);
+        free(sel);
+        if (run.n == 0) {
+                /* interrupted before the first cell: nothing to report, no empty files */
+                fprintf(stderr, "engine-bench: no cell ran; nothing written\n");
+                free(run.r);
+                free(cs.v);
+                return eb_interrupted ? 130 : 2;
+        }
         eb_print_tables(&run, stdout);
         fflush(stdout);
         int rc = failed ? 1 : 0;

@@ -4,11 +4,14 @@
  * server with the bench's own echo/sink hooks, or the file-transfer hooks of proto/), the
  * client in another.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -131,6 +134,8 @@ static void outdir_of(const eb_cell_t *c, const eb_opts_t *o, char *out, size_t 
  * engine's own default (spin a little, then sleep). */
 static uint32_t spin_of(const eb_cell_t *c, const eb_opts_t *o)
 {
+        if (c->defaults)
+                return 0;
         if (c->spin)
                 return o->spin_budget;
         return strcmp(c->mode, "default") == 0 ? 0 : 1;
@@ -140,12 +145,18 @@ static void engine_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         eng_xfer_server_t *xs = NULL;
         eng_server_cfg_t cfg = {.name = c->seg,
-                                .size = o->seg_bytes,
+                                .size = c->seg_bytes ? c->seg_bytes : o->seg_bytes,
                                 .transport = (eng_transport_t)c->transport,
                                 .workers = o->workers,
                                 .spin = spin_of(c, o),
                                 .min_block_shift = o->min_shift,
                                 .max_block_shift = o->max_shift};
+        if (c->defaults) {
+                /* What eng_server_start picks for a user who sets nothing: a worker per CPU,
+                 * the default spin, the default buffer classes. */
+                cfg.workers = 0;
+                cfg.min_block_shift = cfg.max_block_shift = 0;
+        }
         char why[400];
         if (strcmp(c->group, "xfer") == 0) {
                 char dir[600];
@@ -363,31 +374,22 @@ static int ping_all(eb_xchg_t *x, struct tx *t, uint32_t ns, uint64_t flag)
         return 0;
 }
 
-static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+/* The throughput phase of tput/ and scale/ cells on ns open streams: a warm-up (not counted),
+ * then the measured phase, then a final PING per stream (its arrival is the server's last
+ * receipt). */
+static int tput_phase(eb_xchg_t *x, eng_client_t *cl, struct tx *t, uint32_t ns, uint32_t P,
+                      const eb_opts_t *o)
 {
-        eng_client_t *cl;
-        int rc = attach(x, c, o, &cl);
-        if (rc)
-                return rc;
-        uint32_t ns = c->streams, P = (uint32_t)c->payload;
-        struct tx *t = calloc(ns, sizeof(*t));
-        if (t == NULL)
-                return fail(x, "calloc", -ENOMEM);
-        uint32_t opened = 0;
-        for (; opened < ns; opened++)
-                if ((rc = eng_stream_open(cl, opened + 1, &t[opened].st)) != 0) {
-                        fail(x, "eng_stream_open", rc);
-                        goto out;
-                }
         uint64_t sent = 0;
+        int rc;
         /* Warm-up (not counted): streams accepted, buffers carved, caches hot. */
         if ((rc = ping_all(x, t, ns, 0)) != 0)
-                goto out;
+                return rc;
         uint64_t warm_ns = o->tput_ms * 1000000ull / 5;
         if ((rc = tx_run(x, cl, t, ns, P, EB_C_WARM, warm_ns, &sent)) != 0)
-                goto out;
+                return rc;
         if ((rc = ping_all(x, t, ns, 0)) != 0)
-                goto out;
+                return rc;
         for (uint32_t k = 0; k < ns; k++)
                 t[k].seq = 0;
         x->t0_ns = eng_now_ns();
@@ -397,12 +399,56 @@ static int tput_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
         x->t1_ns = eng_now_ns();
         x->cli_msgs = sent;
         x->cli_bytes = sent * P;
-out:
+        return rc;
+}
+
+/* tput/ and scale/: open the streams (timed: scale/ reports the open rate), the throughput
+ * phase, close them all (timed). */
+static int streams_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_client_t *cl;
+        int rc = attach(x, c, o, &cl);
+        if (rc)
+                return rc;
+        uint32_t ns = c->streams, P = (uint32_t)c->payload;
+        if (eng_client_max_records(cl) < ns + 1) {
+                eb_errf(x->cli_err, sizeof(x->cli_err),
+                        "the segment holds %u records: %u streams and the client's session do "
+                        "not fit (a larger --seg-size)",
+                        eng_client_max_records(cl), ns);
+                eng_client_detach(cl);
+                return -ENOSPC;
+        }
+        struct tx *t = calloc(ns, sizeof(*t));
+        if (t == NULL) {
+                eng_client_detach(cl);
+                return fail(x, "calloc", -ENOMEM);
+        }
+        uint32_t opened = 0, tenth = ns - (ns / 10 > 1 ? ns / 10 : 1);
+        uint64_t t_open = eng_now_ns(), t_tenth = t_open;
+        for (; opened < ns; opened++) {
+                if (opened == tenth)
+                        t_tenth = eng_now_ns();
+                if ((rc = eng_stream_open(cl, opened + 1, &t[opened].st)) != 0) {
+                        fail(x, "eng_stream_open", rc);
+                        eb_errf(x->cli_err + strlen(x->cli_err),
+                                sizeof(x->cli_err) - strlen(x->cli_err), " (stream %u of %u)",
+                                opened + 1, ns);
+                        goto out;
+                }
+        }
+        uint64_t t_opened = eng_now_ns();
+        x->open_s = (double)(t_opened - t_open) / 1e9;
+        x->open_last_s = (double)(t_opened - t_tenth) / 1e9;
+        rc = tput_phase(x, cl, t, ns, P, o);
+out:;
+        uint64_t t_close = eng_now_ns();
         for (uint32_t k = 0; k < opened; k++) {
                 int crc = eng_stream_close(t[k].st);
                 if (rc == 0 && crc != 0)
                         rc = fail(x, "eng_stream_close", crc);
         }
+        x->close_s = (double)(eng_now_ns() - t_close) / 1e9;
         free(t);
         eng_client_detach(cl);
         return rc;
@@ -438,6 +484,7 @@ static int xfer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 }
         }
         x->t0_ns = eng_now_ns();
+        double cpu_srv0 = eb_proc_cpu_s(x->srv_pid), cpu_cli0 = eb_proc_cpu_s(0);
         uint32_t left = ns;
         uint64_t last_move = x->t0_ns, total = 0;
         while (left > 0) {
@@ -479,6 +526,8 @@ static int xfer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 }
         }
         x->t1_ns = eng_now_ns();
+        x->cpu_s[0] = eb_proc_cpu_s(x->srv_pid) - cpu_srv0;
+        x->cpu_s[1] = eb_proc_cpu_s(0) - cpu_cli0;
         x->cli_bytes = total;
 out:
         for (uint32_t k = 0; k < opened; k++) {
@@ -524,6 +573,193 @@ static int openclose_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o
         return 0;
 }
 
+/* ---- sparse and back-to-back round trips at the engine's defaults --------------------- */
+
+struct trip {
+        eb_xchg_t *x;
+        eng_stream_t *st;
+        uint32_t P;
+        const void *src;
+};
+
+static int trip_one(uint64_t i, void *arg)
+{
+        struct trip *t = arg;
+        return one_rtt(t->x, t->st, i, t->P, t->src);
+}
+
+/* sparse/lockfree/<gap>/<place> (a round trip every gap) and rtt/lockfree/b2b/<place> (back
+ * to back): one stream, 64 B, the client's default waiting. */
+static int sparse_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        eng_client_t *cl;
+        eng_stream_t *st;
+        int rc = attach(x, c, o, &cl);
+        if (rc)
+                return rc;
+        if ((rc = eng_stream_open(cl, 1, &st)) != 0) {
+                eng_client_detach(cl);
+                return fail(x, "eng_stream_open", rc);
+        }
+        struct trip tr = {.x = x, .st = st, .P = (uint32_t)c->payload, .src = eb_src(c->payload)};
+        if (c->gap_ns)
+                rc = eb_sparse_loop(x, o, c->gap_ns, trip_one, &tr);
+        else
+                rc = eb_rtt_loop(x, o, o->rtt_block_n, trip_one, &tr);
+        int crc = eng_stream_close(st);
+        eng_client_detach(cl);
+        if (rc == 0 && crc != 0)
+                return fail(x, "eng_stream_close", crc);
+        return rc;
+}
+
+/* ---- an idle server: its wake-ups ----------------------------------------------------- */
+
+#define IDLE_SETTLE_MS 500
+#define IDLE_MAX_THR   64
+
+struct thr_sw {
+        int tid;
+        uint64_t sw; /* voluntary + nonvoluntary context switches */
+};
+
+static int tid_cmp(const void *a, const void *b)
+{
+        const struct thr_sw *x = a, *y = b;
+        return x->tid < y->tid ? -1 : x->tid > y->tid;
+}
+
+/* Every thread of pid: its context switches (the first IDLE_MAX_THR, sorted by tid) and their
+ * sum over all of them. Returns the number of threads, or -errno. */
+static int read_switches(pid_t pid, struct thr_sw *v, uint64_t *total)
+{
+        char path[96];
+        snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+        DIR *d = opendir(path);
+        if (d == NULL)
+                return -errno;
+        int n = 0, all = 0;
+        *total = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                        continue;
+                int tid = atoi(e->d_name);
+                snprintf(path, sizeof(path), "/proc/%d/task/%d/status", (int)pid, tid);
+                FILE *f = fopen(path, "r");
+                if (f == NULL)
+                        continue; /* exited meanwhile */
+                char line[256];
+                uint64_t sw = 0;
+                while (fgets(line, sizeof(line), f)) {
+                        unsigned long long k;
+                        if (sscanf(line, "voluntary_ctxt_switches: %llu", &k) == 1 ||
+                            sscanf(line, "nonvoluntary_ctxt_switches: %llu", &k) == 1)
+                                sw += k;
+                }
+                fclose(f);
+                *total += sw;
+                all++;
+                if (n < IDLE_MAX_THR)
+                        v[n++] = (struct thr_sw){.tid = tid, .sw = sw};
+        }
+        closedir(d);
+        qsort(v, (size_t)n, sizeof(*v), tid_cmp);
+        return all;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+        struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull),
+                              .tv_nsec = (long)(ns % 1000000000ull)};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+}
+
+/* idle/lockfree/noclient and idle/lockfree/idleclient: this child watches the server (a
+ * default-settings server started by the parent) over a window in which nothing happens; for
+ * idleclient it first attaches and opens c->streams streams (each answered once), and keeps
+ * them open and silent. */
+static int idle_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
+{
+        pid_t pid = x->srv_pid;
+        eng_client_t *cl = NULL;
+        struct tx *t = NULL;
+        uint32_t ns = c->streams, opened = 0;
+        int rc = 0;
+        if (ns > 0) {
+                if ((rc = attach(x, c, o, &cl)) != 0)
+                        return rc;
+                t = calloc(ns, sizeof(*t));
+                if (t == NULL) {
+                        rc = fail(x, "calloc", -ENOMEM);
+                        goto out;
+                }
+                for (; opened < ns; opened++)
+                        if ((rc = eng_stream_open(cl, opened + 1, &t[opened].st)) != 0) {
+                                fail(x, "eng_stream_open", rc);
+                                goto out;
+                        }
+                if ((rc = ping_all(x, t, ns, 0)) != 0)
+                        goto out;
+        }
+        sleep_ns(IDLE_SETTLE_MS * 1000000ull);
+        static struct thr_sw a[IDLE_MAX_THR], b[IDLE_MAX_THR];
+        uint64_t s0, s1;
+        int na = read_switches(pid, a, &s0);
+        double c0 = eb_proc_cpu_s(pid);
+        uint64_t t0 = eng_now_ns();
+        sleep_ns(o->idle_ms * 1000000ull);
+        int nb = read_switches(pid, b, &s1);
+        double c1 = eb_proc_cpu_s(pid);
+        uint64_t t1 = eng_now_ns();
+        if (na < 0 || nb < 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "/proc/%d/task: %s", (int)pid,
+                        strerror(-(na < 0 ? na : nb)));
+                rc = -EIO;
+                goto out;
+        }
+        x->t0_ns = t0;
+        x->t1_ns = t1;
+        x->window_s = (double)(t1 - t0) / 1e9;
+        x->wakeups = s1 > s0 ? s1 - s0 : 0;
+        x->threads = (uint32_t)nb;
+        x->cpu_s[0] = c1 - c0;
+        /* by thread, in creation order: "main 0, t1 0, t2 3 ..." (+: started in the window) */
+        size_t l = 0;
+        int nb_kept = nb < IDLE_MAX_THR ? nb : IDLE_MAX_THR;
+        for (int i = 0; i < nb_kept && l + 1 < sizeof(x->note); i++) {
+                uint64_t before = 0;
+                bool seen = false;
+                for (int j = 0; j < (na < IDLE_MAX_THR ? na : IDLE_MAX_THR); j++)
+                        if (a[j].tid == b[i].tid) {
+                                before = a[j].sw;
+                                seen = true;
+                        }
+                char name[16];
+                if (b[i].tid == pid)
+                        snprintf(name, sizeof(name), "main");
+                else
+                        snprintf(name, sizeof(name), "t%d", i);
+                int w = snprintf(x->note + l, sizeof(x->note) - l, "%s%s%s %llu", l ? ", " : "",
+                                 name, seen ? "" : "+",
+                                 (unsigned long long)(b[i].sw > before ? b[i].sw - before : 0));
+                if (w < 0)
+                        break;
+                l += (size_t)w;
+        }
+out:
+        for (uint32_t k = 0; k < opened; k++) {
+                int crc = eng_stream_close(t[k].st);
+                if (rc == 0 && crc != 0)
+                        rc = fail(x, "eng_stream_close", crc);
+        }
+        free(t);
+        if (cl)
+                eng_client_detach(cl);
+        return rc;
+}
+
 /* ---- cells -------------------------------------------------------------------------- */
 
 static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
@@ -537,11 +773,21 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
         bool xfer = strcmp(c->group, "xfer") == 0;
         char dir[600];
         if (strcmp(c->group, "rtt") == 0) {
-                cf = rtt_client;
+                cf = c->defaults ? sparse_client : rtt_client;
                 timeout_ms = o->rtt_ms + 60000;
+        } else if (strcmp(c->group, "sparse") == 0) {
+                cf = sparse_client;
+                timeout_ms = 2 * o->sparse_budget_ms + 60000;
         } else if (strcmp(c->group, "tput") == 0) {
-                cf = tput_client;
+                cf = streams_client;
                 timeout_ms = 2 * o->tput_ms + 60000;
+        } else if (strcmp(c->group, "scale") == 0) {
+                /* opening, pinging and closing 10 000 streams, each call bounded by 5 s */
+                cf = streams_client;
+                timeout_ms = 2 * o->tput_ms + 180000;
+        } else if (strcmp(c->group, "idle") == 0) {
+                cf = idle_client;
+                timeout_ms = IDLE_SETTLE_MS + o->idle_ms + 60000;
         } else if (xfer) {
                 cf = xfer_client;
                 timeout_ms = 300000;
@@ -560,7 +806,11 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                 if (strcmp(c->group, "rtt") == 0 || strcmp(c->group, "openclose") == 0) {
                         eb_result_set_hist(r, &x->hist);
                         eb_metric_set(r, "ops_per_s", secs > 0 ? (double)x->cli_iters / secs : 0);
-                } else if (strcmp(c->group, "tput") == 0) {
+                } else if (strcmp(c->group, "sparse") == 0) {
+                        eb_result_set_hist(r, &x->hist);
+                        eb_metric_set(r, "gap_ns", (double)c->gap_ns);
+                        eb_metric_set(r, "late", (double)x->late);
+                } else if (strcmp(c->group, "tput") == 0 || strcmp(c->group, "scale") == 0) {
                         double s =
                             x->t_last_ns > x->t0_ns ? (double)(x->t_last_ns - x->t0_ns) / 1e9 : 0;
                         eb_metric_set(r, "msgs", (double)x->srv_msgs);
@@ -569,6 +819,18 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                         eb_metric_set(r, "client_secs", secs);
                         eb_metric_set(r, "msgs_per_s", s > 0 ? (double)x->srv_msgs / s : 0);
                         eb_metric_set(r, "gb_per_s", s > 0 ? (double)x->srv_bytes / s / 1e9 : 0);
+                        if (strcmp(c->group, "scale") == 0) {
+                                uint32_t last = c->streams / 10 > 1 ? c->streams / 10 : 1;
+                                eb_metric_set(r, "open_secs", x->open_s);
+                                eb_metric_set(r, "open_per_s",
+                                              x->open_s > 0 ? c->streams / x->open_s : NAN);
+                                eb_metric_set(r, "open_last_per_s",
+                                              x->open_last_s > 0 ? last / x->open_last_s : NAN);
+                                eb_metric_set(r, "close_secs", x->close_s);
+                                eb_metric_set(r, "close_per_s",
+                                              x->close_s > 0 ? c->streams / x->close_s : NAN);
+                                eb_metric_set(r, "segment_bytes", (double)c->seg_bytes);
+                        }
                         if (x->srv_msgs != x->cli_msgs || x->srv_bad != 0) {
                                 r->status = EB_FAIL;
                                 eb_errf(r->reason, sizeof(r->reason),
@@ -578,11 +840,25 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                                         (unsigned long long)x->srv_bad,
                                         (unsigned long long)x->cli_msgs);
                         }
+                } else if (strcmp(c->group, "idle") == 0) {
+                        eb_metric_set(r, "window_s", x->window_s);
+                        eb_metric_set(r, "wakeups", (double)x->wakeups);
+                        eb_metric_set(r, "wakeups_per_s",
+                                      x->window_s > 0 ? (double)x->wakeups / x->window_s : NAN);
+                        eb_metric_set(r, "cpu_s", x->cpu_s[0]);
+                        eb_metric_set(r, "threads", (double)x->threads);
+                        snprintf(r->note, sizeof(r->note), "%s", x->note);
                 } else if (xfer) {
+                        double cpu = x->cpu_s[0] + x->cpu_s[1];
                         eb_metric_set(r, "bytes", (double)x->cli_bytes);
                         eb_metric_set(r, "secs", secs);
                         eb_metric_set(r, "gb_per_s",
                                       secs > 0 ? (double)x->cli_bytes / secs / 1e9 : 0);
+                        eb_metric_set(r, "cpu_s", cpu);
+                        eb_metric_set(r, "cpu_server_s", x->cpu_s[0]);
+                        eb_metric_set(r, "cpu_client_s", x->cpu_s[1]);
+                        eb_metric_set(r, "cpu_s_per_gb",
+                                      x->cli_bytes ? cpu / ((double)x->cli_bytes / 1e9) : NAN);
                         if (x->xfer_ok != c->streams || x->srv_bytes != x->cli_bytes) {
                                 r->status = EB_FAIL;
                                 eb_errf(r->reason, sizeof(r->reason),
@@ -599,11 +875,56 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
         eb_xchg_free(x);
 }
 
+/* A lock-free cell at the engine's defaults (sparse, b2b, scale, idle). */
+static eb_cell_t *defaults_cell(eb_cells_t *cs, const char *group, uint64_t payload,
+                                uint32_t streams)
+{
+        eb_cell_t *c = eb_cell_add(cs, group, "lockfree", "default", payload, streams);
+        c->transport = ENG_TRANSPORT_LOCKFREE;
+        c->defaults = true;
+        c->run = run_engine_cell;
+        return c;
+}
+
 void eb_engine_cells(eb_cells_t *cs, const eb_opts_t *o)
 {
-        (void)o;
         static const int tr[2] = {ENG_TRANSPORT_LOCKFREE, ENG_TRANSPORT_MUTEX};
         char sz[16];
+        /* back-to-back and sparse round trips, pinned or not (the pipe's are in refs.c) */
+        for (int p = 1; p < 3; p++) {
+                eb_cell_t *c = defaults_cell(cs, "rtt", 64, 1);
+                eb_cell_place(c, p);
+                c->sub = p;
+                snprintf(c->name, sizeof(c->name), "rtt/lockfree/b2b/%s", c->place);
+        }
+        for (int g = 0; g < 3; g++)
+                for (int p = 0; p < 3; p++) {
+                        eb_cell_t *c = defaults_cell(cs, "sparse", 64, 1);
+                        eb_cell_place(c, p);
+                        c->gap_ns = eb_sparse_gaps[g];
+                        c->sub = 3 * g + p;
+                        eb_gap_name(c->gap_ns, sz, sizeof(sz));
+                        snprintf(c->name, sizeof(c->name), "sparse/lockfree/%s/%s", sz, c->place);
+                }
+        /* many streams on one client: room for the records (about 8.7 KiB each at ring depth
+         * 128) and for buffers in flight */
+        for (int i = 0; i < o->nscale; i++) {
+                uint32_t n = o->scale_streams[i];
+                eb_cell_t *c = defaults_cell(cs, "scale", 64, n);
+                uint64_t seg = (uint64_t)n * (16u << 10);
+                if (seg < (64ull << 20))
+                        seg = 64ull << 20;
+                c->seg_bytes = seg > o->seg_bytes ? seg : o->seg_bytes;
+                snprintf(c->name, sizeof(c->name), "scale/lockfree/%us", n);
+        }
+        for (int k = 0; k < 2; k++) {
+                /* a server alone, and one with a client holding 4 silent streams */
+                eb_cell_t *c = defaults_cell(cs, "idle", 0, k ? 4 : 0);
+                snprintf(c->name, sizeof(c->name), "idle/lockfree/%s",
+                         k ? "idleclient" : "noclient");
+                c->sub = k;
+        }
+
         for (int m = 0; m < 2; m++)
                 for (int p = 0; p < 4; p++)
                         for (int t = 0; t < 2; t++) {

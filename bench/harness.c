@@ -7,6 +7,8 @@
  */
 #include <errno.h>
 #include <linux/futex.h>
+#include <math.h>
+#include <sched.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -137,6 +139,7 @@ void eb_xchg_free(eb_xchg_t *x)
 
 void eb_server_ready(eb_xchg_t *x, int state, int rc, const char *err)
 {
+        x->srv_pid = (int32_t)getpid();
         x->srv_rc = rc;
         if (err)
                 snprintf(x->srv_err, sizeof(x->srv_err), "%s", err);
@@ -151,9 +154,16 @@ bool eb_stop_requested(eb_xchg_t *x)
 
 void eb_server_wait_stop(eb_xchg_t *x)
 {
+        /* One wait for the whole remaining time, not a poll: the idle/ cells count the server
+         * process's wake-ups, and this thread is one of its threads. The futex compares the
+         * word first, so a stop set before the wait is not missed. */
         uint64_t end = eng_now_ns() + 600ull * 1000000000ull;
-        while (!eb_stop_requested(x) && eng_now_ns() < end)
-                eb_futex_wait(&x->stop, 0, 100 * 1000000ull);
+        for (;;) {
+                uint64_t now = eng_now_ns();
+                if (eb_stop_requested(x) || now >= end)
+                        return;
+                eb_futex_wait(&x->stop, 0, end - now);
+        }
 }
 
 int eb_wait_server(eb_xchg_t *x, uint64_t timeout_ms)
@@ -197,9 +207,18 @@ struct child_arg {
         eb_client_fn client;
 };
 
+/* Before the body runs, so every thread the child starts inherits the placement. */
 static void server_body(void *p)
 {
         struct child_arg *a = p;
+        int rc = a->c->cpu_srv >= 0 ? eb_pin(a->c->cpu_srv) : 0;
+        if (rc != 0) {
+                char why[96];
+                eb_errf(why, sizeof(why), "sched_setaffinity(CPU %d): %s", a->c->cpu_srv,
+                        strerror(-rc));
+                eb_server_ready(a->x, SRV_FAILED, rc, why);
+                _exit(1);
+        }
         a->server(a->x, a->c, a->o);
         _exit(0);
 }
@@ -207,7 +226,13 @@ static void server_body(void *p)
 static void client_body(void *p)
 {
         struct child_arg *a = p;
-        int rc = a->client(a->x, a->c, a->o);
+        int rc = a->c->cpu_cli >= 0 ? eb_pin(a->c->cpu_cli) : 0;
+        if (rc != 0) {
+                eb_errf(a->x->cli_err, sizeof(a->x->cli_err), "sched_setaffinity(CPU %d): %s",
+                        a->c->cpu_cli, strerror(-rc));
+                _exit(1);
+        }
+        rc = a->client(a->x, a->c, a->o);
         _exit(rc == 0 ? 0 : 1);
 }
 
@@ -295,6 +320,99 @@ int eb_rtt_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t n, int (*one)(uint64_
         return rc;
 }
 
+const uint64_t eb_sparse_gaps[3] = {100000, 1000000, 10000000};
+const char *const eb_places[3] = {"unpinned", "samecore", "crosscore"};
+
+void eb_gap_name(uint64_t ns, char *out, size_t n)
+{
+        if (ns >= 1000000 && ns % 1000000 == 0)
+                snprintf(out, n, "%llums", (unsigned long long)(ns / 1000000));
+        else
+                snprintf(out, n, "%lluus", (unsigned long long)(ns / 1000));
+}
+
+void eb_cell_place(eb_cell_t *c, int p)
+{
+        snprintf(c->place, sizeof(c->place), "%s", eb_places[p]);
+        c->cpu_srv = p == 0 ? -1 : 0;
+        c->cpu_cli = p == 0 ? -1 : p == 1 ? 0 : 1;
+}
+
+int eb_pin(int cpu)
+{
+        cpu_set_t s;
+        CPU_ZERO(&s);
+        CPU_SET(cpu, &s);
+        return sched_setaffinity(0, sizeof(s), &s) == 0 ? 0 : -errno;
+}
+
+bool eb_cpu_usable(int cpu)
+{
+        cpu_set_t s;
+        if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof(s), &s) != 0)
+                return false;
+        return CPU_ISSET(cpu, &s);
+}
+
+double eb_proc_cpu_s(pid_t pid)
+{
+        clockid_t id = CLOCK_PROCESS_CPUTIME_ID;
+        if (pid > 0 && clock_getcpuclockid(pid, &id) != 0)
+                return NAN;
+        struct timespec ts;
+        if (clock_gettime(id, &ts) != 0)
+                return NAN;
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+#define SPARSE_SLOP_NS 100000ull /* what a trip and the sleep's slack add to a gap, roughly */
+
+uint64_t eb_sparse_n(const eb_opts_t *o, uint64_t gap_ns)
+{
+        uint64_t n = o->sparse_budget_ms * 1000000ull / (gap_ns + SPARSE_SLOP_NS);
+        return n < 20 ? 20 : n;
+}
+
+int eb_sparse_loop(eb_xchg_t *x, const eb_opts_t *o, uint64_t gap_ns,
+                   int (*one)(uint64_t i, void *arg), void *arg)
+{
+        uint64_t n = eb_sparse_n(o, gap_ns);
+        uint64_t warm = n / 20 < 3 ? 3 : n / 20 > 50 ? 50 : n / 20;
+        /* the budget, and a margin for trips slower than SPARSE_SLOP_NS */
+        uint64_t cap = (o->sparse_budget_ms + o->sparse_budget_ms / 5) * 1000000ull;
+        uint64_t next = eng_now_ns(), end = UINT64_MAX, k = 0, late = 0, t1 = next;
+        int rc = 0;
+        for (uint64_t i = 0; i < warm + n; i++) {
+                uint64_t t0 = eng_now_ns();
+                if (i == warm) {
+                        x->t0_ns = t0;
+                        end = t0 + cap;
+                }
+                if ((rc = one(i, arg)) != 0)
+                        break;
+                t1 = eng_now_ns();
+                if (i >= warm) {
+                        eb_hist_add(&x->hist, t1 - t0);
+                        k++;
+                        if (t1 >= end)
+                                break;
+                }
+                next += gap_ns;
+                if (next <= t1) {
+                        next = t1 + gap_ns;
+                        late += i >= warm;
+                }
+                struct timespec ts = {.tv_sec = (time_t)(next / 1000000000ull),
+                                      .tv_nsec = (long)(next % 1000000000ull)};
+                while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                        ;
+        }
+        x->t1_ns = t1;
+        x->cli_iters = k;
+        x->late = late;
+        return rc;
+}
+
 int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn server,
                     eb_client_fn client, uint64_t timeout_ms, eb_result_t *r)
 {
@@ -302,6 +420,15 @@ int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn
         pid_t ps = -1, pc = -1;
         int st = 0;
         char how[96];
+        for (int k = 0; k < 2; k++) {
+                int cpu = k ? c->cpu_cli : c->cpu_srv;
+                if (cpu >= 0 && !eb_cpu_usable(cpu)) {
+                        close_cell_fds(c);
+                        eb_errf(r->reason, sizeof(r->reason), "CPU %d is not available to us%s",
+                                cpu, cpu == 1 ? " (one CPU: no cross-core placement)" : "");
+                        return EB_NA;
+                }
+        }
         if (server) {
                 ps = spawn(server_body, &a);
                 if (ps < 0) {
@@ -340,8 +467,12 @@ int eb_run_children(eb_cell_t *c, const eb_opts_t *o, eb_xchg_t *x, eb_server_fn
         if (!wait_child(pc, eng_now_ns() + timeout_ms * 1000000ull, &st)) {
                 kill_reap(pc);
                 kill_reap(ps);
-                eb_errf(r->reason, sizeof(r->reason), "timed out after %.0f s (children killed)",
-                        (double)timeout_ms / 1000.0);
+                if (eb_interrupted)
+                        eb_errf(r->reason, sizeof(r->reason), "interrupted (children killed)");
+                else
+                        eb_errf(r->reason, sizeof(r->reason),
+                                "timed out after %.0f s (children killed)",
+                                (double)timeout_ms / 1000.0);
                 return EB_FAIL;
         }
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -390,6 +521,7 @@ eb_cell_t *eb_cell_add(eb_cells_t *cs, const char *group, const char *impl, cons
         c->streams = streams;
         for (int i = 0; i < 4; i++)
                 c->fds[i] = -1;
+        c->cpu_srv = c->cpu_cli = -1;
         return c;
 }
 

@@ -15,13 +15,18 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <ck_ring.h>
@@ -428,7 +433,9 @@ static int rtt_peer_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 set_nonblock(rfd, true);
         struct peer_trip pt = {
             .x = x, .rfd = rfd, .wfd = wfd, .P = P, .spin = spin, .src = src, .buf = buf};
-        int rc = eb_rtt_loop(x, o, spin ? o->rtt_spin_n : o->rtt_block_n, peer_one, &pt);
+        int rc = c->gap_ns
+                     ? eb_sparse_loop(x, o, c->gap_ns, peer_one, &pt)
+                     : eb_rtt_loop(x, o, spin ? o->rtt_spin_n : o->rtt_block_n, peer_one, &pt);
         close(wfd);
         if (rfd != wfd)
                 close(rfd);
@@ -546,11 +553,16 @@ static void run_peer(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                 }
         } else {
                 r->status = eb_run_children(c, o, x, rtt_peer_server, rtt_peer_client,
-                                            o->rtt_ms + 60000, r);
+                                            o->rtt_ms + 2 * o->sparse_budget_ms + 60000, r);
                 if (r->status == EB_OK) {
                         eb_result_set_hist(r, &x->hist);
                         double s = (double)(x->t1_ns - x->t0_ns) / 1e9;
-                        eb_metric_set(r, "ops_per_s", s > 0 ? (double)x->cli_iters / s : 0);
+                        if (c->gap_ns) {
+                                eb_metric_set(r, "gap_ns", (double)c->gap_ns);
+                                eb_metric_set(r, "late", (double)x->late);
+                        } else {
+                                eb_metric_set(r, "ops_per_s", s > 0 ? (double)x->cli_iters / s : 0);
+                        }
                         eb_metric_set(r, "wire_bytes", (double)(c->payload ? c->payload : 1));
                 }
         }
@@ -702,6 +714,53 @@ static int copy_one(eb_xchg_t *x, const char *from, const char *to, bool cfr, un
         return 0;
 }
 
+/* `cat SRC > DST`: /bin/cat run with its output on the destination file (coreutils cat copies
+ * with copy_file_range between regular files). Its CPU time is what wait4 reports for it. */
+static int cat_one(eb_xchg_t *x, const char *from, const char *to)
+{
+        int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (out < 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "open %s: %s", to, strerror(errno));
+                return -1;
+        }
+        pid_t self = getpid();
+        pid_t pid = fork();
+        if (pid < 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "fork: %s", strerror(errno));
+                close(out);
+                return -1;
+        }
+        if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with this child (which dies with us) */
+                if (getppid() != self || dup2(out, STDOUT_FILENO) < 0)
+                        _exit(126);
+                execl("/bin/cat", "cat", from, (char *)NULL);
+                _exit(127);
+        }
+        int st;
+        struct rusage ru;
+        pid_t w;
+        while ((w = wait4(pid, &st, 0, &ru)) < 0 && errno == EINTR)
+                ;
+        if (w != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "/bin/cat %s: %s", from,
+                        w != pid                 ? strerror(errno)
+                        : !WIFEXITED(st)         ? "killed"
+                        : WEXITSTATUS(st) == 127 ? "cannot run /bin/cat"
+                                                 : "failed");
+                close(out);
+                return -1;
+        }
+        fsync(out); /* as the others do (nothing to do on tmpfs) */
+        struct stat sb;
+        fstat(out, &sb);
+        close(out);
+        x->cli_bytes += (uint64_t)sb.st_size;
+        x->cpu_s[0] += (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+        return 0;
+}
+
 static int copy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         char dir[600];
@@ -711,16 +770,18 @@ static int copy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                 return 1;
         }
         unsigned char *buf = malloc(BULK_BUF);
-        bool cfr = strcmp(c->impl, "cfr") == 0;
+        bool cfr = strcmp(c->impl, "cfr") == 0, cat = strcmp(c->impl, "cat") == 0;
         x->t0_ns = eng_now_ns();
+        double cpu0 = eb_proc_cpu_s(0);
         for (uint32_t k = 0; k < c->streams; k++) {
                 char from[700], to[700];
                 eb_files_path(o, (int)c->streams, (int)k, from, sizeof(from));
                 snprintf(to, sizeof(to), "%s/copy%u.bin", dir, k);
-                if (copy_one(x, from, to, cfr, buf) != 0)
+                if ((cat ? cat_one(x, from, to) : copy_one(x, from, to, cfr, buf)) != 0)
                         return 1;
         }
         x->t1_ns = eng_now_ns();
+        x->cpu_s[1] = eb_proc_cpu_s(0) - cpu0; /* this process (cat: forking and waiting) */
         free(buf);
         return 0;
 }
@@ -737,10 +798,19 @@ static void run_copy(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
         eb_memory_warm(o->file_bytes + (o->file_bytes >> 2));
         r->status = eb_run_children(c, o, x, NULL, copy_client, 300000, r);
         if (r->status == EB_OK) {
-                double s = (double)(x->t1_ns - x->t0_ns) / 1e9;
+                double s = (double)(x->t1_ns - x->t0_ns) / 1e9, cpu = x->cpu_s[0] + x->cpu_s[1];
                 eb_metric_set(r, "bytes", (double)x->cli_bytes);
                 eb_metric_set(r, "secs", s);
                 eb_metric_set(r, "gb_per_s", s > 0 ? (double)x->cli_bytes / s / 1e9 : 0);
+                eb_metric_set(r, "cpu_s", cpu);
+                eb_metric_set(r, "cpu_s_per_gb",
+                              x->cli_bytes ? cpu / ((double)x->cli_bytes / 1e9) : NAN);
+                uint64_t want = c->streams > 1 ? o->file_bytes / 8 * c->streams : o->file_bytes;
+                if (x->cli_bytes != want) {
+                        r->status = EB_FAIL;
+                        eb_errf(r->reason, sizeof(r->reason), "copied %llu bytes of %llu",
+                                (unsigned long long)x->cli_bytes, (unsigned long long)want);
+                }
         }
         eb_rmdir_files(dir);
         eb_xchg_free(x);
@@ -878,6 +948,24 @@ void eb_ref_cells_rtt(eb_cells_t *cs, const eb_opts_t *o)
         (void)o;
         const char *const *impl = eb_os_peers;
         char sz[16];
+        /* beside the engine's sparse/ and b2b cells: blocking pipes, 64 B, the same placements */
+        for (int p = 1; p < 3; p++) {
+                eb_cell_t *c = eb_cell_add(cs, "rtt", "pipe", "default", 64, 1);
+                eb_cell_place(c, p);
+                c->sub = p;
+                snprintf(c->name, sizeof(c->name), "rtt/pipe/b2b/%s", c->place);
+                c->run = run_peer;
+        }
+        for (int g = 0; g < 3; g++)
+                for (int p = 0; p < 3; p++) {
+                        eb_cell_t *c = eb_cell_add(cs, "sparse", "pipe", "default", 64, 1);
+                        eb_cell_place(c, p);
+                        c->gap_ns = eb_sparse_gaps[g];
+                        c->sub = 3 * g + p;
+                        eb_gap_name(c->gap_ns, sz, sizeof(sz));
+                        snprintf(c->name, sizeof(c->name), "sparse/pipe/%s/%s", sz, c->place);
+                        c->run = run_peer;
+                }
         for (int m = 0; m < 2; m++)
                 for (int p = 0; p < 4; p++)
                         for (int i = 0; i < 3; i++) {
@@ -918,6 +1006,9 @@ void eb_ref_cells_xfer(eb_cells_t *cs, const eb_opts_t *o)
         c->run = run_copy;
         c = eb_cell_add(cs, "xfer", "cfr", "", 0, 1);
         snprintf(c->name, sizeof(c->name), "xfer/cfr/1s");
+        c->run = run_copy;
+        c = eb_cell_add(cs, "xfer", "cat", "", 0, 1);
+        snprintf(c->name, sizeof(c->name), "xfer/cat/1s");
         c->run = run_copy;
 }
 

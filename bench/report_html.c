@@ -72,9 +72,11 @@ static const char *gp_color(int i)
         return c[i % 9];
 }
 
+#define EB_MAX_PLOTS 24
+
 typedef struct plot_list {
-        char png[16][96];
-        char caption[16][200];
+        char png[EB_MAX_PLOTS][96];
+        char caption[EB_MAX_PLOTS][200];
         int n;
 } plot_list_t;
 
@@ -108,7 +110,7 @@ static void plots_latency(const eb_run_t *run, const char *dir, FILE *g, plot_li
                                         ni++;
                                 }
                         }
-                        if (ni == 0 || pl->n >= 16)
+                        if (ni == 0 || pl->n >= EB_MAX_PLOTS)
                                 continue;
                         snprintf(pl->png[pl->n], sizeof(pl->png[0]), "lat-%s-%s.png", impl,
                                  modes[m]);
@@ -156,7 +158,7 @@ static void plots_latency(const eb_run_t *run, const char *dir, FILE *g, plot_li
                                          file);
                                 ni++;
                         }
-                        if (ni == 0 || pl->n >= 16)
+                        if (ni == 0 || pl->n >= EB_MAX_PLOTS)
                                 continue;
                         snprintf(pl->png[pl->n], sizeof(pl->png[0]), "lat-cmp-%s-%s.png", modes[m],
                                  sz);
@@ -214,7 +216,7 @@ static void plots_tput(const eb_run_t *run, const char *dir, FILE *g, plot_list_
                                          file, t ? 2 : 1, gp_color(p), impl, sz);
                                 ni++;
                         }
-                if (ni == 0 || pl->n >= 16)
+                if (ni == 0 || pl->n >= EB_MAX_PLOTS)
                         continue;
                 snprintf(pl->png[pl->n], sizeof(pl->png[0]), "tput-streams-%s.png",
                          y ? "gbs" : "msgs");
@@ -263,7 +265,7 @@ static void plots_tput(const eb_run_t *run, const char *dir, FILE *g, plot_list_
                                  file, gp_color(i), impl[i]);
                         ni++;
                 }
-                if (ni == 0 || pl->n >= 16)
+                if (ni == 0 || pl->n >= EB_MAX_PLOTS)
                         continue;
                 snprintf(pl->png[pl->n], sizeof(pl->png[0]), "tput-payload-%s.png",
                          y ? "gbs" : "msgs");
@@ -280,6 +282,87 @@ static void plots_tput(const eb_run_t *run, const char *dir, FILE *g, plot_list_
                 fprintf(g, "\n");
                 pl->n++;
         }
+}
+
+/* Sparse round trips by percentile, one plot per placement: a curve per gap (and back to
+ * back), the engine solid, the pipe dashed. */
+static void plots_sparse(const eb_run_t *run, const char *dir, FILE *g, plot_list_t *pl)
+{
+        for (int p = 0; p < 3; p++) {
+                char items[8][600];
+                int ni = 0;
+                for (int k = -1; k < 3; k++)
+                        for (int i = 0; i < 2; i++) {
+                                const char *impl = i ? "pipe" : "lockfree";
+                                char gap[16], file[200];
+                                const eb_result_t *r;
+                                if (k < 0) {
+                                        snprintf(gap, sizeof(gap), "b2b");
+                                        r = eb_findf(run, "rtt/%s/b2b/%s", impl, eb_places[p]);
+                                } else {
+                                        eb_gap_name(eb_sparse_gaps[k], gap, sizeof(gap));
+                                        r = eb_findf(run, "sparse/%s/%s/%s", impl, gap,
+                                                     eb_places[p]);
+                                }
+                                if (write_lat_dat(dir, r, file, sizeof(file)) != 0)
+                                        continue;
+                                snprintf(items[ni], sizeof(items[ni]),
+                                         "'%s' using 2:3 with lines lw 2 dt %d lc rgb '%s' "
+                                         "title '%s %s'",
+                                         file, i ? 2 : 1, gp_color(k + 1), impl, gap);
+                                ni++;
+                        }
+                if (ni == 0 || pl->n >= EB_MAX_PLOTS)
+                        continue;
+                snprintf(pl->png[pl->n], sizeof(pl->png[0]), "lat-sparse-%s.png", eb_places[p]);
+                snprintf(pl->caption[pl->n], sizeof(pl->caption[0]),
+                         "sparse round trips, 64 B, %s: engine defaults (solid) and pipe "
+                         "(dashed), per gap",
+                         eb_places[p]);
+                fprintf(g, "set output '%s'\nset title '%s'\n", pl->png[pl->n], pl->caption[pl->n]);
+                lat_axes(g);
+                fprintf(g, "plot ");
+                for (int i = 0; i < ni; i++)
+                        fprintf(g, "%s%s", i ? ", \\\n     " : "", items[i]);
+                fprintf(g, "\n");
+                pl->n++;
+        }
+}
+
+/* Many streams: messages/s, opens/s and closes/s against the stream count. */
+static void plots_scale(const eb_run_t *run, const char *dir, FILE *g, plot_list_t *pl)
+{
+        char path[700];
+        snprintf(path, sizeof(path), "%s/scale.dat", dir);
+        FILE *d = fopen(path, "w");
+        if (d == NULL)
+                return;
+        fprintf(d, "# streams, msgs/s, opens/s, closes/s\n");
+        int pts = 0;
+        for (int i = 0; i < run->n; i++) {
+                const eb_result_t *r = &run->r[i];
+                double v = eb_metric(r, "msgs_per_s");
+                if (strcmp(r->group, "scale") != 0 || isnan(v))
+                        continue;
+                fprintf(d, "%u %.6g %.6g %.6g\n", r->streams, v, eb_metric(r, "open_per_s"),
+                        eb_metric(r, "close_per_s"));
+                pts++;
+        }
+        fclose(d);
+        if (pts == 0 || pl->n >= EB_MAX_PLOTS)
+                return;
+        snprintf(pl->png[pl->n], sizeof(pl->png[0]), "scale.png");
+        snprintf(pl->caption[pl->n], sizeof(pl->caption[0]),
+                 "many streams on one client (engine defaults): rates against stream count");
+        fprintf(g,
+                "set output '%s'\nset title '%s'\nunset xtics\nset xtics auto\nset logscale x "
+                "10\nset logscale y\nset grid\nset key outside right\nset xlabel 'streams'\n"
+                "set ylabel 'per second'\nplot 'scale.dat' using 1:2 with linespoints lw 2 pt 7 "
+                "lc rgb '%s' title '64-B messages/s', \\\n     'scale.dat' using 1:3 with "
+                "linespoints lw 2 pt 7 lc rgb '%s' title 'opens/s', \\\n     'scale.dat' using "
+                "1:4 with linespoints lw 2 pt 7 lc rgb '%s' title 'closes/s'\n",
+                pl->png[pl->n], pl->caption[pl->n], gp_color(0), gp_color(1), gp_color(2));
+        pl->n++;
 }
 
 /* Run a command with a deadline; returns its exit status, or -1. */
@@ -345,6 +428,8 @@ int eb_write_report(const eb_run_t *run, const char *dir)
                                 strcmp(term, "pngcairo") == 0 ? " font ',10'" : "");
                         plots_latency(run, dir, g, &pl);
                         plots_tput(run, dir, g, &pl);
+                        plots_sparse(run, dir, g, &pl);
+                        plots_scale(run, dir, g, &pl);
                         fclose(g);
                         char *argv[] = {"gnuplot", "plots.gp", NULL};
                         snprintf(path, sizeof(path), "%s/gnuplot.log", dir);

@@ -94,7 +94,8 @@ int eb_write_json(const eb_run_t *run, const char *path)
                 "\"block_spin\": 1, \"file_bytes\": %llu, \"xfer_chunk\": %u, "
                 "\"rtt_spin_max\": %llu, \"rtt_block_max\": %llu, \"rtt_ms\": %llu, "
                 "\"tput_ms\": %llu, \"tput_warmup_ms\": %llu, \"misc_ms\": %llu, "
-                "\"retries\": %d, \"consume\": \"receiver reads every byte\", \"boost\": %s},\n",
+                "\"retries\": %d, \"consume\": \"receiver reads every byte\", \"boost\": %s, "
+                "\"sparse_budget_ms\": %llu, \"idle_ms\": %llu, \"scale_streams\": [",
                 (unsigned long long)o->seg_bytes, o->workers, o->min_shift, o->max_shift,
                 o->spin_budget, (unsigned long long)o->file_bytes, o->xfer_chunk,
                 (unsigned long long)o->rtt_spin_n, (unsigned long long)o->rtt_block_n,
@@ -105,7 +106,11 @@ int eb_write_json(const eb_run_t *run, const char *path)
 #else
                 "false"
 #endif
-        );
+                ,
+                (unsigned long long)o->sparse_budget_ms, (unsigned long long)o->idle_ms);
+        for (int i = 0; i < o->nscale; i++)
+                fprintf(f, "%s%u", i ? ", " : "", o->scale_streams[i]);
+        fprintf(f, "]},\n");
         fprintf(f, "  \"results\": [\n");
         for (int i = 0; i < run->n; i++) {
                 const eb_result_t *r = &run->r[i];
@@ -117,11 +122,19 @@ int eb_write_json(const eb_run_t *run, const char *path)
                 jstr(f, r->impl);
                 fprintf(f, ", \"mode\": ");
                 jstr(f, r->mode);
+                if (r->place[0]) {
+                        fprintf(f, ", \"place\": ");
+                        jstr(f, r->place);
+                }
                 fprintf(f, ", \"payload\": %llu, \"streams\": %u, \"status\": ",
                         (unsigned long long)r->payload, r->streams);
                 jstr(f, r->status == EB_OK ? "ok" : r->status == EB_NA ? "n/a" : "failed");
                 fprintf(f, ", \"reason\": ");
                 jstr(f, r->reason);
+                if (r->note[0]) {
+                        fprintf(f, ", \"note\": ");
+                        jstr(f, r->note);
+                }
                 fprintf(f, ", \"cell_seconds\": ");
                 jnum(f, r->secs);
                 fprintf(f, ", \"foreign_cpu\": ");

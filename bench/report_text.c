@@ -247,31 +247,156 @@ static void print_xfer(const eb_run_t *run, FILE *f)
                 "\nFILE TRANSFER, %s tmpfs -> tmpfs in %s (source read once before; 8 streams = "
                 "8 files of 1/8)\n",
                 sz, run->o->dir);
-        fprintf(f, "  %-9s %-7s %8s %9s %14s\n", "impl", "streams", "GB/s", "seconds", "/ rwcopy");
-        static const char *impl[4] = {"lockfree", "mutex", "rwcopy", "cfr"};
+        fprintf(f, "  %-9s %-7s %8s %9s %10s %9s %10s\n", "impl", "streams", "GB/s", "seconds",
+                "/ rwcopy", "CPU s/GB", "CPU / cat");
+        static const char *impl[5] = {"lockfree", "mutex", "rwcopy", "cfr", "cat"};
         for (int s = 0; s < 2; s++)
-                for (int i = 0; i < 4; i++) {
+                for (int i = 0; i < 5; i++) {
                         unsigned ns = s ? 8 : 1;
                         const eb_result_t *r = eb_findf(run, "xfer/%s/%us", impl[i], ns);
                         if (r == NULL)
                                 continue;
-                        char a[24], b[24], c[24], why[300];
+                        char a[24], b[24], c[24], d[24], e[24], why[300];
                         const char *bad = not_ok(r, why, sizeof(why));
                         if (bad) {
                                 fprintf(f, "  %-9s %-7u %s\n", impl[i], ns, bad);
                                 continue;
                         }
-                        fprintf(f, "  %-9s %-7u %8s %9s %14s\n", impl[i], ns,
+                        double cpu = eb_metric(r, "cpu_s_per_gb");
+                        fprintf(f, "  %-9s %-7u %8s %9s %10s %9s %10s\n", impl[i], ns,
                                 eb_fmt_fixed(eb_metric(r, "gb_per_s"), 3, a, sizeof(a)),
                                 eb_fmt_fixed(eb_metric(r, "secs"), 3, b, sizeof(b)),
                                 eb_fmt_x(eb_ratio(eb_metric(r, "gb_per_s"),
                                                   eb_mval(run, "gb_per_s", "xfer/rwcopy/%us", ns)),
-                                         c, sizeof(c)));
+                                         c, sizeof(c)),
+                                eb_fmt_fixed(cpu, 2, d, sizeof(d)),
+                                eb_fmt_x(eb_ratio(cpu, eb_mval(run, "cpu_s_per_gb", "xfer/cat/1s")),
+                                         e, sizeof(e)));
                 }
         fprintf(f, "  (rwcopy: read()/write() with a 1 MiB buffer, one process; cfr: "
-                   "copy_file_range, a copy inside\n   the kernel as coreutils cat does; "
-                   "engine: client preads into loaned buffers, server pwrites,\n   both hash "
-                   "with XXH3; every copy ends with fsync)\n");
+                   "copy_file_range, a copy inside\n   the kernel as coreutils cat does; cat: "
+                   "/bin/cat SRC > DST; engine: client preads into loaned\n   buffers, server "
+                   "pwrites, both hash with XXH3; every copy ends with fsync. CPU: server +\n   "
+                   "client processes over the transfer (the engine's server spins: see the "
+                   "server line))\n");
+}
+
+/* One row of the sparse table: lockfree or pipe at a gap ("b2b" for back to back) and place. */
+static void sparse_row(FILE *f, const char *gap, const char *place, const eb_result_t *r,
+                       const char *impl, double ratio)
+{
+        char b[6][24], why[300];
+        fprintf(f, "  %-6s %-10s %-9s", gap, place, impl);
+        const char *bad = not_ok(r, why, sizeof(why));
+        if (r == NULL || bad) {
+                fprintf(f, " %s\n", bad ? bad : "-");
+                return;
+        }
+        double late = eb_metric(r, "late");
+        fprintf(f, " %8s %8s %8s %8s %7.0f %6s %9s\n", eb_fmt_us(eb_metric(r, "p50_ns"), b[0], 24),
+                eb_fmt_us(eb_metric(r, "p90_ns"), b[1], 24),
+                eb_fmt_us(eb_metric(r, "p99_ns"), b[2], 24),
+                eb_fmt_us(eb_metric(r, "max_ns"), b[3], 24), eb_metric(r, "n"),
+                isnan(late) ? "-" : eb_fmt_fixed(late, 0, b[4], 24),
+                isnan(ratio) ? "" : eb_fmt_x(ratio, b[5], 24));
+}
+
+static void print_sparse(const eb_run_t *run, FILE *f)
+{
+        bool any = any_group(run, "sparse");
+        for (int p = 1; p < 3; p++)
+                any |= eb_findf(run, "rtt/lockfree/b2b/%s", eb_places[p]) != NULL ||
+                       eb_findf(run, "rtt/pipe/b2b/%s", eb_places[p]) != NULL;
+        if (!any)
+                return;
+        fprintf(f, "\nSPARSE AND PINNED ROUND TRIPS, microseconds (64 B on one stream; engine at "
+                   "its defaults: a worker per\n  CPU, default spin, the client's default "
+                   "waiting; pipe: blocking. One request, its reply, then sleep\n  until the "
+                   "next is due (b2b: no sleep). samecore: server and client on CPU 0; "
+                   "crosscore: server\n  on CPU 0, client on CPU 1; late: trips that ended "
+                   "after the next was due)\n");
+        fprintf(f, "  %-6s %-10s %-9s %8s %8s %8s %8s %7s %6s %9s\n", "gap", "place", "impl", "p50",
+                "p90", "p99", "max", "n", "late", "lf/pipe");
+        for (int g = -1; g < 3; g++)
+                for (int p = g < 0 ? 1 : 0; p < 3; p++) {
+                        char gap[16];
+                        const eb_result_t *lf, *pp;
+                        if (g < 0) {
+                                snprintf(gap, sizeof(gap), "b2b");
+                                lf = eb_findf(run, "rtt/lockfree/b2b/%s", eb_places[p]);
+                                pp = eb_findf(run, "rtt/pipe/b2b/%s", eb_places[p]);
+                        } else {
+                                eb_gap_name(eb_sparse_gaps[g], gap, sizeof(gap));
+                                lf = eb_findf(run, "sparse/lockfree/%s/%s", gap, eb_places[p]);
+                                pp = eb_findf(run, "sparse/pipe/%s/%s", gap, eb_places[p]);
+                        }
+                        if (lf == NULL && pp == NULL)
+                                continue;
+                        double ratio = eb_ratio(eb_metric(lf, "p50_ns"), eb_metric(pp, "p50_ns"));
+                        if (lf)
+                                sparse_row(f, gap, eb_places[p], lf, "lockfree", ratio);
+                        if (pp)
+                                sparse_row(f, gap, eb_places[p], pp, "pipe", NAN);
+                }
+}
+
+static void print_scale(const eb_run_t *run, FILE *f)
+{
+        if (!any_group(run, "scale"))
+                return;
+        fprintf(f, "\nMANY STREAMS ON ONE CLIENT (engine defaults; 64-B messages over all N "
+                   "streams as in tput/; opens\n  and closes one after another, timed over all "
+                   "N; open last 10%%: the rate with ~N open)\n");
+        fprintf(f, "  %7s %10s %9s %10s %13s %9s %9s %10s %8s\n", "streams", "msg/s", "/1 stream",
+                "opens/s", "last 10% /s", "open s", "close s", "closes/s", "seg MiB");
+        const eb_result_t *one = eb_find(run, "scale/lockfree/1s");
+        for (int i = 0; i < run->n; i++) {
+                const eb_result_t *r = &run->r[i];
+                if (strcmp(r->group, "scale") != 0)
+                        continue;
+                char a[8][24], why[300];
+                const char *bad = not_ok(r, why, sizeof(why));
+                if (bad) {
+                        fprintf(f, "  %7u %s\n", r->streams, bad);
+                        continue;
+                }
+                fprintf(f, "  %7u %10s %9s %10s %13s %9s %9s %10s %8.0f\n", r->streams,
+                        eb_fmt_rate(eb_metric(r, "msgs_per_s"), a[0], 24),
+                        eb_fmt_x(eb_ratio(eb_metric(r, "msgs_per_s"), eb_metric(one, "msgs_per_s")),
+                                 a[1], 24),
+                        eb_fmt_rate(eb_metric(r, "open_per_s"), a[2], 24),
+                        eb_fmt_rate(eb_metric(r, "open_last_per_s"), a[3], 24),
+                        eb_fmt_fixed(eb_metric(r, "open_secs"), 4, a[4], 24),
+                        eb_fmt_fixed(eb_metric(r, "close_secs"), 4, a[5], 24),
+                        eb_fmt_rate(eb_metric(r, "close_per_s"), a[6], 24),
+                        eb_metric(r, "segment_bytes") / (1 << 20));
+        }
+}
+
+static void print_idle(const eb_run_t *run, FILE *f)
+{
+        if (!any_group(run, "idle"))
+                return;
+        fprintf(f, "\nIDLE SERVER (engine defaults; wake-ups = context switches of all its "
+                   "threads over the window,\n  after 0.5 s to settle; by thread: main, then the "
+                   "others in the order they started)\n");
+        fprintf(f, "  %-26s %11s %8s %8s %8s %7s  %s\n", "cell", "wake-ups/s", "wake-ups",
+                "window s", "CPU ms", "threads", "by thread");
+        for (int i = 0; i < run->n; i++) {
+                const eb_result_t *r = &run->r[i];
+                if (strcmp(r->group, "idle") != 0)
+                        continue;
+                char a[24], why[300];
+                const char *bad = not_ok(r, why, sizeof(why));
+                if (bad) {
+                        fprintf(f, "  %-26s %s\n", r->name, bad);
+                        continue;
+                }
+                fprintf(f, "  %-26s %11s %8.0f %8.2f %8.2f %7.0f  %s\n", r->name,
+                        eb_fmt_fixed(eb_metric(r, "wakeups_per_s"), 1, a, sizeof(a)),
+                        eb_metric(r, "wakeups"), eb_metric(r, "window_s"),
+                        eb_metric(r, "cpu_s") * 1e3, eb_metric(r, "threads"), r->note);
+        }
 }
 
 static void print_misc(const eb_run_t *run, FILE *f)
@@ -345,13 +470,21 @@ static void print_targets(const eb_run_t *run, FILE *f)
         eb_target_t t[EB_MAX_TARGETS];
         int n = eb_targets(run, t);
         fprintf(f, "\nTARGETS (measured in this run; ratios of cells of this run)\n");
-        fprintf(f, "  %-72s %9s %8s  %s\n", "target", "measured", "need", "verdict");
+        fprintf(f, "  %-76s %10s %12s  %s\n", "target", "measured", "need", "verdict");
         for (int i = 0; i < n; i++) {
-                char a[24], b[24];
-                snprintf(b, sizeof(b), "%s %.2f", t[i].at_most ? "<=" : ">=", t[i].need);
-                fprintf(f, "  %-72s %9s %8s  %s\n", t[i].what, eb_fmt_x(t[i].value, a, sizeof(a)),
-                        b, t[i].verdict);
-                fprintf(f, "  %-72s\n", t[i].detail);
+                char a[24], b[32], c[24];
+                if (t[i].fmt) {
+                        snprintf(b, sizeof(b), "%s %s",
+                                 t[i].at_most ? "<=" : ">=", t[i].fmt(t[i].need, c, sizeof(c)));
+                        t[i].fmt(t[i].value, a, sizeof(a));
+                        if (isnan(t[i].value))
+                                snprintf(a, sizeof(a), "n/a");
+                } else {
+                        snprintf(b, sizeof(b), "%s %.2f", t[i].at_most ? "<=" : ">=", t[i].need);
+                        eb_fmt_x(t[i].value, a, sizeof(a));
+                }
+                fprintf(f, "  %-76s %10s %12s  %s\n", t[i].what, a, b, t[i].verdict);
+                fprintf(f, "    %s: %s\n", t[i].id, t[i].detail);
         }
 }
 
@@ -373,7 +506,9 @@ void eb_print_tables(const eb_run_t *run, FILE *f)
                 "server: %u worker(s), %llu MiB segment, blocks 2^%u..2^%u, ring depth 128; "
                 "spinning: spin=2^30 on\n  both sides (nobody sleeps); blocking: spin=1 (both "
                 "sleep on futexes). Receivers read every byte.\n  OS peers carry 1 byte for a "
-                "0-byte round trip. Nothing is pinned.\n",
+                "0-byte round trip. Nothing is pinned. Except: sparse/, b2b, scale/ and\n  idle/ "
+                "run the engine's defaults (a worker per CPU, default spin and buffer classes) "
+                "and\n  sparse/ and b2b are placed on CPUs as their names say.\n",
                 o->workers, (unsigned long long)(o->seg_bytes >> 20), o->min_shift, o->max_shift);
         fprintf(f,
                 "load: other processes used %.0f%% of the CPUs during the run, the hypervisor "
@@ -383,9 +518,12 @@ void eb_print_tables(const eb_run_t *run, FILE *f)
                                       "ratios, rerun"
                                     : "");
         print_rtt(run, f);
+        print_sparse(run, f);
         print_tput(run, f);
+        print_scale(run, f);
         print_xfer(run, f);
         print_misc(run, f);
+        print_idle(run, f);
         print_targets(run, f);
         int busy = 0;
         for (int i = 0; i < run->n; i++)
