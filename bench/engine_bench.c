@@ -303,7 +303,7 @@ int main(int argc, char **argv)
         eb_opts_t o = {.dir = "/dev/shm",
                        .seg_bytes = 64ull << 20,
                        .workers = 1,
-                       .min_shift = 12,
+                       .min_shift = 7, /* the engine's default (engine.h) */
                        .max_shift = 21,
                        .spin_budget = 1u << 30};
         uint64_t file_bytes = 0;

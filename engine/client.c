@@ -502,8 +502,10 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
         c->server_pid = h->server_pid;
         c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
         c->asym = h->asym == 1 && c->transport == ENG_TRANSPORT_LOCKFREE && eng_asym_register();
+        /* Loans up to a page's payload use the stream's cache (its blocks all of the class of
+         * the loan that last refilled it); larger ones are rarer per byte and go to the arena. */
         c->small_len = eng_arena_kind(&c->sg.arena) == ENG_ARENA_LOCKFREE
-                           ? eng_arena_class_bytes(&c->sg.arena, 1)
+                           ? eng_arena_class_bytes(&c->sg.arena, 4096 - ENG_ARENA_HDR_BYTES)
                            : 0;
         /* Attach waited for the header; the state follows right after it (a server that just
          * wrote its magic is about to say READY): wait for that too, within the same time. */
@@ -707,18 +709,23 @@ int eng_stream_try_loan(eng_stream_t *s, uint32_t len, void **p, uint64_t *off)
         }
         if (len <= s->c->small_len) {
                 /* Each entry is still ours unless this stream sent it without loaning it
-                 * (a confused caller): then the server freed it and it is dropped here. */
+                 * (a confused caller): then the server freed it and it is dropped here. An
+                 * entry of another class than this loan's (the loan size changed) goes back
+                 * to the arena: a 64-B loan must not pin a 4-KiB block. */
+                uint64_t want = eng_arena_class_bytes(a, len);
                 while (s->ncache > 0) {
                         uint32_t owner;
                         uint64_t cap;
                         void *q;
                         *off = s->cache[--s->ncache];
-                        if (eng_arena_lookup(a, *off, &q, &owner, &cap) == 0 && owner == s->owner &&
-                            cap >= len) {
+                        if (eng_arena_lookup(a, *off, &q, &owner, &cap) != 0 || owner != s->owner)
+                                continue;
+                        if (cap == want) {
                                 *p = q;
                                 s->held++;
                                 return 0;
                         }
+                        arena_free(s->c, *off);
                 }
         }
         if (arena_enter(s->c, 0) != 0)
@@ -790,7 +797,7 @@ static void give_back(eng_stream_t *s, uint64_t off)
         s->held--;
         if (s->ncache < LOAN_CACHE && s->c->small_len != 0 &&
             eng_arena_lookup(&s->c->sg.arena, off, NULL, &owner, &cap) == 0 && owner == s->owner &&
-            cap == s->c->small_len) {
+            cap <= s->c->small_len) {
                 for (uint32_t i = 0; i < s->ncache; i++)
                         if (s->cache[i] == off)
                                 return; /* given back twice: keep one entry */

@@ -105,7 +105,7 @@ typedef struct eng_server_cfg {
         uint32_t ring_depth;  /* descriptors per ring, power of two, default 128 */
         uint32_t max_streams; /* default: as many records as the segment holds, <= 65536 */
         uint32_t spin;        /* spin iterations before sleeping, default 4096 */
-        uint32_t min_block_shift, max_block_shift; /* buffer classes, default 12..20 */
+        uint32_t min_block_shift, max_block_shift; /* buffer classes, default 7..20 */
         eng_server_hooks_t hooks;
 } eng_server_cfg_t;
 

@@ -272,7 +272,7 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
         if (cfg->spin == 0)
                 cfg->spin = 4096;
         if (cfg->min_block_shift == 0)
-                cfg->min_block_shift = 12;
+                cfg->min_block_shift = 7;
         if (cfg->max_block_shift == 0)
                 cfg->max_block_shift = 20;
         pthread_mutex_init(&srv->boot_mu, NULL);

@@ -597,7 +597,7 @@ Test(proto, checksum_mismatch_is_named_when_the_arena_is_full)
         cr_assert_eq(eng_stream_send(s, ENG_C_FILE_DATA, 0, off, 4, 5000), 0);
         xu_sleep_ms(200); /* the server has written the chunk and freed its block */
         /* Take every block the arena has left, and keep them. */
-        enum { HELD_MAX = 16384 };
+        enum { HELD_MAX = 65536 }; /* 4 MiB of 128-B blocks: 32,768 at most */
         uint64_t *held = calloc(HELD_MAX, sizeof(*held));
         cr_assert_not_null(held);
         int n = 0;
