@@ -285,7 +285,8 @@ struct eng_seg_hdr {
         _Alignas(CL) uint64_t started_ns;
         uint32_t workers;
         uint32_t spin;
-        /* then: the ready bitmap (uint64_t[bitmap_words]), then the arena */
+        /* then: the ready bitmap (uint64_t[bitmap_words]), its summary
+         * (uint64_t[seg_summary_words(bitmap_words)]), then the arena */
 };
 /* Attachers of any build read line 0 at these offsets; the server and clients write lines 1
  * and 2 respectively. */
@@ -300,12 +301,21 @@ _Static_assert(offsetof(struct eng_seg_hdr, started_ns) == offsetof(struct eng_s
 
 /* ---- the segment (seg.c) ------------------------------------------------------------ */
 
+/* Words of the ready set's summary: a bit per bitmap word. */
+static inline uint32_t seg_summary_words(uint32_t bitmap_words)
+{
+        return (bitmap_words + 63) / 64;
+}
+
 struct eng_seg {
         int fd;
         unsigned char *base;
         uint64_t size;
         struct eng_seg_hdr *hdr;
         uint64_t *bitmap;
+        /* One bit per bitmap word that may hold a set bit (sched.c), right after the bitmap:
+         * seg_summary_words(bitmap_words) words. */
+        uint64_t *summary;
         eng_arena_t arena;
         uint32_t depth;
         uint32_t max_streams;

@@ -12,31 +12,56 @@
 #include "internal.h"
 
 /*
- * Set the bit of idx; true if this call set it, false if it was set already. A relaxed load,
+ * The ready set is two-level: a bit per record index in the bitmap, and a summary bit per
+ * bitmap word that may hold a set bit. A worker that spins looking for work reads the summary
+ * (a few words even for 65,536 records) instead of the whole bitmap: with 10,000 streams a
+ * scan was 157 words, so a spin iteration cost ~157 loads of lines clients write, and the
+ * spin's length and the cache traffic it made grew with the number of streams.
+ *
+ * Order (x86-TSO, every CAS a full barrier): a poster sets the word's bit, then the summary
+ * bit (a relaxed load first: one found set costs no locked instruction). A taker that finds a
+ * word empty clears its summary bit (CAS) and then reads the word again; if the word is no
+ * longer empty it sets the summary bit back. A poster whose summary load saw the bit set
+ * before that clear set its word bit before the clear too, so the taker's second read sees it;
+ * a poster that loads the summary after the clear sets it itself. Either way a set word bit
+ * has its summary bit set once both are done. Both are hints that any writer can spoil: the
+ * pre-sleep look (ready_any) reads the bitmap itself and sets back a summary bit it finds
+ * missing, so a cleared summary bit delays a stream by one sleep decision, never for good.
+ */
+static void summary_set(struct eng_seg *sg, uint32_t wi)
+{
+        uint64_t bit = 1ull << (wi & 63);
+        uint64_t *w = &sg->summary[wi >> 6];
+        uint64_t old = eng_load_relaxed_u64(w);
+        while ((old & bit) == 0) {
+                if (eng_cas_u64(w, old, old | bit, &old))
+                        return;
+        }
+}
+
+/* Set the bit of idx; true if this call set it, false if it was set already. A relaxed load,
  * then a CAS loop (a CAS, not a locked OR: it returns the word it found, and a bit found set
  * costs no locked instruction); a successful CAS is a full barrier. The bit is a hint and
  * orders nothing the reader relies on: a client's ring push is ordered before it by the fence
  * and CAS of sched in sched_stream (the swap in sched_fin), and a worker that takes the bit
  * (ready_take, a CAS) then reads sched and the ring itself. A bit found set serves this call's
- * purpose too: a worker will take it and look at the stream.
- */
+ * purpose too: a worker will take it and look at the stream. */
 bool ready_set(struct eng_seg *sg, uint32_t idx)
 {
         uint64_t bit = 1ull << (idx & 63);
         uint64_t *w = &sg->bitmap[idx >> 6];
         uint64_t old = eng_load_relaxed_u64(w);
+        bool set = false;
         while ((old & bit) == 0) {
-                if (eng_cas_u64(w, old, old | bit, &old))
-                        return true;
+                if (eng_cas_u64(w, old, old | bit, &old)) {
+                        set = true;
+                        break;
+                }
         }
-        return false;
+        summary_set(sg, idx >> 6);
+        return set;
 }
 
-/*
- * Take one set bit, scanning from bit *cursor onwards and wrapping around (the cursor is a bit
- * index, so a stream that is re-queued is not taken again before the other set bits of its
- * word: a stream waiting for its session must let the session's bit be seen).
- */
 /* Words of the bitmap that can hold a set bit: only records ever carved can be scheduled, so
  * the scan costs what the arena's record area holds, not what the segment could hold. */
 static uint32_t ready_words(struct eng_seg *sg)
@@ -51,39 +76,85 @@ static uint32_t ready_words(struct eng_seg *sg)
         return n ? n : 1;
 }
 
+/* Take one bit of word wi under mask: 1 taken (*idx), 0 none there. An empty word gets its
+ * summary bit cleared (and set back if a post came meanwhile: see above). */
+static int take_word(struct eng_seg *sg, uint32_t wi, uint64_t mask, uint32_t *idx)
+{
+        uint64_t *w = &sg->bitmap[wi];
+        uint64_t old = eng_load_relaxed_u64(w);
+        while ((old & mask) != 0) {
+                uint64_t bit = (old & mask) & (~(old & mask) + 1);
+                if (eng_cas_u64(w, old, old & ~bit, &old)) {
+                        *idx = wi * 64 + (uint32_t)__builtin_ctzll(bit);
+                        return 1;
+                }
+        }
+        if (old == 0) {
+                uint64_t sbit = 1ull << (wi & 63);
+                uint64_t *sw = &sg->summary[wi >> 6];
+                uint64_t s = eng_load_relaxed_u64(sw);
+                while ((s & sbit) != 0 && !eng_cas_u64(sw, s, s & ~sbit, &s))
+                        ;
+                if (eng_load_relaxed_u64(w) != 0)
+                        summary_set(sg, wi);
+        }
+        return 0;
+}
+
+/* Words lo..hi-1 through the summary; word sw gets its half of the cursor's mask. */
+static bool take_range(struct eng_seg *sg, uint32_t lo, uint32_t hi, uint32_t sw, uint64_t swmask,
+                       uint32_t *idx)
+{
+        uint32_t wi = lo;
+        while (wi < hi) {
+                uint64_t sm = eng_load_relaxed_u64(&sg->summary[wi >> 6]) >> (wi & 63);
+                if (sm == 0) {
+                        wi = (wi | 63) + 1;
+                        continue;
+                }
+                wi += (uint32_t)__builtin_ctzll(sm);
+                if (wi >= hi)
+                        break;
+                if (take_word(sg, wi, wi == sw ? swmask : ~0ull, idx))
+                        return true;
+                wi++;
+        }
+        return false;
+}
+
+/*
+ * Take one set bit, scanning from bit *cursor onwards and wrapping around (the cursor is a bit
+ * index, so a stream that is re-queued is not taken again before the other set bits of its
+ * word: a stream waiting for its session must let the session's bit be seen).
+ */
 bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
 {
         uint32_t nw = ready_words(sg);
         uint32_t start = *cursor % (nw * 64);
         uint32_t sw = start / 64, sb = start % 64;
-        for (uint32_t k = 0; k <= nw; k++) {
-                uint32_t wi = (sw + k) % nw;
-                uint64_t mask = ~0ull;
-                if (k == 0)
-                        mask = ~0ull << sb;
-                else if (k == nw)
-                        mask = sb ? (1ull << sb) - 1 : 0; /* the start word's low bits, last */
-                uint64_t *w = &sg->bitmap[wi];
-                uint64_t old = eng_load_relaxed_u64(w);
-                while ((old & mask) != 0) {
-                        uint64_t bit = (old & mask) & (~(old & mask) + 1);
-                        if (eng_cas_u64(w, old, old & ~bit, &old)) {
-                                *idx = wi * 64 + (uint32_t)__builtin_ctzll(bit);
-                                *cursor = *idx + 1;
-                                return *idx < sg->max_streams;
-                        }
-                }
+        uint64_t hi_mask = ~0ull << sb, lo_mask = sb ? (1ull << sb) - 1 : 0;
+        if (take_range(sg, sw, nw, sw, hi_mask, idx) ||
+            take_range(sg, 0, sw + 1, sw, lo_mask, idx)) {
+                *cursor = *idx + 1;
+                return *idx < sg->max_streams;
         }
         return false;
 }
 
+/* Any bit set? Reads the bitmap itself (once per sleep decision, not per spin), and sets back
+ * the summary bit of a non-empty word that lacks it (a writer's doing), so ready_take finds it
+ * on the next look instead of a worker spinning on work it cannot see. */
 bool ready_any(struct eng_seg *sg)
 {
         uint32_t nw = ready_words(sg);
-        for (uint32_t i = 0; i < nw; i++)
-                if (eng_load_relaxed_u64(&sg->bitmap[i]))
-                        return true;
-        return false;
+        bool any = false;
+        for (uint32_t i = 0; i < nw; i++) {
+                if (eng_load_relaxed_u64(&sg->bitmap[i])) {
+                        any = true;
+                        summary_set(sg, i);
+                }
+        }
+        return any;
 }
 
 /*

@@ -482,7 +482,8 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
         }
         uint32_t words = (max_streams + 63) / 64;
         uint64_t hdr_bytes = (sizeof(struct eng_seg_hdr) + 63) & ~63ull;
-        uint64_t arena_off = (hdr_bytes + words * 8ull + 4095) & ~4095ull;
+        uint64_t arena_off =
+            (hdr_bytes + (words + seg_summary_words(words)) * 8ull + 4095) & ~4095ull;
         if (arena_off >= size) {
                 rc = -ENOSPC;
                 eng_set_err("segment too small");
@@ -517,6 +518,7 @@ int seg_create(struct eng_seg *sg, const char *name, uint64_t size, mode_t mode,
         h->asym = transport == ENG_TRANSPORT_LOCKFREE && eng_asym_supported();
         eng_store_release_u32(&h->state, SRV_STARTING);
         sg->bitmap = (uint64_t *)(sg->base + hdr_bytes);
+        sg->summary = sg->bitmap + words;
         sg->depth = depth;
         sg->max_streams = max_streams;
         memcpy(&sg->line0, h, offsetof(struct eng_seg_hdr, state));
@@ -559,7 +561,9 @@ static int check_line0(const struct eng_seg_hdr *c, uint64_t size, const char *n
             c->max_streams == 0 || c->max_streams > 65536 ||
             c->bitmap_words != (c->max_streams + 63) / 64 || c->arena_off >= size ||
             (c->arena_off & 4095) != 0 || c->hdr_bytes < sizeof(struct eng_seg_hdr) ||
-            c->hdr_bytes % 64 != 0 || c->arena_off < c->hdr_bytes + c->bitmap_words * 8ull) {
+            c->hdr_bytes % 64 != 0 ||
+            c->arena_off <
+                c->hdr_bytes + (c->bitmap_words + seg_summary_words(c->bitmap_words)) * 8ull) {
                 eng_set_err("segment %s: inconsistent header", name);
                 return -EUCLEAN;
         }
@@ -703,6 +707,7 @@ static int attach_once(struct eng_seg *sg, const char *name, const struct seg_tr
         sg->hdr = base;
         sg->line0 = c;
         sg->bitmap = (uint64_t *)((unsigned char *)base + c.hdr_bytes);
+        sg->summary = sg->bitmap + c.bitmap_words;
         sg->depth = c.ring_depth;
         sg->max_streams = c.max_streams;
         snprintf(sg->name, sizeof(sg->name), "%s", name);
