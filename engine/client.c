@@ -576,8 +576,8 @@ static int stream_open(eng_client_t *c, uint32_t user_id, eng_stream_t **out, ui
                 return rc;
         eng_stream_t *s = stream_new(c, idx, guid);
         if (s == NULL) {
+                sched_fin(&c->sg, seg_rec(&c->sg, idx), idx); /* FIN first: see stream_end */
                 seg_claim_unlock(&c->sg, idx, guid[0]);
-                sched_fin(&c->sg, seg_rec(&c->sg, idx), idx);
                 return -ENOMEM;
         }
         s->user_id = user_id;
@@ -1065,11 +1065,17 @@ fin:
         /* Our last touch of the record. The server reclaims whatever the stream still owns
          * (and, for a stream that was not closed in order, tells its hooks it was aborted).
          * Not if it is no longer ours: a FIN there would end somebody else's stream. The claim
-         * lock goes first: a record given back may be offered and claimed at once. */
-        claim_release(s);
+         * lock goes last, after the FIN: while we hold it, a claim the server has not decided
+         * yet is ours in its eyes (accept_stream finds us as the holder), so the record cannot
+         * be freed and offered again between our GUID check and our FIN. Letting go first
+         * opened that window: the server found no holder, freed the record, offered it again,
+         * and our FIN spoiled the new offer or ended another client's stream (found by the SPIN
+         * model docs/models/stream_life.pml, mutation MUT_UNLOCK_BEFORE_FIN). The next offer of
+         * the slot has a new GUID, hence another claim-lock byte: holding ours blocks nobody. */
         if (eng_load_relaxed_u64(&s->rec->guid[0]) == s->guid[0] &&
             eng_load_relaxed_u64(&s->rec->guid[1]) == s->guid[1])
                 sched_fin(&c->sg, s->rec, s->idx);
+        claim_release(s);
         stream_free(s);
         return rc;
 }
