@@ -7,7 +7,7 @@ FUZZ_SECONDS ?= 30
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 SHELL      := /bin/bash
 PKGS       := cmake make gcc pkg-config bc clang libclang-rt-14-dev libck-dev libxml2-dev \
-              libcriterion-dev libxxhash-dev help2man
+              libcriterion-dev libxxhash-dev help2man spin libnng-dev
 
 .PHONY: all deps install-pkgs build install run test test-quick test-asan fuzz bench clean format
 

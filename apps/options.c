@@ -338,6 +338,8 @@ static const char *const server_attrs[] = {
     "outputpath", "name",     "size", "transport", "workers", "chunk", "spin",
     "ringdepth",  "filemode", "mode", "timeout",   "owner",   NULL};
 static const char *const stream_attrs[] = {"id", "file", NULL};
+static const char *const bridge_attrs[] = {"listen", "connect", "segment", "window",
+                                           "memory", "streams", NULL};
 
 static bool known_attr(const char *const *list, const xmlChar *name)
 {
@@ -353,7 +355,7 @@ static int check_shape(xmlNodePtr root, const char *file, char *err, size_t errl
                 return fail(err, errlen, file, root ? node_line(root) : 1,
                             "the root element must be <streams>, not <%s>",
                             root ? (const char *)root->name : "");
-        int server_line = 0;
+        int server_line = 0, bridge_line = 0;
         for (xmlNodePtr n = root->children; n; n = n->next) {
                 if (n->type != XML_ELEMENT_NODE)
                         continue;
@@ -372,9 +374,23 @@ static int check_shape(xmlNodePtr root, const char *file, char *err, size_t errl
                                 if (!xmlHasProp(n, (const xmlChar *)*a))
                                         return fail(err, errlen, file, line,
                                                     "<stream> lacks the attribute '%s'", *a);
+                } else if (xmlStrcmp(n->name, (const xmlChar *)"bridge") == 0) {
+                        if (bridge_line)
+                                return fail(err, errlen, file, line,
+                                            "a second <bridge> element (the first is on line %d)",
+                                            bridge_line);
+                        bridge_line = line;
+                        attrs = bridge_attrs;
+                        bool l = xmlHasProp(n, (const xmlChar *)"listen") != NULL;
+                        bool c = xmlHasProp(n, (const xmlChar *)"connect") != NULL;
+                        if (l == c)
+                                return fail(err, errlen, file, line,
+                                            "<bridge> needs exactly one of 'listen' (receiving "
+                                            "host) and 'connect' (sending host)");
                 } else {
                         return fail(err, errlen, file, line,
-                                    "unknown element <%s> (expected <server> or <stream>)",
+                                    "unknown element <%s> (expected <server>, <bridge> or "
+                                    "<stream>)",
                                     (const char *)n->name);
                 }
                 for (xmlAttrPtr a = n->properties; a; a = a->next)
@@ -448,6 +464,70 @@ static int load_server(xmlNodePtr n, eng_opts_t *o, const char *dir, const char 
         if (o->ring_depth & (o->ring_depth - 1))
                 return fail(err, errlen, file, node_line(n),
                             "attribute 'ringdepth': %u is not a power of two", o->ring_depth);
+        return 0;
+}
+
+/* A bridge address: tcp://HOST:PORT (tcp4://, tcp6://), HOST a name, an IPv4 address, '*' or an
+ * IPv6 address in brackets, PORT 0..65535. Printable ASCII only: it goes into log lines. */
+static bool bridge_url_ok(const char *v)
+{
+        static const char *const schemes[] = {"tcp://", "tcp4://", "tcp6://", NULL};
+        const char *rest = NULL;
+        for (const char *const *sc = schemes; *sc && rest == NULL; sc++)
+                if (strncmp(v, *sc, strlen(*sc)) == 0)
+                        rest = v + strlen(*sc);
+        if (rest == NULL || strlen(v) > 255)
+                return false;
+        const char *colon = strrchr(rest, ':');
+        if (colon == NULL || colon == rest)
+                return false;
+        for (const char *p = rest; p < colon; p++)
+                if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]*",
+                           *p) == NULL)
+                        return false;
+        uint32_t port;
+        return eng_parse_u32(colon + 1, 0, 65535, &port) == 0;
+}
+
+static int load_bridge(xmlNodePtr n, eng_opts_t *o, const char *file, char *err, size_t errlen)
+{
+        eng_opts_bridge_t *b = &o->bridge;
+        b->line = node_line(n);
+        const char *which = xmlHasProp(n, (const xmlChar *)"listen") ? "listen" : "connect";
+        xmlChar *v = xmlGetProp(n, (const xmlChar *)which);
+        if (v == NULL || !bridge_url_ok((const char *)v)) {
+                int rc = fail(err, errlen, file, b->line,
+                              "attribute '%s': '%s' is not an address like tcp://host:7450", which,
+                              v ? (const char *)v : "");
+                xmlFree(v);
+                return rc;
+        }
+        char *url = strdup((const char *)v);
+        xmlFree(v);
+        if (url == NULL)
+                return fail(err, errlen, file, b->line, "out of memory");
+        if (which[0] == 'l')
+                b->listen = url;
+        else
+                b->connect = url;
+        if ((v = xmlGetProp(n, (const xmlChar *)"segment")) != NULL) {
+                size_t len = strlen((const char *)v);
+                bool bad = len < 2 || len > 200 || v[0] != '/' || strchr((const char *)v + 1, '/');
+                int rc = bad ? fail(err, errlen, file, b->line,
+                                    "attribute 'segment': '%s' is not a shm name like "
+                                    "/engine-remote",
+                                    v)
+                             : 0;
+                if (!bad && (b->segment = strdup((const char *)v)) == NULL)
+                        rc = fail(err, errlen, file, b->line, "out of memory");
+                xmlFree(v);
+                if (rc)
+                        return rc;
+        }
+        if (get_u32(n, "window", 1, 1024, &b->window, file, err, errlen) ||
+            get_u32(n, "streams", 1, 65535, &b->streams, file, err, errlen) ||
+            get_size(n, "memory", 1ull << 20, 1ull << 36, &b->memory, file, err, errlen))
+                return -1;
         return 0;
 }
 
@@ -606,6 +686,9 @@ int eng_opts_load(const char *path, eng_opts_t *o, char *err, size_t errlen)
         o->outputpath = self_dir();
         o->owner_uid = (uid_t)-1;
         o->path = strdup(path);
+        o->bridge.window = 8;
+        o->bridge.memory = 64ull << 20;
+        o->bridge.streams = 256;
         struct reader rd = {.fd = open_options(path, err, errlen)};
         if (rd.fd < 0) {
                 eng_opts_free(o);
@@ -674,6 +757,9 @@ int eng_opts_load(const char *path, eng_opts_t *o, char *err, size_t errlen)
                 if (xmlStrcmp(n->name, (const xmlChar *)"server") == 0) {
                         if (load_server(n, o, dir, path, err, errlen))
                                 goto out;
+                } else if (xmlStrcmp(n->name, (const xmlChar *)"bridge") == 0) {
+                        if (load_bridge(n, o, path, err, errlen))
+                                goto out;
                 } else if (load_stream(n, o, &cap, dir, path, err, errlen)) {
                         /* a repeated id among the streams so far comes first in the file */
                         (void)build_index(o, true, path, err, errlen);
@@ -682,6 +768,11 @@ int eng_opts_load(const char *path, eng_opts_t *o, char *err, size_t errlen)
         }
         if (build_index(o, false, path, err, errlen) != 0)
                 goto out;
+        if (o->bridge.line != 0 && o->bridge.segment == NULL &&
+            (o->bridge.segment = strdup(o->name)) == NULL) {
+                snprintf(err, errlen, "%s: out of memory", path);
+                goto out;
+        }
         rc = 0;
 out:
         xmlSetStructuredErrorFunc(NULL, NULL);
@@ -711,6 +802,9 @@ void eng_opts_free(eng_opts_t *o)
         free(o->path);
         free(o->outputpath);
         free(o->name);
+        free(o->bridge.listen);
+        free(o->bridge.connect);
+        free(o->bridge.segment);
         memset(o, 0, sizeof(*o));
 }
 

@@ -6,6 +6,8 @@
  *     <server outputpath="out/" name="/engine-default" size="64MiB" transport="lockfree"
  *             workers="0" chunk="256KiB" spin="4096" ringdepth="128" filemode="0644"
  *             mode="0600" timeout="30" owner="alice"/>
+ *     <bridge connect="tcp://10.0.0.2:7450" segment="/engine-remote" window="8"
+ *             memory="64MiB" streams="256"/>
  *     <stream id="1" file="samples/a.bin"/>
  *   </streams>
  *
@@ -17,6 +19,12 @@
  * root: a user name (looked up with getpwnam_r when the file is loaded: an unknown name is an
  * error) or a decimal uid in 0..4294967294 (taken as it is, with or without a passwd entry; a
  * value made only of digits is always a uid). Absent: owner_uid is (uid_t)-1.
+ *
+ * <bridge> is read by engine-bridge alone (docs/BRIDGE.md): listen="URL" on the receiving host
+ * (the bridge attaches to the segment as a client of the real engine-server there) or
+ * connect="URL" on the sending host (the bridge serves the segment to local clients), never
+ * both; URLs are tcp://HOST:PORT (tcp4://, tcp6:// too). segment defaults to the <server>
+ * name. At most one <bridge>.
  *
  * The file is plain XML without a DTD: a document with a <!DOCTYPE> (internal subset, external
  * SYSTEM/PUBLIC subset, or a bare one) is refused before any entity is looked at, and a file
@@ -40,6 +48,17 @@ typedef struct eng_opts_stream {
         int line;
 } eng_opts_stream_t;
 
+/* <bridge>: line 0 when the file has none. */
+typedef struct eng_opts_bridge {
+        char *listen;     /* receiving side: the address to listen on, else NULL */
+        char *connect;    /* sending side: the receiving bridge's address, else NULL */
+        char *segment;    /* the local segment (default: the <server> name) */
+        uint32_t window;  /* file chunks in flight per stream (1..1024, default 8) */
+        uint64_t memory;  /* chunk bytes in flight over the connection (default 64 MiB) */
+        uint32_t streams; /* streams at once over the connection (1..65535, default 256) */
+        int line;
+} eng_opts_bridge_t;
+
 typedef struct eng_opts {
         char *path;       /* the options file */
         char *outputpath; /* resolved */
@@ -50,6 +69,7 @@ typedef struct eng_opts {
         uint32_t chunk; /* payload bytes per data message: the chunk block size less 64 */
         mode_t file_mode, seg_mode;
         uid_t owner_uid;            /* <server owner>: (uid_t)-1 when absent */
+        eng_opts_bridge_t bridge;   /* <bridge>, for engine-bridge */
         eng_opts_stream_t *streams; /* in file order */
         size_t nstreams;
         struct eng_opts_index *by_id; /* private: eng_opts_find's index, sorted by id */

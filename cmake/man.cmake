@@ -4,6 +4,7 @@ find_program(HELP2MAN help2man)
 set(ENG_MAN_PROGRAMS
   "engine-server|serve streams and receive files over a shared-memory segment"
   "engine-client|send files to an engine-server over shared memory"
+  "engine-bridge|carry engine streams and files between two hosts over TCP"
   "engine-stat|show the server, clients, streams, arena and counters of an engine segment"
   "engine-bench|measure the shared-memory engine against its baseline and OS peers"
   "arena-bench|measure the lock-free and the mutex arena allocators")
@@ -13,6 +14,9 @@ if(HELP2MAN)
     string(REPLACE "|" ";" entry "${entry}")
     list(GET entry 0 prog)
     list(GET entry 1 what)
+    if(NOT TARGET ${prog})
+      continue() # engine-bridge without NNG
+    endif()
     set(page ${PROJECT_BINARY_DIR}/man/${prog}.1)
     add_custom_command(OUTPUT ${page}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${PROJECT_BINARY_DIR}/man

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# bridge-bench.sh: the bridged path (engine-client -> engine-bridge -> TCP loopback ->
+# engine-bridge -> engine-server) beside a plain TCP socket copy and an nc-style `cat >
+# /dev/tcp/...` of the same file, in the same run; then 64-byte round trips over the bridge and
+# locally. Prints one row per path and the ratio bridged / plain TCP (the issue's target:
+# >= 0.8 for files). Not part of `make test`.
+#
+#   bench/bridge-bench.sh [BUILD_DIR]      (default build; needs engine-bridge built)
+#   SIZE_MIB=1024 ROUNDS=3 PINGS=20000 CHUNK=256KiB BENCH_DIR=/dev/shm/... bench/bridge-bench.sh
+#
+# Files live in BENCH_DIR (default: a folder under /dev/shm, so the disk is not what is
+# measured; every receiver still fsyncs, as engine-server does). Each row is the best of ROUNDS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+BIN=$BUILD/bin
+SIZE_MIB=${SIZE_MIB:-1024}
+ROUNDS=${ROUNDS:-3}
+PINGS=${PINGS:-20000}
+CHUNK=${CHUNK:-256KiB} # the senders' chunk (options.xml chunk)
+DIR=${BENCH_DIR:-/dev/shm/eng-bridge-bench-$$}
+for p in engine-server engine-client engine-bridge; do
+  [ -x "$BIN/$p" ] || { echo "bridge-bench: $BIN/$p missing (build first)" >&2; exit 2; }
+done
+mkdir -p "$DIR"/{src,outb,tcp}
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+# A plain TCP copy, the reference: read(2)/write(2) with 1 MiB buffers each way, fsync at the
+# end (compiled here so the script needs nothing beyond gcc).
+cat > "$DIR/tcpcopy.c" <<'EOF'
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static char buf[1 << 20];
+static int pump(int in, int out)
+{
+        for (;;) {
+                ssize_t n = read(in, buf, sizeof(buf));
+                if (n == 0)
+                        return 0;
+                if (n < 0)
+                        return -1;
+                for (ssize_t d = 0; d < n;) {
+                        ssize_t w = write(out, buf + d, (size_t)(n - d));
+                        if (w <= 0)
+                                return -1;
+                        d += w;
+                }
+        }
+}
+int main(int argc, char **argv)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+        socklen_t sl = sizeof(sa);
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (argc == 4 && strcmp(argv[1], "recv") == 0) { /* recv PORTFILE OUT */
+                if (bind(s, (struct sockaddr *)&sa, sizeof(sa)) || listen(s, 1) ||
+                    getsockname(s, (struct sockaddr *)&sa, &sl))
+                        return 1;
+                FILE *pf = fopen(argv[2], "w");
+                fprintf(pf, "%d\n", ntohs(sa.sin_port));
+                fclose(pf);
+                int c = accept(s, NULL, NULL);
+                int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                return c < 0 || fd < 0 || pump(c, fd) || fsync(fd) ? 1 : 0;
+        }
+        if (argc == 4 && strcmp(argv[1], "send") == 0) { /* send PORT IN */
+                sa.sin_port = htons((unsigned short)atoi(argv[2]));
+                int fd = open(argv[3], O_RDONLY);
+                return fd < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) || pump(fd, s) ? 1
+                                                                                               : 0;
+        }
+        return 2;
+}
+EOF
+gcc -O2 -o "$DIR/tcpcopy" "$DIR/tcpcopy.c" || exit 1
+
+SRC=$DIR/src/big.bin
+if [ ! -f "$SRC" ]; then
+  head -c $((SIZE_MIB << 20)) /dev/urandom > "$SRC"
+fi
+BYTES=$(stat -c %s "$SRC")
+now() { date +%s.%N; }
+best() { # the smallest of the numbers on stdin
+  sort -g | head -n 1
+}
+
+# ---- the processes: server B, bridges R and S; a local server L for the reference rows ----
+cat > "$DIR/r.xml" <<EOF
+<streams>
+  <server name="/engbench-b-$$" outputpath="outb" size="256MiB" timeout="30"/>
+  <bridge listen="tcp://127.0.0.1:0"/>
+</streams>
+EOF
+"$BIN/engine-server" -c "$DIR/r.xml" 2> "$DIR/b.log" & pids+=($!)
+for _ in $(seq 100); do grep -qs serving "$DIR/b.log" && break; sleep 0.05; done
+"$BIN/engine-bridge" -c "$DIR/r.xml" 2> "$DIR/r.log" & pids+=($!)
+for _ in $(seq 100); do grep -qs attached "$DIR/r.log" && break; sleep 0.05; done
+port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$DIR/r.log" | head -n 1)
+[ -n "$port" ] || { cat "$DIR/r.log"; exit 1; }
+cat > "$DIR/s.xml" <<EOF
+<streams>
+  <server name="/engbench-s-$$" size="256MiB" chunk="$CHUNK" timeout="30"/>
+  <bridge connect="tcp://127.0.0.1:$port"/>
+  <stream id="1" file="src/big.bin"/>
+</streams>
+EOF
+"$BIN/engine-bridge" -c "$DIR/s.xml" 2> "$DIR/s.log" & pids+=($!)
+for _ in $(seq 100); do grep -qs "connected to the remote" "$DIR/s.log" && grep -qs serving "$DIR/s.log" && break; sleep 0.05; done
+cat > "$DIR/l.xml" <<EOF
+<streams>
+  <server name="/engbench-l-$$" outputpath="outl" size="256MiB" chunk="$CHUNK" timeout="30"/>
+  <stream id="1" file="src/big.bin"/>
+</streams>
+EOF
+"$BIN/engine-server" -c "$DIR/l.xml" 2> "$DIR/l.log" & pids+=($!)
+for _ in $(seq 100); do grep -qs serving "$DIR/l.log" && break; sleep 0.05; done
+
+run_tcp() { # plain TCP copy, seconds
+  rm -f "$DIR/tcp/out" "$DIR/tcp/port"
+  "$DIR/tcpcopy" recv "$DIR/tcp/port" "$DIR/tcp/out" & local r=$!
+  for _ in $(seq 200); do [ -s "$DIR/tcp/port" ] && break; sleep 0.01; done
+  local t0; t0=$(now)
+  "$DIR/tcpcopy" send "$(cat "$DIR/tcp/port")" "$SRC"
+  wait $r
+  local t1; t1=$(now)
+  cmp -s "$SRC" "$DIR/tcp/out" || { echo "tcp copy differs" >&2; exit 1; }
+  echo "$t1 - $t0" | bc -l
+}
+run_nc() { # nc-style: cat into bash's /dev/tcp, the same receiver
+  rm -f "$DIR/tcp/out" "$DIR/tcp/port"
+  "$DIR/tcpcopy" recv "$DIR/tcp/port" "$DIR/tcp/out" & local r=$!
+  for _ in $(seq 200); do [ -s "$DIR/tcp/port" ] && break; sleep 0.01; done
+  local t0; t0=$(now)
+  cat "$SRC" > "/dev/tcp/127.0.0.1/$(cat "$DIR/tcp/port")"
+  wait $r
+  local t1; t1=$(now)
+  cmp -s "$SRC" "$DIR/tcp/out" || { echo "nc-style copy differs" >&2; exit 1; }
+  echo "$t1 - $t0" | bc -l
+}
+run_engine() { # $1: options file, $2: output folder
+  rm -f "$2/big.bin"
+  local t0; t0=$(now)
+  "$BIN/engine-client" -q -c "$1" 1 > "$DIR/client.out" 2>&1 || { cat "$DIR/client.out" >&2; exit 1; }
+  local t1; t1=$(now)
+  cmp -s "$SRC" "$2/big.bin" || { echo "engine copy differs ($1)" >&2; exit 1; }
+  echo "$t1 - $t0" | bc -l
+}
+
+# Rounds interleave the paths, so that a change of load on a shared machine hits them alike.
+declare -A R
+for _ in $(seq "$ROUNDS"); do
+  R[tcp]+="$(run_tcp)"$'\n'
+  R[nc]+="$(run_nc)"$'\n'
+  R[local]+="$(run_engine "$DIR/l.xml" "$DIR/outl")"$'\n'
+  R[bridged]+="$(run_engine "$DIR/s.xml" "$DIR/outb")"$'\n'
+done
+declare -A T
+for path in tcp nc local bridged; do
+  T[$path]=$(printf '%s' "${R[$path]}" | grep . | best)
+done
+gbs() { echo "$BYTES / $1 / 1000000000" | bc -l; }
+echo "== ${SIZE_MIB} MiB file, chunk $CHUNK, best of $ROUNDS, $(nproc) CPUs, files in $DIR"
+printf '%-44s %8.3f s %7.2f GB/s\n' "plain TCP socket copy (read/write, loopback)" "${T[tcp]}" "$(gbs "${T[tcp]}")"
+printf '%-44s %8.3f s %7.2f GB/s\n' "nc-style (cat > /dev/tcp, same receiver)" "${T[nc]}" "$(gbs "${T[nc]}")"
+printf '%-44s %8.3f s %7.2f GB/s\n' "engine, local shared memory (reference)" "${T[local]}" "$(gbs "${T[local]}")"
+printf '%-44s %8.3f s %7.2f GB/s\n' "engine over two bridges (TCP loopback)" "${T[bridged]}" "$(gbs "${T[bridged]}")"
+printf 'ratio bridged / plain TCP copy: %.2f (target >= 0.8)\n' "$(echo "${T[tcp]} / ${T[bridged]}" | bc -l)"
+
+ping_row() { # $1 label, $2 options file
+  "$BIN/engine-client" -c "$2" --ping "$PINGS" --payload 64 > "$DIR/ping.out" 2>&1 || { cat "$DIR/ping.out"; return; }
+  local mean; mean=$(sed -n 's/.*mean \([0-9.]*\) us.*/\1/p' "$DIR/ping.out")
+  local p50; p50=$(sed -n 's/.*p50 \([0-9.]*\) us.*/\1/p' "$DIR/ping.out")
+  printf '%-44s p50 %8.1f us  %9.0f round trips/s\n' "$1" "$p50" "$(echo "1000000 / $mean" | bc -l)"
+}
+echo "== 64-byte messages, one stream, ${PINGS} round trips"
+ping_row "engine over two bridges (TCP loopback)" "$DIR/s.xml"
+ping_row "engine, local shared memory (reference)" "$DIR/l.xml"
