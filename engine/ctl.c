@@ -674,19 +674,31 @@ static void repair_arena(struct eng_server *srv, bool idle)
  * finalised (the check at idle), stop. Returns true if it slept without a timeout (the
  * caller then runs a tick at once: whatever woke it may need one).
  */
-static bool ctl_sleep(struct eng_server *srv, uint32_t seq, bool quiet, int64_t nap_ns)
+static bool ctl_sleep(struct eng_server *srv, uint32_t seq, bool quiet, uint32_t finals,
+                      int64_t nap_ns)
 {
         struct eng_seg *sg = &srv->sg;
         if (!quiet) {
                 eng_futex_wait(&sg->hdr->ctl_wake, seq, nap_ns);
                 return false;
         }
-        uint32_t finals = eng_load_relaxed_u32(&srv->finals);
         eng_store_relaxed_u32(&srv->ctl_asleep, 1);
         eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 1);
-        eng_fence_full(); /* Dekker with srv_finalize: finals add, then ctl_asleep read */
-        if (eng_load_relaxed_u32(&srv->finals) == finals && !eng_load_relaxed_u32(&srv->stop))
-                eng_futex_wait(&sg->hdr->ctl_wake, seq, -1);
+        /* Dekker, both ways: srv_finalize adds to finals and then reads ctl_asleep; a claimer
+         * takes the bootstrap lock and then reads ctl_asleep (seg_boot_trylock). We store
+         * ctl_asleep, fence, then look at finals (against the count the tick saw: a record
+         * finalised between the tick and here is news), at the bootstrap lock and at the
+         * offer. Either they see us asleep and wake us, or we see them and do not sleep
+         * calmly. (Found by docs/models/ctl_sleep.pml: a snapshot of finals taken here
+         * missed a finalisation after the tick, and a claimer that locked just before our
+         * store, read 0 and died after its claim left the claim unnoticed.) */
+        eng_fence_full();
+        uint32_t off = srv->offered;
+        struct eng_rec *r = off ? seg_rec(sg, off - 1) : NULL;
+        bool calm = eng_load_relaxed_u32(&srv->finals) == finals &&
+                    !eng_load_relaxed_u32(&srv->stop) && seg_boot_held(sg) == 0 &&
+                    (r == NULL || eng_load_acquire_u32(&r->state) == ST_OFFERED);
+        eng_futex_wait(&sg->hdr->ctl_wake, seq, calm ? -1 : nap_ns);
         eng_store_relaxed_u32(&srv->ctl_asleep, 0);
         eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
         return true;
@@ -744,6 +756,7 @@ void *srv_ctl_main(void *arg)
         struct eng_server *srv = arg;
         struct eng_seg *sg = &srv->sg;
         uint64_t last_tick = 0, grace_until = 0;
+        uint32_t finals_seen = 0; /* srv->finals when the last tick began */
         bool quiet = false;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
@@ -751,6 +764,7 @@ void *srv_ctl_main(void *arg)
                  * dead client's records matter most). */
                 uint64_t now = eng_now_ns();
                 if (now - last_tick > TICK_NS) {
+                        finals_seen = eng_load_relaxed_u32(&srv->finals);
                         heal_header(srv);
                         heal_object(srv);
                         char what[200];
@@ -780,7 +794,7 @@ void *srv_ctl_main(void *arg)
                 if (offer_republish(srv)) {
                         if (!quiet && ctl_spin(srv, seq))
                                 continue; /* claimed (or woken) while we spun */
-                        if (ctl_sleep(srv, seq, quiet, (int64_t)TICK_NS)) {
+                        if (ctl_sleep(srv, seq, quiet, finals_seen, (int64_t)TICK_NS)) {
                                 /* Woken from a calm sleep: look now, and every tick for a
                                  * while (a claim may be under way: seg_boot_trylock). */
                                 last_tick = 0;

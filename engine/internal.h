@@ -363,6 +363,8 @@ void seg_unmap(struct eng_seg *sg);
 /* 1 while a server holds the name's object (SEG_LOCK_SERVER), 0 if none, -errno. The server
  * itself cannot ask (its own lock does not conflict with itself). */
 int seg_server_alive(const struct eng_seg *sg);
+/* 1 if another open file description holds the bootstrap lock, 0 if not, -errno. */
+int seg_boot_held(const struct eng_seg *sg);
 
 /* Record index -> record (NULL if the index is out of range). */
 struct eng_rec *seg_rec(const struct eng_seg *sg, uint32_t idx);

@@ -56,6 +56,13 @@ int seg_server_alive(const struct eng_seg *sg)
         return rc != 0 ? rc : f.l_type != F_UNLCK;
 }
 
+int seg_boot_held(const struct eng_seg *sg)
+{
+        struct flock f = {0};
+        int rc = lk(sg->fd, F_OFD_GETLK, F_WRLCK, SEG_LOCK_BOOT, &f);
+        return rc != 0 ? rc : f.l_type != F_UNLCK;
+}
+
 int seg_boot_trylock(struct eng_seg *sg)
 {
         int rc = lk(sg->fd, F_OFD_SETLK, F_WRLCK, SEG_LOCK_BOOT, NULL);
