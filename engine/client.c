@@ -337,8 +337,13 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                                 uint32_t seen;
                                 eng_cas_u32(&h->offer_state, w, taken, &seen);
                                 seg_boot_unlock(sg);
+                                /* Wake the control thread to decide it and offer the next
+                                 * record; no system call while it spins for claims (locked
+                                 * add, then the read: Dekker with ctl_sleep's store, fence and
+                                 * futex compare). */
                                 eng_faa_u32(&h->ctl_wake, 1);
-                                eng_futex_wake(&h->ctl_wake, 1);
+                                if (eng_load_relaxed_u32(&h->ctl_asleep) != 0)
+                                        eng_futex_wake(&h->ctl_wake, 1);
                                 *idx_out = idx;
                                 guid[0] = g0;
                                 guid[1] = g1;
@@ -392,7 +397,9 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                 }
                 if (budget != 0)
                         spin_lost(c);
+                eng_faa_u32(&h->boot_sleepers, 1); /* then the kernel compares boot_wake */
                 eng_futex_wait(&h->boot_wake, seq, left < SLICE_NS ? left : SLICE_NS);
+                eng_faa_u32(&h->boot_sleepers, (uint32_t)-1);
         }
 }
 

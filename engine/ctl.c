@@ -169,8 +169,11 @@ int srv_offer_new(struct eng_server *srv)
         memcpy(srv->offer_snap, r, sizeof(srv->offer_snap));
         offer_publish(srv, (uint32_t)idx, guid);
         srv->offered = (uint32_t)idx + 1;
+        /* Locked add, then the read of boot_sleepers (Dekker with take_offer's add before its
+         * futex wait): no system call when nobody sleeps for the offer. */
         eng_faa_u32(&sg->hdr->boot_wake, 1);
-        eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
+        if (eng_load_relaxed_u32(&sg->hdr->boot_sleepers) != 0)
+                eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
         return 0;
 }
 
@@ -679,7 +682,12 @@ static bool ctl_sleep(struct eng_server *srv, uint32_t seq, bool quiet, uint32_t
 {
         struct eng_seg *sg = &srv->sg;
         if (!quiet) {
+                /* Claimers skip their wake-up while we run (ctl_asleep 0): say we sleep, and
+                 * fence before the futex compares ctl_wake with seq. */
+                eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 2);
+                eng_fence_full();
                 eng_futex_wait(&sg->hdr->ctl_wake, seq, nap_ns);
+                eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
                 return false;
         }
         eng_store_relaxed_u32(&srv->ctl_asleep, 1);
@@ -813,7 +821,12 @@ void *srv_ctl_main(void *arg)
                         ready_post(sg, idx);
                 }
                 if (srv_offer_new(srv) != 0) /* full: again when something is freed (or soon) */
+                {
+                        eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 2);
+                        eng_fence_full();
                         eng_futex_wait(&sg->hdr->ctl_wake, seq, 20 * 1000000ll);
+                        eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
+                }
         }
         return NULL;
 }

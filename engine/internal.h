@@ -265,11 +265,19 @@ struct eng_seg_hdr {
         uint32_t ctl_wake;     /* the server's control thread sleeps here */
         uint32_t boot_seq;     /* bumped when the bootstrap lock is let go with waiters */
         uint32_t boot_waiters; /* processes waiting for the bootstrap lock (a hint) */
-        /* 1 while the control thread sleeps without a timeout (relaxed stores by it, relaxed
-         * loads by a new holder of the bootstrap lock, which then wakes it: seg_boot_trylock).
-         * A hint: a writer that clears it delays the notice of a claimer's death until the
-         * next client comes (whose nudges wake the server). */
+        /* 1 while the control thread sleeps without a timeout, 2 while it sleeps a tick, 0
+         * while it runs or spins (relaxed stores by it, each followed by a full fence before
+         * it sleeps). A new holder of the bootstrap lock wakes it if 1 (seg_boot_trylock); a
+         * claimer, after its locked add of ctl_wake, wakes it if non-zero (take_offer), and
+         * saves the system call while it spins for claims. A hint: a writer that clears it
+         * delays the notice of a claim until the next client's unconditional nudges (no offer
+         * up, a state other than READY) or the next tick. */
         uint32_t ctl_asleep;
+        /* Clients sleeping on boot_wake for an offer (eng_faa_u32 around the futex wait); the
+         * control thread wakes boot_wake after an offer only if it reads non-zero (after its
+         * locked add of boot_wake: Dekker). A hint: a writer that zeroes it costs a sleeper
+         * one wait slice. */
+        uint32_t boot_sleepers;
         /* line: counters, statistics only: eng_faa_u64 by the server (ck_pr_faa, a locked add:
          * a full barrier on x86, though nothing relies on its order), read by tools */
         _Alignas(CL) uint64_t opens; /* streams accepted */

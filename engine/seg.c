@@ -70,7 +70,7 @@ int seg_boot_trylock(struct eng_seg *sg)
          * kernel lets go of the lock, nobody tells the server). If the control thread sleeps
          * without a timeout, wake it now: it then looks every tick for a while (CTL_GRACE_NS)
          * and sees the record leave the offer whatever becomes of us. */
-        if (rc == 0 && eng_load_relaxed_u32(&sg->hdr->ctl_asleep))
+        if (rc == 0 && eng_load_relaxed_u32(&sg->hdr->ctl_asleep) == 1)
                 eng_ctl_nudge(sg->hdr);
         return rc == -EACCES ? -EAGAIN : rc;
 }

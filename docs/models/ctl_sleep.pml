@@ -115,7 +115,15 @@ active proctype Claimer() {
   if
   :: atomic { boot = 0; inside = 0 } /* SIGKILL: the kernel lets go of the OFD lock */
   :: atomic { boot = 0; inside = 0 }; /* seg_boot_unlock */
-     nudge()
+     /* the post-claim wake (take_offer): eng_faa_u32(&ctl_wake, 1) (locked), then the
+      * FUTEX_WAKE only if the header's ctl_asleep is non-zero (no system call while the
+      * control thread runs or spins for claims). A sleep the control thread is about to
+      * start compares ctl_wake with its seq after its fence, so the add alone stops it. */
+     ctl_wake++;
+     if
+     :: hdr_asleep -> c_asleep = 0
+     :: else
+     fi
   fi
 }
 
