@@ -492,6 +492,7 @@ void chan_wait(struct chan_end *e, uint64_t deadline);
 bool ready_set(struct eng_seg *sg, uint32_t idx); /* true if the bit was clear */
 bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx);
 bool ready_any(struct eng_seg *sg);
+bool ready_queued(struct eng_seg *sg); /* the summary says some bit may be set (a hint) */
 void ready_post(struct eng_seg *sg, uint32_t idx);
 
 /* Schedule a stream for the server's workers (client side, after publishing work; sched.c). */

@@ -141,6 +141,23 @@ bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx)
         return false;
 }
 
+/* Other streams are queued? The words the summary names (a summary bit outlives the last bit
+ * of its word until a taker finds the word empty, so the word itself is asked). */
+bool ready_queued(struct eng_seg *sg)
+{
+        uint32_t ns = seg_summary_words(ready_words(sg));
+        for (uint32_t i = 0; i < ns; i++) {
+                uint64_t sm = eng_load_relaxed_u64(&sg->summary[i]);
+                while (sm != 0) {
+                        uint32_t wi = i * 64 + (uint32_t)__builtin_ctzll(sm);
+                        if (eng_load_relaxed_u64(&sg->bitmap[wi]) != 0)
+                                return true;
+                        sm &= sm - 1;
+                }
+        }
+        return false;
+}
+
 /* Any bit set? Reads the bitmap itself (once per sleep decision, not per spin), and sets back
  * the summary bit of a non-empty word that lacks it (a writer's doing), so ready_take finds it
  * on the next look instead of a worker spinning on work it cannot see. */
