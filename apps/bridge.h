@@ -79,6 +79,14 @@ int br_decode(const void *body, size_t n, br_side_t side, br_hdr_t *h, const cha
  * (NULL: left for the caller to fill, at nng_msg_body(m) + BR_HDR). NULL without memory. */
 nng_msg *br_frame(const br_hdr_t *h, const void *payload, uint32_t len);
 
+/* Write the header of the frame h with len payload bytes at out (BR_HDR bytes). */
+void br_put_hdr(void *out, const br_hdr_t *h, uint32_t len);
+
+/* The sending bridge coalesces a stream's consecutive FILE_DATA chunks into one frame of at
+ * most this many payload bytes (the largest chunk a client sends, 1 MiB - 64: one block of
+ * the engine's arena). The per-frame cost dominates, not the per-byte one (docs/BRIDGE.md). */
+#define BR_BATCH ((1u << 20) - 64u)
+
 /* HELLO's payload. */
 void br_hello_put(unsigned char out[BR_HELLO_LEN], uint32_t window, uint64_t memory);
 int br_hello_get(const unsigned char *p, uint32_t *window, uint64_t *memory);

@@ -44,6 +44,8 @@ struct rlink {
         struct qframe *qh, *qt;
         uint32_t qdata, qctl; /* queued FILE_DATA frames / other frames */
         uint64_t pend_off;    /* the head frame's payload, loaned and filled, not sent yet */
+        uint32_t pend_len;    /* its length (a piece of the frame, at most the largest loan) */
+        uint32_t done;        /* bytes of the head frame the server has taken already */
         uint32_t credits;     /* FILE_DATA frames the server took, not yet credited */
         bool await;           /* a request is with the server: its reply is due */
         struct rlink *next;
@@ -76,6 +78,7 @@ struct dlv {
         struct outq *oh, *ot;
         uint32_t nout;
         uint64_t timeout_ns;
+        uint64_t max_loan; /* the largest loan of the server's segment */
 };
 
 #define OUT_MAX 65536u /* frames waiting for the network: more means the peer does not read */
@@ -252,6 +255,11 @@ static void try_attach(struct dlv *d, bool first)
                                .owner_uid = d->o->owner_uid == (uid_t)-1 ? 0 : d->o->owner_uid,
                                .mode = d->o->seg_mode};
         int rc = eng_client_attach(d->o->bridge.segment, &cc, &d->c);
+        if (rc == 0) {
+                d->max_loan = eng_client_max_loan(d->c);
+                if (d->max_loan == 0 || d->max_loan > BR_MAX_PAYLOAD)
+                        d->max_loan = BR_MAX_PAYLOAD;
+        }
         if (rc == 0)
                 eng_log(ENG_LOG_INFO, NULL, "attached to the engine-server on %s",
                         d->o->bridge.segment);
@@ -428,7 +436,14 @@ static int drive(struct dlv *d, struct rlink *l)
         }
         while (l->qh != NULL) {
                 struct qframe *f = l->qh;
-                uint32_t len = f->h.len;
+                /* A frame may hold several of the client's chunks (the sending bridge
+                 * coalesces them): it goes to the server in pieces of at most the largest
+                 * loan of its segment, each a FILE_DATA at its own offset. */
+                uint32_t len = f->h.len - l->done;
+                if (l->pend_off != 0)
+                        len = l->pend_len;
+                else if (f->h.cmd == ENG_C_FILE_DATA && len > d->max_loan)
+                        len = (uint32_t)d->max_loan;
                 if (l->pend_off == 0 && len > 0) {
                         void *p;
                         int rc = eng_stream_try_loan(l->st, len, &p, &l->pend_off);
@@ -443,9 +458,10 @@ static int drive(struct dlv *d, struct rlink *l)
                                          *eng_errmsg() ? eng_errmsg() : eng_strerror(rc));
                                 return 1;
                         }
-                        memcpy(p, (const char *)nng_msg_body(f->m) + BR_HDR, len);
+                        memcpy(p, (const char *)nng_msg_body(f->m) + BR_HDR + l->done, len);
+                        l->pend_len = len;
                 }
-                int rc = eng_stream_try_send(l->st, f->h.cmd, f->h.arg, l->pend_off, len);
+                int rc = eng_stream_try_send(l->st, f->h.cmd, f->h.arg + l->done, l->pend_off, len);
                 if (rc == -EAGAIN)
                         break; /* ring full: keep the filled loan */
                 if (rc != 0) {
@@ -457,13 +473,18 @@ static int drive(struct dlv *d, struct rlink *l)
                         return 1;
                 }
                 l->pend_off = 0;
+                l->done += len;
+                moved = 1;
+                if (l->done < f->h.len)
+                        continue; /* the next piece of the same frame */
+                l->done = 0;
                 l->qh = f->next;
                 if (l->qh == NULL)
                         l->qt = NULL;
                 if (f->h.cmd == ENG_C_FILE_DATA) {
                         l->qdata--;
                         l->credits++;
-                        d->held -= len;
+                        d->held -= f->h.len;
                 } else {
                         l->qctl--;
                         l->await = true;
@@ -508,9 +529,11 @@ static void pipe_events(struct dlv *d)
         struct pev ev[64];
         if (n > 64)
                 n = 64;
-        memcpy(ev, d->ev, n * sizeof(ev[0]));
-        memmove(d->ev, d->ev + n, (d->nev - n) * sizeof(ev[0]));
-        d->nev -= n;
+        if (n > 0) { /* d->ev is NULL until the first event (memcpy of NULL is undefined) */
+                memcpy(ev, d->ev, n * sizeof(ev[0]));
+                memmove(d->ev, d->ev + n, (d->nev - n) * sizeof(ev[0]));
+                d->nev -= n;
+        }
         pthread_mutex_unlock(&d->evmu);
         for (uint32_t i = 0; i < n; i++) {
                 nng_pipe p = NNG_PIPE_INITIALIZER;

@@ -148,6 +148,18 @@ int br_decode(const void *body, size_t n, br_side_t side, br_hdr_t *h, const cha
         return 0;
 }
 
+void br_put_hdr(void *out, const br_hdr_t *h, uint32_t len)
+{
+        unsigned char *p = out;
+        p[0] = BR_VERSION;
+        p[1] = h->type;
+        put16(p + 2, h->cmd);
+        put32(p + 4, h->link);
+        put32(p + 8, h->epoch);
+        put32(p + 12, len);
+        put64(p + 16, h->arg);
+}
+
 nng_msg *br_frame(const br_hdr_t *h, const void *payload, uint32_t len)
 {
         nng_msg *m;

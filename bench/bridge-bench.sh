@@ -7,6 +7,12 @@
 #
 #   bench/bridge-bench.sh [BUILD_DIR]      (default build; needs engine-bridge built)
 #   SIZE_MIB=1024 ROUNDS=3 PINGS=20000 CHUNK=256KiB BENCH_DIR=/dev/shm/... bench/bridge-bench.sh
+#   WINDOW=N MEMORY=SIZE  set both bridges' <bridge window memory> (default: the defaults)
+#
+# Output: one row per path with the best time of ROUNDS, its rate in GB/s (10^9 bytes/s) and
+# every round's time; the rounds alternate the paths (tcp, nc, local, bridged, tcp, ...), so
+# that a change of load on a shared machine hits all of them alike. Then the ratio of the
+# best bridged rate to the best plain TCP rate.
 #
 # Files live in BENCH_DIR (default: a folder under /dev/shm, so the disk is not what is
 # measured; every receiver still fsyncs, as engine-server does). Each row is the best of ROUNDS.
@@ -18,6 +24,9 @@ SIZE_MIB=${SIZE_MIB:-1024}
 ROUNDS=${ROUNDS:-3}
 PINGS=${PINGS:-20000}
 CHUNK=${CHUNK:-256KiB} # the senders' chunk (options.xml chunk)
+BATTR="" # extra <bridge> attributes, both sides
+[ -n "${WINDOW:-}" ] && BATTR+=" window=\"$WINDOW\""
+[ -n "${MEMORY:-}" ] && BATTR+=" memory=\"$MEMORY\""
 DIR=${BENCH_DIR:-/dev/shm/eng-bridge-bench-$$}
 for p in engine-server engine-client engine-bridge; do
   [ -x "$BIN/$p" ] || { echo "bridge-bench: $BIN/$p missing (build first)" >&2; exit 2; }
@@ -100,7 +109,7 @@ best() { # the smallest of the numbers on stdin
 cat > "$DIR/r.xml" <<EOF
 <streams>
   <server name="/engbench-b-$$" outputpath="outb" size="256MiB" timeout="30"/>
-  <bridge listen="tcp://127.0.0.1:0"/>
+  <bridge listen="tcp://127.0.0.1:0"$BATTR/>
 </streams>
 EOF
 "$BIN/engine-server" -c "$DIR/r.xml" 2> "$DIR/b.log" & pids+=($!)
@@ -112,7 +121,7 @@ port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$DIR/r.log" | head -n 1)
 cat > "$DIR/s.xml" <<EOF
 <streams>
   <server name="/engbench-s-$$" size="256MiB" chunk="$CHUNK" timeout="30"/>
-  <bridge connect="tcp://127.0.0.1:$port"/>
+  <bridge connect="tcp://127.0.0.1:$port"$BATTR/>
   <stream id="1" file="src/big.bin"/>
 </streams>
 EOF
@@ -171,12 +180,17 @@ for path in tcp nc local bridged; do
   T[$path]=$(printf '%s' "${R[$path]}" | grep . | best)
 done
 gbs() { echo "$BYTES / $1 / 1000000000" | bc -l; }
-echo "== ${SIZE_MIB} MiB file, chunk $CHUNK, best of $ROUNDS, $(nproc) CPUs, files in $DIR"
-printf '%-44s %8.3f s %7.2f GB/s\n' "plain TCP socket copy (read/write, loopback)" "${T[tcp]}" "$(gbs "${T[tcp]}")"
-printf '%-44s %8.3f s %7.2f GB/s\n' "nc-style (cat > /dev/tcp, same receiver)" "${T[nc]}" "$(gbs "${T[nc]}")"
-printf '%-44s %8.3f s %7.2f GB/s\n' "engine, local shared memory (reference)" "${T[local]}" "$(gbs "${T[local]}")"
-printf '%-44s %8.3f s %7.2f GB/s\n' "engine over two bridges (TCP loopback)" "${T[bridged]}" "$(gbs "${T[bridged]}")"
-printf 'ratio bridged / plain TCP copy: %.2f (target >= 0.8)\n' "$(echo "${T[tcp]} / ${T[bridged]}" | bc -l)"
+rounds() { printf '%s' "${R[$1]}" | grep . | xargs printf '%.3f '; }
+echo "== ${SIZE_MIB} MiB file, client chunk $CHUNK, bridge${BATTR:- defaults}; best of $ROUNDS" \
+  "rounds (paths alternate in each round); $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-46s %8s %8s   %s\n' "path" "best s" "GB/s" "every round (s)"
+row() { printf '%-46s %8.3f %8.2f   %s\n' "$1" "${T[$2]}" "$(gbs "${T[$2]}")" "$(rounds "$2")"; }
+row "plain TCP socket copy (read/write, loopback)" tcp
+row "nc-style (cat > /dev/tcp, same receiver)" nc
+row "engine, local shared memory (reference)" local
+row "engine over two bridges (TCP loopback)" bridged
+printf 'ratio bridged / plain TCP copy (best rates): %.2f (target >= 0.8)\n' \
+  "$(echo "${T[tcp]} / ${T[bridged]}" | bc -l)"
 
 ping_row() { # $1 label, $2 options file
   "$BIN/engine-client" -c "$2" --ping "$PINGS" --payload 64 > "$DIR/ping.out" 2>&1 || { cat "$DIR/ping.out"; return; }
