@@ -70,7 +70,9 @@ int main(int argc, char **argv)
                         usage(stdout);
                         return 0;
                 case 'V':
-                        printf("engine-bridge (shmengine) %s, NNG %s\n", eng_version(),
+                        /* The first line as every program of the package says it (the
+                         * install test holds them to it); the messaging library's after. */
+                        printf("engine-bridge (shmengine) %s\nNNG %s\n", eng_version(),
                                nng_version());
                         return 0;
                 default:
