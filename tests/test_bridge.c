@@ -238,9 +238,10 @@ static bool temps_gone(long ms)
 
 /* ---- end to end ---------------------------------------------------------------------- */
 
-/* The sizes `make run` sends (its largest ones cut down), from two clients at once, through
- * two bridges: every file byte-identical in server B's folder, nothing in server A's. */
-Test(bridge, sample_set_arrives_byte_identical_through_two_bridges)
+/* The sample set `make run` sends (the sizes of options.xml, 0 B to 300 MiB), from two clients
+ * at once as make run does (1-6 and 7-12), through two bridges: every file byte-identical in
+ * server B's folder, nothing in server A's. */
+Test(bridge, sample_set_arrives_byte_identical_through_two_bridges, .timeout = 120)
 {
         static const struct {
                 const char *name;
@@ -254,7 +255,9 @@ Test(bridge, sample_set_arrives_byte_identical_through_two_bridges)
                  {"1MiB.bin", MiB},
                  {"3MiB-odd.bin", 3 * MiB + 12345},
                  {"10MiB.bin", 10 * MiB},
-                 {"64MiB.bin", 64 * MiB}};
+                 {"64MiB.bin", 64 * MiB},
+                 {"100MiB.bin", 100 * MiB},
+                 {"300MiB.bin", 300 * MiB}};
         enum { N = sizeof(f) / sizeof(f[0]) };
         xu_stream_t st[N];
         char paths[N][64];
@@ -271,10 +274,10 @@ Test(bridge, sample_set_arrives_byte_identical_through_two_bridges)
         char *argv_a[] = {XU_SERVER, "-c", B.xml_a, NULL};
         B.a = start_logged(argv_a, xu_path("a.log"), "serving");
         start_all(NULL, st, N);
-        pid_t c1 = client_spawn("c1", XU_ARGS("1", "2", "3", "4", "5"), 5);
-        pid_t c2 = client_spawn("c2", XU_ARGS("6", "7", "8", "9", "10"), 5);
-        int r1 = xu_finish(c1, 40000, "engine-client 1-5");
-        int r2 = xu_finish(c2, 40000, "engine-client 6-10");
+        pid_t c1 = client_spawn("c1", XU_ARGS("1", "2", "3", "4", "5", "6"), 6);
+        pid_t c2 = client_spawn("c2", XU_ARGS("7", "8", "9", "10", "11", "12"), 6);
+        int r1 = xu_finish(c1, 90000, "engine-client 1-6");
+        int r2 = xu_finish(c2, 90000, "engine-client 7-12");
         char *o1 = xu_output("c1"), *o2 = xu_output("c2"), *l = logs();
         cr_assert(r1 == 0 && r2 == 0, "clients exited %d and %d\n%s%s%s", r1, r2, o1, o2, l);
         for (unsigned i = 0; i < N; i++)
