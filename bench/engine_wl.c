@@ -296,7 +296,8 @@ static int64_t tx_pass(eb_xchg_t *x, struct tx *t, uint32_t ns, uint32_t P, uint
                                         return fail(x, "loan", rc);
                                 eb_fill(p, src, P, s->seq);
                         }
-                        int rc = eng_stream_try_send(s->st, cmd, s->seq, s->pend_off, P);
+                        /* A burst per stream, told to the server once (the flush below). */
+                        int rc = eng_stream_try_send_more(s->st, cmd, s->seq, s->pend_off, P);
                         if (rc == -EAGAIN)
                                 break;
                         if (rc != 0)
@@ -305,6 +306,7 @@ static int64_t tx_pass(eb_xchg_t *x, struct tx *t, uint32_t ns, uint32_t P, uint
                         s->seq++;
                         moved++;
                 }
+                eng_stream_flush(s->st);
         }
         return moved;
 }

@@ -41,6 +41,7 @@ struct eng_stream {
         int64_t held;
         eng_stream_t *prev, *next;   /* the client's streams (stuck_requests) */
         eng_stream_t *cprev, *cnext; /* while claim_held: the client's claims list */
+        bool unflushed;              /* eng_stream_try_send_more queued without telling */
 };
 
 struct eng_client {
@@ -839,12 +840,46 @@ static void sched_push(eng_stream_t *s)
         sched_stream(&s->c->sg, s->rec, s->idx);
 }
 
-/* Send to the server: the channel's send (sequence numbered), then make sure it is seen. */
+/* Send to the server: the channel's send (sequence numbered), then make sure it is seen (this
+ * also covers whatever eng_stream_try_send_more queued before). */
 static int push(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-        if (!chan_send(&s->out, cmd, arg, off, len))
+        if (!chan_send(&s->out, cmd, arg, off, len)) {
+                eng_stream_flush(s); /* a full ring must be drained: tell the server */
                 return -EAGAIN;
+        }
+        s->unflushed = false;
         sched_push(s);
+        return 0;
+}
+
+void eng_stream_flush(eng_stream_t *s)
+{
+        if (s != NULL && s->unflushed) {
+                s->unflushed = false;
+                sched_push(s);
+        }
+}
+
+int eng_stream_try_send_more(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
+                             uint32_t len)
+{
+        if (cmd < ENG_CMD_CLIENT_MIN || cmd > ENG_CMD_CLIENT_MAX)
+                return -EINVAL;
+        int rc = send_state(s);
+        if (rc != 0)
+                return rc;
+        if (off != 0 && eng_stream_loan_capacity(s, off) < len)
+                return -EINVAL;
+        if (off == 0 && len != 0)
+                return -EINVAL;
+        if (!chan_send(&s->out, cmd, arg, off, len)) {
+                eng_stream_flush(s);
+                return -EAGAIN;
+        }
+        s->unflushed = true;
+        if (off != 0)
+                s->held--; /* the server's now */
         return 0;
 }
 
@@ -937,6 +972,8 @@ int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, u
 
 int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m)
 {
+        if (s->unflushed)
+                eng_stream_flush(s); /* replies come only to what the server was told of */
         struct eng_desc d;
         int got = chan_recv(&s->in, &d);
         if (got == 0) {

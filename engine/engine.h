@@ -202,6 +202,14 @@ ENG_API int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uin
                                 uint32_t len);
 ENG_API int eng_stream_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
                             int timeout_ms);
+/* A burst: eng_stream_try_send_more queues like eng_stream_try_send but does not tell the
+ * server; eng_stream_flush tells it once for everything queued since (one fence and one look
+ * at the stream's scheduling word per burst instead of per message). Until the flush (or the
+ * stream's next eng_stream_try_send, blocking send or receive, or close) the server may not
+ * see the burst: a caller that waits for replies must flush first. */
+ENG_API int eng_stream_try_send_more(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
+                                     uint32_t len);
+ENG_API void eng_stream_flush(eng_stream_t *s);
 ENG_API int eng_stream_try_recv(eng_stream_t *s, eng_msg_t *m);
 ENG_API int eng_stream_recv(eng_stream_t *s, eng_msg_t *m, int timeout_ms);
 /* Give back the buffer of a received message (no-op without one). */

@@ -589,6 +589,51 @@ Test(engine, claim_locks_are_let_go_once_answered_even_for_untouched_streams, .t
         eng_server_stop(srv);
 }
 
+/* A burst sent with eng_stream_try_send_more and told to the server once (eng_stream_flush)
+ * arrives whole and in order, buffers and all; a receive tells the server of a burst not yet
+ * flushed, so a caller that forgets the flush still gets its replies. */
+Test(engine, a_burst_sent_with_send_more_arrives_in_order_after_one_flush, .timeout = 30)
+{
+        char name[64];
+        mkname(name, sizeof(name), "burst");
+        eng_server_t *srv = start_server(name, 16 << 20, 0, 1);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        for (int round = 0; round < 2; round++) {
+                enum { N = 40 };
+                for (uint32_t i = 0; i < N; i++) {
+                        void *p;
+                        uint64_t off = 0;
+                        uint32_t len = i % 2 ? 64 : 0;
+                        if (len) {
+                                cr_assert_eq(eng_stream_loan(s, len, &p, &off, 2000), 0);
+                                memset(p, (int)i, len);
+                        }
+                        cr_assert_eq(eng_stream_try_send_more(s, CMD_ECHO, i, off, len), 0,
+                                     "message %u", i);
+                }
+                if (round == 0)
+                        eng_stream_flush(s); /* round 1: the first receive tells the server */
+                for (uint32_t i = 0; i < N; i++) {
+                        eng_msg_t m;
+                        cr_assert_eq(eng_stream_recv(s, &m, 2000), 0, "round %d reply %u: %s",
+                                     round, i, eng_errmsg());
+                        cr_assert_eq(m.arg, i + 1000ull, "round %d: reply %u out of order", round,
+                                     i);
+                        cr_assert_eq(m.len, i % 2 ? 64u : 0u);
+                        if (m.len)
+                                cr_assert_eq(((unsigned char *)m.data)[63], (unsigned char)i);
+                        eng_stream_release(s, &m);
+                }
+        }
+        cr_assert_eq(eng_stream_close(s), 0);
+        eng_client_detach(c);
+        eng_arena_stats_t st;
+        cr_assert(arena_settles(name, 1, 2000, &st), "%llu blocks in use after the bursts",
+                  (unsigned long long)st.buf_used_blocks);
+        eng_server_stop(srv);
+}
+
 /* A loan over the largest block is -EMSGSIZE, at once, on both sides, with a message that names
  * the limit and the option that raises it (before: -E2BIG, "Argument list too long"). */
 Test(engine, a_loan_larger_than_the_largest_block_is_emsgsize_naming_the_limit)
