@@ -861,8 +861,10 @@ void eng_stream_flush(eng_stream_t *s)
         }
 }
 
-int eng_stream_try_send_more(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
-                             uint32_t len)
+/* One message onto the ring: checked, queued and, if tell, made sure a worker looks (push);
+ * otherwise left for eng_stream_flush. A full ring flushes what is queued: it must be drained. */
+static int send_one(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len,
+                    bool tell)
 {
         if (cmd < ENG_CMD_CLIENT_MIN || cmd > ENG_CMD_CLIENT_MAX)
                 return -EINVAL;
@@ -873,31 +875,30 @@ int eng_stream_try_send_more(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64
                 return -EINVAL;
         if (off == 0 && len != 0)
                 return -EINVAL;
-        if (!chan_send(&s->out, cmd, arg, off, len)) {
-                eng_stream_flush(s);
-                return -EAGAIN;
+        if (tell) {
+                if ((rc = push(s, cmd, arg, off, len)) != 0)
+                        return rc;
+        } else {
+                if (!chan_send(&s->out, cmd, arg, off, len)) {
+                        eng_stream_flush(s);
+                        return -EAGAIN;
+                }
+                s->unflushed = true;
         }
-        s->unflushed = true;
         if (off != 0)
                 s->held--; /* the server's now */
         return 0;
 }
 
+int eng_stream_try_send_more(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
+                             uint32_t len)
+{
+        return send_one(s, cmd, arg, off, len, false);
+}
+
 int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t off, uint32_t len)
 {
-        if (cmd < ENG_CMD_CLIENT_MIN || cmd > ENG_CMD_CLIENT_MAX)
-                return -EINVAL;
-        int rc = send_state(s);
-        if (rc != 0)
-                return rc;
-        if (off != 0 && eng_stream_loan_capacity(s, off) < len)
-                return -EINVAL;
-        if (off == 0 && len != 0)
-                return -EINVAL;
-        rc = push(s, cmd, arg, off, len);
-        if (rc == 0 && off != 0)
-                s->held--; /* the server's now */
-        return rc;
+        return send_one(s, cmd, arg, off, len, true);
 }
 
 /*

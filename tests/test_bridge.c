@@ -197,19 +197,7 @@ static int start_all(const char *s_extra, const xu_stream_t *st, size_t n)
 
 static pid_t client_spawn(const char *tag, const char *const *args, size_t n)
 {
-        char *argv[48];
-        size_t k = 0;
-        argv[k++] = XU_CLIENT;
-        argv[k++] = "-q";
-        argv[k++] = "-c";
-        argv[k++] = B.xml_s;
-        for (size_t i = 0; i < n && k < 47; i++)
-                argv[k++] = (char *)args[i];
-        argv[k] = NULL;
-        char out[XU_PATH], err[XU_PATH];
-        snprintf(out, sizeof(out), "%s", xu_path("%s.out", tag));
-        snprintf(err, sizeof(err), "%s", xu_path("%s.err", tag));
-        return xu_spawn(argv, out, err);
+        return xu_client_spawn_cfg(tag, B.xml_s, true, args, n);
 }
 
 static char *logs(void)

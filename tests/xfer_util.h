@@ -485,20 +485,29 @@ static int xu_client_v(const char *tag, long ms, const char *const *args, size_t
         return xu_finish(xu_spawn(argv, out, err), ms, "engine-client");
 }
 
-static pid_t xu_client_spawn(const char *tag, const char *const *args, size_t n)
+/* engine-client -c cfg [-q] args..., its stdout and stderr in <tag>.out and <tag>.err. */
+static pid_t xu_client_spawn_cfg(const char *tag, const char *cfg, bool quiet,
+                                 const char *const *args, size_t n)
 {
-        char *argv[40];
+        char *argv[48];
         size_t k = 0;
         argv[k++] = XU_CLIENT;
+        if (quiet)
+                argv[k++] = "-q";
         argv[k++] = "-c";
-        argv[k++] = X.cfg;
-        for (size_t i = 0; i < n && k < 39; i++)
+        argv[k++] = (char *)cfg;
+        for (size_t i = 0; i < n && k < 47; i++)
                 argv[k++] = (char *)args[i];
         argv[k] = NULL;
         char out[XU_PATH], err[XU_PATH];
         snprintf(out, sizeof(out), "%s", xu_path("%s.out", tag));
         snprintf(err, sizeof(err), "%s", xu_path("%s.err", tag));
         return xu_spawn(argv, out, err);
+}
+
+static pid_t xu_client_spawn(const char *tag, const char *const *args, size_t n)
+{
+        return xu_client_spawn_cfg(tag, X.cfg, false, args, n);
 }
 
 #define XU_ARGS(...)            ((const char *const[]){__VA_ARGS__})
