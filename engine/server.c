@@ -193,8 +193,10 @@ void srv_end_stream(struct eng_server *srv, eng_sstream_t *s, int err)
 {
         if (s->ended)
                 return;
-        eng_store_relaxed_u32(&s->ended, 1);
-        s->err = err;
+        /* why, then ended (release): a stream's worker that reads its session's ended with
+         * acquire reads this err (worker.c, accept_stream) */
+        srv_err_set(s, err);
+        eng_store_release_u32(&s->ended, 1);
         if (s->known) {
                 push_out(s, err == 0 ? CMD_S_CLOSE : CMD_S_ERROR, (uint64_t)(int64_t)-err, 0, 0);
                 if (s->opened && srv->cfg.hooks.on_close)

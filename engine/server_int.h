@@ -50,7 +50,11 @@ struct eng_sstream {
          * the stream owns no buffer an honest client still knows of, so finalising it does
          * not walk the arena (srv_finalize). */
         bool clean_close;
-        int32_t err; /* why we ended it (0: closed in order) */
+        /* Why we refused or ended it (0: closed in order). Part of the decision: a refusal's
+         * error is written before the release of known, an end's before the release of ended,
+         * so a stream's worker reading its session's entry (worker.c) sees why. Accessed with
+         * srv_err_get/srv_err_set (relaxed atomics: a holder may rewrite it while read). */
+        int32_t err;
         uint32_t type;
         uint32_t session;
         uint32_t session_gen; /* the session's gen when this stream was accepted */
@@ -70,6 +74,16 @@ struct eng_sstream {
         struct eng_server *srv;
         void *user;
 };
+
+static inline int srv_err_get(const struct eng_sstream *s)
+{
+        return (int32_t)eng_load_relaxed_u32((const uint32_t *)&s->err);
+}
+
+static inline void srv_err_set(struct eng_sstream *s, int err)
+{
+        eng_store_relaxed_u32((uint32_t *)&s->err, (uint32_t)err);
+}
 
 /* One watched client process: its pidfd and the records that belong to it. */
 struct pidwatch {

@@ -106,10 +106,13 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
                         rc = -EPROTO;
                 } else if (ss->type != REC_SESSION || ss->pid != s->pid || !ss->verified) {
                         rc = -EPROTO;
-                } else if (eng_load_relaxed_u32(&ss->ended) || ss->pw < 0) {
-                        /* the session was refused or ended: say why (e.g. the server cannot
-                         * watch the client: "Too many open files") */
-                        rc = ss->err < 0 ? ss->err : -EPIPE;
+                } else if (eng_load_acquire_u32(&ss->ended) || ss->pw < 0) {
+                        /* The session was refused or ended: say why (e.g. the server cannot
+                         * watch the client: "Too many open files"). Its err was written
+                         * before known (a refusal) or ended (an end) was released: it is
+                         * there even when its worker has not ended it yet. */
+                        int serr = srv_err_get(ss);
+                        rc = serr < 0 ? serr : -EPIPE;
                 } else {
                         s->session_gen = ss->gen;
                         s->pw = ss->pw;
@@ -122,6 +125,8 @@ static int accept_stream(struct eng_server *srv, eng_sstream_t *s)
                 rc = srv->cfg.hooks.on_open ? srv->cfg.hooks.on_open(s, srv->cfg.hooks.ctx) : 0;
                 s->opened = rc == 0;
         }
+        if (rc != 0)
+                srv_err_set(s, rc); /* why, before known: see the session case above */
         if (rc != 0 && (!s->verified || s->pw < 0))
                 s->fin_deadline = eng_now_ns() + CLAIM_DEADLINE_NS;
         /* Known from here on, even if refused (srv_end_stream must tell the client); release:
