@@ -10,6 +10,8 @@
  *   2  u16 cmd  (an engine command)  12 u32 len    (payload bytes; = message length - 24)
  *                                    16 u64 arg
  *
+ * Both ways:
+ *   ALIVE  link 0, no payload: the connection lives (sent every timeout / BR_ALIVE_DIV)
  * Sending bridge -> receiving bridge:
  *   OPEN   link, arg = the client's stream id: open a stream on the real server
  *   MSG    link, cmd = PING | FILE_OPEN | FILE_DATA | FILE_END, arg and payload as the client
@@ -37,7 +39,7 @@
 
 #include "options.h"
 
-#define BR_VERSION     1
+#define BR_VERSION     2 /* 2: ALIVE frames (a bridge of version 1 is refused) */
 #define BR_HDR         24u
 #define BR_MAX_PAYLOAD (1u << 20) /* a chunk block is at most 1 MiB, its header included */
 #define BR_NAME_WIRE   4096u      /* a FILE_OPEN's name, as the server accepts it */
@@ -54,7 +56,15 @@ typedef enum br_type {
         BR_REPLY = 5,
         BR_CREDIT = 6,
         BR_END = 7,
+        BR_ALIVE = 8,
 } br_type_t;
+
+/* Both bridges send ALIVE (link 0, nothing else) every timeout / BR_ALIVE_DIV, and drop
+ * a connection that brought nothing at all for the whole timeout: a network gone silent (a
+ * link down, a blocked port: no RST, no FIN) is noticed on both sides, the streams it carried
+ * fail, and the receiving side lets go of the dead connection so the sender's new one is
+ * taken. */
+#define BR_ALIVE_DIV 4u
 
 typedef struct br_hdr {
         uint8_t type;

@@ -79,6 +79,9 @@ struct dlv {
         uint32_t nout;
         uint64_t timeout_ns;
         uint64_t max_loan; /* the largest loan of the server's segment */
+        /* the current connection: when a frame last came (any frame, ALIVE included), when
+         * we send our next ALIVE */
+        uint64_t last_rx_ns, next_alive_ns;
 };
 
 #define OUT_MAX 65536u /* frames waiting for the network: more means the peer does not read */
@@ -289,6 +292,11 @@ static void on_frame(struct dlv *d, nng_msg *m)
         }
         if (h.epoch != d->pipe) {
                 nng_msg_free(m); /* a leftover of an older connection */
+                return;
+        }
+        d->last_rx_ns = eng_now_ns();
+        if (h.type == BR_ALIVE) {
+                nng_msg_free(m);
                 return;
         }
         struct rlink *l = find(d, h.link);
@@ -522,6 +530,40 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_unlock(&d->evmu);
 }
 
+static uint64_t alive_period(const struct dlv *d)
+{
+        uint64_t t = d->timeout_ns / BR_ALIVE_DIV;
+        return t < 50000000u ? 50000000u : t;
+}
+
+/*
+ * The connection's heartbeat: an ALIVE every timeout / BR_ALIVE_DIV, and a connection that
+ * brought nothing for the whole timeout is dead even if TCP has not noticed (a link down, a
+ * blocked port: no RST, no FIN; keepalive would take hours). Its streams are aborted (the real
+ * server deletes their temporary files) and it is closed, so that the sending bridge's next
+ * connection is taken (pair1 serves one at a time).
+ */
+static void heartbeat(struct dlv *d)
+{
+        if (d->pipe == 0)
+                return;
+        uint64_t now = eng_now_ns();
+        if (now - d->last_rx_ns >= d->timeout_ns) {
+                nng_pipe p = NNG_PIPE_INITIALIZER;
+                p.id = d->pipe;
+                char why[96];
+                snprintf(why, sizeof(why), "went silent (nothing for %u s): closed",
+                         d->o->timeout_s);
+                drop_connection(d, why);
+                nng_pipe_close(p);
+                return;
+        }
+        if (now >= d->next_alive_ns) {
+                send_hdr(d, BR_ALIVE, 0, 0, 0, NULL, 0);
+                d->next_alive_ns = now + alive_period(d);
+        }
+}
+
 static void pipe_events(struct dlv *d)
 {
         pthread_mutex_lock(&d->evmu);
@@ -542,6 +584,8 @@ static void pipe_events(struct dlv *d)
                         if (d->pipe != 0)
                                 drop_connection(d, "replaced by a new one");
                         d->pipe = ev[i].pipe;
+                        d->last_rx_ns = eng_now_ns();
+                        d->next_alive_ns = d->last_rx_ns + alive_period(d);
                         br_peer(p, d->peer, sizeof(d->peer));
                         unsigned char hello[BR_HELLO_LEN];
                         br_hello_put(hello, d->o->bridge.window, d->o->bridge.memory);
@@ -590,6 +634,7 @@ int br_deliver_run(const eng_opts_t *o, volatile int *stop)
         uint32_t idle = 0;
         while (!*stop) {
                 pipe_events(d);
+                heartbeat(d);
                 try_attach(d, false);
                 uint32_t ticket = d->c ? eng_client_ticket(d->c) : 0;
                 int moved = 0;

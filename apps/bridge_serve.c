@@ -82,10 +82,11 @@ struct bserve {
         pthread_cond_t cv; /* any change to a link or to the connection */
         bool connected;
         uint32_t epoch, pipe_id;
-        uint32_t window;       /* min(ours, the receiving bridge's) */
-        uint64_t memory, used; /* chunk bytes allowed / not credited, over the connection */
-        uint64_t last_rx_ns;   /* the last frame from the receiving bridge */
-        struct link **tab;     /* by id % ntab */
+        uint32_t window;        /* min(ours, the receiving bridge's) */
+        uint64_t memory, used;  /* chunk bytes allowed / not credited, over the connection */
+        uint64_t last_rx_ns;    /* the last frame from the receiving bridge (ALIVE included) */
+        uint64_t next_alive_ns; /* when the main thread sends our next ALIVE */
+        struct link **tab;      /* by id % ntab */
         uint32_t ntab, next_id;
         uint32_t nbatch; /* links with a batch */
         atomic_bool stopping;
@@ -772,11 +773,12 @@ static void *receiver(void *arg)
                                 b->memory = mem < b->o->bridge.memory ? mem : b->o->bridge.memory;
                                 b->used = 0;
                                 b->last_rx_ns = now;
+                                b->next_alive_ns = now;
                         }
                 } else if (b->connected && h.epoch == b->epoch &&
                            (uint32_t)nng_pipe_id(p) == b->pipe_id) {
                         b->last_rx_ns = now;
-                        struct link *l = find(b, h.link);
+                        struct link *l = h.type == BR_ALIVE ? NULL : find(b, h.link);
                         if (l != NULL && l->epoch == h.epoch) { /* else: a link closed since */
                                 l->progress_ns = now;
                                 if (h.type == BR_REPLY) {
@@ -823,6 +825,40 @@ static void *receiver(void *arg)
                         nng_msg_free(m);
         }
         return NULL;
+}
+
+/*
+ * The connection's heartbeat, from the main thread: an ALIVE every timeout / BR_ALIVE_DIV, and
+ * a connection that brought nothing at all (not even the peer's ALIVE) for the whole timeout
+ * is dead even if TCP has not noticed (a link down, a blocked port: no RST, no FIN). It is
+ * marked so; the main loop closes it, its streams fail ("bridge connection lost") and NNG
+ * dials afresh.
+ */
+static void heartbeat(struct bserve *b)
+{
+        uint64_t t = b->timeout_ns / BR_ALIVE_DIV, period = t < 50000000u ? 50000000u : t;
+        pthread_mutex_lock(&b->mu);
+        uint64_t now = eng_now_ns();
+        bool silent = false, alive = false;
+        uint32_t epoch = b->epoch;
+        if (b->connected && now - b->last_rx_ns >= b->timeout_ns) {
+                b->connected = false;
+                silent = true;
+        } else if (b->connected && now >= b->next_alive_ns) {
+                alive = true;
+                b->next_alive_ns = now + period;
+        }
+        pthread_mutex_unlock(&b->mu);
+        if (silent)
+                eng_log(ENG_LOG_WARN, NULL,
+                        "nothing from the remote bridge %s for %u s: closing the connection",
+                        b->url, b->o->timeout_s);
+        if (alive) {
+                br_hdr_t h = {.type = BR_ALIVE, .epoch = epoch};
+                nng_msg *m = br_frame(&h, NULL, 0);
+                if (m != NULL && nng_sendmsg(b->sock, m, NNG_FLAG_NONBLOCK) != 0)
+                        nng_msg_free(m); /* the socket is full of data: that says as much */
+        }
 }
 
 /* The main thread: send the batches of links whose client stopped sending mid-file for
@@ -931,6 +967,7 @@ int br_serve_run(const eng_opts_t *o, volatile int *stop)
                 nanosleep(&t, NULL);
                 if (batches)
                         flush_old(b);
+                heartbeat(b);
                 if (eng_server_failed(srv)) {
                         eng_log(ENG_LOG_ERROR, NULL, "the segment cannot be served any more");
                         status = 1;

@@ -44,8 +44,15 @@ static void put64(unsigned char *p, uint64_t v)
 }
 
 /* The rules of one frame at the receiving bridge (from a sending bridge). */
+static const char *check_alive(const br_hdr_t *h)
+{
+        return h->link != 0 || h->cmd != 0 || h->arg != 0 || h->len != 0 ? "malformed ALIVE" : NULL;
+}
+
 static const char *check_at_receiver(const br_hdr_t *h)
 {
+        if (h->type == BR_ALIVE)
+                return check_alive(h);
         if (h->link == 0)
                 return "link 0";
         switch (h->type) {
@@ -82,6 +89,8 @@ static const char *check_at_receiver(const br_hdr_t *h)
 static const char *check_at_sender(const br_hdr_t *h)
 {
         switch (h->type) {
+        case BR_ALIVE:
+                return check_alive(h);
         case BR_HELLO:
                 if (h->link != 0 || h->cmd != 0 || h->arg != 0 || h->len != BR_HELLO_LEN)
                         return "malformed HELLO";

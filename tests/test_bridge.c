@@ -674,10 +674,10 @@ static int sh(const char *fmt, ...)
         return system(cmd);
 }
 
-/* As root with ip netns: R and S in two fresh namespaces joined by a veth pair (10.x.y.1 and
- * .2), the servers and the client where they are (shared memory is not per network
- * namespace). A 10 MiB file crosses. */
-Test(bridge, a_transfer_crosses_two_network_namespaces)
+/* As root with ip netns: two fresh namespaces joined by a veth pair, 10.77.n.1 (B.netns[0],
+ * where S runs; its end of the pair is va) and 10.77.n.2 (B.netns[1], where R runs). Returns
+ * n, or skips the test where namespaces cannot be made. */
+static int netns_pair(char va[16])
 {
         if (geteuid() != 0 || sh("ip netns list >/dev/null 2>&1") != 0) {
                 teardown();
@@ -686,8 +686,8 @@ Test(bridge, a_transfer_crosses_two_network_namespaces)
         int n = (int)(getpid() % 200) + 20;
         snprintf(B.netns[0], sizeof(B.netns[0]), "engbr%da", (int)getpid());
         snprintf(B.netns[1], sizeof(B.netns[1]), "engbr%db", (int)getpid());
-        char va[16], vb[16];
-        snprintf(va, sizeof(va), "ebr%da", (int)getpid() % 100000);
+        char vb[16];
+        snprintf(va, 16, "ebr%da", (int)getpid() % 100000);
         snprintf(vb, sizeof(vb), "ebr%db", (int)getpid() % 100000);
         if (sh("ip netns add %s && ip netns add %s", B.netns[0], B.netns[1]) != 0 ||
             sh("ip link add %s type veth peer name %s", va, vb) != 0) {
@@ -706,12 +706,18 @@ Test(bridge, a_transfer_crosses_two_network_namespaces)
                         "ip -n %s link set lo up",
                         B.netns[1], n, vb, B.netns[1], vb, B.netns[1]),
                      0);
-        xu_make_file(xu_path("src/ns.bin"), 10 * MiB + 17, 21);
+        return n;
+}
+
+/* Server B and bridge R (in B.netns[1], listening on 10.77.n.2), then bridge S (in
+ * B.netns[0]) with the streams st; server_extra as in write_r. */
+static void start_netns(int n, const char *server_extra, const xu_stream_t *st, size_t ns)
+{
         char t[1024];
         snprintf(t, sizeof(t),
-                 "<streams>\n  <server name=\"%s\" outputpath=\"outb\" timeout=\"5\"/>\n"
+                 "<streams>\n  <server name=\"%s\" outputpath=\"outb\" %s/>\n"
                  "  <bridge listen=\"tcp://10.77.%d.2:0\"/>\n</streams>\n",
-                 B.seg_b, n);
+                 B.seg_b, server_extra ? server_extra : "timeout=\"5\"", n);
         xu_write_text(B.xml_r, t);
         start_b();
         char *argv_r[] = {"/usr/sbin/ip", "netns", "exec",  B.netns[1],
@@ -722,11 +728,30 @@ Test(bridge, a_transfer_crosses_two_network_namespaces)
         free(s);
         char u[64];
         snprintf(u, sizeof(u), "tcp://10.77.%d.2:%d", n, port);
-        write_s(u, NULL, &(xu_stream_t){1, "src/ns.bin"}, 1);
+        write_s(u, NULL, st, ns);
+        if (server_extra != NULL) { /* the same timeout on the sending host */
+                char *x = xu_slurp(B.xml_s);
+                char *p = strstr(x, "timeout=\"5\"");
+                cr_assert_not_null(p);
+                char out[4096];
+                snprintf(out, sizeof(out), "%.*s%s%s", (int)(p - x), x, server_extra,
+                         p + strlen("timeout=\"5\""));
+                xu_write_text(B.xml_s, out);
+                free(x);
+        }
         char *argv_s[] = {"/usr/sbin/ip", "netns", "exec",  B.netns[0],
                           XU_BRIDGE,      "-c",    B.xml_s, NULL};
         B.s = start_logged(argv_s, xu_path("s.log"), "connected to the remote bridge");
         cr_assert(log_wait_n(xu_path("s.log"), "serving", 1, 10000));
+}
+
+/* As root: S and R in two namespaces; a 10 MiB file crosses the veth pair. */
+Test(bridge, a_transfer_crosses_two_network_namespaces)
+{
+        char va[16];
+        int n = netns_pair(va);
+        xu_make_file(xu_path("src/ns.bin"), 10 * MiB + 17, 21);
+        start_netns(n, NULL, &(xu_stream_t){1, "src/ns.bin"}, 1);
         int rc = xu_finish(client_spawn("c", XU_ARGS("1"), 1), 20000, "engine-client");
         char *o = xu_output("c"), *l = logs();
         cr_assert_eq(rc, 0, "%s%s", o, l);
@@ -734,6 +759,74 @@ Test(bridge, a_transfer_crosses_two_network_namespaces)
         free(o);
         free(l);
         xu_assert_same(xu_path("src/ns.bin"), xu_path("outb/ns.bin"));
+}
+
+/*
+ * As root: the network goes silent mid-transfer (the sending host's link goes down: no RST,
+ * no FIN, nothing). The stream fails with a reason within the timeout (2 s here), nothing is
+ * published under the final name, the receiving side gives the real stream up (its temporary
+ * file goes), and once the link is back the bridges find each other again by themselves: a
+ * new transfer succeeds. Server B is stopped (SIGSTOP) while the link goes down, so that the
+ * transfer is certainly in flight, with frames queued and credits owed.
+ */
+Test(bridge, a_silent_network_fails_the_stream_in_time_and_the_bridges_recover, .timeout = 120)
+{
+        char va[16];
+        int n = netns_pair(va);
+        xu_make_file(xu_path("src/big.bin"), 160 * MiB + 5, 23);
+        xu_make_file(xu_path("src/after.bin"), 1 * MiB + 3, 24);
+        xu_stream_t st[] = {{1, "src/big.bin"}, {2, "src/after.bin"}};
+        start_netns(n, "timeout=\"2\"", st, 2);
+        pid_t c = client_spawn("c", XU_ARGS("1"), 1);
+        /* In flight once server B has its temporary file: stop B there, so that R holds
+         * frames it cannot deliver and S waits for credit, then cut the link. */
+        uint64_t until = xu_now_ms() + 20000;
+        while (xu_temps() == 0 && xu_now_ms() < until)
+                xu_sleep_ms(1);
+        cr_assert_eq(kill(B.b, SIGSTOP), 0);
+        char *l0 = logs();
+        cr_assert_gt(xu_temps(), 0, "the transfer never started:\n%s", l0);
+        free(l0);
+        xu_sleep_ms(300);
+        cr_assert_eq(sh("ip -n %s link set %s down", B.netns[0], va), 0);
+        uint64_t t0 = xu_now_ms();
+        cr_assert_eq(kill(B.b, SIGCONT), 0);
+        int rc = xu_finish(c, 30000, "engine-client");
+        uint64_t took = xu_now_ms() - t0;
+        char *o = xu_output("c"), *l = logs();
+        cr_assert_eq(rc, 1, "the client should fail (exit 1), got %d:\n%s%s", rc, o, l);
+        cr_assert_not_null(strstr(o, "bridge"), "the client's reason names the bridge:\n%s", o);
+        /* the timeout is 2 s; allow for a loaded machine */
+        cr_assert_lt(took, 12000, "the client failed after %llu ms (timeout 2 s):\n%s",
+                     (unsigned long long)took, o);
+        cr_log_info("silent network: the client failed %llu ms after the link went down",
+                    (unsigned long long)took);
+        free(o);
+        free(l);
+        cr_assert_eq(access(xu_path("outb/big.bin"), F_OK), -1, "a partial file was published");
+        l = logs();
+        cr_assert(temps_gone(20000), "server B kept the temporary file:\n%s", l);
+        free(l);
+        /* The link comes back: the bridges find each other again by themselves. */
+        cr_assert_eq(sh("ip -n %s link set %s up", B.netns[0], va), 0);
+        uint64_t end = xu_now_ms() + 40000;
+        int tries = 0;
+        for (;;) {
+                char tag[16];
+                snprintf(tag, sizeof(tag), "a%d", tries++);
+                rc = xu_finish(client_spawn(tag, XU_ARGS("2"), 1), 20000, "engine-client");
+                if (rc == 0 || xu_now_ms() > end)
+                        break;
+                xu_sleep_ms(500);
+        }
+        l = logs();
+        cr_assert_eq(rc, 0,
+                     "no transfer succeeded within 40 s of the link coming back (%d tries):\n%s",
+                     tries, l);
+        free(l);
+        cr_log_info("link back: a transfer succeeded after %d tries", tries);
+        xu_assert_same(xu_path("src/after.bin"), xu_path("outb/after.bin"));
+        cr_assert_eq(access(xu_path("outb/big.bin"), F_OK), -1);
 }
 
 /* ---- frames -------------------------------------------------------------------------- */
@@ -765,6 +858,15 @@ Test(bridge_wire, every_rule_of_a_frame_is_checked, .timeout = 10)
                 bool ok;
         } c[] = {
             {{.type = BR_OPEN, .link = 1, .epoch = 9, .arg = 42}, NULL, 0, BR_AT_RECEIVER, true},
+            /* ALIVE: both ways, link 0 and nothing else */
+            {{.type = BR_ALIVE, .epoch = 9}, NULL, 0, BR_AT_RECEIVER, true},
+            {{.type = BR_ALIVE, .epoch = 9}, NULL, 0, BR_AT_SENDER, true},
+            {{.type = BR_ALIVE, .link = 1, .epoch = 9}, NULL, 0, BR_AT_RECEIVER, false},
+            {{.type = BR_ALIVE, .link = 1, .epoch = 9}, NULL, 0, BR_AT_SENDER, false},
+            {{.type = BR_ALIVE, .epoch = 9, .arg = 1}, NULL, 0, BR_AT_SENDER, false},
+            {{.type = BR_ALIVE, .epoch = 9, .cmd = 1}, NULL, 0, BR_AT_RECEIVER, false},
+            {{.type = BR_ALIVE, .epoch = 9}, "x", 1, BR_AT_RECEIVER, false},
+            {{.type = BR_ALIVE, .epoch = 0}, NULL, 0, BR_AT_SENDER, false},
             {{.type = BR_OPEN, .link = 0, .epoch = 9}, NULL, 0, BR_AT_RECEIVER, false},
             {{.type = BR_OPEN, .link = 1, .epoch = 0}, NULL, 0, BR_AT_RECEIVER, false},
             {{.type = BR_OPEN, .link = 1, .epoch = 9, .arg = 1ull << 32},
