@@ -55,8 +55,12 @@ struct eng_client {
         bool asym;                 /* registered for the server's membarrier (sched_push) */
         eng_stream_t *streams;     /* every stream of ours (the session too), for stuck_requests */
         eng_stream_t *claims;      /* streams still holding their claim lock (claims_settle) */
-        uint32_t spin_cur;         /* the adaptive spin budget (spin_budget), <= cfg.spin */
-        uint32_t spin_probe;
+        /* Adaptive spin budgets (spin_budget), <= cfg.spin, one per kind of wait: for a
+         * worker's answer, and for the control thread's next offer */
+        struct spin_state {
+                uint32_t cur, probe;
+        } spin_ans, spin_offer;
+        uint32_t offer_pos; /* the offer slot after our last claim (take_offer) */
 };
 
 /* ---- liveness ----------------------------------------------------------------------- */
@@ -177,37 +181,43 @@ static bool stuck_requests(eng_client_t *c)
  * full budget (cfg.spin) and one that ends in sleep halves it; one wait in 256 spins the full
  * cfg.spin as a probe, so a budget driven to 0 by sparse traffic comes back once traffic is
  * dense again. (The worker's idle spin adapts the same way: worker.c.)
+ *
+ * One budget per kind of wait, because their peers differ: answers come from workers, offers
+ * from the control thread, which may be slower (it carves and clears the next record). With
+ * one shared budget, opening 10,000 streams (offer waits lost to the control thread's page
+ * faults) could leave the budget at 0 for the 10,000 closes that followed, whose answers come
+ * within a microsecond or two: each close slept and was woken (0.13 s instead of 0.02 s).
  */
-static uint32_t spin_budget(eng_client_t *c)
+static uint32_t spin_budget(const eng_client_t *c, struct spin_state *st)
 {
-        if (c->spin_cur < c->cfg.spin && (++c->spin_probe & 255u) == 0)
+        if (st->cur < c->cfg.spin && (++st->probe & 255u) == 0)
                 return c->cfg.spin;
-        return c->spin_cur;
+        return st->cur;
 }
 
-static void spin_won(eng_client_t *c)
+static void spin_won(const eng_client_t *c, struct spin_state *st)
 {
-        c->spin_cur = c->cfg.spin;
+        st->cur = c->cfg.spin;
 }
 
-static void spin_lost(eng_client_t *c)
+static void spin_lost(struct spin_state *st)
 {
-        c->spin_cur /= 2;
+        st->cur /= 2;
 }
 
 static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
 {
         struct eng_rec *sr = c->session->rec;
-        uint32_t budget = spin_budget(c);
+        uint32_t budget = spin_budget(c, &c->spin_ans);
         for (uint32_t i = 0; i < budget && !spun_out(i, deadline); i++) {
                 if (eng_load_acquire_u32(&sr->wake) != ticket) {
-                        spin_won(c);
+                        spin_won(c, &c->spin_ans);
                         goto woken;
                 }
                 eng_cpu_relax();
         }
         if (budget != 0)
-                spin_lost(c);
+                spin_lost(&c->spin_ans);
         /* The server's liveness costs two system calls: look after each slice we slept, not
          * before the first (a server that died is still noticed within one slice). */
         for (bool slept = false;; slept = true) {
@@ -312,15 +322,30 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         usleep(5000);
                         continue;
                 }
-                /* Acquire: the offer's words were written before the word that publishes them. */
-                uint32_t w = eng_load_acquire_u32(&h->offer_state);
-                uint32_t taken = offer_word_with(w, OFFER_TAKEN);
-                if (offer_state_of(w) == OFFER_UP) {
+                /* Any slot (from where our last claim left off, so that clients that open
+                 * at the same moment spread over the slots). Acquire: a slot's words were
+                 * written before the word that publishes them. */
+                bool again = false, spent = false;
+                uint32_t up = 0; /* slots still up besides the one we claim */
+                int64_t got = -1;
+                uint64_t g0 = 0, g1 = 0;
+                for (uint32_t n = 0; n < SEG_OFFERS; n++) {
+                        uint32_t k = (c->offer_pos + n) % SEG_OFFERS;
+                        struct eng_offer *o = &h->offers[k];
+                        uint32_t w = eng_load_acquire_u32(&o->state);
+                        if (offer_state_of(w) != OFFER_UP)
+                                continue;
+                        if (got >= 0) {
+                                up++;
+                                continue;
+                        }
+                        uint32_t taken = offer_word_with(w, OFFER_TAKEN);
                         /* Read the offer once; check and use the copies. */
-                        uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
-                        uint64_t g0 = eng_load_relaxed_u64(&h->offer_guid[0]);
-                        uint64_t g1 = eng_load_relaxed_u64(&h->offer_guid[1]);
+                        uint32_t idx = eng_load_relaxed_u32(&o->idx);
+                        g0 = eng_load_relaxed_u64(&o->guid[0]);
+                        g1 = eng_load_relaxed_u64(&o->guid[1]);
                         struct eng_rec *r = seg_rec(sg, idx);
+                        uint32_t seen;
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                             eng_load_relaxed_u64(&r->guid[0]) == g0 &&
                             eng_load_relaxed_u64(&r->guid[1]) == g1 &&
@@ -335,32 +360,45 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                                 eng_store_release_u32(&r->state, ST_CLAIMED);
                                 /* This generation's offer is taken; if the server already saw
                                  * CLAIMED and published the next one, leave that one alone. */
-                                uint32_t seen;
-                                eng_cas_u32(&h->offer_state, w, taken, &seen);
-                                seg_boot_unlock(sg);
-                                /* Wake the control thread to decide it and offer the next
-                                 * record; no system call while it spins for claims (locked
-                                 * add, then the read: Dekker with ctl_sleep's store, fence and
-                                 * futex compare). */
-                                eng_faa_u32(&h->ctl_wake, 1);
-                                if (eng_load_relaxed_u32(&h->ctl_asleep) != 0)
-                                        eng_futex_wake(&h->ctl_wake, 1);
-                                *idx_out = idx;
-                                guid[0] = g0;
-                                guid[1] = g1;
-                                return 0;
+                                eng_cas_u32(&o->state, w, taken, &seen);
+                                got = idx;
+                                c->offer_pos = k + 1;
+                                continue; /* count the slots still up */
                         }
                         /* Inconsistent (the server published the next offer while we read
-                         * this one: look again at once), or scribbled, or its claim lock is
-                         * held by someone else: mark it spent so the server decides the record
-                         * and offers another. */
-                        uint32_t seen;
-                        if (!eng_cas_u32(&h->offer_state, w, taken, &seen)) {
-                                seg_boot_unlock(sg);
-                                continue;
-                        }
+                         * this one: look again), or scribbled, or its claim lock is held by
+                         * someone else: mark it spent so the server decides the record and
+                         * offers another. */
+                        if (!eng_cas_u32(&o->state, w, taken, &seen))
+                                again = true;
+                        else
+                                spent = true;
+                }
+                if (got >= 0) {
+                        seg_boot_unlock(sg);
+                        /* Wake the control thread to decide it and refill the slot. A locked
+                         * add, then the read (Dekker with ctl_sleep's store, fence and futex
+                         * compare); no system call while it spins for claims, nor while it
+                         * naps with half the slots or more still up: it refills them all at
+                         * its next look (a tick at most), and a claim needs no control thread
+                         * to be accepted (a worker finds our claim lock). A calm sleeper
+                         * (ctl_asleep 1) was woken by our bootstrap lock already. */
+                        eng_faa_u32(&h->ctl_wake, 1);
+                        if (spent ||
+                            (eng_load_relaxed_u32(&h->ctl_asleep) != 0 && up < SEG_OFFERS / 2))
+                                eng_futex_wake(&h->ctl_wake, 1);
+                        *idx_out = (uint32_t)got;
+                        guid[0] = g0;
+                        guid[1] = g1;
+                        return 0;
+                }
+                if (spent) {
                         eng_faa_u32(&h->ctl_wake, 1);
                         eng_futex_wake(&h->ctl_wake, 1);
+                }
+                if (again) {
+                        seg_boot_unlock(sg);
+                        continue;
                 }
                 /* Nothing on offer yet: sleep until the server offers (read the word while we
                  * hold the lock, so an offer made after we unlock changes it). */
@@ -385,7 +423,7 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                 /* Opening streams back to back, the next offer is a few microseconds away
                  * (the control thread spins for our claims too): spin for it as for an
                  * answer, then sleep. */
-                uint32_t budget = spin_budget(c);
+                uint32_t budget = spin_budget(c, &c->spin_offer);
                 bool moved = false;
                 for (uint32_t i = 0; i < budget && !moved && !spun_out(i, deadline); i++) {
                         moved = eng_load_acquire_u32(&h->boot_wake) != seq;
@@ -393,11 +431,11 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                                 eng_cpu_relax();
                 }
                 if (moved) {
-                        spin_won(c);
+                        spin_won(c, &c->spin_offer);
                         continue;
                 }
                 if (budget != 0)
-                        spin_lost(c);
+                        spin_lost(&c->spin_offer);
                 eng_faa_u32(&h->boot_sleepers, 1); /* then the kernel compares boot_wake */
                 eng_futex_wait(&h->boot_wake, seq, left < SLICE_NS ? left : SLICE_NS);
                 eng_faa_u32(&h->boot_sleepers, (uint32_t)-1);
@@ -485,7 +523,7 @@ int eng_client_attach(const char *name, const eng_client_cfg_t *cfg, eng_client_
                 c->cfg = *cfg;
         if (c->cfg.spin == 0)
                 c->cfg.spin = 4096;
-        c->spin_cur = c->cfg.spin;
+        c->spin_ans.cur = c->spin_offer.cur = c->cfg.spin;
         if (c->cfg.timeout_ms == 0)
                 c->cfg.timeout_ms = 10000;
         c->server_pidfd = -1;
@@ -908,17 +946,17 @@ int eng_stream_try_send(eng_stream_t *s, uint16_t cmd, uint64_t arg, uint64_t of
  */
 static bool spin_on(eng_stream_t *s, struct chan_end *ch, uint64_t deadline)
 {
-        uint32_t budget = spin_budget(s->c);
+        uint32_t budget = spin_budget(s->c, &s->c->spin_ans);
         for (uint32_t i = 0; i < budget && !spun_out(i, deadline); i++) {
                 if ((ch->producer ? chan_room(ch, 1) : chan_ready(ch)) ||
                     eng_load_relaxed_u32(&s->rec->state) == ST_ENDED) {
-                        spin_won(s->c);
+                        spin_won(s->c, &s->c->spin_ans);
                         return true;
                 }
                 eng_cpu_relax();
         }
         if (budget != 0)
-                spin_lost(s->c);
+                spin_lost(&s->c->spin_ans);
         return false;
 }
 

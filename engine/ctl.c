@@ -79,18 +79,34 @@ static void srv_boot_unlock(struct eng_server *srv)
         pthread_mutex_unlock(&srv->boot_mu);
 }
 
-/* Publish the offer of record idx: words first, then the state word with a new generation
- * (release: a claimer that acquires it sees the words). No lock: see offer_state in
- * internal.h. */
-static void offer_publish(struct eng_server *srv, uint32_t idx, const uint64_t guid[2])
+/* Publish the offer of record idx in slot k: words first, then the state word with a new
+ * generation (release: a claimer that acquires it sees the words). No lock: see enum
+ * offer_state in internal.h. */
+static void offer_publish(struct eng_server *srv, uint32_t k, uint32_t idx, const uint64_t guid[2])
 {
-        struct eng_seg_hdr *h = srv->sg.hdr;
-        uint32_t w = offer_word_next(srv->offer_word, OFFER_UP);
-        eng_store_relaxed_u64(&h->offer_guid[0], guid[0]);
-        eng_store_relaxed_u64(&h->offer_guid[1], guid[1]);
-        eng_store_relaxed_u32(&h->offer_idx, idx);
-        eng_store_release_u32(&h->offer_state, w);
-        srv->offer_word = w;
+        struct eng_offer *o = &srv->sg.hdr->offers[k];
+        uint32_t w = offer_word_next(srv->offers[k].word, OFFER_UP);
+        eng_store_relaxed_u64(&o->guid[0], guid[0]);
+        eng_store_relaxed_u64(&o->guid[1], guid[1]);
+        eng_store_relaxed_u32(&o->idx, idx);
+        eng_store_release_u32(&o->state, w);
+        srv->offers[k].word = w;
+}
+
+/* A fresh random GUID: drawn SEG_OFFERS at a time (one system call per refill, not one per
+ * record). Kept in our private memory until used. */
+static void draw_guid(struct eng_server *srv, uint32_t idx, uint64_t g[2])
+{
+        if (srv->nguids < 2 &&
+            getrandom(srv->guids, sizeof(srv->guids), 0) == (ssize_t)sizeof(srv->guids))
+                srv->nguids = 2 * SEG_OFFERS;
+        if (srv->nguids >= 2) {
+                g[0] = srv->guids[--srv->nguids];
+                g[1] = srv->guids[--srv->nguids];
+        } else {
+                g[0] = eng_now_ns();
+                g[1] = (uint64_t)idx << 32 | (uint32_t)getpid();
+        }
 }
 
 /*
@@ -118,7 +134,9 @@ static bool record_fits(struct eng_seg *sg)
         return room >= reserve;
 }
 
-int srv_offer_new(struct eng_server *srv)
+/* Carve or reuse a record, set it up and publish it in the empty slot k. 0, or -ENOMEM when
+ * no record fits. */
+static int offer_new(struct eng_server *srv, uint32_t k)
 {
         struct eng_seg *sg = &srv->sg;
         uint64_t off;
@@ -137,6 +155,16 @@ int srv_offer_new(struct eng_server *srv)
                 return -ENOMEM;
         }
         eng_sstream_t *s = &srv->tab[idx];
+        if (s->on_offer) {
+                /* Claimed from another slot, accepted, closed and finalised before we noticed
+                 * the take (a worker needs no control thread to accept a held claim): that
+                 * slot is stale. Forget it, or its next look would take this new offer for
+                 * its old one. */
+                for (uint32_t j = 0; j < SEG_OFFERS; j++)
+                        if (srv->offers[j].idx1 == (uint32_t)idx + 1)
+                                srv->offers[j].idx1 = 0;
+                s->on_offer = false;
+        }
         if ((uint32_t)idx + 1 > eng_load_relaxed_u32(&sg->ready_hi))
                 eng_store_relaxed_u32(&sg->ready_hi, (uint32_t)idx + 1); /* (ctl only writes) */
         /* A stray ready bit may have a worker glance at the entry: own it while resetting. */
@@ -145,10 +173,7 @@ int srv_offer_new(struct eng_server *srv)
                 eng_cpu_relax();
         struct eng_rec *r = (struct eng_rec *)(sg->arena.base + off);
         memset(r, 0, sizeof(*r));
-        if (getrandom(r->guid, sizeof(r->guid), 0) != sizeof(r->guid)) {
-                r->guid[0] = eng_now_ns();
-                r->guid[1] = (uint64_t)idx << 32 | (uint32_t)getpid();
-        }
+        draw_guid(srv, (uint32_t)idx, r->guid);
         r->epoch = sg->line0.epoch;
         r->depth = sg->depth;
         chan_init_shared(&r->c2s, srv->cfg.transport, sg->depth, UINT32_MAX - 3 * sg->depth);
@@ -163,18 +188,40 @@ int srv_offer_new(struct eng_server *srv)
         s->srv = srv;
         s->pw = -1;
         s->live = true;
+        s->on_offer = true;
         eng_store_release_u32(&s->busy, 0);
         eng_store_release_u32(&r->state, ST_OFFERED);
         uint64_t guid[2] = {r->guid[0], r->guid[1]};
-        memcpy(srv->offer_snap, r, sizeof(srv->offer_snap));
-        offer_publish(srv, (uint32_t)idx, guid);
-        srv->offered = (uint32_t)idx + 1;
-        /* Locked add, then the read of boot_sleepers (Dekker with take_offer's add before its
-         * futex wait): no system call when nobody sleeps for the offer. */
-        eng_faa_u32(&sg->hdr->boot_wake, 1);
-        if (eng_load_relaxed_u32(&sg->hdr->boot_sleepers) != 0)
-                eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
+        memcpy(srv->offers[k].snap, r, sizeof(srv->offers[k].snap));
+        offer_publish(srv, k, (uint32_t)idx, guid);
+        srv->offers[k].idx1 = (uint32_t)idx + 1;
         return 0;
+}
+
+/* Fill every empty offer slot (not while stopping: stop withdrew them). Returns how many
+ * slots hold an offer afterwards. */
+uint32_t srv_offers_refill(struct eng_server *srv)
+{
+        struct eng_seg *sg = &srv->sg;
+        uint32_t up = 0, made = 0;
+        bool full = eng_load_acquire_u32(&srv->hstate) == SRV_STOPPING;
+        for (uint32_t k = 0; k < SEG_OFFERS; k++) {
+                if (srv->offers[k].idx1 == 0 && !full) {
+                        if (offer_new(srv, k) == 0)
+                                made++;
+                        else
+                                full = true; /* again when something is freed (or soon) */
+                }
+                up += srv->offers[k].idx1 != 0;
+        }
+        if (made > 0) {
+                /* Locked add, then the read of boot_sleepers (Dekker with take_offer's add
+                 * before its futex wait): no system call when nobody sleeps for an offer. */
+                eng_faa_u32(&sg->hdr->boot_wake, 1);
+                if (eng_load_relaxed_u32(&sg->hdr->boot_sleepers) != 0)
+                        eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
+        }
+        return up;
 }
 
 /* ---- reaping ------------------------------------------------------------------------ */
@@ -203,7 +250,7 @@ static bool bit_set(const struct eng_seg *sg, uint32_t idx)
 #define DEAD_MAX 64 /* processes noticed dead per tick (the rest: next tick) */
 
 /*
- * Every tick, over every live record except the one on offer:
+ * Every tick, over every live record except those on offer:
  *   - a process we watch exited (one poll over all pidfds): every record it holds goes;
  *   - a verified claimer we could not watch (no pidfd) is gone: its records go;
  *   - a claim refused without a verified claimer was not given back by its deadline: it goes;
@@ -244,19 +291,18 @@ static bool reap_tick(struct eng_server *srv, bool *quiet)
                 dead[i].recs = 0, dead[i].blocks = 0;
 
         uint64_t now = eng_now_ns();
-        uint32_t offered = srv->offered ? srv->offered - 1 : UINT32_MAX;
         /* Every slot we ever offered: the shared record top could hide live ones. */
         uint32_t hi = eng_load_relaxed_u32(&sg->ready_hi);
         uint32_t n = hi < srv->ntab ? hi : srv->ntab;
         uint32_t orphans = 0, late = 0, undecided = 0;
         int64_t orphan_blocks = 0;
-        bool idle = true; /* nothing live but the offer and sessions: nobody holds buffers */
+        bool idle = true; /* nothing live but offers and sessions: nobody holds buffers */
         /* Nothing for the next tick to do: every live record decided, no deadline running,
          * every stream at rest (IDLE, no ready bit, no worker on it). */
         bool calm = nd == 0;
         for (uint32_t j = 0; j < n; j++) {
                 eng_sstream_t *t = &srv->tab[j];
-                if (!t->live || j == offered)
+                if (!t->live || t->on_offer)
                         continue;
                 if (!eng_load_acquire_u32(&t->known) || t->type != REC_SESSION)
                         idle = false;
@@ -443,73 +489,94 @@ static void heal_object(struct eng_server *srv)
 }
 
 /*
- * Is the record on offer still as we wrote it? A claimer writes only state, type, owner_pid,
- * session and user_id (and touches nothing else before CLAIMED); everything else of lines
- * 0..8 must match the snapshot. A writer that changed a ring counter, sched or the wake words
+ * Is the record on offer in slot k still as we wrote it? A claimer writes only state, type,
+ * owner_pid, session and user_id (and touches nothing else before CLAIMED); everything else of
+ * lines 0..8 must match the snapshot. A writer that changed a ring counter, sched or the wake words
  * of the record on offer would otherwise spoil the first honest stream that claims it.
  */
-static bool offer_intact(const struct eng_server *srv, const struct eng_rec *r)
+static bool offer_intact(const struct eng_server *srv, uint32_t k, const struct eng_rec *r)
 {
-        const unsigned char *now = (const unsigned char *)r, *was = srv->offer_snap;
+        const unsigned char *now = (const unsigned char *)r, *was = srv->offers[k].snap;
         size_t claim_lo = offsetof(struct eng_rec, guid);
         size_t epoch_end = offsetof(struct eng_rec, owner_pid);
         size_t depth = offsetof(struct eng_rec, depth);
         return memcmp(now + claim_lo, was + claim_lo, epoch_end - claim_lo) == 0 &&
-               memcmp(now + depth, was + depth, sizeof(srv->offer_snap) - depth) == 0;
+               memcmp(now + depth, was + depth, sizeof(srv->offers[k].snap) - depth) == 0;
 }
 
 /*
- * The offer as published in the header, checked against the record we offered. If the
- * record is still OFFERED (nobody claimed it) but the header says otherwise (offer_state,
- * offer_idx or the GUID overwritten), publish it again (a new generation) rather than leaking
- * it. True if the offer stands (published again or as it was).
+ * Slot k's offer as published in the header, checked against the record we offered. If the
+ * record is still OFFERED (nobody claimed it) but the header says otherwise (the slot's state,
+ * idx or GUID overwritten), publish it again (a new generation) rather than leaking it. True
+ * if the offer stands (published again or as it was); false if the slot is empty or its record
+ * was taken.
  */
-static bool offer_republish(struct eng_server *srv)
+static bool offer_republish(struct eng_server *srv, uint32_t k)
 {
-        if (srv->offered == 0)
+        struct srv_offer *so = &srv->offers[k];
+        if (so->idx1 == 0)
                 return false;
         if (eng_load_acquire_u32(&srv->hstate) != SRV_READY)
                 return true; /* stopping withdrew the offer: leave it withdrawn */
         struct eng_seg *sg = &srv->sg;
-        struct eng_seg_hdr *h = sg->hdr;
-        uint32_t idx = srv->offered - 1;
+        struct eng_offer *o = &sg->hdr->offers[k];
+        uint32_t idx = so->idx1 - 1;
         struct eng_rec *r = seg_rec(sg, idx);
         if (r == NULL)
                 return false;
         eng_sstream_t *s = &srv->tab[idx];
         bool still = eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                      eng_load_relaxed_u64(&r->guid[0]) == s->guid0;
-        if (still && !offer_intact(srv, r)) {
+        if (still && !offer_intact(srv, k, r)) {
                 /* Written by someone: withdraw it under the bootstrap lock (no claim under
                  * way), and if it is still OFFERED there, treat it as taken: the worker finds
                  * no claim and gives it back, and a fresh record goes on offer. */
                 if (srv_boot_lock(srv, 50) != 0)
                         return true; /* a claimer holds the lock: look again next time */
                 still = eng_load_acquire_u32(&r->state) == ST_OFFERED;
-                if (still && !offer_intact(srv, r)) {
-                        eng_store_release_u32(&h->offer_state,
-                                              offer_word_with(srv->offer_word, OFFER_TAKEN));
+                if (still && !offer_intact(srv, k, r)) {
+                        eng_store_release_u32(&o->state, offer_word_with(so->word, OFFER_TAKEN));
                         still = false; /* logged as a record left without a claim */
                 }
                 srv_boot_unlock(srv);
                 if (!still)
                         return false;
         }
-        if (eng_load_acquire_u32(&h->offer_state) == srv->offer_word &&
-            eng_load_relaxed_u32(&h->offer_idx) == idx &&
-            eng_load_relaxed_u64(&h->offer_guid[0]) == s->guid0)
+        if (eng_load_acquire_u32(&o->state) == so->word && eng_load_relaxed_u32(&o->idx) == idx &&
+            eng_load_relaxed_u64(&o->guid[0]) == s->guid0)
                 return still; /* as published: taken once the record is no longer OFFERED */
-        bool changed = false;
         if (still) {
                 uint64_t guid[2] = {s->guid0, eng_load_relaxed_u64(&r->guid[1])};
-                offer_publish(srv, idx, guid);
-                changed = true;
-        }
-        if (changed) {
-                eng_faa_u32(&h->boot_wake, 1);
-                eng_futex_wake(&h->boot_wake, INT32_MAX);
+                offer_publish(srv, k, idx, guid);
+                eng_faa_u32(&sg->hdr->boot_wake, 1);
+                eng_futex_wake(&sg->hdr->boot_wake, INT32_MAX);
         }
         return still;
+}
+
+/* Every offer untouched: each slot's record still OFFERED and its word as we published it. */
+static bool offers_quiet(struct eng_server *srv)
+{
+        struct eng_seg *sg = &srv->sg;
+        for (uint32_t k = 0; k < SEG_OFFERS; k++) {
+                uint32_t off = srv->offers[k].idx1;
+                if (off == 0)
+                        continue;
+                struct eng_rec *r = seg_rec(sg, off - 1);
+                if (r == NULL || eng_load_acquire_u32(&r->state) != ST_OFFERED ||
+                    eng_load_acquire_u32(&sg->hdr->offers[k].state) != srv->offers[k].word)
+                        return false;
+        }
+        return true;
+}
+
+/* Any slot with an offer? */
+static bool offers_any(const struct eng_server *srv)
+{
+        for (uint32_t k = 0; k < SEG_OFFERS; k++)
+                if (srv->offers[k].idx1 != 0)
+                        return true;
+        return false;
 }
 
 /* ---- repair at idle ------------------------------------------------------------------ */
@@ -541,11 +608,15 @@ static bool rec_live(uint64_t idx, void *ctx)
 }
 
 /* A block's owner is a record we hold live (a stream, or one claimed and not yet decided: its
- * client may already have loaned buffers). At idle only sessions and the offer are live. */
+ * client may already have loaned buffers), and not one on offer: the repair runs under the
+ * bootstrap lock with every offer seen untouched (offers_quiet), so no client has one, and a
+ * block stamped with its index is a leftover of an earlier use of the slot (a client that
+ * closed in order while holding a loan). At idle only sessions and the offers are live. */
 static bool owner_live(uint32_t owner, void *ctx)
 {
         struct eng_server *srv = ctx;
-        return owner >= 1 && owner - 1 < srv->ntab && srv->tab[owner - 1].live;
+        return owner >= 1 && owner - 1 < srv->ntab && srv->tab[owner - 1].live &&
+               !srv->tab[owner - 1].on_offer;
 }
 
 /* Every client is out of the arena (arena_op 0 in every live record: a client brackets with
@@ -555,10 +626,9 @@ static bool owner_live(uint32_t owner, void *ctx)
 static uint32_t wait_arena_quiet(struct eng_server *srv, uint64_t deadline_ns)
 {
         uint32_t busy = 0;
-        uint32_t offered = srv->offered ? srv->offered - 1 : UINT32_MAX;
         for (uint32_t j = 0; j < srv->ntab; j++) {
                 eng_sstream_t *t = &srv->tab[j];
-                if (!t->live || j == offered)
+                if (!t->live || t->on_offer)
                         continue;
                 while (eng_load_acquire_u32(&t->rec->arena_op) != 0) {
                         if (eng_now_ns() >= deadline_ns) {
@@ -576,11 +646,11 @@ static uint32_t wait_arena_quiet(struct eng_server *srv, uint64_t deadline_ns)
  * disagree. That gives back what scribbles and crash windows cost: blocks on cut lists, blocks
  * of dead owners a walk could not reach, superblocks a shrink zeroed, a gap a forged watermark
  * hid, record slots. It needs every honest party out of the arena:
- *   - claims held off: the bootstrap lock (and the offer, if there is one, untouched);
+ *   - claims held off: the bootstrap lock (and the offers untouched);
  *   - the workers parked (they flush their free batches first);
  *   - clients: the arena gate closed, then (asymmetric barrier, see arena_enter in client.c)
  *     every live session's arena_op seen 0.
- * When: while idle (nothing but sessions and the offer live), once something happened since
+ * When: while idle (nothing but sessions and the offers live), once something happened since
  * the last check (a record finalised, an anomaly, a cut, no offer possible); while streams are
  * open, only on evidence that the arena is damaged (allocations failing while nothing was
  * freed for a tick, anomalies, cuts, no offer possible). At most once a second; the check costs a
@@ -604,7 +674,7 @@ static void repair_arena(struct eng_server *srv, bool idle)
                 frees += st.cls[c].frees;
         bool starved = st.failed != srv->failed_seen && frees == srv->frees_seen;
         bool evidence = anomalies != srv->anomalies_seen || st.cuts != srv->cuts_seen || starved ||
-                        srv->offered == 0;
+                        !offers_any(srv);
         srv->failed_seen = st.failed;
         srv->frees_seen = frees;
         if (evidence || (idle && finals != srv->finals_seen))
@@ -615,12 +685,8 @@ static void repair_arena(struct eng_server *srv, bool idle)
         srv->last_repair_ns = now;
         if (srv_boot_lock(srv, 50) != 0)
                 return;
-        /* Under the lock no claim can happen; is the offer (if there is one) untouched? */
-        uint32_t off = srv->offered;
-        struct eng_rec *r = off ? seg_rec(sg, off - 1) : NULL;
-        bool quiet = off == 0 || (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
-                                  eng_load_acquire_u32(&sg->hdr->offer_state) == srv->offer_word);
-        if (!quiet) {
+        /* Under the lock no claim can happen; are the offers untouched? */
+        if (!offers_quiet(srv)) {
                 srv_boot_unlock(srv);
                 return;
         }
@@ -696,16 +762,14 @@ static bool ctl_sleep(struct eng_server *srv, uint32_t seq, bool quiet, uint32_t
          * takes the bootstrap lock and then reads ctl_asleep (seg_boot_trylock). We store
          * ctl_asleep, fence, then look at finals (against the count the tick saw: a record
          * finalised between the tick and here is news), at the bootstrap lock and at the
-         * offer. Either they see us asleep and wake us, or we see them and do not sleep
+         * offers. Either they see us asleep and wake us, or we see them and do not sleep
          * calmly. (Found by docs/models/ctl_sleep.pml: a snapshot of finals taken here
          * missed a finalisation after the tick, and a claimer that locked just before our
          * store, read 0 and died after its claim left the claim unnoticed.) */
         eng_fence_full();
-        uint32_t off = srv->offered;
-        struct eng_rec *r = off ? seg_rec(sg, off - 1) : NULL;
         bool calm = eng_load_relaxed_u32(&srv->finals) == finals &&
                     !eng_load_relaxed_u32(&srv->stop) && seg_boot_held(sg) == 0 &&
-                    (r == NULL || eng_load_acquire_u32(&r->state) == ST_OFFERED);
+                    offers_quiet(srv);
         eng_futex_wait(&sg->hdr->ctl_wake, seq, calm ? -1 : nap_ns);
         eng_store_relaxed_u32(&srv->ctl_asleep, 0);
         eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
@@ -798,34 +862,40 @@ void *srv_ctl_main(void *arg)
                         quiet = quiet && !srv->dirty && now >= grace_until;
                         last_tick = now;
                 }
-                /* Still on offer? (the header's copy put right if it was overwritten) */
-                if (offer_republish(srv)) {
-                        if (!quiet && ctl_spin(srv, seq))
-                                continue; /* claimed (or woken) while we spun */
-                        if (ctl_sleep(srv, seq, quiet, finals_seen, (int64_t)TICK_NS)) {
-                                /* Woken from a calm sleep: look now, and every tick for a
-                                 * while (a claim may be under way: seg_boot_trylock). */
-                                last_tick = 0;
-                                grace_until = eng_now_ns() + CTL_GRACE_NS;
-                                quiet = false;
-                        }
-                        continue;
-                }
-                quiet = false;
-                if (srv->offered) {
-                        /* Taken (or made to look taken): a worker decides it now, even if the
-                         * client stays silent; it must be decided by the claim deadline. */
-                        uint32_t idx = srv->offered - 1;
-                        srv->offered = 0;
+                /* Still on offer? (the header's copies put right if overwritten) Taken: a
+                 * worker decides it now, even if the client stays silent; it must be decided
+                 * by the claim deadline. */
+                for (uint32_t k = 0; k < SEG_OFFERS; k++) {
+                        if (srv->offers[k].idx1 == 0 || offer_republish(srv, k))
+                                continue;
+                        uint32_t idx = srv->offers[k].idx1 - 1;
+                        srv->offers[k].idx1 = 0;
+                        srv->tab[idx].on_offer = false;
                         eng_store_release_u64(&srv->tab[idx].taken_ns, eng_now_ns());
-                        ready_post(sg, idx);
+                        /* Not if a worker decided it already (the claimer schedules its new
+                         * stream itself, and a held claim needs no control thread): that post
+                         * would only wake a worker for nothing. */
+                        if (!eng_load_acquire_u32(&srv->tab[idx].known))
+                                ready_post(sg, idx);
+                        quiet = false;
                 }
-                if (srv_offer_new(srv) != 0) /* full: again when something is freed (or soon) */
-                {
+                if (srv_offers_refill(srv) == 0) {
+                        /* full: again when something is freed (or soon) */
+                        quiet = false;
                         eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 2);
                         eng_fence_full();
                         eng_futex_wait(&sg->hdr->ctl_wake, seq, 20 * 1000000ll);
                         eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
+                        continue;
+                }
+                if (!quiet && ctl_spin(srv, seq))
+                        continue; /* claimed (or woken) while we spun */
+                if (ctl_sleep(srv, seq, quiet, finals_seen, (int64_t)TICK_NS)) {
+                        /* Woken from a calm sleep: look now, and every tick for a while (a
+                         * claim may be under way: seg_boot_trylock). */
+                        last_tick = 0;
+                        grace_until = eng_now_ns() + CTL_GRACE_NS;
+                        quiet = false;
                 }
         }
         return NULL;

@@ -19,8 +19,9 @@
 
 #define SEG_MAGIC 0x53474e45u /* "ENGS" */
 #define SEG_VERSION                                                                                \
-        5u /* 4: per-stream counters, engine counters and server facts (engine-stat);              \
-              5: the control thread sleeps until woken (ctl_asleep, nudges), walks counted */
+        6u /* 4: per-stream counters, engine counters and server facts (engine-stat);              \
+              5: the control thread sleeps until woken (ctl_asleep, nudges), walks counted;        \
+              6: SEG_OFFERS records on offer at once (offers[]) */
 
 /*
  * Locks the kernel holds on byte ranges of the shm object, far beyond its end (a lock may lie
@@ -46,12 +47,18 @@ static inline long long seg_claim_byte(uint32_t idx, uint64_t guid0)
 }
 
 /*
- * hdr->offer_state: a generation (bits 31..2, bumped at every publication by the server) and a
+ * Records on offer at once: hdr->offers[SEG_OFFERS], each slot an independent hand-out of one
+ * record. With one offer, every open waited for the control thread to notice the claim and
+ * offer the next record (a futex round trip on a busy machine: opens ran at 30-60 k/s); with
+ * several, a client opens that many streams back to back while the control thread refills
+ * the taken slots together, once per wake-up.
+ *
+ * offers[k].state: a generation (bits 31..2, bumped at every publication by the server) and a
  * state (bits 1..0, enum offer_state). The server publishes an offer without the bootstrap
- * lock: words first (offer_guid, offer_idx: relaxed stores), then this word with a new
- * generation and UP. A claimer, under the lock, acquires it, reads the words (relaxed), claims,
- * and CASes UP into TAKEN of the same generation: a claim that ends after the server already
- * published the next offer cannot mark that one taken.
+ * lock: words first (guid, idx: relaxed stores), then this word with a new generation and UP.
+ * A claimer, under the lock, acquires it, reads the words (relaxed), claims, and CASes UP into
+ * TAKEN of the same generation: a claim that ends after the server already published the next
+ * offer of the slot cannot mark that one taken.
  *
  * Discipline: every plain write is eng_store_release_u32 (the server: publish, withdraw at
  * stop, mark spent in offer_republish), so whoever acquires the word sees the offer's words
@@ -60,7 +67,7 @@ static inline long long seg_claim_byte(uint32_t idx, uint64_t guid0)
  */
 enum offer_state {
         OFFER_NONE = 0,  /* nothing on offer (before the first, or withdrawn at stop) */
-        OFFER_UP = 1,    /* offer_idx/offer_guid name a record to claim */
+        OFFER_UP = 1,    /* the slot's idx/guid name a record to claim */
         OFFER_TAKEN = 2, /* claimed, or spent (inconsistent, or its claim lock held) */
 };
 static inline uint32_t offer_state_of(uint32_t w)
@@ -221,6 +228,15 @@ static inline uint64_t rec_bytes(uint32_t depth)
         return sizeof(struct eng_rec) + 2ull * depth * sizeof(struct eng_desc);
 }
 
+#define SEG_OFFERS 8
+
+/* One offer slot of the header (see enum offer_state). */
+struct eng_offer {
+        uint64_t guid[2];
+        uint32_t idx;   /* record index on offer */
+        uint32_t state; /* generation | enum offer_state */
+};
+
 /* The segment header: offset 0 of the segment. */
 struct eng_seg_hdr {
         /* line 0: immutable after creation; magic is written last and read first. Written
@@ -253,18 +269,13 @@ struct eng_seg_hdr {
         _Alignas(CL) uint32_t srv_wake;
         uint32_t srv_sleepers;
         /* line 3: bootstrap hand-out (the lock itself is SEG_LOCK_BOOT, held by the kernel).
-         * offer_guid, offer_idx: relaxed stores by the server before its release of
-         * offer_state, relaxed loads after an acquire of it. offer_state: see enum offer_state.
          * boot_wake, ctl_wake, boot_seq: wake words, eng_faa_u32 and futex wakes by the waker,
          * acquire load and futex wait by the sleeper. boot_waiters: eng_faa_u32 by a waiter
          * before its second try, relaxed load after a full fence by the holder letting go. */
-        _Alignas(CL) uint64_t offer_guid[2];
-        uint32_t offer_idx;    /* record index on offer */
-        uint32_t offer_state;  /* generation | enum offer_state */
-        uint32_t boot_wake;    /* clients waiting for an offer sleep here */
-        uint32_t ctl_wake;     /* the server's control thread sleeps here */
-        uint32_t boot_seq;     /* bumped when the bootstrap lock is let go with waiters */
-        uint32_t boot_waiters; /* processes waiting for the bootstrap lock (a hint) */
+        _Alignas(CL) uint32_t boot_wake; /* clients waiting for an offer sleep here */
+        uint32_t ctl_wake;               /* the server's control thread sleeps here */
+        uint32_t boot_seq;               /* bumped when the bootstrap lock is let go with waiters */
+        uint32_t boot_waiters;           /* processes waiting for the bootstrap lock (a hint) */
         /* 1 while the control thread sleeps without a timeout, 2 while it sleeps a tick, 0
          * while it runs or spins (relaxed stores by it, each followed by a full fence before
          * it sleeps). A new holder of the bootstrap lock wakes it if 1 (seg_boot_trylock); a
@@ -278,6 +289,9 @@ struct eng_seg_hdr {
          * locked add of boot_wake: Dekker). A hint: a writer that zeroes it costs a sleeper
          * one wait slice. */
         uint32_t boot_sleepers;
+        /* lines 4..6: the offers. guid, idx: relaxed stores by the server before its release
+         * of state, relaxed loads after an acquire of it. state: see enum offer_state. */
+        _Alignas(CL) struct eng_offer offers[SEG_OFFERS];
         /* line: counters, statistics only: eng_faa_u64 by the server (ck_pr_faa, a locked add:
          * a full barrier on x86, though nothing relies on its order), read by tools */
         _Alignas(CL) uint64_t opens; /* streams accepted */
@@ -302,7 +316,8 @@ _Static_assert(offsetof(struct eng_seg_hdr, magic) == 0, "magic first");
 _Static_assert(offsetof(struct eng_seg_hdr, asym) + sizeof(uint32_t) <= CL, "line 0 is one line");
 _Static_assert(offsetof(struct eng_seg_hdr, state) == CL, "server state on line 1");
 _Static_assert(offsetof(struct eng_seg_hdr, srv_wake) == 2 * CL, "workers' wake word on line 2");
-_Static_assert(offsetof(struct eng_seg_hdr, offer_guid) == 3 * CL, "bootstrap from line 3");
+_Static_assert(offsetof(struct eng_seg_hdr, boot_wake) == 3 * CL, "bootstrap from line 3");
+_Static_assert(offsetof(struct eng_seg_hdr, offers) == 4 * CL, "offers from line 4");
 _Static_assert(offsetof(struct eng_seg_hdr, opens) % CL == 0, "counters on their own line");
 _Static_assert(offsetof(struct eng_seg_hdr, started_ns) == offsetof(struct eng_seg_hdr, opens) + CL,
                "server facts on the line after the counters");

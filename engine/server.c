@@ -318,8 +318,8 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                           "removed %s, which uid %u had created under our name: new clients "
                           "attach to this server",
                           cfg->name, (unsigned)srv->sg.evicted_uid);
-        rc = srv_offer_new(srv);
-        if (rc != 0) {
+        if (srv_offers_refill(srv) == 0) {
+                rc = -ENOMEM;
                 eng_set_err("segment too small for a single stream record");
                 goto fail;
         }
@@ -363,6 +363,13 @@ fail:
         return rc;
 }
 
+static void offers_withdraw(struct eng_server *srv)
+{
+        for (uint32_t k = 0; k < SEG_OFFERS; k++)
+                eng_store_release_u32(&srv->sg.hdr->offers[k].state,
+                                      offer_word_next(srv->offers[k].word, OFFER_NONE));
+}
+
 void eng_server_stop(eng_server_t *srv)
 {
         if (srv == NULL)
@@ -370,9 +377,10 @@ void eng_server_stop(eng_server_t *srv)
         struct eng_seg *sg = &srv->sg;
         eng_store_release_u32(&srv->hstate, SRV_STOPPING);
         eng_store_release_u32(&sg->hdr->state, SRV_STOPPING);
-        /* Withdraw the offer: nobody may claim a record that no worker will serve (a claim
-         * already under way ends in a record the stop below ends). */
-        eng_store_release_u32(&sg->hdr->offer_state, offer_word_next(srv->offer_word, OFFER_NONE));
+        /* Withdraw the offers: nobody may claim a record that no worker will serve (a claim
+         * already under way ends in a record the stop below ends). The control thread no
+         * longer refills once it sees hstate; withdrawn again once it is joined. */
+        offers_withdraw(srv);
         eng_store_relaxed_u32(&srv->stop, 1);
         eng_faa_u32(&sg->hdr->srv_wake, 1);
         eng_futex_wake(&sg->hdr->srv_wake, INT32_MAX);
@@ -385,6 +393,7 @@ void eng_server_stop(eng_server_t *srv)
         for (uint32_t i = 0; i < srv->nworkers; i++)
                 pthread_join(srv->workers[i], NULL);
         pthread_join(srv->ctl, NULL);
+        offers_withdraw(srv);
         if (srv->watch_started)
                 pthread_join(srv->watch, NULL);
         /* Workers are gone: end what is still open so every client learns it (-EPIPE). */

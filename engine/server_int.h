@@ -35,7 +35,8 @@ struct eng_sstream {
          */
         uint32_t busy;
         uint32_t idx;
-        bool live; /* between offer and finalisation */
+        bool live;     /* between offer and finalisation */
+        bool on_offer; /* in one of the offer slots (the control thread's own flag) */
         /* Decided. Written by the holder of busy with release (type, pid, pw and the rest of
          * the decision before it); read with acquire by threads that do not hold the entry
          * (a stream's worker reading its session's, the control thread), plain by the holder. */
@@ -101,11 +102,17 @@ struct eng_server {
         pthread_t *workers;
         uint32_t nworkers;
         uint32_t stop; /* relaxed: a flag the threads poll; they are joined, nothing is published */
-        uint32_t offered;    /* index currently on offer (+1), 0 if none */
-        uint32_t offer_word; /* hdr->offer_state as we published it (generation | UP) */
-        /* The offered record as we wrote it: lines 0..8 (identity, sched, wake, both channels'
-         * control blocks). While it is OFFERED nobody honest writes there but the claim. */
-        unsigned char offer_snap[9 * CL];
+        /* The offer slots as we published them (hdr->offers[k]), control thread only. */
+        struct srv_offer {
+                uint32_t idx1; /* record index on offer (+1), 0 if none */
+                uint32_t word; /* hdr->offers[k].state as we published it (generation | UP) */
+                /* The offered record as we wrote it: lines 0..8 (identity, sched, wake, both
+                 * channels' control blocks). While it is OFFERED nobody honest writes there
+                 * but the claim. */
+                unsigned char snap[9 * CL];
+        } offers[SEG_OFFERS];
+        uint64_t guids[2 * SEG_OFFERS]; /* random GUIDs drawn ahead (one getrandom a refill) */
+        uint32_t nguids;
         bool asym; /* clients may skip their fence: issue the heavy barrier */
         /* The bootstrap lock is an OFD lock on sg.fd, which all our threads share: they
          * serialise among themselves here. */
@@ -191,7 +198,8 @@ void srv_free(struct eng_server *srv, uint64_t off, uint64_t cap);
 void *srv_ctl_main(void *arg);
 void *srv_watch_main(void *arg);
 #define srv_ctl_nudge eng_ctl_nudge
-/* Put a fresh record on offer. 0, or -ENOMEM (no room for one, or none we can offer). */
-int srv_offer_new(struct eng_server *srv);
+/* Put a fresh record on offer in every empty offer slot (control thread, or start before it
+ * runs). Returns how many slots hold an offer (0: no room for a single record). */
+uint32_t srv_offers_refill(struct eng_server *srv);
 
 #endif

@@ -425,14 +425,14 @@ static void hit_header(unsigned n)
                 }
                 case 15: {
                         uint32_t v[] = {OFFER_NONE, OFFER_UP, OFFER_TAKEN, 3, (uint32_t)rnd()};
-                        w32(&h->offer_state, PICK(v), C_HEADER);
+                        w32(&h->offers[below(SEG_OFFERS)].state, PICK(v), C_HEADER);
                         break;
                 }
                 case 16: {
                         uint32_t n0 = nrec();
                         uint32_t v[] = {below(n0 + 1), n0, l0->max_streams, UINT32_MAX,
                                         (uint32_t)rnd()};
-                        w32(&h->offer_idx, PICK(v), C_HEADER);
+                        w32(&h->offers[below(SEG_OFFERS)].idx, PICK(v), C_HEADER);
                         break;
                 }
                 case 17: {
@@ -440,7 +440,7 @@ static void hit_header(unsigned n)
                         uint32_t idx;
                         struct eng_rec *r = any_rec(&idx);
                         unsigned k = below(2);
-                        w64(&h->offer_guid[k],
+                        w64(&h->offers[below(SEG_OFFERS)].guid[k],
                             r && chance(2) ? eng_load_relaxed_u64(&r->guid[k]) : rnd(), C_HEADER);
                         break;
                 }
@@ -522,11 +522,12 @@ static void claim_keep(uint32_t idx, uint64_t guid0)
 static void fake_claim(void)
 {
         struct eng_seg_hdr *h = R.sg.hdr;
-        uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
+        struct eng_offer *o = &h->offers[below(SEG_OFFERS)];
+        uint32_t idx = eng_load_relaxed_u32(&o->idx);
         struct eng_rec *r = seg_rec(&R.sg, idx);
         if (r == NULL)
                 return;
-        uint64_t g0 = chance(4) ? eng_load_relaxed_u64(&h->offer_guid[0]) : r->guid[0];
+        uint64_t g0 = chance(4) ? eng_load_relaxed_u64(&o->guid[0]) : r->guid[0];
         if (chance(2) && seg_claim_lock(&R.sg, idx, g0) == 0) {
                 claim_keep(idx, g0);
                 R.claim_locks++;
@@ -539,7 +540,7 @@ static void fake_claim(void)
         uint32_t states[] = {ST_CLAIMED, ST_CLAIMED, ST_CLAIMED, ST_OPEN, ST_ENDED, 0, 99};
         eng_store_release_u32(&r->state, PICK(states));
         uint32_t offers[] = {OFFER_TAKEN, OFFER_TAKEN, OFFER_NONE, OFFER_UP};
-        eng_store_release_u32(&h->offer_state, PICK(offers));
+        eng_store_release_u32(&o->state, PICK(offers));
         R.writes[C_LOCKS] += 2;
         eng_faa_u32(&h->ctl_wake, 1);
         eng_futex_wake(&h->ctl_wake, 1);
@@ -572,7 +573,8 @@ static void hit_locks(unsigned n)
                         fake_claim();
                         break;
                 default: { /* a state into the record on offer, nothing else */
-                        struct eng_rec *r = seg_rec(&R.sg, eng_load_relaxed_u32(&h->offer_idx));
+                        struct eng_rec *r =
+                            seg_rec(&R.sg, eng_load_relaxed_u32(&h->offers[below(SEG_OFFERS)].idx));
                         if (r != NULL) {
                                 uint32_t states[] = {ST_CLAIMED, ST_OPEN, ST_ENDED, 0,
                                                      (uint32_t)rnd()};

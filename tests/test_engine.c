@@ -255,7 +255,7 @@ static void basic_body(const char *tag)
         eng_server_t *srv = start_server(name, 16 << 20, 0, 2);
         eng_arena_stats_t base;
         arena_stats(name, &base);
-        cr_assert_eq(base.rec_used, 1, "only the offered record before any client");
+        cr_assert_eq(base.rec_used, SEG_OFFERS, "only the offered records before any client");
         cr_assert_eq(base.buf_used_blocks, 0);
 
         eng_client_t *c = attach(name);
@@ -325,7 +325,7 @@ static void basic_body(const char *tag)
         eng_client_detach(c);
 
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st),
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
                   "after close+detach: %llu records, %llu blocks in use (want 1, 0)",
                   (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
@@ -366,8 +366,9 @@ Test(engine, unsent_loans_are_reclaimed_at_close)
         cr_assert_eq(st.buf_used_blocks, 15);
         cr_assert_eq(eng_stream_close(s), 0);
         eng_client_detach(c);
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
-                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
+                  "%llu records, %llu blocks still in use", (unsigned long long)st.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
 
@@ -427,7 +428,8 @@ Test(engine, orderly_close_does_not_walk_the_arena_and_a_close_holding_buffers_d
         cr_assert_eq(walks, walks0, "%llu walks for %d orderly closes",
                      (unsigned long long)(walks - walks0), N);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 2, 2000, &st), "%llu blocks in use after orderly closes",
+        cr_assert(arena_settles(name, SEG_OFFERS + 1, 2000, &st),
+                  "%llu blocks in use after orderly closes",
                   (unsigned long long)st.buf_used_blocks);
 
         /* A loan kept across the close: one walk, and the block is back. */
@@ -452,8 +454,8 @@ Test(engine, orderly_close_does_not_walk_the_arena_and_a_close_holding_buffers_d
         cr_assert_eq(eng_stream_abort(s), 0);
         closes_reach(name, closes0 + N + 3, &walks);
         cr_assert_eq(walks, walks0 + 3);
-        cr_assert(arena_settles(name, 2, 500, &st), "%llu blocks in use after the walks",
-                  (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS + 1, 500, &st),
+                  "%llu blocks in use after the walks", (unsigned long long)st.buf_used_blocks);
         eng_client_detach(c);
         eng_server_stop(srv);
 }
@@ -629,7 +631,7 @@ Test(engine, a_burst_sent_with_send_more_arrives_in_order_after_one_flush, .time
         cr_assert_eq(eng_stream_close(s), 0);
         eng_client_detach(c);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu blocks in use after the bursts",
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st), "%llu blocks in use after the bursts",
                   (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
@@ -701,8 +703,9 @@ Test(engine, hook_error_ends_stream_with_that_error)
         cr_assert_eq(eng_stream_close(other), 0);
         eng_client_detach(c);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
-                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
+                  "%llu records, %llu blocks still in use", (unsigned long long)st.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
 
@@ -723,8 +726,9 @@ Test(engine, refused_open_reaches_client_as_error)
         cr_assert_eq(eng_stream_close(ok), 0);
         eng_client_detach(c);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
-                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
+                  "%llu records, %llu blocks still in use", (unsigned long long)st.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
 
@@ -797,12 +801,12 @@ Test(engine, back_to_back_open_close_is_never_lost, .timeout = 120)
         }
         eng_client_detach(c);
         eng_arena_stats_t st;
-        bool settled = arena_settles(name, 1, 2000, &st);
+        bool settled = arena_settles(name, SEG_OFFERS, 2000, &st);
         eng_server_stop(srv);
         cr_assert_eq(lost, 0, "%d closes timed out (first at round %d; worst %.0f ms)", lost, first,
                      (double)worst / 1e6);
-        cr_assert(settled, "records not reclaimed: %llu in use (want 1)",
-                  (unsigned long long)st.rec_used);
+        cr_assert(settled, "records not reclaimed: %llu in use (want %u: the offers)",
+                  (unsigned long long)st.rec_used, SEG_OFFERS);
 }
 
 /* ---- command ranges and forged descriptors ------------------------------------------ */
@@ -984,16 +988,17 @@ Test(engine, stream_accepted_before_its_session_is_not_refused)
         cr_assert_eq(eng_stream_recv(z, &m, 2000), 0);
         cr_assert_eq(eng_stream_send(g, CMD_ECHO, 1, 0, 0, 2000), 0);
         cr_assert_eq(eng_stream_recv(g, &m, 2000), 0);
-        /* Records in use: a's session, z, g and the one on offer. The control thread puts a
-         * new record on offer after each claim, so wait for that before counting, or the
+        /* Records in use: a's session, z, g and the SEG_OFFERS on offer. The control thread
+         * refills the offer slots after each claim, so wait for that before counting, or the
          * offer made after g's claim would hide z's freed record. */
         eng_arena_stats_t st;
         uint64_t end = eng_now_ns() + 2000000000ull;
         do {
                 sleep_ms(1);
                 arena_stats(name, &st);
-        } while (st.rec_used != 4 && eng_now_ns() < end);
-        cr_assert_eq(st.rec_used, 4, "session + 2 streams + offer, yet %llu records in use",
+        } while (st.rec_used != SEG_OFFERS + 3 && eng_now_ns() < end);
+        cr_assert_eq(st.rec_used, SEG_OFFERS + 3,
+                     "session + 2 streams + offers, yet %llu records in use",
                      (unsigned long long)st.rec_used);
         uint32_t zi = eng_stream_index(z);
         cr_assert_eq(eng_stream_close(z), 0);
@@ -1001,11 +1006,11 @@ Test(engine, stream_accepted_before_its_session_is_not_refused)
         do {
                 sleep_ms(1);
                 arena_stats(name, &st);
-        } while (st.rec_used != 3 && eng_now_ns() < end);
-        cr_assert_eq(st.rec_used, 3,
-                     "the closed stream's record was not freed (%llu records in use, 4 before "
+        } while (st.rec_used != SEG_OFFERS + 2 && eng_now_ns() < end);
+        cr_assert_eq(st.rec_used, SEG_OFFERS + 2,
+                     "the closed stream's record was not freed (%llu records in use, %u before "
                      "the close)",
-                     (unsigned long long)st.rec_used);
+                     (unsigned long long)st.rec_used, SEG_OFFERS + 3);
 
         __atomic_store_n(&H.gate, 1, __ATOMIC_RELEASE);
         cr_assert_eq(eng_stream_try_send(g, CMD_HOLD_ECHO, 2, 0, 0), 0);
@@ -1132,8 +1137,9 @@ Test(engine, client_that_never_reads_can_still_close)
         cr_assert_eq(close_err_of(3, 2000), 1);
         eng_client_detach(c);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
-                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
+                  "%llu records, %llu blocks still in use", (unsigned long long)st.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
 
@@ -1358,8 +1364,9 @@ Test(engine, loan_waits_for_space_then_succeeds_after_frees)
         cr_assert_eq(eng_stream_close(s), 0);
         eng_client_detach(c);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
-                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
+                  "%llu records, %llu blocks still in use", (unsigned long long)st.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
 
@@ -1806,7 +1813,7 @@ static void call_after_stop(const char *tag, enum after_call what)
         struct eng_seg sg;
         cr_assert_eq(seg_attach(&sg, name), 0);
         uint64_t end = eng_now_ns() + 2000000000ull;
-        while (offer_state_of(eng_load_acquire_u32(&sg.hdr->offer_state)) != OFFER_UP &&
+        while (offer_state_of(eng_load_acquire_u32(&sg.hdr->offers[0].state)) != OFFER_UP &&
                eng_now_ns() < end)
                 sleep_ms(1);
         seg_unmap(&sg);
@@ -1956,8 +1963,9 @@ static void many_streams_body(const char *tag)
         for (uint32_t i = 0; i < MS_STREAMS; i++)
                 cr_assert_eq(close_err_of(100 + i, 2000), 1, "stream %u not closed cleanly", i);
         eng_arena_stats_t st;
-        cr_assert(arena_settles(name, 1, 2000, &st), "%llu records, %llu blocks still in use",
-                  (unsigned long long)st.rec_used, (unsigned long long)st.buf_used_blocks);
+        cr_assert(arena_settles(name, SEG_OFFERS, 2000, &st),
+                  "%llu records, %llu blocks still in use", (unsigned long long)st.rec_used,
+                  (unsigned long long)st.buf_used_blocks);
         eng_server_stop(srv);
 }
 

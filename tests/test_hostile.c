@@ -646,15 +646,16 @@ static void hdr_scribble(void)
         h->srv_wake += (uint32_t)rnd();
         h->ctl_wake += (uint32_t)rnd();
         h->boot_wake += (uint32_t)rnd();
+        struct eng_offer *o = &h->offers[rnd() % SEG_OFFERS];
         switch (rnd() % 4) {
         case 0:
-                h->offer_state = rnd() % 2 ? 2 : (uint32_t)rnd();
+                o->state = rnd() % 2 ? 2 : (uint32_t)rnd();
                 break;
         case 1:
-                h->offer_idx = rnd() % 2 ? UINT32_MAX : (uint32_t)rnd() % (H0.max_streams + 8);
+                o->idx = rnd() % 2 ? UINT32_MAX : (uint32_t)rnd() % (H0.max_streams + 8);
                 break;
         case 2:
-                h->offer_guid[0] = rnd();
+                o->guid[0] = rnd();
                 break;
         }
         h_scribbled = true;
@@ -1289,15 +1290,16 @@ static void assert_no_leaks(const char *what)
         uint64_t end = eng_now_ns() + 5000000000ull;
         for (;;) {
                 eng_arena_stats(&sg.arena, &s);
-                if ((s.rec_used == 1 && s.buf_used_blocks == 0) || eng_now_ns() > end)
+                if ((s.rec_used == SEG_OFFERS && s.buf_used_blocks == 0) || eng_now_ns() > end)
                         break;
                 sleep_us(10000);
         }
         seg_unmap(&sg);
-        cr_expect(s.rec_used == 1 && s.buf_used_blocks == 0,
-                  "%s: 5 s after every client left, the arena still holds %llu records (1 on "
+        cr_expect(s.rec_used == SEG_OFFERS && s.buf_used_blocks == 0,
+                  "%s: 5 s after every client left, the arena still holds %llu records (%u on "
                   "offer expected) and %llu buffer blocks",
-                  what, (unsigned long long)s.rec_used, (unsigned long long)s.buf_used_blocks);
+                  what, (unsigned long long)s.rec_used, SEG_OFFERS,
+                  (unsigned long long)s.buf_used_blocks);
 }
 
 static size_t count_part_files(void)
@@ -1752,15 +1754,21 @@ static void garbled_claim_main(void)
         for (;;) {
                 if (seg_boot_lock(&sg, end, NULL, NULL) != 0)
                         _exit(4);
-                struct eng_rec *r =
-                    offer_state_of(h->offer_state) == OFFER_UP ? seg_rec(&sg, h->offer_idx) : NULL;
-                if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED) {
+                struct eng_rec *r = NULL;
+                struct eng_offer *o = NULL;
+                for (uint32_t j = 0; j < SEG_OFFERS && r == NULL; j++) {
+                        o = &h->offers[j];
+                        r = offer_state_of(o->state) == OFFER_UP ? seg_rec(&sg, o->idx) : NULL;
+                        if (r != NULL && eng_load_acquire_u32(&r->state) != ST_OFFERED)
+                                r = NULL;
+                }
+                if (r != NULL) {
                         r->owner_pid = getpid();
                         r->type = REC_STREAM;
                         r->user_id = 1;
                         r->session = 0;
                         eng_store_release_u32(&r->state, 77); /* not CLAIMED */
-                        eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
+                        eng_store_release_u32(&o->state, OFFER_TAKEN);
                         seg_boot_unlock(&sg);
                         eng_faa_u32(&h->ctl_wake, 1);
                         eng_futex_wake(&h->ctl_wake, 1);
@@ -2032,8 +2040,9 @@ Test(hostile, bootstrap_mutex_holder_cannot_hang_shutdown, .timeout = 60)
         struct flock fl = {
             .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = SEG_LOCK_BOOT, .l_len = 1};
         cr_assert_eq(fcntl(fd, F_OFD_SETLK, &fl), 0, "bootstrap lock: %s", strerror(errno));
-        /* the offer looks taken: the control thread makes a new one (and needs the lock) */
-        eng_store_release_u32(&hd->offer_state, OFFER_TAKEN);
+        /* the offers look taken: the control thread makes new ones (and needs the lock) */
+        for (uint32_t k = 0; k < SEG_OFFERS; k++)
+                eng_store_release_u32(&hd->offers[k].state, OFFER_TAKEN);
         eng_faa_u32(&hd->ctl_wake, 1);
         eng_futex_wake(&hd->ctl_wake, 1);
         sleep_us(200000);

@@ -197,23 +197,23 @@ static void held_blocks(const eng_arena_t *a, char *out, size_t n)
                 snprintf(out + k, n - k, " and %d more", shown - 6);
 }
 
-/* What a record on offer looks like before anyone claimed it (engine/server.c offer_new):
+/* What a record on offer looks like before anyone claimed it (engine/ctl.c offer_new):
  * zeroed identity but for GUID, epoch and depth; both rings empty at their start counters.
  * A diagnostic only (the promise is that the next client works): left-overs here are what a
- * gone writer left to the next client. */
+ * gone writer left to the next client. Slot 0's offer. */
 static void offer_diff(struct eng_seg *sg, char *out, size_t n)
 {
-        struct eng_seg_hdr *h = sg->hdr;
+        struct eng_offer *o = &sg->hdr->offers[0];
         size_t k = 0;
         out[0] = '\0';
-        if (offer_state_of(eng_load_acquire_u32(&h->offer_state)) != OFFER_UP) {
-                snprintf(out, n, "nothing on offer (offer_state %u)", h->offer_state);
+        if (offer_state_of(eng_load_acquire_u32(&o->state)) != OFFER_UP) {
+                snprintf(out, n, "nothing on offer in slot 0 (state %u)", o->state);
                 return;
         }
-        uint32_t idx = h->offer_idx;
+        uint32_t idx = o->idx;
         struct eng_rec *r = seg_rec(sg, idx);
         if (r == NULL) {
-                snprintf(out, n, "offer_idx %u is not a record", idx);
+                snprintf(out, n, "slot 0's idx %u is not a record", idx);
                 return;
         }
         uint32_t d = sg->depth;
@@ -228,7 +228,7 @@ static void offer_diff(struct eng_seg *sg, char *out, size_t n)
                  {"depth", r->depth, d},
                  {"want_space", r->want_space, 0},
                  {"sched", r->sched, RUN_IDLE},
-                 {"guid[0] vs offer", r->guid[0], h->offer_guid[0]},
+                 {"guid[0] vs offer", r->guid[0], o->guid[0]},
                  {"epoch", r->epoch, sg->line0.epoch},
                  {"c2s.p_head", r->c2s.r.p_head, UINT32_MAX - 3 * d},
                  {"c2s.p_tail", r->c2s.r.p_tail, UINT32_MAX - 3 * d},
@@ -262,7 +262,7 @@ static struct usage measure(void)
         u.blocks = u.st.buf_used_blocks;
         if (eng_arena_check_leaks(&sg.arena, &u.leaked, u.check, sizeof(u.check)) == 0)
                 snprintf(u.check, sizeof(u.check), "consistent");
-        u.offer_idx = sg.hdr->offer_idx;
+        u.offer_idx = sg.hdr->offers[0].idx;
         offer_diff(&sg, u.offer, sizeof(u.offer));
         held_blocks(&sg.arena, u.held, sizeof(u.held));
         seg_unmap(&sg);
@@ -499,9 +499,9 @@ ParameterizedTest(uint64_t *seedp, rogue, promises_hold_while_a_rogue_writes_the
         struct usage u0 = measure();
         char desc[2048];
         describe(&u0, desc, sizeof(desc));
-        cr_assert(u0.ok && u0.recs == 1 && u0.blocks == 0,
-                  "seed %llu: before anything happened the segment is not at its baseline (one "
-                  "record on offer, no block): %s",
+        cr_assert(u0.ok && u0.recs == SEG_OFFERS && u0.blocks == 0,
+                  "seed %llu: before anything happened the segment is not at its baseline (the "
+                  "records on offer, no block): %s",
                   (unsigned long long)seed, desc);
 
         /* The honest loops, then the rogue. */

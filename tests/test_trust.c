@@ -310,9 +310,11 @@ static int64_t next_offer(struct eng_seg *sg, int64_t not, uint64_t g0, int ms)
 {
         uint64_t end = eng_now_ns() + (uint64_t)ms * 1000000ull;
         do {
-                struct eng_seg_hdr *h = sg->hdr;
-                if (offer_state_of(eng_load_acquire_u32(&h->offer_state)) == OFFER_UP) {
-                        uint32_t idx = eng_load_relaxed_u32(&h->offer_idx);
+                for (uint32_t k = 0; k < SEG_OFFERS; k++) {
+                        struct eng_offer *o = &sg->hdr->offers[k];
+                        if (offer_state_of(eng_load_acquire_u32(&o->state)) != OFFER_UP)
+                                continue;
+                        uint32_t idx = eng_load_relaxed_u32(&o->idx);
                         struct eng_rec *r = seg_rec(sg, idx);
                         if (r != NULL && eng_load_acquire_u32(&r->state) == ST_OFFERED &&
                             ((int64_t)idx != not || r->guid[0] != g0))
@@ -435,9 +437,10 @@ static int rogue_records(const char *name, struct rogue_report *rep, uint64_t se
                  * the claim lock. */
                 struct eng_seg_hdr *h = sg.hdr;
                 if (seg_boot_trylock(&sg) == 0) {
-                        uint32_t idx = h->offer_idx;
+                        struct eng_offer *o = &h->offers[rnd() % SEG_OFFERS];
+                        uint32_t idx = o->idx;
                         struct eng_rec *r = seg_rec(&sg, idx);
-                        if (offer_state_of(h->offer_state) == OFFER_UP && r != NULL &&
+                        if (offer_state_of(o->state) == OFFER_UP && r != NULL &&
                             eng_load_acquire_u32(&r->state) == ST_OFFERED) {
                                 if (rnd() % 2)
                                         seg_claim_lock(&sg, idx, r->guid[0]);
@@ -445,7 +448,7 @@ static int rogue_records(const char *name, struct rogue_report *rep, uint64_t se
                                 r->type = rnd() % 2 ? REC_SESSION : REC_STREAM;
                                 r->session = (uint32_t)(rnd() % (n + 1));
                                 eng_store_release_u32(&r->state, ST_CLAIMED);
-                                eng_store_release_u32(&h->offer_state, OFFER_TAKEN);
+                                eng_store_release_u32(&o->state, OFFER_TAKEN);
                                 rep->claims++;
                         }
                         seg_boot_unlock(&sg);

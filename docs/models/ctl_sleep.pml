@@ -101,7 +101,7 @@ active proctype Worker() {
 
 /* take_offer (client.c) under seg_boot_trylock (seg.c): lock (syscall: a barrier), read the
  * header's ctl_asleep (relaxed) and nudge if set; CLAIMED (release store); then either SIGKILL
- * (the kernel drops the lock) or CAS offer_state, unlock, and the post-claim nudge. */
+ * (the kernel drops the lock) or CAS the offer slot's state, unlock, and the post-claim nudge. */
 bool inside = 0; /* the claimer holds the bootstrap lock (ghost, for GRACE_OUTLASTS_CLAIM) */
 active proctype Claimer() {
   atomic { boot == 0 -> boot = 1; inside = 1 };
@@ -122,7 +122,9 @@ active proctype Claimer() {
      ctl_wake++;
      if
      :: hdr_asleep -> c_asleep = 0
-     :: else
+     :: true /* or not: take_offer skips the FUTEX_WAKE while half the offer slots or more
+              * are still up (engine layout 6); the bootstrap lock's nudge above and the
+              * control thread's look after its fence must do without it */
      fi
   fi
 }
@@ -160,7 +162,7 @@ end_loop:
      /* offer_republish: still OFFERED? (acquire of r->state) */
      if
      :: claimed && !noticed ->
-        noticed = 1 /* taken: taken_ns, ready_post, srv_offer_new (a new offer, unclaimed) */
+        noticed = 1 /* taken: taken_ns, ready_post, offer_new (a new offer, unclaimed) */
      :: else ->
         /* ctl_sleep(seq, quiet) */
         calm_sleep = 0;

@@ -4,7 +4,7 @@
  * reap, server stop. Steps are named after the C functions they mirror (engine/ctl.c,
  * engine/client.c, engine/worker.c, engine/server.c, engine/sched.c).
  *
- * Processes: the control thread (Ctl: srv_offer_new, offer_republish + "taken", reap_tick),
+ * Processes: the control thread (Ctl: offer_new, offer_republish + "taken", reap_tick),
  * one worker (Worker: run_stream, accept_stream, drain, srv_end_stream, srv_finalize), two
  * clients racing for the offer (Client 1 and 2: take_offer, stream_open, eng_stream_close or
  * eng_stream_abort, stream_end), the server's stop (Stopper: eng_server_stop), a Killer that
@@ -26,7 +26,7 @@
  * a client never touches a record that is no longer its own, i.e. freed or re-offered (assert
  * at every write a client makes to it: sched CAS, push, FIN); srv_finalize never frees a
  * slot twice (assert); a slot is never offered again while a client still holds it (assert
- * in srv_offer_new); on_close runs once for every on_open (assert); when nothing can move:
+ * in offer_new); on_close runs once for every on_open (assert); when nothing can move:
  * every on_open had its on_close, and (server not stopped) no slot is allocated but the one on
  * offer: no record leaks whichever party died at whichever step.
  *
@@ -62,7 +62,7 @@
 #define RUN_RUNNING 2
 #define RUN_AGAIN 3
 #define RUN_FIN 4
-/* hdr->offer_state's state bits */
+/* an offer slot's state bits (hdr->offers[k].state) */
 #define OFFER_NONE 0
 #define OFFER_UP 1
 #define OFFER_TAKEN 2
@@ -83,9 +83,9 @@ bool rbit[NREC];      /* ready set bits */
 bool c2s[NREC];       /* c2s ring holds the client's CLOSE */
 bool s2c[NREC];       /* s2c ring holds the server's CLOSE ack or ERROR */
 byte owner_pid[NREC]; /* the claim's pid (relaxed, before CLAIMED) */
-byte offer_gen;       /* hdr->offer_state: generation ... */
+byte offer_gen;       /* hdr->offers[k].state: generation ... (one slot) */
 byte offer_st = OFFER_NONE; /* ... and state; release stores / acquire loads / CAS */
-byte offer_idx;       /* hdr->offer_idx, offer_guid: relaxed, before the word */
+byte offer_idx;       /* hdr->offers[k].idx, .guid: relaxed, before the word */
 byte offer_guid;
 byte hstate = SRV_READY;
 
@@ -165,11 +165,11 @@ inline srv_finalize(i) {
 
 /* -------------------------------------------------------------------- control thread --- */
 
-/* srv_offer_new (ctl.c): a free slot; busy held while resetting; zero the record, a fresh
+/* offer_new (ctl.c): a free slot; busy held while resetting; zero the record, a fresh
  * GUID, sched = IDLE, rings empty; the private entry reset (live); busy released (release);
  * state = OFFERED (release); offer_publish: guid and idx (relaxed), then the word, a new
  * generation | UP (release). */
-inline srv_offer_new() {
+inline offer_new() {
   atomic {
     if
     :: !alloc[0] -> i = 0
@@ -269,7 +269,7 @@ end_ctl:
      fi;
      o = 0; still = 0
   :: offered == 0 && !stop && noffers < MAXOFF && !(alloc[0] && alloc[1]) ->
-     srv_offer_new()
+     offer_new()
   :: /* reap_tick (ctl.c): a watched pid exited -> reap; scheduling undone -> post again */
      !stop && (REAPABLE(0) || REAPABLE(1) || REPOST(0) || REPOST(1)) ->
      atomic { /* the ready bits put back (a hint: one step) */
