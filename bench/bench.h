@@ -27,7 +27,9 @@ typedef struct eb_opts {
         int nfilters;
         const char *json;
         const char *report;
-        const char *dir; /* tmpfs directory for files, default /dev/shm */
+        const char *dir;      /* tmpfs directory for files, default /dev/shm */
+        const char *disk_dir; /* disk directory of the xfer/disk/ cells ($TMPDIR or /var/tmp) */
+        int rounds;           /* alternating rounds of the cells that run in rounds (c->alt) */
         uint64_t seg_bytes;
         uint32_t workers;
         uint32_t min_shift, max_shift;
@@ -46,6 +48,8 @@ typedef struct eb_opts {
         uint64_t sparse_budget_ms; /* sparse/ cells: samples = budget / (gap + 100 us) */
         char tag[32];              /* "eb-<pid>": prefix of every shm/socket/file name */
         char workdir[512];         /* <dir>/eb-<pid> */
+        char disk_workdir[512];    /* <disk_dir>/eb-<pid>: the xfer/disk/ cells' outputs */
+        char disk_why[320];        /* why the xfer/disk/ cells are n/a, or "" */
 } eb_opts_t;
 
 /* ---- results ------------------------------------------------------------------------ */
@@ -62,7 +66,8 @@ typedef struct eb_metric {
 typedef struct eb_result {
         char name[96];
         char group[16];   /* floor rtt sparse tput scale xfer openclose idle arena memcpy */
-        char impl[16];    /* lockfree mutex pipe unix tcp boost spinword rwcopy cfr cat memcpy */
+        char impl[16];    /* lockfree mutex pipe unix tcp boost spinword rwcopy cfr cat cpsync
+                             memcpy */
         char mode[8];     /* spin | block | default | "" */
         char place[12];   /* unpinned samecore crosscore (sparse, b2b), else "" */
         uint64_t payload; /* bytes per message (rtt, tput), file bytes (xfer) */
@@ -144,6 +149,9 @@ struct eb_cell {
         bool defaults;        /* engine defaults: server workers 0 and spin 0, client spin 0 */
         char place[12];       /* unpinned samecore crosscore, or "" */
         int sub;              /* order among comparable cells (before the implementation) */
+        bool disk;            /* xfer: the output goes to o->disk_workdir, not o->workdir */
+        int alt;              /* non-zero: run in alternating rounds with the selected cells
+                                 of the same alt, median kept (engine_bench.c) */
         void (*run)(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r);
 };
 
@@ -250,6 +258,12 @@ void eb_files_warm(const eb_opts_t *o, int files);
 void eb_memory_warm(uint64_t bytes);
 /* Remove a directory's regular files and the directory. */
 void eb_rmdir_files(const char *dir);
+/* Where a file-transfer cell writes its output: <workdir>/out-<seq> (<disk_workdir>/... for
+ * the xfer/disk/ cells). */
+void eb_xfer_outdir(const eb_cell_t *c, const eb_opts_t *o, char *out, size_t n);
+/* After a disk cell: remove its output and make the removal durable (syncfs), so that the
+ * next cell's fsync does not commit (and discard) this one's freed blocks. */
+void eb_disk_settle(const eb_opts_t *o, const char *dir);
 
 /* ---- reports ------------------------------------------------------------------------ */
 

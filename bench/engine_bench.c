@@ -10,8 +10,11 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,6 +43,10 @@ static void usage(FILE *f)
             "      --file-size N    bytes of the file-transfer file (default 1GiB, quick "
             "256MiB)\n"
             "      --dir DIR        tmpfs directory for files (default /dev/shm)\n"
+            "      --disk-dir DIR   directory on a disk for the xfer/disk/ cells (default\n"
+            "                       $TMPDIR if it is not tmpfs, else /var/tmp)\n"
+            "      --rounds N       alternating rounds of the xfer/disk/ cells, each keeps\n"
+            "                       its median (default 5, quick 3)\n"
             "      --workers N      server worker threads (default 1: one core serves,\n"
             "                       the other runs the client)\n"
             "      --seg-size N     segment bytes (default 64MiB; scale/ cells take at\n"
@@ -160,8 +167,8 @@ static int impl_key(const eb_cell_t *c)
         if (strcmp(c->group, "floor") == 0)
                 return strstr(c->name, "after") ? 1 : -1;
         static const char *order[] = {"lockfree", "mutex",  "pipe", "unix", "tcp",
-                                      "boost",    "rwcopy", "cfr",  "cat"};
-        for (int i = 0; i < 9; i++)
+                                      "boost",    "rwcopy", "cfr",  "cat",  "cpsync"};
+        for (int i = 0; i < 10; i++)
                 if (strcmp(c->impl, order[i]) == 0)
                         return 2 * i;
         return 99;
@@ -298,6 +305,154 @@ static void run_one(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r, const char
         eb_cpu_foreign(&c0, &c1, cores, &r->foreign, &steal);
 }
 
+/* Whether path is on a file system that keeps files in memory (tmpfs, ramfs): 1, 0, or -errno
+ * if it cannot be told. */
+static int in_memory_fs(const char *path)
+{
+        struct statfs f;
+        if (statfs(path, &f) != 0)
+                return -errno;
+        return f.f_type == TMPFS_MAGIC || f.f_type == RAMFS_MAGIC;
+}
+
+/* The xfer/disk/ cells' directory: --disk-dir, else $TMPDIR unless it is in memory, else
+ * /var/tmp. Sets o->disk_dir, and o->disk_why when the cells cannot run there (not a disk, or
+ * not usable): they are n/a then, saying why. */
+static void disk_dir_pick(eb_opts_t *o, const char *given)
+{
+        const char *tmp = getenv("TMPDIR");
+        if (given)
+                o->disk_dir = given;
+        else if (tmp && *tmp && in_memory_fs(tmp) == 0)
+                o->disk_dir = tmp;
+        else
+                o->disk_dir = "/var/tmp";
+        int m = in_memory_fs(o->disk_dir);
+        if (m < 0)
+                eb_errf(o->disk_why, sizeof(o->disk_why), "disk directory %s: %s", o->disk_dir,
+                        strerror(-m));
+        else if (m == 1)
+                eb_errf(o->disk_why, sizeof(o->disk_why),
+                        "%s is on tmpfs, not a disk%s: give --disk-dir a directory on a disk",
+                        o->disk_dir, given ? "" : " (as $TMPDIR, if set, is)");
+        snprintf(o->disk_workdir, sizeof(o->disk_workdir), "%s/%s", o->disk_dir, o->tag);
+}
+
+/* A result's identity fields, from its cell. */
+static void result_init(eb_result_t *r, const eb_cell_t *c, const eb_opts_t *o)
+{
+        memset(r, 0, sizeof(*r));
+        snprintf(r->name, sizeof(r->name), "%s", c->name);
+        snprintf(r->group, sizeof(r->group), "%s", c->group);
+        snprintf(r->impl, sizeof(r->impl), "%s", c->impl);
+        snprintf(r->mode, sizeof(r->mode), "%s", c->mode);
+        snprintf(r->place, sizeof(r->place), "%s", c->place);
+        r->payload = strcmp(c->group, "xfer") == 0 ? o->file_bytes : c->payload;
+        r->streams = c->streams;
+}
+
+static int gbs_cmp(const void *pa, const void *pb)
+{
+        double a = eb_metric(pa, "gb_per_s"), b = eb_metric(pb, "gb_per_s");
+        return a < b ? -1 : a > b;
+}
+
+#define ALT_MAX 4 /* cells in one alternating set */
+
+/*
+ * The selected cells that share cs->v[i0].alt, run as one set in o->rounds alternating rounds
+ * (round 1 in table order, round 2 reversed, ...), so that a change in the machine's speed
+ * (this VM's phases, the page cache, the disk's cache) hits every cell of the set alike. Each
+ * cell keeps its median round by GB/s (of an even count, the lower middle one) with every
+ * round's rate in its note, and `rounds`, `gb_per_s_min`, `gb_per_s_max`; a round that fails
+ * or is n/a is the set's last (the other cells still run it), and its cell reports it. Results go
+ * to run->r from *k on; the cells are marked done. Returns how many of them failed.
+ */
+static int run_alternating(eb_cells_t *cs, int i0, const bool *sel, bool *done, const eb_opts_t *o,
+                           eb_run_t *run, int *k, int nsel, const char *files_why)
+{
+        int idx[ALT_MAX], m = 0, failed = 0, R = o->rounds;
+        for (int j = i0; j < cs->n && m < ALT_MAX; j++)
+                if (sel[j] && !done[j] && cs->v[j].alt == cs->v[i0].alt)
+                        idx[m++] = j;
+        eb_result_t *rr = calloc((size_t)(m * R), sizeof(*rr));
+        int ran[ALT_MAX] = {0}, kk[ALT_MAX];
+        if (rr == NULL)
+                abort();
+        for (int w = 0; w < m; w++) {
+                done[idx[w]] = true;
+                kk[w] = (*k)++;
+        }
+        bool stop = false;
+        for (int q = 0; q < R && !stop && !eb_interrupted; q++)
+                for (int s = 0; s < m && !eb_interrupted; s++) {
+                        int w = q % 2 ? m - 1 - s : s;
+                        eb_cell_t *c = &cs->v[idx[w]];
+                        eb_result_t *t = &rr[w * R + q];
+                        result_init(t, c, o);
+                        fprintf(stderr, "[%3d/%d] %-31s (round %d/%d) ", kk[w] + 1, nsel, c->name,
+                                q + 1, R);
+                        fflush(stderr);
+                        run_one(c, o, t, files_why, run->cores);
+                        char sum[400], busy[64] = "";
+                        summary(t, sum, sizeof(sum));
+                        if (t->foreign > 0.05)
+                                snprintf(busy, sizeof(busy),
+                                         "; other processes used %.0f%% of the CPUs",
+                                         t->foreign * 100);
+                        fprintf(stderr, "%s  [%.1f s%s]\n", sum, t->secs, busy);
+                        ran[w] = q + 1;
+                        if (t->status != EB_OK) /* the round ends, for the others too */
+                                stop = true;
+                }
+        for (int w = 0; w < m; w++) {
+                eb_result_t *v = &rr[w * R], *r = &run->r[kk[w]];
+                int n = ran[w], bad = -1;
+                for (int q = 0; q < n && bad < 0; q++)
+                        if (v[q].status != EB_OK)
+                                bad = q;
+                char note[sizeof(r->note)] = "GB/s by round:";
+                for (int q = 0; q < n; q++) {
+                        size_t l = strlen(note);
+                        if (v[q].status == EB_OK)
+                                snprintf(note + l, sizeof(note) - l, " %.3f",
+                                         eb_metric(&v[q], "gb_per_s"));
+                        else
+                                snprintf(note + l, sizeof(note) - l, " %s",
+                                         v[q].status == EB_NA ? "n/a" : "failed");
+                }
+                if (n == 0) {
+                        result_init(r, &cs->v[idx[w]], o);
+                        r->status = EB_FAIL;
+                        snprintf(r->reason, sizeof(r->reason), "interrupted");
+                } else if (bad >= 0) {
+                        *r = v[bad];
+                        v[bad].hist = NULL;
+                } else {
+                        double lo = eb_metric(&v[0], "gb_per_s"), hi = lo;
+                        for (int q = 1; q < n; q++) {
+                                double g = eb_metric(&v[q], "gb_per_s");
+                                lo = g < lo ? g : lo;
+                                hi = g > hi ? g : hi;
+                        }
+                        qsort(v, (size_t)n, sizeof(*v), gbs_cmp);
+                        *r = v[(n - 1) / 2];
+                        v[(n - 1) / 2].hist = NULL;
+                        eb_metric_set(r, "rounds", n);
+                        eb_metric_set(r, "gb_per_s_min", lo);
+                        eb_metric_set(r, "gb_per_s_max", hi);
+                }
+                r->attempts = n;
+                snprintf(r->note, sizeof(r->note), "%s", note);
+                for (int q = 0; q < n; q++)
+                        free(v[q].hist);
+                if (r->status == EB_FAIL)
+                        failed++;
+        }
+        free(rr);
+        return failed;
+}
+
 int main(int argc, char **argv)
 {
         eb_opts_t o = {.dir = "/dev/shm",
@@ -308,8 +463,18 @@ int main(int argc, char **argv)
                        .spin_budget = 1u << 30};
         uint64_t file_bytes = 0;
         bool list = false;
-        enum { OPT_FILE = 256, OPT_DIR, OPT_WORKERS, OPT_SEG, OPT_RETRIES, OPT_STREAMS };
-        int retries = -1;
+        enum {
+                OPT_FILE = 256,
+                OPT_DIR,
+                OPT_WORKERS,
+                OPT_SEG,
+                OPT_RETRIES,
+                OPT_STREAMS,
+                OPT_DISK_DIR,
+                OPT_ROUNDS
+        };
+        int retries = -1, rounds = 0;
+        const char *disk_dir = NULL;
         static const struct option lo[] = {{"quick", no_argument, NULL, 'q'},
                                            {"filter", required_argument, NULL, 'f'},
                                            {"list", no_argument, NULL, 'l'},
@@ -321,6 +486,8 @@ int main(int argc, char **argv)
                                            {"seg-size", required_argument, NULL, OPT_SEG},
                                            {"retries", required_argument, NULL, OPT_RETRIES},
                                            {"streams", required_argument, NULL, OPT_STREAMS},
+                                           {"disk-dir", required_argument, NULL, OPT_DISK_DIR},
+                                           {"rounds", required_argument, NULL, OPT_ROUNDS},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
@@ -376,6 +543,16 @@ int main(int argc, char **argv)
                         if (!streams_arg(optarg, &o))
                                 return 2;
                         break;
+                case OPT_DISK_DIR:
+                        disk_dir = optarg;
+                        break;
+                case OPT_ROUNDS:
+                        if (eng_parse_size(optarg, &v) != 0 || v < 1 || v > 15) {
+                                fprintf(stderr, "engine-bench: --rounds wants 1..15\n");
+                                return 2;
+                        }
+                        rounds = (int)v;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -408,6 +585,7 @@ int main(int argc, char **argv)
                 o.file_bytes = 1ull << 30;
         }
         o.retries = retries >= 0 ? retries : o.quick ? 0 : 2;
+        o.rounds = rounds ? rounds : o.quick ? 3 : 5;
         o.idle_ms = o.quick ? 1500 : 3000;
         o.sparse_budget_ms = o.quick ? 800 : 2500;
         if (o.nscale == 0) {
@@ -420,6 +598,7 @@ int main(int argc, char **argv)
         o.xfer_chunk = (1u << 20) - 64; /* one 1 MiB block, its 64-byte header included */
         snprintf(o.tag, sizeof(o.tag), "eb-%d", (int)getpid());
         snprintf(o.workdir, sizeof(o.workdir), "%s/%s", o.dir, o.tag);
+        disk_dir_pick(&o, disk_dir);
 
         eb_cells_t cs = {0};
         eb_ref_cells_floor(&cs, &o);
@@ -433,7 +612,7 @@ int main(int argc, char **argv)
                 cs.v[i].seq = i;
         qsort(cs.v, (size_t)cs.n, sizeof(*cs.v), cell_cmp);
         int nsel = 0, added = 0;
-        bool need_files = false;
+        bool need_files = false, need_disk = false;
         bool *sel0 = calloc((size_t)cs.n + 1, sizeof(bool));
         bool *sel = calloc((size_t)cs.n + 1, sizeof(bool));
         if (sel0 == NULL || sel == NULL)
@@ -451,6 +630,7 @@ int main(int argc, char **argv)
                         nsel++;
                         if (strcmp(cs.v[i].group, "xfer") == 0)
                                 need_files = true;
+                        need_disk |= cs.v[i].disk;
                 }
         if (nsel == 0) {
                 fprintf(stderr, "engine-bench: no workload matches the filter (see --list); "
@@ -497,21 +677,28 @@ int main(int argc, char **argv)
                         fprintf(stderr, "engine-bench: %s (file transfer cells will fail)\n",
                                 files_why);
         }
+        if (need_disk && !o.disk_why[0] && mkdir(o.disk_workdir, 0700) != 0)
+                eb_errf(o.disk_why, sizeof(o.disk_why), "cannot create %s: %s", o.disk_workdir,
+                        strerror(errno));
+        if (need_disk)
+                fprintf(stderr, "engine-bench: xfer/disk/ cells write to %s%s%s\n", o.disk_workdir,
+                        o.disk_why[0] ? ": n/a, " : "", o.disk_why);
+        bool *done = calloc((size_t)cs.n + 1, sizeof(bool));
+        if (done == NULL)
+                return 1;
         int k = 0, failed = 0;
         eb_cpu_sample_t run0, run1;
         eb_cpu_sample(&run0);
         for (int i = 0; i < cs.n && !eb_interrupted; i++) {
                 eb_cell_t *c = &cs.v[i];
-                if (!sel[i])
+                if (!sel[i] || done[i])
                         continue;
+                if (c->alt) {
+                        failed += run_alternating(&cs, i, sel, done, &o, &run, &k, nsel, files_why);
+                        continue;
+                }
                 eb_result_t *r = &run.r[k++];
-                snprintf(r->name, sizeof(r->name), "%s", c->name);
-                snprintf(r->group, sizeof(r->group), "%s", c->group);
-                snprintf(r->impl, sizeof(r->impl), "%s", c->impl);
-                snprintf(r->mode, sizeof(r->mode), "%s", c->mode);
-                snprintf(r->place, sizeof(r->place), "%s", c->place);
-                r->payload = strcmp(c->group, "xfer") == 0 ? o.file_bytes : c->payload;
-                r->streams = c->streams;
+                result_init(r, c, &o);
                 const eb_result_t id = *r; /* identity fields only */
                 for (int attempt = 0;; attempt++) {
                         eb_result_t t = id;
@@ -554,6 +741,9 @@ int main(int argc, char **argv)
                 eb_rmdir_files(src);
                 eb_rmdir_files(o.workdir);
         }
+        if (need_disk)
+                eb_rmdir_files(o.disk_workdir);
+        free(done);
         if (eb_interrupted)
                 fprintf(stderr, "engine-bench: interrupted; reporting what was measured\n");
 

@@ -127,7 +127,7 @@ static void xfer_report(const eng_xfer_result_t *r, void *ctx)
 
 static void outdir_of(const eb_cell_t *c, const eb_opts_t *o, char *out, size_t n)
 {
-        snprintf(out, n, "%s/out-%d", o->workdir, c->seq);
+        eb_xfer_outdir(c, o, out, n);
 }
 
 /* spin: the budget (nobody sleeps); block: 1 (both sides sleep at once); default: 0, the
@@ -766,6 +766,11 @@ out:
 
 static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
 {
+        if (c->disk && o->disk_why[0]) {
+                r->status = EB_NA;
+                snprintf(r->reason, sizeof(r->reason), "%s", o->disk_why);
+                return;
+        }
         snprintf(c->seg, sizeof(c->seg), "/%s-%d", o->tag, c->seq);
         eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
@@ -872,7 +877,9 @@ static void run_engine_cell(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                 size_t l = strlen(r->reason);
                 snprintf(r->reason + l, sizeof(r->reason) - l, " [server: %s]", x->xfer_why);
         }
-        if (xfer)
+        if (xfer && c->disk)
+                eb_disk_settle(o, dir);
+        else if (xfer)
                 eb_rmdir_files(dir);
         eb_xchg_free(x);
 }
@@ -964,6 +971,15 @@ void eb_engine_cells(eb_cells_t *cs, const eb_opts_t *o)
                         c->defaults = true;
                         c->run = run_engine_cell;
                 }
+        {
+                /* The same one-file transfer, tmpfs -> a directory on a disk, in alternating
+                 * rounds with cp + fsync (refs.c): the server fsyncs before it renames. */
+                eb_cell_t *c = defaults_cell(cs, "xfer", 0, 1);
+                snprintf(c->name, sizeof(c->name), "xfer/disk/lockfree/1s");
+                c->disk = true;
+                c->alt = 1;
+                c->sub = 1;
+        }
         for (int t = 0; t < 2; t++) {
                 /* Opening needs the server's control thread (it offers the next record): with
                  * a spinning worker and a spinning client on two cores it would wait for a

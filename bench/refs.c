@@ -2,7 +2,8 @@
  * refs.c - reference rows, measured in the same run as the engine so every ratio compares
  * like with like: the spin floor (two processes on one shared word), memcpy, pipe / UNIX
  * socket / TCP loopback round trip and bulk throughput, read/write (and copy_file_range) copy
- * of the transfer files, and the arena alone (lock-free vs mutex) at 1 and 2 threads.
+ * of the transfer files, `cat` and `cp` + fsync of them, and the arena alone (lock-free vs mutex)
+ * at 1 and 2 threads.
  *
  * Conventions shared with the engine workloads: the client fills each message from a hot
  * source buffer (here: write() copies it), the receiver reads every byte it got
@@ -714,6 +715,41 @@ static int copy_one(eb_xchg_t *x, const char *from, const char *to, bool cfr, un
         return 0;
 }
 
+/* Run the program path (argv) in a child with its stdout on out (-1: left alone), wait for
+ * it (wait4) and add its CPU time to x->cpu_s[0]. 0, or -1 with x->cli_err saying why. */
+static int exec_wait(eb_xchg_t *x, const char *path, char *const argv[], int out)
+{
+        pid_t self = getpid();
+        pid_t pid = fork();
+        if (pid < 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "fork: %s", strerror(errno));
+                return -1;
+        }
+        if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with this child (which dies with us) */
+                if (getppid() != self || (out >= 0 && dup2(out, STDOUT_FILENO) < 0))
+                        _exit(126);
+                execv(path, argv);
+                _exit(127);
+        }
+        int st;
+        struct rusage ru;
+        pid_t w;
+        while ((w = wait4(pid, &st, 0, &ru)) < 0 && errno == EINTR)
+                ;
+        if (w != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "%s %s: %s", path, argv[1],
+                        w != pid                 ? strerror(errno)
+                        : !WIFEXITED(st)         ? "killed"
+                        : WEXITSTATUS(st) == 127 ? "cannot run it"
+                                                 : "failed");
+                return -1;
+        }
+        x->cpu_s[0] += (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+        return 0;
+}
+
 /* `cat SRC > DST`: /bin/cat run with its output on the destination file (coreutils cat copies
  * with copy_file_range between regular files). Its CPU time is what wait4 reports for it. */
 static int cat_one(eb_xchg_t *x, const char *from, const char *to)
@@ -723,31 +759,8 @@ static int cat_one(eb_xchg_t *x, const char *from, const char *to)
                 eb_errf(x->cli_err, sizeof(x->cli_err), "open %s: %s", to, strerror(errno));
                 return -1;
         }
-        pid_t self = getpid();
-        pid_t pid = fork();
-        if (pid < 0) {
-                eb_errf(x->cli_err, sizeof(x->cli_err), "fork: %s", strerror(errno));
-                close(out);
-                return -1;
-        }
-        if (pid == 0) {
-                prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with this child (which dies with us) */
-                if (getppid() != self || dup2(out, STDOUT_FILENO) < 0)
-                        _exit(126);
-                execl("/bin/cat", "cat", from, (char *)NULL);
-                _exit(127);
-        }
-        int st;
-        struct rusage ru;
-        pid_t w;
-        while ((w = wait4(pid, &st, 0, &ru)) < 0 && errno == EINTR)
-                ;
-        if (w != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-                eb_errf(x->cli_err, sizeof(x->cli_err), "/bin/cat %s: %s", from,
-                        w != pid                 ? strerror(errno)
-                        : !WIFEXITED(st)         ? "killed"
-                        : WEXITSTATUS(st) == 127 ? "cannot run /bin/cat"
-                                                 : "failed");
+        char *const argv[] = {"cat", (char *)from, NULL};
+        if (exec_wait(x, "/bin/cat", argv, out) != 0) {
                 close(out);
                 return -1;
         }
@@ -756,32 +769,73 @@ static int cat_one(eb_xchg_t *x, const char *from, const char *to)
         fstat(out, &sb);
         close(out);
         x->cli_bytes += (uint64_t)sb.st_size;
-        x->cpu_s[0] += (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
         return 0;
+}
+
+/* `cp SRC DST && sync DST`: /bin/cp, then fsync of the copy (what coreutils `sync FILE`
+ * does; sync(2) would also flush whatever else the machine has dirty). The fsync is timed and
+ * its CPU is this process's: the data is only on the disk once it returns, as the engine's
+ * server fsyncs each file before its rename. */
+static int cpsync_one(eb_xchg_t *x, const char *from, const char *to)
+{
+        char *const argv[] = {"cp", (char *)from, (char *)to, NULL};
+        if (exec_wait(x, "/bin/cp", argv, -1) != 0)
+                return -1;
+        int out = open(to, O_WRONLY | O_CLOEXEC);
+        if (out < 0 || fsync(out) != 0) {
+                eb_errf(x->cli_err, sizeof(x->cli_err), "%s %s: %s", out < 0 ? "open" : "fsync", to,
+                        strerror(errno));
+                if (out >= 0)
+                        close(out);
+                return -1;
+        }
+        struct stat sb;
+        fstat(out, &sb);
+        close(out);
+        x->cli_bytes += (uint64_t)sb.st_size;
+        return 0;
+}
+
+void eb_xfer_outdir(const eb_cell_t *c, const eb_opts_t *o, char *out, size_t n)
+{
+        snprintf(out, n, "%s/out-%d", c->disk ? o->disk_workdir : o->workdir, c->seq);
+}
+
+void eb_disk_settle(const eb_opts_t *o, const char *dir)
+{
+        eb_rmdir_files(dir);
+        int fd = open(o->disk_workdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+                syncfs(fd);
+                close(fd);
+        }
 }
 
 static int copy_client(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
 {
         char dir[600];
-        snprintf(dir, sizeof(dir), "%s/out-%d", o->workdir, c->seq);
+        eb_xfer_outdir(c, o, dir, sizeof(dir));
         if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
                 eb_errf(x->cli_err, sizeof(x->cli_err), "%s: %s", dir, strerror(errno));
                 return 1;
         }
         unsigned char *buf = malloc(BULK_BUF);
         bool cfr = strcmp(c->impl, "cfr") == 0, cat = strcmp(c->impl, "cat") == 0;
+        bool cpsync = strcmp(c->impl, "cpsync") == 0;
         x->t0_ns = eng_now_ns();
         double cpu0 = eb_proc_cpu_s(0);
         for (uint32_t k = 0; k < c->streams; k++) {
                 char from[700], to[700];
                 eb_files_path(o, (int)c->streams, (int)k, from, sizeof(from));
                 snprintf(to, sizeof(to), "%s/copy%u.bin", dir, k);
-                if ((cat ? cat_one(x, from, to) : copy_one(x, from, to, cfr, buf)) != 0)
+                int rc = cat      ? cat_one(x, from, to)
+                         : cpsync ? cpsync_one(x, from, to)
+                                  : copy_one(x, from, to, cfr, buf);
+                if (rc != 0)
                         return 1;
         }
         x->t1_ns = eng_now_ns();
-        x->cpu_s[1] = eb_proc_cpu_s(0) - cpu0; /* this process (cat: forking and waiting) */
+        x->cpu_s[1] = eb_proc_cpu_s(0) - cpu0; /* this process (cat, cp: forking and waiting) */
         free(buf);
         return 0;
 }
@@ -791,8 +845,14 @@ static void run_copy(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
         eb_xchg_t *x = eb_xchg_new_or_fail(r);
         if (x == NULL)
                 return;
+        if (c->disk && o->disk_why[0]) {
+                r->status = EB_NA;
+                snprintf(r->reason, sizeof(r->reason), "%s", o->disk_why);
+                eb_xchg_free(x);
+                return;
+        }
         char dir[600];
-        snprintf(dir, sizeof(dir), "%s/out-%d", o->workdir, c->seq);
+        eb_xfer_outdir(c, o, dir, sizeof(dir));
         eb_rmdir_files(dir);
         eb_files_warm(o, (int)c->streams);
         eb_memory_warm(o->file_bytes + (o->file_bytes >> 2));
@@ -812,7 +872,10 @@ static void run_copy(eb_cell_t *c, const eb_opts_t *o, eb_result_t *r)
                                 (unsigned long long)x->cli_bytes, (unsigned long long)want);
                 }
         }
-        eb_rmdir_files(dir);
+        if (c->disk)
+                eb_disk_settle(o, dir);
+        else
+                eb_rmdir_files(dir);
         eb_xchg_free(x);
 }
 
@@ -1009,6 +1072,13 @@ void eb_ref_cells_xfer(eb_cells_t *cs, const eb_opts_t *o)
         c->run = run_copy;
         c = eb_cell_add(cs, "xfer", "cat", "", 0, 1);
         snprintf(c->name, sizeof(c->name), "xfer/cat/1s");
+        c->run = run_copy;
+        /* tmpfs -> disk: cp + fsync, in alternating rounds with xfer/disk/lockfree/1s */
+        c = eb_cell_add(cs, "xfer", "cpsync", "", 0, 1);
+        snprintf(c->name, sizeof(c->name), "xfer/disk/cpsync/1s");
+        c->disk = true;
+        c->alt = 1;
+        c->sub = 1;
         c->run = run_copy;
 }
 

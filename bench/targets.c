@@ -117,6 +117,23 @@ static void floor_more(const eb_run_t *run, double num, char *out, size_t n)
                  eb_fmt_us(ck, a, sizeof(a)), eb_fmt_x(eb_ratio(num, ck), b, sizeof(b)));
 }
 
+/* The disk cells: " (medians); by round: engine <GB/s...>, cp+sync <...>; CPU s/GB a / b". */
+static void disk_more(const eb_run_t *run, double num, char *out, size_t n)
+{
+        (void)num;
+        const eb_result_t *a = eb_find(run, "xfer/disk/lockfree/1s");
+        const eb_result_t *b = eb_find(run, "xfer/disk/cpsync/1s");
+        static const char by[] = "GB/s by round:";
+        const char *na =
+            a && strncmp(a->note, by, sizeof(by) - 1) == 0 ? a->note + sizeof(by) : "-";
+        const char *nb =
+            b && strncmp(b->note, by, sizeof(by) - 1) == 0 ? b->note + sizeof(by) : "-";
+        char x[16], y[16];
+        snprintf(out, n, " (medians); by round: engine %s, cp+sync %s; CPU s/GB %s / %s", na, nb,
+                 eb_fmt_fixed(eb_metric(a, "cpu_s_per_gb"), 2, x, sizeof(x)),
+                 eb_fmt_fixed(eb_metric(b, "cpu_s_per_gb"), 2, y, sizeof(y)));
+}
+
 /* sparse/lockfree/<gap>/<place> and sparse/pipe/<gap>/<place> are a pair. */
 static bool sparse_partner(const char *name, char *out, size_t n)
 {
@@ -267,6 +284,13 @@ static const target_def_t target_defs[] = {
      .unit = &SPGB,
      .at_most = true,
      .need = 2.0},
+    {.id = "xfer_disk_vs_cpsync",
+     .what = "file transfer tmpfs -> disk, one stream / cp SRC DST + fsync (median rounds)",
+     .num = {.cell = "xfer/disk/lockfree/1s", .metric = "gb_per_s"},
+     .den = {.cell = "xfer/disk/cpsync/1s", .metric = "gb_per_s"},
+     .unit = &GBS,
+     .more = disk_more,
+     .need = 1.0},
     {.id = "sparse_rtt_vs_pipe",
      .what = "sparse round trip p50, engine defaults / pipe (worst gap x placement)",
      .eval = sparse_eval,

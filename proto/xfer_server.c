@@ -49,6 +49,7 @@ struct rx {
         char name[ENG_NAME_MAX + 1]; /* the checked name, private (res.name is escaped) */
         uint64_t t0;
         XXH3_state_t *h;
+        xfer_wb_t wb; /* writeback started and waited for so far */
         eng_xfer_result_t res;
 };
 
@@ -389,8 +390,55 @@ static int file_open(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
                 return refuse(x, s, r, e, msg);
         }
         r->open = true;
+        r->wb = (xfer_wb_t){0};
         xfer_hash_begin(r->h, r->name, r->res.size);
         return eng_sstream_send(s, ENG_S_FILE_READY, 0, 0, 0);
+}
+
+xfer_wb_plan_t xfer_wb_plan(xfer_wb_t *wb, uint64_t written, uint64_t step, uint64_t lag)
+{
+        xfer_wb_plan_t p = {0};
+        if (wb->off)
+                return p;
+        uint64_t end = written / XFER_WB_PAGE * XFER_WB_PAGE;
+        if (end > wb->started && end - wb->started >= step) {
+                p.start_off = wb->started;
+                p.start_len = end - wb->started;
+                wb->started = end;
+        }
+        /* wait for whole steps only, so that a wait covers writeback started long ago */
+        if (wb->started > lag && wb->started - lag > wb->waited &&
+            wb->started - lag - wb->waited >= step) {
+                p.wait_off = wb->waited;
+                p.wait_len = wb->started - lag - wb->waited;
+                wb->waited = wb->started - lag;
+        }
+        return p;
+}
+
+bool xfer_wb_unsupported(int err)
+{
+        err = err < 0 ? -err : err;
+        return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == ESPIPE;
+}
+
+int xfer_wb_written(int fd, xfer_wb_t *wb, uint64_t written)
+{
+        xfer_wb_plan_t p = xfer_wb_plan(wb, written, XFER_WB_STEP, XFER_WB_LAG);
+        int rc = 0;
+        if (p.start_len &&
+            sync_file_range(fd, (off64_t)p.start_off, (off64_t)p.start_len, SYNC_FILE_RANGE_WRITE))
+                rc = -errno;
+        if (rc == 0 && p.wait_len &&
+            sync_file_range(fd, (off64_t)p.wait_off, (off64_t)p.wait_len,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER))
+                rc = -errno;
+        if (rc != 0 && xfer_wb_unsupported(rc)) {
+                wb->off = true;
+                rc = 0;
+        }
+        return rc;
 }
 
 /* pwrite all of buf at off; 0 or -errno. */
@@ -445,6 +493,8 @@ static int file_data(eng_xfer_server_t *x, eng_sstream_t *s, struct rx *r, eng_m
                 }
                 if (rc == 0)
                         rc = write_all(r->fd, buf, w, off);
+                if (rc == 0)
+                        rc = xfer_wb_written(r->fd, &r->wb, off + w);
                 if (rc != 0) {
                         char what[320], msg[400];
                         if (buf == NULL)

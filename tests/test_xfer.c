@@ -16,6 +16,7 @@
 
 #include "arena_int.h"
 #include "internal.h"
+#include "xfer_int.h"
 #include "xfer_util.h"
 
 #define CHUNK ((256u << 10) - 64) /* payload of the default 256 KiB chunk block */
@@ -1103,4 +1104,136 @@ Test(xfer, client_output_without_a_terminal_is_plain_lines)
         char *log = xu_slurp(X.slog);
         cr_assert_null(strchr(log, '\033'), "ANSI escape sequence in the server log:\n%s", log);
         free(log);
+}
+
+/* ---- writeback while a file is received (proto/xfer_server.c) ---------------------------- */
+
+Test(xfer, writeback_plan_starts_whole_steps_on_page_boundaries_and_waits_behind_the_lag)
+{
+        const uint64_t step = 16 * MiB, lag = 128 * MiB;
+        xfer_wb_t wb = {0};
+        /* less than a step: nothing, the final fsync writes it */
+        xfer_wb_plan_t p = xfer_wb_plan(&wb, step - 1, step, lag);
+        cr_assert_eq(p.start_len + p.wait_len, 0);
+        /* a step, not on a page boundary: up to the page below, not beyond */
+        p = xfer_wb_plan(&wb, step + XFER_WB_PAGE + 1, step, lag);
+        cr_assert_eq(p.start_off, 0);
+        cr_assert_eq(p.start_len, step + XFER_WB_PAGE);
+        cr_assert_eq(p.wait_len, 0);
+        /* the rest of that page and less than a step more: nothing */
+        p = xfer_wb_plan(&wb, 2 * step, step, lag);
+        cr_assert_eq(p.start_len + p.wait_len, 0);
+        /* exactly a step past the last start */
+        p = xfer_wb_plan(&wb, 2 * step + XFER_WB_PAGE, step, lag);
+        cr_assert_eq(p.start_off, step + XFER_WB_PAGE);
+        cr_assert_eq(p.start_len, step);
+        /* a file system that cannot: nothing more for this file */
+        xfer_wb_t off = {.off = true};
+        p = xfer_wb_plan(&off, 10 * lag, step, lag);
+        cr_assert_eq(p.start_len + p.wait_len, 0);
+
+        /* 1 GiB + odd in chunks that are not page multiples (1 MiB - 64): the started ranges
+         * tile the file from 0, each ends on a page and is at least a step (the last one
+         * too); the waits tile it from 0 too, each at least a step, and never come nearer
+         * than lag to what was started */
+        wb = (xfer_wb_t){0};
+        const uint64_t size = 1024 * MiB + 12345, chunk = MiB - 64;
+        uint64_t started = 0, waited = 0, written = 0;
+        int starts = 0, waits = 0;
+        while (written < size) {
+                written = written + chunk < size ? written + chunk : size;
+                p = xfer_wb_plan(&wb, written, step, lag);
+                if (p.start_len) {
+                        cr_assert_eq(p.start_off, started, "start at %llu",
+                                     (unsigned long long)written);
+                        cr_assert_geq(p.start_len, step);
+                        cr_assert_eq((p.start_off + p.start_len) % XFER_WB_PAGE, 0);
+                        cr_assert_leq(p.start_off + p.start_len, written);
+                        started += p.start_len;
+                        starts++;
+                }
+                if (p.wait_len) {
+                        cr_assert_eq(p.wait_off, waited);
+                        cr_assert_geq(p.wait_len, step);
+                        cr_assert_leq(p.wait_off + p.wait_len + lag, started);
+                        waited += p.wait_len;
+                        waits++;
+                }
+                cr_assert_eq(wb.started, started);
+                cr_assert_eq(wb.waited, waited);
+        }
+        cr_assert_gt(started + step + XFER_WB_PAGE, size,
+                     "writeback started for %llu of %llu bytes", (unsigned long long)started,
+                     (unsigned long long)size);
+        cr_assert_geq(waited + lag + step, started);
+        cr_assert_geq(starts, 60);
+        cr_assert_geq(waits, 50);
+}
+
+Test(xfer, writeback_errors_fail_the_file_unless_they_only_say_unsupported)
+{
+        /* not supported here: fsync does it all */
+        const int hint[] = {EINVAL, ENOSYS, EOPNOTSUPP, ESPIPE};
+        for (size_t i = 0; i < sizeof(hint) / sizeof(hint[0]); i++) {
+                cr_assert(xfer_wb_unsupported(hint[i]), "%s", strerror(hint[i]));
+                cr_assert(xfer_wb_unsupported(-hint[i]), "-%s", strerror(hint[i]));
+        }
+        /* what the disk said about the data: the kernel says it once per descriptor, so the
+         * fsync before the rename would not see it again */
+        const int data[] = {EIO, ENOSPC, EDQUOT, EROFS, ENOMEM, EINTR, EBADF};
+        for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++) {
+                cr_assert_not(xfer_wb_unsupported(data[i]), "%s", strerror(data[i]));
+                cr_assert_not(xfer_wb_unsupported(-data[i]), "-%s", strerror(data[i]));
+        }
+        cr_assert_not(xfer_wb_unsupported(0));
+
+        /* a descriptor sync_file_range refuses (a pipe: ESPIPE): not an error, and no more
+         * asking for this file */
+        int pfd[2];
+        cr_assert_eq(pipe(pfd), 0);
+        xfer_wb_t wb = {0};
+        cr_assert_eq(xfer_wb_written(pfd[1], &wb, XFER_WB_STEP), 0);
+        cr_assert(wb.off);
+        cr_assert_eq(xfer_wb_written(pfd[1], &wb, 2 * XFER_WB_STEP), 0);
+        close(pfd[0]);
+        close(pfd[1]);
+        /* a closed descriptor is an error of the file, not a hint */
+        wb = (xfer_wb_t){0};
+        cr_assert_eq(xfer_wb_written(pfd[1], &wb, XFER_WB_STEP), -EBADF);
+        /* a regular file: writeback starts and is waited for without error */
+        int fd = open(xu_path("wb.bin"), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        cr_assert_geq(fd, 0, "%s", strerror(errno));
+        cr_assert_eq(ftruncate(fd, 2 * XFER_WB_LAG), 0);
+        wb = (xfer_wb_t){0};
+        for (uint64_t w = XFER_WB_STEP; w <= 2 * XFER_WB_LAG; w += XFER_WB_STEP)
+                cr_assert_eq(xfer_wb_written(fd, &wb, w), 0);
+        cr_assert_not(wb.off);
+        cr_assert_eq(wb.started, 2 * XFER_WB_LAG);
+        cr_assert_eq(wb.waited, XFER_WB_LAG);
+        close(fd);
+}
+
+/* The output folder on a disk (/var/tmp, through a symlink at out/): a file large enough that
+ * the server starts writeback many times and waits for it arrives byte-identical. */
+Test(xfer, file_received_on_a_disk_with_writeback_arrives_byte_identical)
+{
+        char disk[] = "/var/tmp/eng-xfer-disk-XXXXXX";
+        cr_assert_not_null(mkdtemp(disk), "mkdtemp %s: %s", disk, strerror(errno));
+        cr_assert_eq(symlink(disk, xu_path("out")), 0, "%s", strerror(errno));
+        const uint64_t size = XFER_WB_LAG + 5 * XFER_WB_STEP + 12345;
+        xu_make_file(xu_path("src/disk.bin"), size, 9);
+        xu_write_opts(NULL, &(xu_stream_t){1, "src/disk.bin"}, 1);
+        xu_server_start();
+        int rc = xu_client("c", 60000, "1");
+        char *o = xu_output("c");
+        cr_assert_eq(rc, 0, "client exit %d\n%s", rc, o);
+        free(o);
+        assert_client_delivered("c", 1);
+        xu_assert_same(xu_path("src/disk.bin"), xu_path("out/disk.bin"));
+        xu_assert_no_temps();
+        cr_assert_eq(xu_server_stop(), 0);
+        char p[sizeof(disk) + 16];
+        snprintf(p, sizeof(p), "%s/disk.bin", disk);
+        cr_assert_eq(unlink(p), 0, "%s: %s", p, strerror(errno));
+        cr_assert_eq(rmdir(disk), 0, "%s: %s", disk, strerror(errno));
 }
