@@ -722,6 +722,11 @@ static int arena_enter(eng_client_t *c, uint64_t wait_ns)
                 if (g == 0)
                         return 0;
                 eng_store_release_u32(op, 0);
+                /* Shut by the server's repair (it is awake then, and opens it within
+                 * milliseconds) or by a writer of the segment: the control thread heals that
+                 * at its next tick, but one asleep without a timeout (nothing due) has no next
+                 * tick. Wake it: a refused loan is something amiss. */
+                eng_ctl_nudge(c->sg.hdr);
                 if (end == 0 || eng_now_ns() >= end)
                         return -EAGAIN;
                 eng_futex_wait(gate, g, 2 * 1000000ll);

@@ -1305,6 +1305,46 @@ Test(engine, client_refused_a_loan_at_a_shut_gate_is_woken_when_it_opens)
         eng_server_stop(srv);
 }
 
+/* The same with the control thread asleep without a timeout (nothing due: an idle server
+ * does not tick): the writer's shut gate has no next tick to be healed at. The refused client
+ * wakes the control thread (arena_enter); before, it waited its whole timeout. */
+Test(engine, a_gate_shut_while_the_server_sleeps_calmly_is_healed_for_the_refused_client)
+{
+        if (test_transport() == ENG_TRANSPORT_MUTEX)
+                cr_skip_test("the mutex arena has no gate");
+        char name[64];
+        mkname(name, sizeof(name), "gatecalm");
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
+        eng_client_t *c = attach(name);
+        eng_stream_t *s = open_stream(c, 1);
+        struct eng_seg sg;
+        cr_assert_eq(seg_attach(&sg, name), 0);
+        /* calm: the control thread sleeps without a timeout (ctl_asleep 1) */
+        uint64_t end = eng_now_ns() + 5000000000ull;
+        while (eng_load_relaxed_u32(&sg.hdr->ctl_asleep) != 1 && eng_now_ns() < end)
+                sleep_ms(5);
+        cr_assert_eq(eng_load_relaxed_u32(&sg.hdr->ctl_asleep), 1,
+                     "the control thread never slept calmly");
+        sleep_ms(20);
+        eng_store_release_u32(&sg.hdr->arena_gate, 1); /* shut, as a writer may */
+        uint32_t tk = eng_client_ticket(c);
+        void *p;
+        uint64_t off;
+        cr_assert_eq(eng_stream_try_loan(s, 100000, &p, &off), -EAGAIN);
+        uint64_t t0 = eng_now_ns();
+        int rc = eng_client_wait(c, tk, 3000);
+        uint64_t ms = (eng_now_ns() - t0) / 1000000;
+        cr_assert_eq(rc, 0, "not woken: %s after %llu ms (the gate stayed shut)", eng_strerror(rc),
+                     (unsigned long long)ms);
+        cr_assert_eq(eng_load_acquire_u32(&sg.hdr->arena_gate), 0);
+        cr_assert_eq(eng_stream_try_loan(s, 100000, &p, &off), 0);
+        eng_stream_unloan(s, off);
+        seg_unmap(&sg);
+        eng_stream_close(s);
+        eng_client_detach(c);
+        eng_server_stop(srv);
+}
+
 Test(engine, loan_waits_for_space_then_succeeds_after_frees)
 {
         char name[64];
