@@ -278,7 +278,35 @@ static void print_xfer(const eb_run_t *run, FILE *f)
                    "/bin/cat SRC > DST; engine: client preads into loaned\n   buffers, server "
                    "pwrites, both hash with XXH3; every copy ends with fsync. CPU: server +\n   "
                    "client processes over the transfer (the engine's server spins: see the "
-                   "server line))\n");
+                   "server line))\n"); /* tmpfs -> disk: the median of alternating rounds
+                                          (engine_bench.c run_alternating) */
+        static const char *dimpl[2] = {"lockfree", "cpsync"};
+        bool head = false;
+        for (int i = 0; i < 2; i++) {
+                const eb_result_t *r = eb_findf(run, "xfer/disk/%s/1s", dimpl[i]);
+                if (r == NULL)
+                        continue;
+                if (!head) {
+                        fprintf(f, "  tmpfs -> disk (%s), median of alternating rounds:\n",
+                                run->o->disk_dir ? run->o->disk_dir : "?");
+                        head = true;
+                }
+                char a[24], b[24], c[24], d[24], why[300];
+                const char *bad = not_ok(r, why, sizeof(why));
+                if (bad) {
+                        fprintf(f, "  %-9s %-7u %s\n", dimpl[i], 1u, bad);
+                        continue;
+                }
+                fprintf(f, "  %-9s %-7u %8s %9s %10s %9s   (rounds %s-%s GB/s)\n", dimpl[i], 1u,
+                        eb_fmt_fixed(eb_metric(r, "gb_per_s"), 3, a, sizeof(a)),
+                        eb_fmt_fixed(eb_metric(r, "secs"), 3, b, sizeof(b)), "",
+                        eb_fmt_fixed(eb_metric(r, "cpu_s_per_gb"), 2, c, sizeof(c)),
+                        eb_fmt_fixed(eb_metric(r, "gb_per_s_min"), 2, d, sizeof(d)),
+                        eb_fmt_fixed(eb_metric(r, "gb_per_s_max"), 2, why, sizeof(why)));
+        }
+        if (head)
+                fprintf(f, "  (cpsync: /bin/cp SRC DST, then fsync of DST, timed; the engine's "
+                           "server fsyncs before its rename)\n");
 }
 
 /* One row of the sparse table: lockfree or pipe at a gap ("b2b" for back to back) and place. */
