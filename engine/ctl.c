@@ -53,10 +53,18 @@ static void gate_opened(struct eng_server *srv)
         eng_futex_wake(&sg->hdr->arena_gate, INT32_MAX);
         eng_faa_u32(eng_arena_free_word(&sg->arena), 1);
         eng_futex_wake(eng_arena_free_word(&sg->arena), INT32_MAX);
+        /* Every session, and every record not decided yet: a client's session may still wait
+         * for a worker to accept it (one busy worker, a loaded machine) while its client was
+         * already refused a loan at the gate; skipping it left that client asleep with the
+         * control thread asleep too (CI: client_refused_a_loan_at_a_shut_gate... timed out
+         * with the gate healed). Waking a record that turns out to be a stream costs nothing:
+         * nobody waits on a stream's own words (`waiting` stays NONE there). */
         for (uint32_t j = 0; j < srv->ntab; j++) {
                 eng_sstream_t *t = &srv->tab[j];
-                if (t->live && eng_load_acquire_u32(&t->known) && t->type == REC_SESSION)
-                        srv_wake_session(srv, t);
+                if (!t->live || t->on_offer)
+                        continue;
+                if (!eng_load_acquire_u32(&t->known) || t->type == REC_SESSION)
+                        srv_wake_rec(srv, j);
         }
 }
 

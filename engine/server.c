@@ -171,7 +171,12 @@ int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
  * publications (stores) before the load of `waiting` (Dekker with eng_client_ticket). */
 void srv_wake_session(struct eng_server *srv, eng_sstream_t *s)
 {
-        struct eng_rec *sr = seg_rec(&srv->sg, s->type == REC_SESSION ? s->idx : s->session);
+        srv_wake_rec(srv, s->type == REC_SESSION ? s->idx : s->session);
+}
+
+void srv_wake_rec(struct eng_server *srv, uint32_t idx)
+{
+        struct eng_rec *sr = seg_rec(&srv->sg, idx);
         if (sr == NULL)
                 return;
         eng_fence_full();

@@ -176,6 +176,8 @@ void srv_pw_ref(struct eng_server *srv, int32_t slot);
 void srv_pw_release(struct eng_server *srv, int32_t slot);
 /* Wake the client's session if it announced it is waiting (Dekker with eng_client_ticket). */
 void srv_wake_session(struct eng_server *srv, eng_sstream_t *s);
+/* The same for record idx itself (a session, or a record not decided yet that may be one). */
+void srv_wake_rec(struct eng_server *srv, uint32_t idx);
 /* End the stream from our side (holding busy): CLOSE (err 0) or ERROR to the client, on_close
  * once, state ENDED. */
 void srv_end_stream(struct eng_server *srv, eng_sstream_t *s, int err);
