@@ -175,13 +175,7 @@ nng_msg *br_frame(const br_hdr_t *h, const void *payload, uint32_t len)
         if (nng_msg_alloc(&m, BR_HDR + (size_t)len) != 0)
                 return NULL;
         unsigned char *p = nng_msg_body(m);
-        p[0] = BR_VERSION;
-        p[1] = h->type;
-        put16(p + 2, h->cmd);
-        put32(p + 4, h->link);
-        put32(p + 8, h->epoch);
-        put32(p + 12, len);
-        put64(p + 16, h->arg);
+        br_put_hdr(p, h, len);
         if (payload != NULL && len > 0)
                 memcpy(p + BR_HDR, payload, len);
         return m;

@@ -61,8 +61,11 @@ static void gate_opened(struct eng_server *srv)
          * nobody waits on a stream's own words (`waiting` stays NONE there). */
         for (uint32_t j = 0; j < srv->ntab; j++) {
                 eng_sstream_t *t = &srv->tab[j];
-                if (!t->live || t->on_offer)
+                if (!t->live)
                         continue;
+                /* on offer included: a claim we have not noticed yet (a claimer wakes us only
+                 * when fewer than half the slots are up) is a session like any other; an
+                 * unclaimed record's `waiting` is NONE, so it costs nothing */
                 if (!eng_load_acquire_u32(&t->known) || t->type == REC_SESSION)
                         srv_wake_rec(srv, j);
         }
