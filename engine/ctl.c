@@ -843,6 +843,26 @@ void *srv_ctl_main(void *arg)
         bool quiet = false;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->ctl_wake);
+                /* First, before a tick reaps: a record taken from a slot is no longer on offer
+                 * (else a dead claimer's stream, still marked, would be reaped a tick after its
+                 * session, with a second "exited" line). Still on offer? (the header's copies
+                 * put right if overwritten) Taken: a
+                 * worker decides it now, even if the client stays silent; it must be decided
+                 * by the claim deadline. */
+                for (uint32_t k = 0; k < SEG_OFFERS; k++) {
+                        if (srv->offers[k].idx1 == 0 || offer_republish(srv, k))
+                                continue;
+                        uint32_t idx = srv->offers[k].idx1 - 1;
+                        srv->offers[k].idx1 = 0;
+                        srv->tab[idx].on_offer = false;
+                        eng_store_release_u64(&srv->tab[idx].taken_ns, eng_now_ns());
+                        /* Not if a worker decided it already (the claimer schedules its new
+                         * stream itself, and a held claim needs no control thread): that post
+                         * would only wake a worker for nothing. */
+                        if (!eng_load_acquire_u32(&srv->tab[idx].known))
+                                ready_post(sg, idx);
+                        quiet = false;
+                }
                 /* Every tick whatever else happens (a full segment included: that is when a
                  * dead client's records matter most). */
                 uint64_t now = eng_now_ns();
@@ -872,23 +892,6 @@ void *srv_ctl_main(void *arg)
                         repair_arena(srv, reap_tick(srv, &quiet));
                         quiet = quiet && !srv->dirty && now >= grace_until;
                         last_tick = now;
-                }
-                /* Still on offer? (the header's copies put right if overwritten) Taken: a
-                 * worker decides it now, even if the client stays silent; it must be decided
-                 * by the claim deadline. */
-                for (uint32_t k = 0; k < SEG_OFFERS; k++) {
-                        if (srv->offers[k].idx1 == 0 || offer_republish(srv, k))
-                                continue;
-                        uint32_t idx = srv->offers[k].idx1 - 1;
-                        srv->offers[k].idx1 = 0;
-                        srv->tab[idx].on_offer = false;
-                        eng_store_release_u64(&srv->tab[idx].taken_ns, eng_now_ns());
-                        /* Not if a worker decided it already (the claimer schedules its new
-                         * stream itself, and a held claim needs no control thread): that post
-                         * would only wake a worker for nothing. */
-                        if (!eng_load_acquire_u32(&srv->tab[idx].known))
-                                ready_post(sg, idx);
-                        quiet = false;
                 }
                 if (srv_offers_refill(srv) == 0) {
                         /* full: again when something is freed (or soon) */
