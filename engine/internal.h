@@ -265,9 +265,14 @@ struct eng_seg_hdr {
          * whoever posts work, acquire load and futex wait by a worker going to sleep.
          * srv_sleepers: eng_faa_u32 by workers around their sleep (a locked add before the
          * re-scan), relaxed load by a poster after its locked CAS (of the ready bit, or of
-         * sched before it): Dekker, see ready_post. */
+         * sched before it): Dekker, see ready_post. srv_spinners: eng_faa_u32 by workers
+         * around their idle spin (the decrement before the re-scan that precedes a sleep, or
+         * before running what the spin found), relaxed load by a poster beside srv_sleepers:
+         * a poster that sees a spinner wakes nobody (see ready_post). A hint like
+         * srv_sleepers: a writer's value costs a wake-up too many or a tick's delay. */
         _Alignas(CL) uint32_t srv_wake;
         uint32_t srv_sleepers;
+        uint32_t srv_spinners;
         /* line 3: bootstrap hand-out (the lock itself is SEG_LOCK_BOOT, held by the kernel).
          * boot_wake, ctl_wake, boot_seq: wake words, eng_faa_u32 and futex wakes by the waker,
          * acquire load and futex wait by the sleeper. boot_waiters: eng_faa_u32 by a waiter
@@ -509,6 +514,7 @@ bool ready_take(struct eng_seg *sg, uint32_t *cursor, uint32_t *idx);
 bool ready_any(struct eng_seg *sg);
 bool ready_queued(struct eng_seg *sg); /* the summary says some bit may be set (a hint) */
 void ready_post(struct eng_seg *sg, uint32_t idx);
+void ready_wake(struct eng_seg *sg);
 
 /* Schedule a stream for the server's workers (client side, after publishing work; sched.c). */
 void sched_stream(struct eng_seg *sg, struct eng_rec *r, uint32_t idx);

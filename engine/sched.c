@@ -231,11 +231,24 @@ void ready_post(struct eng_seg *sg, uint32_t idx)
         ready_set(sg, idx);
         /* Dekker with the worker: we set the bit (a CAS: locked) or found it set, then read
          * sleepers; a worker increments sleepers (locked), then re-scans the bits. One of us
-         * sees the other: it finds the bit, or we see it asleep and wake it. */
-        if (eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0) {
-                eng_faa_u32(&sg->hdr->srv_wake, 1);
-                eng_futex_wake(&sg->hdr->srv_wake, 1);
-        }
+         * sees the other: it finds the bit, or we see it asleep and wake it.
+         * A worker spinning idle finds the bit by itself: it leaves the spin with a locked
+         * decrement of srv_spinners and then either re-scans (before sleeping) or, when it
+         * leaves to run a stream, looks for other queued bits and wakes a sleeper for them
+         * (spin_leave). So a poster that still sees it spinning need not wake anyone: on two
+         * CPUs, a woken sleeper mostly finds the bit gone and preempts the poster (each open
+         * of a stream cost a futex wake and a context switch). */
+        const struct eng_seg_hdr *h = sg->hdr;
+        if (eng_load_relaxed_u32(&h->srv_sleepers) != 0 &&
+            eng_load_relaxed_u32(&h->srv_spinners) == 0)
+                ready_wake(sg);
+}
+
+/* Wake one sleeping worker. */
+void ready_wake(struct eng_seg *sg)
+{
+        eng_faa_u32(&sg->hdr->srv_wake, 1);
+        eng_futex_wake(&sg->hdr->srv_wake, 1);
 }
 
 /*

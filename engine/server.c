@@ -255,6 +255,17 @@ int64_t srv_finalize(struct eng_server *srv, eng_sstream_t *s, int err)
         return blocks > 0 ? blocks : 0;
 }
 
+/* Names for top -H, perf and /proc/PID/task/N/comm (15 characters at most). Best effort. */
+static void thread_name(pthread_t t, const char *base, int n)
+{
+        char name[16];
+        if (n >= 0)
+                snprintf(name, sizeof(name), "%s%u", base, (unsigned)n % 1000u);
+        else
+                snprintf(name, sizeof(name), "%s", base);
+        (void)pthread_setname_np(t, name);
+}
+
 int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
 {
         eng_server_t *srv = calloc(1, sizeof(*srv));
@@ -332,15 +343,18 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 if ((rc = -pthread_create(&srv->workers[i], NULL, srv_worker_main, srv)) != 0)
                         goto fail_threads;
                 srv->nworkers++;
+                thread_name(srv->workers[i], "eng-worker", (int)i);
         }
         if ((rc = -pthread_create(&srv->ctl, NULL, srv_ctl_main, srv)) != 0)
                 goto fail_threads;
+        thread_name(srv->ctl, "eng-ctl", -1);
         if ((rc = -pthread_create(&srv->watch, NULL, srv_watch_main, srv)) != 0) {
                 eng_store_relaxed_u32(&srv->stop, 1);
                 srv_ctl_nudge(srv->sg.hdr);
                 pthread_join(srv->ctl, NULL);
                 goto fail_threads;
         }
+        thread_name(srv->watch, "eng-watch", -1);
         srv->watch_started = true;
         /* Facts for tools, before READY is published (internal.h: written once). */
         eng_store_relaxed_u64(&srv->sg.hdr->started_ns, eng_now_ns());

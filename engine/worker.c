@@ -430,6 +430,19 @@ out:
         return false;
 }
 
+/* Leave the idle spin (counted in srv_spinners, see ready_post) to run what it found. A poster
+ * that saw us spinning woke nobody for its bit: if other bits are queued, a sleeper takes them
+ * while we run ours. After the locked decrement, so such a poster's bit is seen. */
+static void spin_leave(struct eng_seg *sg, bool *spinning)
+{
+        if (!*spinning)
+                return;
+        *spinning = false;
+        eng_faa_u32(&sg->hdr->srv_spinners, (uint32_t)-1);
+        if (eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0 && ready_queued(sg))
+                ready_wake(sg);
+}
+
 void *srv_worker_main(void *arg)
 {
         struct eng_server *srv = arg;
@@ -443,10 +456,12 @@ void *srv_worker_main(void *arg)
         uint32_t budget = srv->cfg.spin, probe = 0;
         eng_sstream_t *set[POLL_MAX]; /* held (busy), sched POLLING */
         uint32_t np = 0;
+        bool spinning = false; /* counted in srv_spinners */
         eng_arena_batch_t frees = {.n = 0};
         tl_frees = &frees;
         while (!eng_load_relaxed_u32(&srv->stop)) {
                 if (eng_load_acquire_u32(&srv->park)) {
+                        spin_leave(sg, &spinning);
                         /* The control thread repairs the arena: touch nothing of it until it
                          * is done (our polled streams let go, our batch flushed). */
                         release_polls(srv, set, np);
@@ -463,6 +478,7 @@ void *srv_worker_main(void *arg)
                 uint32_t idx;
                 bool moved = false;
                 if (ready_take(sg, &cursor, &idx)) {
+                        spin_leave(sg, &spinning);
                         /* One of ours posted (reap, or a client that writes sched): let go
                          * first, or run_stream would find it busy and post it forever. */
                         for (uint32_t i = 0; i < np; i++) {
@@ -499,10 +515,15 @@ void *srv_worker_main(void *arg)
                 if (frees.n != 0)
                         eng_arena_flush(&srv->sg.arena, &frees);
                 if (moved) {
+                        spin_leave(sg, &spinning); /* after a polled stream's turn */
                         if (spins != 0)
                                 budget = srv->cfg.spin; /* spinning pays: all of it again */
                         spins = 0;
                         continue;
+                }
+                if (!spinning) {
+                        eng_faa_u32(&sg->hdr->srv_spinners, 1);
+                        spinning = true;
                 }
                 if (++spins < budget) {
                         eng_cpu_relax();
@@ -524,6 +545,12 @@ void *srv_worker_main(void *arg)
                  * (ready_post), stop, park; a write to srv_wake by anyone else is at worst a
                  * spurious wake-up. The control thread re-posts scheduling a writer undid. */
                 eng_faa_u32(&sg->hdr->srv_sleepers, 1);
+                /* A poster that saw us spinning did not wake anyone: the decrement (locked)
+                 * comes before the re-scan, so its bit is seen there. */
+                if (spinning) {
+                        eng_faa_u32(&sg->hdr->srv_spinners, (uint32_t)-1);
+                        spinning = false;
+                }
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->srv_wake);
                 if (!ready_any(sg) && !eng_load_relaxed_u32(&srv->stop) &&
                     !eng_load_acquire_u32(&srv->park))
@@ -531,6 +558,7 @@ void *srv_worker_main(void *arg)
                 eng_faa_u32(&sg->hdr->srv_sleepers, (uint32_t)-1);
                 spins = 0;
         }
+        spin_leave(sg, &spinning);
         release_polls(srv, set, np);
         eng_arena_flush(&srv->sg.arena, &frees);
         tl_frees = NULL;

@@ -100,7 +100,7 @@ run stream_life.pml safety "" fail -DMUT_UNLOCK_BEFORE_FIN -DMAXOFF=3 # the slot
 run waking.pml safety "" pass
 run waking.pml ltl answered pass
 for m in MUT_NO_SECOND_LOOK MUT_NO_TICKET_FENCE MUT_NO_SCHED_FENCE MUT_NO_UNPOLL_LOOK \
-  MUT_NO_MEMBARRIER MUT_NO_SLEEP_RECHECK MUT_NO_WAKE_FENCE; do
+  MUT_NO_MEMBARRIER MUT_NO_SLEEP_RECHECK MUT_NO_WAKE_FENCE MUT_SPIN_LEAVE_LATE; do
   run waking.pml safety "" fail -D"$m"
   run waking.pml ltl answered fail -D"$m"
 done
@@ -123,6 +123,8 @@ run ready_set.pml ltl taken fail -DNPOST=1 -DNO_SUMMARY_INV -DMUT_NO_SUMMARY_REC
 run ready_set.pml ltl taken fail -DNPOST=1 -DNO_SUMMARY_INV -DMUT_SUMMARY_BEFORE_WORD -DMUT_ANY_NO_HEAL
 run ready_set.pml ltl taken fail -DNPOST=1 -DWITH_WRITER -DMUT_ANY_NO_HEAL
 run ready_set.pml safety "" fail -DNPOST=1 -DWITH_WRITER -DMUT_ANY_READS_SUMMARY
+run ready_set.pml safety "" fail -DMUT_SPIN_LEAVE_LATE
+run ready_set.pml safety "" fail -DNW=2 -DNPOST=1 -DWSPIN=1 -DMUT_SPIN_LEAVE_LATE
 
 # Model 4: the control thread's calm sleep (safety: once nothing moves, no finalisation unseen by
 # the arena check, no claim unnoticed). The default is the code with the two changes the model

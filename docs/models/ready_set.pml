@@ -47,6 +47,17 @@
  *   MUT_SUMMARY_BEFORE_WORD ready_set: summary_set before the word's bit.
  *   MUT_ANY_NO_HEAL         ready_any: no summary_set for a non-empty word lacking its bit.
  *   MUT_ANY_READS_SUMMARY   ready_any: looks at the summary instead of the bitmap.
+ *   MUT_SPIN_LEAVE_LATE     srv_worker_main: a spinner going to sleep lowers srv_spinners only
+ *                           after its ready_any, so a poster that saw it spinning (and woke
+ *                           nobody) can set its bit after that look.
+ *
+ * Spinners (srv_spinners, ready_post's second condition): a worker that finds nothing on a pass
+ * counts itself spinning (locked add) until it takes a bit (spin_leave: locked sub, then, if
+ * some worker sleeps and the summary shows a bit, it wakes one) or goes to sleep (the locked sub
+ * after srv_sleepers++ and before ready_any). A poster that sees a spinner wakes nobody. The
+ * spin_leave wake only shortens the wait of a bit posted while a spinner took another (a
+ * latency matter: the taker comes back to its loop anyway, and the model has no run_stream to
+ * last long), so leaving it out changes no verdict here.
  */
 
 #ifndef NW
@@ -67,6 +78,7 @@ byte bitmap[2];        /* sg->bitmap[w]: bits 0..1 = streams 2w, 2w+1 */
 byte summary = 0;      /* sg->summary[0]: bit w = word w may hold a set bit */
 byte srv_sleepers = 0; /* hdr->srv_sleepers */
 byte srv_wake = 0;     /* hdr->srv_wake (futex word) */
+byte srv_spinners = 0; /* hdr->srv_spinners */
 
 /* ---- kernel: the futex queue on srv_wake ---- */
 bool asleep[NW];
@@ -160,6 +172,19 @@ inline ready_take() {
      fi
   :: else -> break
   od;
+  /* srv_worker_main: a pass without work counts us spinning (eng_faa srv_spinners: locked); a
+   * take leaves the spin (spin_leave: locked sub, then sleepers and the summary read, one
+   * sleeper woken if both say so) */
+  if
+  :: took && spinning ->
+     atomic { srv_spinners--; spinning = 0 };
+     if
+     :: srv_sleepers != 0 && summary != 0 -> srv_wake++; futex_wake_one()
+     :: else
+     fi
+  :: !took && !spinning -> atomic { srv_spinners++; spinning = 1 }
+  :: else
+  fi;
   /* srv_worker_main: work resets the spin count (run_stream is not modelled) */
   atomic {
     if
@@ -189,18 +214,25 @@ inline any_word(wi) {
 }
 
 /* srv_worker_main (worker.c): WSPIN passes of ready_take without work, then announce
- * (eng_faa srv_sleepers: locked), read srv_wake (acquire), ready_any, futex wait without
- * timeout (compare and enqueue atomically), srv_sleepers-- (locked). */
+ * (eng_faa srv_sleepers: locked), stop counting as a spinner (eng_faa srv_spinners: locked),
+ * read srv_wake (acquire), ready_any, futex wait without timeout (compare and enqueue
+ * atomically), srv_sleepers-- (locked). */
 active [NW] proctype Worker() {
   byte spins = 0, cursor = 0, k = 0, w = 0, mask = 0, old = 0, idx = 0, seq = 0;
-  bool took = 0, any = 0;
+  bool took = 0, any = 0, spinning = 0;
 end_loop:
   do
   :: spins < WSPIN -> ready_take()
   :: atomic { spins >= WSPIN -> srv_sleepers++ };
+#ifndef MUT_SPIN_LEAVE_LATE
+     atomic { if :: spinning -> srv_spinners--; spinning = 0 :: else fi };
+#endif
      seq = srv_wake;
      any_word(0);
      any_word(1);
+#ifdef MUT_SPIN_LEAVE_LATE
+     atomic { if :: spinning -> srv_spinners--; spinning = 0 :: else fi };
+#endif
      if
      :: any -> skip
      :: else ->
@@ -220,8 +252,8 @@ end_sleep: (asleep[_pid] == 0)
 
 /* ready_post (sched.c) of stream idx: ready_set -- the word's bit by CAS (or found set), then
  * summary_set (relaxed load, CAS if clear) --, then a relaxed read of srv_sleepers (after a
- * locked CAS, or after the CAS that set sched: it cannot pass it); one asleep? eng_faa_u32
- * (srv_wake) and FUTEX_WAKE(1). Dekker with the worker's "srv_sleepers++ (locked);
+ * locked CAS, or after the CAS that set sched: it cannot pass it); one asleep and none
+ * spinning (a relaxed read of srv_spinners)? eng_faa_u32 (srv_wake) and FUTEX_WAKE(1). Dekker with the worker's "srv_sleepers++ (locked);
  * ready_any()". The caller's CAS of sched (sched_stream) came first and orders its ring push. */
 inline ready_post() {
 #ifdef MUT_SUMMARY_BEFORE_WORD
@@ -246,17 +278,21 @@ inline ready_post() {
   };
   atomic { summary = summary | WBIT(idx / 2); inflight[idx] = 0 };
 #endif
+  /* two relaxed loads: srv_sleepers, then srv_spinners; wake only if one sleeps and none
+   * spins */
+  s = srv_sleepers;
   if
-  :: srv_sleepers != 0 ->
+  :: s != 0 && srv_spinners == 0 ->
      srv_wake++;
      futex_wake_one()
   :: else
-  fi
+  fi;
+  s = 0
 }
 
 /* Poster 0 posts stream 0 (word 0); poster 1 stream 1 (word 0) or 2 (word 1). */
 active [2] proctype Poster() {
-  byte idx = 0, n = 0;
+  byte idx = 0, n = 0, s = 0;
   if
   :: _pid == NW -> idx = 0
   :: _pid != NW -> idx = 1 /* the same word as poster 0 */

@@ -39,6 +39,12 @@
  *   MUT_NO_MEMBARRIER       release_polls: no membarrier between the IDLE CAS and the look.
  *   MUT_NO_SLEEP_RECHECK    srv_worker_main: no ready_any() after srv_sleepers++.
  *   MUT_NO_WAKE_FENCE       srv_wake_session: no full fence between the push and `waiting`.
+ *   MUT_SPIN_LEAVE_LATE     srv_worker_main: srv_spinners-- after the ready_any re-check.
+ *
+ * srv_spinners (ready_post wakes nobody while a worker spins idle): the worker counts itself
+ * spinning after a pass without work and stops (locked sub) when it takes the bit or before
+ * the re-check that precedes its sleep; spin_leave's wake of another sleeper is for several
+ * workers (ready_set.pml), here there is one.
  */
 
 #ifndef NMSG
@@ -67,6 +73,7 @@ byte sched = RUN_IDLE;  /* rec->sched */
 bool rbit = 0;           /* the stream's bit in the ready set */
 byte srv_sleepers = 0;  /* hdr->srv_sleepers */
 byte srv_wake = 0;      /* hdr->srv_wake (futex word) */
+byte srv_spinners = 0;  /* hdr->srv_spinners */
 byte waiting = WAIT_NONE; /* session rec->waiting */
 byte wake = 0;          /* session rec->wake (futex word) */
 byte c2s_tail = 0;      /* requests published (c2s p_tail) */
@@ -113,15 +120,20 @@ end_flush:
 /* ---------------------------------------------------------------- shared (sched.c) ----- */
 
 /* ready_post (sched.c): ready_set (a locked CAS, or nothing if the bit is set), then a
- * relaxed read of srv_sleepers; if one sleeps, eng_faa_u32(srv_wake) and FUTEX_WAKE.
+ * relaxed read of srv_sleepers and one of srv_spinners; if one sleeps and none spins,
+ * eng_faa_u32(srv_wake) and FUTEX_WAKE.
  * Dekker with the worker's "srv_sleepers++ (locked); ready_any()". sb is the caller's
  * store buffer (a locked op drains it). */
 inline ready_post(sb) {
   atomic { len(sb) == 0 -> if :: !rbit -> rbit = 1 :: else fi }
   if
   :: srv_sleepers != 0 ->
-     atomic { len(sb) == 0 -> srv_wake++ }
-     w_asleep = 0 /* eng_futex_wake(&srv_wake, 1): the only worker */
+     if
+     :: srv_spinners == 0 ->
+        atomic { len(sb) == 0 -> srv_wake++ }
+        w_asleep = 0 /* eng_futex_wake(&srv_wake, 1): the only worker */
+     :: else
+     fi
   :: else
   fi
 }
@@ -375,12 +387,21 @@ inline poll_once() {
   fi
 }
 
+/* spin_leave (worker.c): stop counting as a spinner (a locked sub); with one worker there is
+ * no other sleeper for its wake to reach. */
+inline spin_leave() {
+  if
+  :: spinning -> atomic { WFENCE -> srv_spinners--; spinning = 0 }
+  :: else
+  fi
+}
+
 /* srv_worker_main (worker.c): one turn from the ready set, one look at the held stream, spin
  * WSPIN idle passes, let go of held streams, then announce (srv_sleepers++, locked), read the
  * wake word, re-check the ready set (ready_any) and sleep. */
 active proctype Worker() {
   byte spins = 0, st, want, rest, w, seq;
-  bool held = 0, moved, ok, more, pushed;
+  bool held = 0, moved, ok, more, pushed, spinning = 0;
 end_loop:
   do
   :: true ->
@@ -388,6 +409,7 @@ end_loop:
      /* ready_take: CAS clearing the bit */
      if
      :: rbit -> atomic { WFENCE -> rbit = 0 };
+        spin_leave();
         if :: held -> release_polls() :: else fi;
         run_stream();
         moved = 1
@@ -395,8 +417,12 @@ end_loop:
      fi;
      if :: held -> poll_once() :: else fi;
      if
-     :: moved -> spins = 0
+     :: moved -> spin_leave(); spins = 0
      :: else ->
+        if
+        :: !spinning -> atomic { WFENCE -> srv_spinners++; spinning = 1 }
+        :: else
+        fi;
         if
         :: spins < WSPIN -> spins++
         :: else ->
@@ -404,6 +430,9 @@ end_loop:
            :: held -> release_polls()
            :: else ->
               atomic { WFENCE -> srv_sleepers++ };
+#ifndef MUT_SPIN_LEAVE_LATE
+              spin_leave();
+#endif
               seq = srv_wake;
 #ifdef MUT_NO_SLEEP_RECHECK
               if
@@ -411,6 +440,9 @@ end_loop:
 #else
               if
               :: !rbit ->
+#endif
+#ifdef MUT_SPIN_LEAVE_LATE
+                 spin_leave();
 #endif
                  atomic {
                    if
