@@ -3,6 +3,7 @@
  * bootstrap hand-out, streams, loans, send/recv, and waiting with a way out of every wait.
  */
 #include <errno.h>
+#include <sched.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -59,6 +60,7 @@ struct eng_client {
          * worker's answer, and for the control thread's next offer */
         struct spin_state {
                 uint32_t cur, probe;
+                bool peer_here; /* the last answer came from a worker on our CPU */
         } spin_ans, spin_offer;
         uint32_t offer_pos; /* the offer slot after our last claim (take_offer) */
 };
@@ -190,6 +192,8 @@ static bool stuck_requests(eng_client_t *c)
  */
 static uint32_t spin_budget(const eng_client_t *c, struct spin_state *st)
 {
+        if (st->peer_here)
+                return 0;
         if (st->cur < c->cfg.spin && (++st->probe & 255u) == 0)
                 return c->cfg.spin;
         return st->cur;
@@ -203,6 +207,20 @@ static void spin_won(const eng_client_t *c, struct spin_state *st)
 static void spin_lost(struct spin_state *st)
 {
         st->cur /= 2;
+}
+
+/*
+ * After an answer: did it come from a worker on our own CPU? Then spinning for the next one
+ * can only delay it (the worker needs the CPU we would spin on), whatever the budget says: the
+ * answer is waited for asleep until one comes from another CPU. The worker says where it ran
+ * (srv_cpu, written when it changes); sched_getcpu reads the rseq area, no system call. This
+ * is what makes one client and one server pinned to one CPU (or sharing it by chance) cost
+ * what a pipe costs, not a spin per round trip.
+ */
+static void spin_peer(eng_client_t *c, struct spin_state *st)
+{
+        uint32_t cpu = (uint32_t)sched_getcpu() + 1; /* as the worker writes it: 0 unknown */
+        st->peer_here = cpu != 0 && eng_load_relaxed_u32(&c->session->rec->srv_cpu) == cpu;
 }
 
 static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
@@ -236,6 +254,7 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
                 eng_futex_wait(&sr->wake, ticket, left < SLICE_NS ? left : SLICE_NS);
         }
 woken:
+        spin_peer(c, &c->spin_ans);
         return 0;
 }
 
@@ -956,6 +975,7 @@ static bool spin_on(eng_stream_t *s, struct chan_end *ch, uint64_t deadline)
                 if ((ch->producer ? chan_room(ch, 1) : chan_ready(ch)) ||
                     eng_load_relaxed_u32(&s->rec->state) == ST_ENDED) {
                         spin_won(s->c, &s->c->spin_ans);
+                        spin_peer(s->c, &s->c->spin_ans);
                         return true;
                 }
                 eng_cpu_relax();

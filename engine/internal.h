@@ -198,6 +198,11 @@ struct eng_rec {
          * eng_client_ticket and srv_wake_session). */
         _Alignas(CL) uint32_t wake;
         uint32_t waiting;
+        /* Session: 1 + the CPU the worker that last answered it ran on (0: not known yet;
+         * srv_wake_session, a relaxed store when it changes); the client stops spinning for answers
+         * while it runs on that very CPU (spin_budget). A hint: a wrong value costs the client a
+         * spin or a sleep. */
+        uint32_t srv_cpu;
         /* Session: 1 while its client is inside an arena operation. Client: relaxed store of
          * 1, then a full fence (or the asymmetric barrier), then its look at the gate; release
          * store of 0 (its arena writes come first). Server: acquire loads (repair_arena). */

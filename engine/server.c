@@ -6,6 +6,7 @@
  * server_int.h.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,7 +172,18 @@ int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
  * publications (stores) before the load of `waiting` (Dekker with eng_client_ticket). */
 void srv_wake_session(struct eng_server *srv, eng_sstream_t *s)
 {
-        srv_wake_rec(srv, s->type == REC_SESSION ? s->idx : s->session);
+        uint32_t idx = s->type == REC_SESSION ? s->idx : s->session;
+        /* Where we run, for the client's spin (client.c, spin_peer). Only here, for an
+         * answer to a session we accepted: srv_wake_rec also wakes records still on offer,
+         * whose words must stay as offered (the offer's snapshot). sched_getcpu reads the
+         * rseq area (no system call); the line is the one whose `waiting` we read next. */
+        struct eng_rec *sr = seg_rec(&srv->sg, idx);
+        if (sr != NULL) {
+                uint32_t cpu = (uint32_t)sched_getcpu() + 1; /* 0: unknown (also on error) */
+                if (eng_load_relaxed_u32(&sr->srv_cpu) != cpu)
+                        eng_store_relaxed_u32(&sr->srv_cpu, cpu);
+        }
+        srv_wake_rec(srv, idx);
 }
 
 void srv_wake_rec(struct eng_server *srv, uint32_t idx)
