@@ -195,6 +195,17 @@ static int start_all(const char *s_extra, const xu_stream_t *st, size_t n)
         return port;
 }
 
+/* A plain TCP connection to 127.0.0.1:port (no NNG), for the hostile cases. */
+static int connect_local(int port)
+{
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(0x7f000001)};
+        cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        return fd;
+}
+
 static pid_t client_spawn(const char *tag, const char *const *args, size_t n)
 {
         return xu_client_spawn_cfg(tag, B.xml_s, true, args, n);
@@ -210,6 +221,20 @@ static char *logs(void)
         free(s);
         free(b);
         return out;
+}
+
+/* A real sending bridge S to R on port, and one client sending src/a.bin through it: the file
+ * arrives byte-identical within ms. */
+static void deliver_one(int port, int ms)
+{
+        write_s(url(port), NULL, &(xu_stream_t){1, "src/a.bin"}, 1);
+        start_s(xu_path("s.log"));
+        int rc = xu_finish(client_spawn("c", XU_ARGS("1"), 1), ms, "engine-client");
+        char *o = xu_output("c"), *l = logs();
+        cr_assert_eq(rc, 0, "%s%s", o, l);
+        free(o);
+        free(l);
+        xu_assert_same(xu_path("src/a.bin"), xu_path("outb/a.bin"));
 }
 
 /* Wait (bounded) until the receiving folder holds no temporary file. */
@@ -561,11 +586,7 @@ Test(bridge, hostile_frames_are_refused_and_the_bridge_keeps_serving)
         int port = start_r(xu_path("r.log"));
         /* 1. bytes that are not even SP: NNG refuses them */
         for (int i = 0; i < 3; i++) {
-                int fd = socket(AF_INET, SOCK_STREAM, 0);
-                struct sockaddr_in sa = {.sin_family = AF_INET,
-                                         .sin_port = htons((uint16_t)port),
-                                         .sin_addr.s_addr = htonl(0x7f000001)};
-                cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+                int fd = connect_local(port);
                 char junk[4096];
                 for (size_t k = 0; k < sizeof(junk); k++)
                         junk[k] = (char)(k * 131 + (size_t)i);
@@ -672,14 +693,7 @@ Test(bridge, hostile_frames_are_refused_and_the_bridge_keeps_serving)
                   xu_slurp(xu_path("r.log")));
         nng_close(s);
         /* the bridge still serves: a real sending bridge delivers */
-        write_s(url(port), NULL, &(xu_stream_t){1, "src/a.bin"}, 1);
-        start_s(xu_path("s.log"));
-        int rc = xu_finish(client_spawn("c", XU_ARGS("1"), 1), 20000, "engine-client");
-        char *o = xu_output("c"), *l = logs();
-        cr_assert_eq(rc, 0, "%s%s", o, l);
-        free(o);
-        free(l);
-        xu_assert_same(xu_path("src/a.bin"), xu_path("outb/a.bin"));
+        deliver_one(port, 20000);
         cr_assert_eq(xu_count_prefix(B.out_b, ".hidden"), 0);
 }
 
@@ -698,11 +712,7 @@ Test(bridge, connections_closed_during_the_handshake_do_not_stop_the_listener, .
         start_b();
         int port = start_r(xu_path("r.log"));
         for (int i = 0; i < 20; i++) {
-                int fd = socket(AF_INET, SOCK_STREAM, 0);
-                struct sockaddr_in sa = {.sin_family = AF_INET,
-                                         .sin_port = htons((uint16_t)port),
-                                         .sin_addr.s_addr = htonl(0x7f000001)};
-                cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+                int fd = connect_local(port);
                 if (i % 2) { /* half of them send half an SP header first */
                         const unsigned char part[4] = {0, 'S', 'P', 0};
                         if (write(fd, part, sizeof(part)) < 0) {
@@ -716,14 +726,7 @@ Test(bridge, connections_closed_during_the_handshake_do_not_stop_the_listener, .
                 close(fd);
                 usleep(20000);
         }
-        write_s(url(port), NULL, &(xu_stream_t){1, "src/a.bin"}, 1);
-        start_s(xu_path("s.log"));
-        int rc = xu_finish(client_spawn("c", XU_ARGS("1"), 1), 30000, "engine-client");
-        char *o = xu_output("c"), *l = logs();
-        cr_assert_eq(rc, 0, "%s%s", o, l);
-        free(o);
-        free(l);
-        xu_assert_same(xu_path("src/a.bin"), xu_path("outb/a.bin"));
+        deliver_one(port, 30000);
 }
 
 /* ---- two network namespaces ---------------------------------------------------------- */
