@@ -1262,26 +1262,50 @@ Test(engine, client_wait_returns_at_its_timeout_even_with_a_huge_spin)
         eng_server_stop(srv);
 }
 
+/* The arena-gate cases: lock-free only (the mutex arena has no gate); a server, a client
+ * with one stream, and the test's own map of the segment to shut the gate as a writer may. */
+struct gate_case {
+        eng_server_t *srv;
+        eng_client_t *c;
+        eng_stream_t *s;
+        struct eng_seg sg;
+        char name[64];
+};
+
+static void gate_case_start(struct gate_case *g, const char *tag)
+{
+        if (test_transport() == ENG_TRANSPORT_MUTEX)
+                cr_skip_test("the mutex arena has no gate");
+        mkname(g->name, sizeof(g->name), tag);
+        g->srv = start_server(g->name, 8 << 20, 0, 1);
+        g->c = attach(g->name);
+        g->s = open_stream(g->c, 1);
+        cr_assert_eq(seg_attach(&g->sg, g->name), 0);
+}
+
+static void gate_case_stop(struct gate_case *g)
+{
+        seg_unmap(&g->sg);
+        eng_stream_close(g->s);
+        eng_client_detach(g->c);
+        eng_server_stop(g->srv);
+}
+
 /* A loan refused because the arena gate was shut (a repair, or a writer that shut it) is a
  * wait like one refused for want of space: when the gate opens again the server wakes the
  * client's session, as frees do, instead of leaving it to its timeout. */
 Test(engine, client_refused_a_loan_at_a_shut_gate_is_woken_when_it_opens)
 {
-        if (test_transport() == ENG_TRANSPORT_MUTEX)
-                cr_skip_test("the mutex arena has no gate");
-        char name[64];
-        mkname(name, sizeof(name), "gate");
-        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
-        eng_client_t *c = attach(name);
-        eng_stream_t *s = open_stream(c, 1);
-        struct eng_seg sg;
-        cr_assert_eq(seg_attach(&sg, name), 0);
+        struct gate_case g;
+        gate_case_start(&g, "gate");
+        eng_client_t *c = g.c;
+        eng_stream_t *s = g.s;
         void *p;
         uint64_t off;
         uint32_t tk = 0;
         int refused = 0;
         for (int tries = 0; tries < 5 && refused != -EAGAIN; tries++) {
-                eng_store_release_u32(&sg.hdr->arena_gate, 1); /* shut, as a writer may */
+                eng_store_release_u32(&g.sg.hdr->arena_gate, 1); /* shut, as a writer may */
                 tk = eng_client_ticket(c);
                 refused = eng_stream_try_loan(s, 100000, &p, &off);
                 if (refused == 0) /* the server healed the gate in between: again */
@@ -1299,10 +1323,7 @@ Test(engine, client_refused_a_loan_at_a_shut_gate_is_woken_when_it_opens)
         eng_msg_t m;
         cr_assert_eq(eng_stream_recv(s, &m, 2000), 0);
         eng_stream_release(s, &m);
-        seg_unmap(&sg);
-        eng_stream_close(s);
-        eng_client_detach(c);
-        eng_server_stop(srv);
+        gate_case_stop(&g);
 }
 
 /* The same with the control thread asleep without a timeout (nothing due: an idle server
@@ -1310,23 +1331,18 @@ Test(engine, client_refused_a_loan_at_a_shut_gate_is_woken_when_it_opens)
  * wakes the control thread (arena_enter); before, it waited its whole timeout. */
 Test(engine, a_gate_shut_while_the_server_sleeps_calmly_is_healed_for_the_refused_client)
 {
-        if (test_transport() == ENG_TRANSPORT_MUTEX)
-                cr_skip_test("the mutex arena has no gate");
-        char name[64];
-        mkname(name, sizeof(name), "gatecalm");
-        eng_server_t *srv = start_server(name, 8 << 20, 0, 1);
-        eng_client_t *c = attach(name);
-        eng_stream_t *s = open_stream(c, 1);
-        struct eng_seg sg;
-        cr_assert_eq(seg_attach(&sg, name), 0);
+        struct gate_case g;
+        gate_case_start(&g, "gatecalm");
+        eng_client_t *c = g.c;
+        eng_stream_t *s = g.s;
         /* calm: the control thread sleeps without a timeout (ctl_asleep 1) */
         uint64_t end = eng_now_ns() + 5000000000ull;
-        while (eng_load_relaxed_u32(&sg.hdr->ctl_asleep) != 1 && eng_now_ns() < end)
+        while (eng_load_relaxed_u32(&g.sg.hdr->ctl_asleep) != 1 && eng_now_ns() < end)
                 sleep_ms(5);
-        cr_assert_eq(eng_load_relaxed_u32(&sg.hdr->ctl_asleep), 1,
+        cr_assert_eq(eng_load_relaxed_u32(&g.sg.hdr->ctl_asleep), 1,
                      "the control thread never slept calmly");
         sleep_ms(20);
-        eng_store_release_u32(&sg.hdr->arena_gate, 1); /* shut, as a writer may */
+        eng_store_release_u32(&g.sg.hdr->arena_gate, 1); /* shut, as a writer may */
         uint32_t tk = eng_client_ticket(c);
         void *p;
         uint64_t off;
@@ -1336,13 +1352,10 @@ Test(engine, a_gate_shut_while_the_server_sleeps_calmly_is_healed_for_the_refuse
         uint64_t ms = (eng_now_ns() - t0) / 1000000;
         cr_assert_eq(rc, 0, "not woken: %s after %llu ms (the gate stayed shut)", eng_strerror(rc),
                      (unsigned long long)ms);
-        cr_assert_eq(eng_load_acquire_u32(&sg.hdr->arena_gate), 0);
+        cr_assert_eq(eng_load_acquire_u32(&g.sg.hdr->arena_gate), 0);
         cr_assert_eq(eng_stream_try_loan(s, 100000, &p, &off), 0);
         eng_stream_unloan(s, off);
-        seg_unmap(&sg);
-        eng_stream_close(s);
-        eng_client_detach(c);
-        eng_server_stop(srv);
+        gate_case_stop(&g);
 }
 
 Test(engine, loan_waits_for_space_then_succeeds_after_frees)
