@@ -51,9 +51,20 @@ struct rlink {
         struct rlink *next;
 };
 
+enum pev_kind { PEV_PRE, PEV_ADD, PEV_REM };
+
 struct pev {
         uint32_t pipe;
-        bool add;
+        uint8_t kind;  /* enum pev_kind */
+        char peer[64]; /* PEV_PRE: the peer's address, read while the pipe exists */
+};
+
+/* Connections NNG gave us (ADD_PRE) that pair1 has not taken yet (ADD_POST). One that goes away
+ * (REM_POST) without being taken was refused by pair1: another sending bridge is connected. */
+#define PRE_MAX 16u
+struct pre {
+        uint32_t pipe;
+        char peer[64];
 };
 
 struct outq {
@@ -72,6 +83,10 @@ struct dlv {
         uint32_t nev, evcap;
         uint32_t pipe; /* the current connection (0: none) */
         char peer[96];
+        struct pre pre[PRE_MAX]; /* connections not taken yet (ring, oldest overwritten) */
+        uint32_t npre_next;
+        uint32_t refused;        /* connections refused since the last line about them */
+        uint64_t refused_log_ns; /* when that line was written */
         struct rlink *links;
         uint32_t nlinks;
         uint64_t held; /* FILE_DATA bytes queued here */
@@ -524,9 +539,16 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
                         d->evcap = cap;
                 }
         }
-        if (d->nev < d->evcap)
-                d->ev[d->nev++] =
-                    (struct pev){(uint32_t)nng_pipe_id(p), ev == NNG_PIPE_EV_ADD_POST};
+        if (d->nev < d->evcap) {
+                struct pev *e = &d->ev[d->nev++];
+                e->pipe = (uint32_t)nng_pipe_id(p);
+                e->kind = ev == NNG_PIPE_EV_ADD_PRE    ? PEV_PRE
+                          : ev == NNG_PIPE_EV_ADD_POST ? PEV_ADD
+                                                       : PEV_REM;
+                e->peer[0] = '\0';
+                if (e->kind == PEV_PRE)
+                        br_peer(p, e->peer, sizeof(e->peer));
+        }
         pthread_mutex_unlock(&d->evmu);
 }
 
@@ -564,6 +586,36 @@ static void heartbeat(struct dlv *d)
         }
 }
 
+/* A connection pair1 refused: say so (one line at most every REFUSED_LOG_NS, with a count),
+ * or a second sending bridge would just never connect, with nothing in either log. */
+#define REFUSED_LOG_NS (10 * 1000000000ull)
+static void pre_gone(struct dlv *d, uint32_t pipe)
+{
+        for (uint32_t i = 0; i < PRE_MAX; i++) {
+                if (d->pre[i].pipe != pipe || pipe == 0)
+                        continue;
+                d->pre[i].pipe = 0;
+                d->refused++;
+                uint64_t now = eng_now_ns();
+                if (d->refused_log_ns != 0 && now - d->refused_log_ns < REFUSED_LOG_NS)
+                        return;
+                char why[160];
+                if (d->pipe != 0)
+                        snprintf(why, sizeof(why), "the sending bridge from %s is connected",
+                                 d->peer);
+                else
+                        snprintf(why, sizeof(why), "the previous connection was still closing");
+                eng_log(ENG_LOG_WARN, NULL,
+                        "refused %u connection(s), the last from %s: %s (a receiving bridge takes "
+                        "one sending bridge at a time: give each its own receiving bridge and "
+                        "port)",
+                        d->refused, d->pre[i].peer, why);
+                d->refused = 0;
+                d->refused_log_ns = now;
+                return;
+        }
+}
+
 static void pipe_events(struct dlv *d)
 {
         pthread_mutex_lock(&d->evmu);
@@ -580,7 +632,16 @@ static void pipe_events(struct dlv *d)
         for (uint32_t i = 0; i < n; i++) {
                 nng_pipe p = NNG_PIPE_INITIALIZER;
                 p.id = ev[i].pipe;
-                if (ev[i].add) {
+                if (ev[i].kind == PEV_PRE) {
+                        struct pre *q = &d->pre[d->npre_next++ % PRE_MAX];
+                        q->pipe = ev[i].pipe;
+                        snprintf(q->peer, sizeof(q->peer), "%s", ev[i].peer);
+                        continue;
+                }
+                if (ev[i].kind == PEV_ADD) {
+                        for (uint32_t k = 0; k < PRE_MAX; k++)
+                                if (d->pre[k].pipe == ev[i].pipe)
+                                        d->pre[k].pipe = 0;
                         if (d->pipe != 0)
                                 drop_connection(d, "replaced by a new one");
                         d->pipe = ev[i].pipe;
@@ -593,6 +654,8 @@ static void pipe_events(struct dlv *d)
                         eng_log(ENG_LOG_INFO, NULL, "sending bridge connected from %s", d->peer);
                 } else if (ev[i].pipe == d->pipe) {
                         drop_connection(d, "lost");
+                } else {
+                        pre_gone(d, ev[i].pipe);
                 }
         }
 }
@@ -611,6 +674,7 @@ int br_deliver_run(const eng_opts_t *o, volatile int *stop)
                 nng_socket_set_size(d->sock, NNG_OPT_RECVMAXSZ, BR_HDR + BR_MAX_PAYLOAD);
                 nng_socket_set_bool(d->sock, NNG_OPT_TCP_NODELAY, true);
                 nng_socket_set_bool(d->sock, NNG_OPT_TCP_KEEPALIVE, true);
+                nng_pipe_notify(d->sock, NNG_PIPE_EV_ADD_PRE, pipe_event, d);
                 nng_pipe_notify(d->sock, NNG_PIPE_EV_ADD_POST, pipe_event, d);
                 nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, pipe_event, d);
                 rc = nng_listener_create(&d->lst, d->sock, o->bridge.listen);

@@ -91,6 +91,8 @@ struct bserve {
         uint32_t nbatch; /* links with a batch */
         atomic_bool stopping;
         uint64_t timeout_ns;
+        uint32_t early;        /* connections closed before their HELLO, since the last line */
+        uint64_t early_log_ns; /* when that line was written */
 };
 
 /* ---- helpers ------------------------------------------------------------------------- */
@@ -695,6 +697,8 @@ static void log_event(const char *msg, void *ctx)
 
 /* ---- the network side ---------------------------------------------------------------- */
 
+#define EARLY_LOG_NS (10 * 1000000000ull)
+
 /* NNG's thread: a connection went away. Every link opened on it fails; NNG dials again. */
 static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
@@ -718,12 +722,31 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
                 b->used = 0;
                 pthread_cond_broadcast(&b->cv);
         }
+        /* Closed before its HELLO: the receiving bridge refused it (it takes one sending
+         * bridge at a time) or went away meanwhile. Said once per EARLY_LOG_NS with a count,
+         * or a second sending bridge would dial forever with nothing in its log. */
+        uint32_t early = 0;
+        if (!ours && !atomic_load(&b->stopping)) {
+                b->early++;
+                uint64_t now = eng_now_ns();
+                if (b->early_log_ns == 0 || now - b->early_log_ns >= EARLY_LOG_NS) {
+                        early = b->early;
+                        b->early = 0;
+                        b->early_log_ns = now;
+                }
+        }
         pthread_mutex_unlock(&b->mu);
         if (ours && !atomic_load(&b->stopping))
                 eng_log(ENG_LOG_WARN, NULL,
                         "lost the connection to the remote bridge %s: %u stream(s) failed; "
                         "reconnecting",
                         b->url, n);
+        if (early)
+                eng_log(ENG_LOG_WARN, NULL,
+                        "the remote bridge %s closed %u connection(s) before its HELLO: is "
+                        "another sending bridge connected to it? (it takes one at a time); "
+                        "dialing again",
+                        b->url, early);
 }
 
 static void refuse(nng_pipe p, const char *why)

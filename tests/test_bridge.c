@@ -698,6 +698,48 @@ Test(bridge, hostile_frames_are_refused_and_the_bridge_keeps_serving)
 }
 
 /*
+ * A receiving bridge takes one sending bridge at a time (pair1). A second one used to dial
+ * forever with nothing in either log. Now both say why: the receiving bridge that it refused a
+ * connection while another sending bridge is connected, the second sending bridge that the
+ * remote closed its connections before HELLO. The first keeps delivering.
+ */
+Test(bridge, a_second_sending_bridge_is_refused_with_a_reason_on_both_sides, .timeout = 60)
+{
+        xu_make_file(xu_path("src/a.bin"), 1 * MiB + 7, 13);
+        int port = start_all(NULL, &(xu_stream_t){1, "src/a.bin"}, 1);
+        char seg2[96], xml2[XU_PATH], log2[XU_PATH];
+        snprintf(seg2, sizeof(seg2), "%s2", B.seg_s);
+        snprintf(xml2, sizeof(xml2), "%s/s2.xml", X.dir);
+        snprintf(log2, sizeof(log2), "%s", xu_path("s2.log"));
+        char t[512];
+        snprintf(t, sizeof(t),
+                 "<streams>\n  <server name=\"%s\" timeout=\"5\"/>\n"
+                 "  <bridge connect=\"%s\"/>\n</streams>\n",
+                 seg2, url(port));
+        xu_write_text(xml2, t);
+        char *argv[] = {XU_BRIDGE, "-c", xml2, NULL};
+        start_logged(argv, log2, "serving");
+        bool said_s2 = log_wait_n(log2, "before its HELLO", 1, 10000);
+        bool said_r =
+            log_wait_n(xu_path("r.log"), "is connected (a receiving bridge takes one", 1, 10000);
+        char *l2 = xu_slurp(log2), *l = logs();
+        cr_assert(said_s2, "the second sending bridge said nothing:\n%s", l2);
+        cr_assert(said_r, "the receiving bridge said nothing of the refused connection:\n%s", l);
+        cr_assert_eq(xu_count(l2, "connected to the remote bridge"), 0, "%s", l2);
+        free(l2);
+        free(l);
+        /* the first sending bridge still delivers */
+        int rc = xu_finish(client_spawn("c", XU_ARGS("1"), 1), 30000, "engine-client");
+        char *o = xu_output("c");
+        l = logs();
+        cr_assert_eq(rc, 0, "%s%s", o, l);
+        free(o);
+        free(l);
+        xu_assert_same(xu_path("src/a.bin"), xu_path("outb/a.bin"));
+        shm_unlink(seg2);
+}
+
+/*
  * Connections cut short during NNG's SP handshake (a FIN or a RST, with or without half a
  * header) must not keep the receiving bridge from taking the next one: anyone who can reach
  * the port can make them. NNG 1.5.2 (Debian 12's) stops a listener for good when its transport
