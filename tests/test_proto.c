@@ -756,7 +756,13 @@ static const char *kill_mid_transfer(const char *tag)
         pid_t c = xu_client_spawn(tag, XU_ARGS("1"), 1);
         cr_assert(xu_wait_temp(10000, c), "no transfer in flight within 10 s");
         snprintf(tmp, sizeof(tmp), "%s", temp_name());
-        cr_assert(locked(xu_path("out/%s", tmp)), "%s is not locked while it is written", tmp);
+        /* The server creates the file, then locks it (tmp_create): the file can show up a
+         * moment before its lock (a window the sweep covers by the writer's live pid). */
+        bool held = false;
+        for (uint64_t end = xu_now_ms() + 2000;
+             !(held = locked(xu_path("out/%s", tmp))) && xu_now_ms() < end;)
+                xu_sleep_ms(1);
+        cr_assert(held, "%s is not locked while it is written (2 s)", tmp);
         /* A server starting beside a live one leaves the live one's temporary alone. */
         cr_assert_eq(sweep_in_process(), 0);
         cr_assert(there(tmp), "a live server's temporary was removed");
