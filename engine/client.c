@@ -236,6 +236,16 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
         }
         if (budget != 0)
                 spin_lost(&c->spin_ans);
+        /* The answering worker runs on our CPU (spin_peer): give it the CPU once before going
+         * to sleep. While we are SPIN (not SLEEP) its answer bumps `wake` without a futex
+         * wake-up, so a round trip on one CPU costs a yield instead of a futex wait and wake
+         * on the shared mapping (each looks up the page's key). If it is not there after all
+         * (it moved, it is not runnable yet), the yield returns at once and we sleep. */
+        if (c->spin_ans.peer_here) {
+                sched_yield();
+                if (eng_load_acquire_u32(&sr->wake) != ticket)
+                        goto woken;
+        }
         /* The server's liveness costs two system calls: look after each slice we slept, not
          * before the first (a server that died is still noticed within one slice). */
         for (bool slept = false;; slept = true) {
