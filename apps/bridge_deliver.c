@@ -591,8 +591,8 @@ static void heartbeat(struct dlv *d)
 #define REFUSED_LOG_NS (10 * 1000000000ull)
 static void pre_gone(struct dlv *d, uint32_t pipe)
 {
-        for (uint32_t i = 0; i < PRE_MAX; i++) {
-                if (d->pre[i].pipe != pipe || pipe == 0)
+        for (uint32_t i = 0; i < PRE_MAX && pipe != 0; i++) {
+                if (d->pre[i].pipe != pipe)
                         continue;
                 d->pre[i].pipe = 0;
                 d->refused++;

@@ -846,9 +846,8 @@ void *srv_ctl_main(void *arg)
                 /* First, before a tick reaps: a record taken from a slot is no longer on offer
                  * (else a dead claimer's stream, still marked, would be reaped a tick after its
                  * session, with a second "exited" line). Still on offer? (the header's copies
-                 * put right if overwritten) Taken: a
-                 * worker decides it now, even if the client stays silent; it must be decided
-                 * by the claim deadline. */
+                 * put right if overwritten) Taken: a worker decides it now, even if the client
+                 * stays silent; it must be decided by the claim deadline. */
                 for (uint32_t k = 0; k < SEG_OFFERS; k++) {
                         if (srv->offers[k].idx1 == 0 || offer_republish(srv, k))
                                 continue;

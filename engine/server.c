@@ -168,29 +168,11 @@ int eng_sstream_send(eng_sstream_t *s, uint16_t cmd, uint64_t arg, uint64_t off,
         return push_out(s, cmd, arg, off, len);
 }
 
-/* Wake the client's session if it announced it is waiting. The full fence orders our ring
- * publications (stores) before the load of `waiting` (Dekker with eng_client_ticket). */
-void srv_wake_session(struct eng_server *srv, eng_sstream_t *s)
+/* Wake the client of session record sr if it announced it is waiting. The full fence orders
+ * our ring publications (stores) before the load of `waiting` (Dekker with
+ * eng_client_ticket). */
+static void wake_rec(struct eng_rec *sr)
 {
-        uint32_t idx = s->type == REC_SESSION ? s->idx : s->session;
-        /* Where we run, for the client's spin (client.c, spin_peer). Only here, for an
-         * answer to a session we accepted: srv_wake_rec also wakes records still on offer,
-         * whose words must stay as offered (the offer's snapshot). sched_getcpu reads the
-         * rseq area (no system call); the line is the one whose `waiting` we read next. */
-        struct eng_rec *sr = seg_rec(&srv->sg, idx);
-        if (sr != NULL) {
-                uint32_t cpu = (uint32_t)sched_getcpu() + 1; /* 0: unknown (also on error) */
-                if (eng_load_relaxed_u32(&sr->srv_cpu) != cpu)
-                        eng_store_relaxed_u32(&sr->srv_cpu, cpu);
-        }
-        srv_wake_rec(srv, idx);
-}
-
-void srv_wake_rec(struct eng_server *srv, uint32_t idx)
-{
-        struct eng_rec *sr = seg_rec(&srv->sg, idx);
-        if (sr == NULL)
-                return;
         eng_fence_full();
         uint32_t w = eng_load_relaxed_u32(&sr->waiting);
         if (w != WAIT_NONE) {
@@ -202,6 +184,29 @@ void srv_wake_rec(struct eng_server *srv, uint32_t idx)
                 if (w == WAIT_SLEEP || eng_load_relaxed_u32(&sr->waiting) == WAIT_SLEEP)
                         eng_futex_wake(&sr->wake, INT32_MAX);
         }
+}
+
+void srv_wake_session(struct eng_server *srv, eng_sstream_t *s)
+{
+        struct eng_rec *sr = seg_rec(&srv->sg, s->type == REC_SESSION ? s->idx : s->session);
+        if (sr == NULL)
+                return;
+        /* Where we run, for the client's spin (client.c, spin_peer). Only here, for an
+         * answer to a session we accepted: srv_wake_rec also wakes records still on offer,
+         * whose words must stay as offered (the offer's snapshot). sched_getcpu reads the
+         * rseq area (no system call); the line is the one whose `waiting` we read next. A
+         * relaxed store: a hint, ordered by nothing (the client reads it after its answer). */
+        uint32_t cpu = (uint32_t)sched_getcpu() + 1; /* 0: unknown (also on error) */
+        if (eng_load_relaxed_u32(&sr->srv_cpu) != cpu)
+                eng_store_relaxed_u32(&sr->srv_cpu, cpu);
+        wake_rec(sr);
+}
+
+void srv_wake_rec(struct eng_server *srv, uint32_t idx)
+{
+        struct eng_rec *sr = seg_rec(&srv->sg, idx);
+        if (sr != NULL)
+                wake_rec(sr);
 }
 
 /* End the stream from our side: tell the client why (best effort: if its ring is full it

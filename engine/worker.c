@@ -430,16 +430,24 @@ out:
         return false;
 }
 
-/* Leave the idle spin (counted in srv_spinners, see ready_post) to run what it found. A poster
- * that saw us spinning woke nobody for its bit: if other bits are queued, a sleeper takes them
- * while we run ours. After the locked decrement, so such a poster's bit is seen. */
-static void spin_leave(struct eng_seg *sg, bool *spinning)
+/* Stop counting as an idle spinner (srv_spinners, see ready_post); true if we were one. The
+ * decrement is locked (a full barrier): whatever we look at next sees the bit of a poster that
+ * saw us still counted. */
+static bool spin_stop(struct eng_seg *sg, bool *spinning)
 {
         if (!*spinning)
-                return;
+                return false;
         *spinning = false;
         eng_faa_u32(&sg->hdr->srv_spinners, (uint32_t)-1);
-        if (eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0 && ready_queued(sg))
+        return true;
+}
+
+/* Leave the idle spin to run what it found. A poster that saw us spinning woke nobody for its
+ * bit: if other bits are queued, a sleeper takes them while we run ours. */
+static void spin_leave(struct eng_seg *sg, bool *spinning)
+{
+        if (spin_stop(sg, spinning) && eng_load_relaxed_u32(&sg->hdr->srv_sleepers) != 0 &&
+            ready_queued(sg))
                 ready_wake(sg);
 }
 
@@ -547,10 +555,7 @@ void *srv_worker_main(void *arg)
                 eng_faa_u32(&sg->hdr->srv_sleepers, 1);
                 /* A poster that saw us spinning did not wake anyone: the decrement (locked)
                  * comes before the re-scan, so its bit is seen there. */
-                if (spinning) {
-                        eng_faa_u32(&sg->hdr->srv_spinners, (uint32_t)-1);
-                        spinning = false;
-                }
+                spin_stop(sg, &spinning);
                 uint32_t seq = eng_load_acquire_u32(&sg->hdr->srv_wake);
                 if (!ready_any(sg) && !eng_load_relaxed_u32(&srv->stop) &&
                     !eng_load_acquire_u32(&srv->park))
