@@ -152,8 +152,8 @@ static void engine_server(eb_xchg_t *x, const eb_cell_t *c, const eb_opts_t *o)
                                 .min_block_shift = o->min_shift,
                                 .max_block_shift = o->max_shift};
         if (c->defaults) {
-                /* What eng_server_start picks for a user who sets nothing: a worker per CPU,
-                 * the default spin, the default buffer classes. */
+                /* What eng_server_start picks for a user who sets nothing: a worker per CPU but
+                 * one, the default spin, the default buffer classes. */
                 cfg.workers = 0;
                 cfg.min_block_shift = cfg.max_block_shift = 0;
         }
@@ -961,7 +961,7 @@ void eb_engine_cells(eb_cells_t *cs, const eb_opts_t *o)
                         }
         for (int s = 0; s < 2; s++)
                 for (int t = 0; t < 2; t++) {
-                        /* Files at the engine's defaults (a worker per CPU, adaptive spin):
+                        /* Files at the engine's defaults (a worker per CPU but one, adaptive spin):
                          * what a user of engine-server gets, and CPU per GB is only meaningful
                          * if nobody spins for the sake of the benchmark. */
                         eb_cell_t *c =

@@ -338,7 +338,7 @@ static void print_sparse(const eb_run_t *run, FILE *f)
         if (!any)
                 return;
         fprintf(f, "\nSPARSE AND PINNED ROUND TRIPS, microseconds (64 B on one stream; engine at "
-                   "its defaults: a worker per\n  CPU, default spin, the client's default "
+                   "its defaults: a worker per\n  CPU but one, default spin, the client's default "
                    "waiting; pipe: blocking. One request, its reply, then sleep\n  until the "
                    "next is due (b2b: no sleep). samecore: server and client on CPU 0; "
                    "crosscore: server\n  on CPU 0, client on CPU 1; late: trips that ended "
@@ -535,8 +535,8 @@ void eb_print_tables(const eb_run_t *run, FILE *f)
                 "spinning: spin=2^30 on\n  both sides (nobody sleeps); blocking: spin=1 (both "
                 "sleep on futexes). Receivers read every byte.\n  OS peers carry 1 byte for a "
                 "0-byte round trip. Nothing is pinned. Except: sparse/, b2b, scale/ and\n  idle/ "
-                "run the engine's defaults (a worker per CPU, default spin and buffer classes) "
-                "and\n  sparse/ and b2b are placed on CPUs as their names say.\n",
+                "run the engine's defaults (a worker per CPU but one, default spin and buffer\n"
+                "  classes) and sparse/ and b2b are placed on CPUs as their names say.\n",
                 o->workers, (unsigned long long)(o->seg_bytes >> 20), o->min_shift, o->max_shift);
         fprintf(f,
                 "load: other processes used %.0f%% of the CPUs during the run, the hypervisor "

@@ -101,7 +101,7 @@ typedef struct eng_server_cfg {
         uint64_t size;    /* segment bytes, default 64 MiB */
         mode_t mode;      /* default 0600 */
         eng_transport_t transport;
-        uint32_t workers;     /* 0 = number of online CPUs */
+        uint32_t workers;     /* 0 = one per usable CPU less one, at least 1 */
         uint32_t ring_depth;  /* descriptors per ring, power of two, default 128 */
         uint32_t max_streams; /* default: as many records as the segment holds, <= 65536 */
         uint32_t spin;        /* spin iterations before sleeping, default 4096 */

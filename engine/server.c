@@ -34,6 +34,22 @@ void **eng_sstream_user(eng_sstream_t *s)
         return &s->user;
 }
 
+/* workers = 0: one per CPU this process may run on, less one left to the clients (at least
+ * one). A worker has work only when a client sends, so a worker per CPU oversubscribes the
+ * machine exactly when it is busy: with 1,000 streams from one client on 2 CPUs the second
+ * worker ran only by taking the client's CPU (64-B throughput 0.63-0.74x of one stream with two
+ * workers, 0.95-0.97x with one; docs/ARCHITECTURE.md, "Worker pool"). */
+static uint32_t default_workers(void)
+{
+        cpu_set_t set;
+        long n = 0;
+        if (sched_getaffinity(0, sizeof(set), &set) == 0)
+                n = CPU_COUNT(&set);
+        if (n <= 0)
+                n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 1 ? (uint32_t)(n - 1) : 1;
+}
+
 uint32_t eng_server_workers(const eng_server_t *srv)
 {
         return srv->nworkers;
@@ -298,10 +314,8 @@ int eng_server_start(const eng_server_cfg_t *cfg_in, eng_server_t **out)
                 cfg->mode = 0600;
         if (cfg->transport == 0)
                 cfg->transport = ENG_TRANSPORT_LOCKFREE;
-        if (cfg->workers == 0) {
-                long n = sysconf(_SC_NPROCESSORS_ONLN);
-                cfg->workers = n > 0 ? (uint32_t)n : 1;
-        }
+        if (cfg->workers == 0)
+                cfg->workers = default_workers();
         if (cfg->ring_depth == 0)
                 cfg->ring_depth = 128;
         if (cfg->spin == 0)

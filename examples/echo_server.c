@@ -127,7 +127,7 @@ static void usage(FILE *f)
                    "\n"
                    "  --name /seg   segment name (default /shmengine-echo)\n"
                    "  --seconds N   stop by itself after N seconds (default 0: never)\n"
-                   "  --workers N   worker threads (default 2; 0: one per CPU)\n"
+                   "  --workers N   worker threads (default 2; 0: one per CPU but one)\n"
                    "  --help        this text\n"
                    "  --version     version\n");
 }
