@@ -407,8 +407,8 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         seg_boot_unlock(sg);
                         /* Wake the control thread to decide it and refill the slot. A locked
                          * add, then the read (Dekker with ctl_sleep's store, fence and futex
-                         * compare); no system call while it spins for claims, nor while it
-                         * naps with half the slots or more still up: it refills them all at
+                         * compare); no system call while it runs, nor while it naps with
+                         * half the slots or more still up: it refills them all at
                          * its next look (a tick at most), and a claim needs no control thread
                          * to be accepted (a worker finds our claim lock). A calm sleeper
                          * (ctl_asleep 1) was woken by our bootstrap lock already. */
@@ -450,8 +450,8 @@ static int take_offer(eng_client_t *c, uint32_t type, uint32_t user_id, uint32_t
                         return -ETIMEDOUT;
                 }
                 /* Opening streams back to back, the next offer is a few microseconds away
-                 * (the control thread spins for our claims too): spin for it as for an
-                 * answer, then sleep. */
+                 * (the control thread refills the slots at the wake-up of our last claims):
+                 * spin for it as for an answer, then sleep. */
                 uint32_t budget = spin_budget(c, &c->spin_offer);
                 bool moved = false;
                 for (uint32_t i = 0; i < budget && !moved && !spun_out(i, deadline); i++) {

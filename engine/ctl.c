@@ -787,32 +787,6 @@ static bool ctl_sleep(struct eng_server *srv, uint32_t seq, bool quiet, uint32_t
         return true;
 }
 
-/*
- * Before a timed sleep with an offer up: spin a while on ctl_wake. When streams are opened back
- * to back, the next claim comes within microseconds of our offer, and a sleep would put a
- * futex wake-up (tens of microseconds here) on the path of every open: opens ran at 18-24 k/s.
- * The budget adapts as the workers' does (worker.c): a claim that came while we spun restores
- * the full `spin`, a spin that ended in sleep halves it, one sleep in 256 is preceded by a full
- * probe. Not before a calm sleep: an idle server does not spin. True if ctl_wake moved.
- */
-static bool ctl_spin(struct eng_server *srv, uint32_t seq)
-{
-        struct eng_seg *sg = &srv->sg;
-        uint32_t budget = srv->ctl_spin;
-        if (budget < srv->cfg.spin && (++srv->ctl_probe & 255u) == 0)
-                budget = srv->cfg.spin;
-        for (uint32_t i = 0; i < budget; i++) {
-                if (eng_load_acquire_u32(&sg->hdr->ctl_wake) != seq ||
-                    eng_load_relaxed_u32(&srv->stop)) {
-                        srv->ctl_spin = srv->cfg.spin;
-                        return true;
-                }
-                eng_cpu_relax();
-        }
-        srv->ctl_spin /= 2;
-        return false;
-}
-
 /* The death watch: wakes the control thread when a watched client process exits (its pidfd
  * becomes readable; one shot: the reap closes it), and ends at stop (the eventfd). */
 void *srv_watch_main(void *arg)
@@ -901,8 +875,6 @@ void *srv_ctl_main(void *arg)
                         eng_store_relaxed_u32(&sg->hdr->ctl_asleep, 0);
                         continue;
                 }
-                if (!quiet && ctl_spin(srv, seq))
-                        continue; /* claimed (or woken) while we spun */
                 if (ctl_sleep(srv, seq, quiet, finals_seen, (int64_t)TICK_NS)) {
                         /* Woken from a calm sleep: look now, and every tick for a while (a
                          * claim may be under way: seg_boot_trylock). */

@@ -287,12 +287,12 @@ struct eng_seg_hdr {
         uint32_t boot_seq;               /* bumped when the bootstrap lock is let go with waiters */
         uint32_t boot_waiters;           /* processes waiting for the bootstrap lock (a hint) */
         /* 1 while the control thread sleeps without a timeout, 2 while it sleeps a tick, 0
-         * while it runs or spins (relaxed stores by it, each followed by a full fence before
-         * it sleeps). A new holder of the bootstrap lock wakes it if 1 (seg_boot_trylock); a
-         * claimer, after its locked add of ctl_wake, wakes it if non-zero (take_offer), and
-         * saves the system call while it spins for claims. A hint: a writer that clears it
-         * delays the notice of a claim until the next client's unconditional nudges (no offer
-         * up, a state other than READY) or the next tick. */
+         * while it runs (relaxed stores by it, each followed by a full fence before it
+         * sleeps). A new holder of the bootstrap lock wakes it if 1 (seg_boot_trylock); a
+         * claimer, after its locked add of ctl_wake, wakes it if non-zero and fewer than half
+         * the offer slots are up (take_offer), and saves the system call while it runs. A
+         * hint: a writer that clears it delays the notice of a claim until the next client's
+         * unconditional nudges (no offer up, a state other than READY) or the next tick. */
         uint32_t ctl_asleep;
         /* Clients sleeping on boot_wake for an offer (eng_faa_u32 around the futex wait); the
          * control thread wakes boot_wake after an offer only if it reads non-zero (after its

@@ -149,7 +149,6 @@ struct eng_server {
          * store 1, full fence, re-read finals; srv_finalize adds to finals (a locked add),
          * then reads it, and wakes the control thread for the check at idle. */
         uint32_t ctl_asleep;
-        uint32_t ctl_spin, ctl_probe; /* the control thread's adaptive spin (ctl_spin) */
         /* Deaths: an epoll set of the watched pidfds (EPOLLONESHOT) and an eventfd for
          * stop, waited on by the watch thread, which wakes the control thread. */
         int epfd, stopfd;

@@ -117,7 +117,7 @@ active proctype Claimer() {
   :: atomic { boot = 0; inside = 0 }; /* seg_boot_unlock */
      /* the post-claim wake (take_offer): eng_faa_u32(&ctl_wake, 1) (locked), then the
       * FUTEX_WAKE only if the header's ctl_asleep is non-zero (no system call while the
-      * control thread runs or spins for claims). A sleep the control thread is about to
+      * control thread runs). A sleep the control thread is about to
       * start compares ctl_wake with its seq after its fence, so the add alone stops it. */
      ctl_wake++;
      if
