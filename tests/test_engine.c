@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2031,4 +2032,35 @@ Test(engine, mutex_transport_one_thread_drives_32_streams)
 {
         g_transport = ENG_TRANSPORT_MUTEX;
         many_streams_body("mmany");
+}
+
+/* workers = 0: one worker per CPU the server may run on, less one left to the clients, at
+ * least one (server.c default_workers). Before, one per online CPU: on 2 CPUs the second
+ * worker ran only by taking a busy client's CPU, and a server under taskset ignored its mask. */
+Test(engine, default_workers_are_the_usable_cpus_less_one, .timeout = 30)
+{
+        cpu_set_t all, one;
+        cr_assert_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+        int n = CPU_COUNT(&all), first = -1;
+        for (int i = 0; i < CPU_SETSIZE && first < 0; i++)
+                if (CPU_ISSET(i, &all))
+                        first = i;
+        cr_assert_geq(first, 0);
+        char name[64];
+        mkname(name, sizeof(name), "dflw");
+        /* Pinned to one CPU (threads inherit the mask): one worker. */
+        CPU_ZERO(&one);
+        CPU_SET(first, &one);
+        cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+        eng_server_t *srv = start_server(name, 8 << 20, 0, 0);
+        cr_assert_eq(eng_server_workers(srv), 1);
+        eng_server_stop(srv);
+        /* Every CPU we may use: one fewer workers (one with a single CPU). */
+        cr_assert_eq(sched_setaffinity(0, sizeof(all), &all), 0);
+        srv = start_server(name, 8 << 20, 0, 0);
+        cr_assert_eq(eng_server_workers(srv), (uint32_t)(n > 1 ? n - 1 : 1), "%d CPUs: %u workers",
+                     n, eng_server_workers(srv));
+        /* Echo still works with the default pool. */
+        echo_once(name);
+        eng_server_stop(srv);
 }
