@@ -107,6 +107,11 @@ void br_peer(nng_pipe p, char *out, size_t n);
 /* Both roles run until *stop becomes non-zero (a signal); 0 after a clean stop, 1 if they
  * cannot serve. o is the loaded options file (o->bridge.line != 0). */
 int br_serve_run(const eng_opts_t *o, volatile int *stop);
-int br_deliver_run(const eng_opts_t *o, volatile int *stop);
+/* The receiving role. Returns BR_EXIT_WEDGED when NNG stopped releasing closed connections
+ * (every new one refused for BR_WEDGE_NS with none of ours): only a new process helps, and
+ * main starts one (engine_bridge.c). *port gets the port it listened on. */
+int br_deliver_run(const eng_opts_t *o, volatile int *stop, int *port);
+#define BR_EXIT_WEDGED 75
+#define BR_WEDGE_NS    (5 * 1000000000ull)
 
 #endif

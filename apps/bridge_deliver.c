@@ -87,6 +87,10 @@ struct dlv {
         uint32_t npre_next;
         uint32_t refused;        /* connections refused since the last line about them */
         uint64_t refused_log_ns; /* when that line was written */
+        /* With no connection of ours: the first connection since then that NNG announced
+         * (ADD_PRE) and never gave us (ADD_POST), and the latest such. A wedged NNG refuses
+         * them all and never reports them gone (its reaper runs REM_POST). */
+        uint64_t unserved_ns, unserved_last_ns;
         struct rlink *links;
         uint32_t nlinks;
         uint64_t held; /* FILE_DATA bytes queued here */
@@ -235,6 +239,11 @@ static void drop_connection(struct dlv *d, const char *why)
 }
 
 /* A frame that breaks a rule: log it, close the connection. */
+/* Fault injection for the tests (docs/BRIDGE.md, Faults): ENGINE_BRIDGE_FAULT=keep-refused
+ * leaves a refused connection open, as NNG 1.5.2 does when its reaper hangs (pair1's one slot
+ * stays taken while the connection is no longer ours). */
+static bool fault_keep_refused;
+
 static void refuse(struct dlv *d, nng_pipe p, const char *why)
 {
         char peer[96];
@@ -244,7 +253,8 @@ static void refuse(struct dlv *d, nng_pipe p, const char *why)
                 peer, why);
         if ((uint32_t)nng_pipe_id(p) == d->pipe)
                 drop_connection(d, "closed");
-        nng_pipe_close(p);
+        if (!fault_keep_refused)
+                nng_pipe_close(p);
 }
 
 /* ---- the real server ----------------------------------------------------------------- */
@@ -633,6 +643,11 @@ static void pipe_events(struct dlv *d)
                 nng_pipe p = NNG_PIPE_INITIALIZER;
                 p.id = ev[i].pipe;
                 if (ev[i].kind == PEV_PRE) {
+                        if (d->pipe == 0) {
+                                d->unserved_last_ns = eng_now_ns();
+                                if (d->unserved_ns == 0)
+                                        d->unserved_ns = d->unserved_last_ns;
+                        }
                         struct pre *q = &d->pre[d->npre_next++ % PRE_MAX];
                         q->pipe = ev[i].pipe;
                         snprintf(q->peer, sizeof(q->peer), "%s", ev[i].peer);
@@ -645,6 +660,7 @@ static void pipe_events(struct dlv *d)
                         if (d->pipe != 0)
                                 drop_connection(d, "replaced by a new one");
                         d->pipe = ev[i].pipe;
+                        d->unserved_ns = 0;
                         d->last_rx_ns = eng_now_ns();
                         d->next_alive_ns = d->last_rx_ns + alive_period(d);
                         br_peer(p, d->peer, sizeof(d->peer));
@@ -660,13 +676,15 @@ static void pipe_events(struct dlv *d)
         }
 }
 
-int br_deliver_run(const eng_opts_t *o, volatile int *stop)
+int br_deliver_run(const eng_opts_t *o, volatile int *stop, int *port_out)
 {
         struct dlv *d = calloc(1, sizeof(*d));
         if (d == NULL)
                 return 1;
         d->o = o;
         d->timeout_ns = (uint64_t)o->timeout_s * 1000000000u;
+        const char *fault = getenv("ENGINE_BRIDGE_FAULT");
+        fault_keep_refused = fault != NULL && strcmp(fault, "keep-refused") == 0;
         pthread_mutex_init(&d->evmu, NULL);
         int status = 1, fd = -1;
         int rc = nng_pair1_open(&d->sock);
@@ -690,6 +708,8 @@ int br_deliver_run(const eng_opts_t *o, volatile int *stop)
         }
         int port = 0;
         nng_listener_get_int(d->lst, NNG_OPT_TCP_BOUND_PORT, &port);
+        if (port_out != NULL)
+                *port_out = port;
         eng_log(ENG_LOG_INFO, NULL,
                 "listening on %s (port %d) for a sending bridge, delivering to %s",
                 o->bridge.listen, port, o->bridge.segment);
@@ -699,6 +719,19 @@ int br_deliver_run(const eng_opts_t *o, volatile int *stop)
         while (!*stop) {
                 pipe_events(d);
                 heartbeat(d);
+                /* Connections keep coming for BR_WEDGE_NS and none is served although none is
+                 * ours: NNG is stuck (a single one that never completes is not enough). */
+                if (d->pipe == 0 && d->unserved_ns != 0 &&
+                    d->unserved_last_ns - d->unserved_ns >= BR_WEDGE_NS) {
+                        eng_log(ENG_LOG_ERROR, NULL,
+                                "every connection refused for %llu s although none is ours: "
+                                "NNG never finished closing the last one (NNG 1.5.2 can hang "
+                                "for good closing a connection while data arrives, "
+                                "nanomsg/nng#1636, fixed in 1.6): starting afresh",
+                                (unsigned long long)(BR_WEDGE_NS / 1000000000ull));
+                        status = BR_EXIT_WEDGED;
+                        break;
+                }
                 try_attach(d, false);
                 uint32_t ticket = d->c ? eng_client_ticket(d->c) : 0;
                 int moved = 0;
@@ -750,13 +783,21 @@ int br_deliver_run(const eng_opts_t *o, volatile int *stop)
                         poll(&pf, 1, d->links ? 5 : 100);
                 }
         }
-        eng_log(ENG_LOG_INFO, NULL, "signal %d: stopping", *stop);
+        if (*stop)
+                eng_log(ENG_LOG_INFO, NULL, "signal %d: stopping", *stop);
 out:
         if (d->pipe != 0)
                 drop_connection(d, "closed: stopping");
         while (d->links)
                 link_free(d, d->links, false);
         out_clear(d);
+        if (status == BR_EXIT_WEDGED) {
+                /* nng_close would wait for NNG's reaper, which is stuck, and NNG's threads
+                 * may still call pipe_event: leave d to them; the process starts afresh. */
+                if (d->c)
+                        eng_client_detach(d->c);
+                return status;
+        }
         nng_close(d->sock);
         if (d->c)
                 eng_client_detach(d->c);

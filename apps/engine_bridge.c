@@ -9,12 +9,15 @@
  *                              (bridge_deliver.c).
  * Runs until SIGINT, SIGTERM or SIGHUP.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 
@@ -29,6 +32,38 @@ static void *signals(void *arg)
         if (sigwait(set, &sig) == 0)
                 stop_sig = sig;
         return NULL;
+}
+
+/* The receiving role starts afresh (re-executes itself, same pid and arguments) when NNG
+ * stopped releasing closed connections (BR_EXIT_WEDGED, bridge_deliver.c). A listen address
+ * with port 0 keeps the port it got: the sending bridge dials that one. */
+#define RELISTEN_ENV "ENGINE_BRIDGE_RELISTEN_PORT"
+
+static char *relisten_url(const char *url, int port)
+{
+        size_t n = strlen(url);
+        if (port <= 0 || n < 2 || strcmp(url + n - 2, ":0") != 0)
+                return NULL;
+        char *u = malloc(n + 8);
+        if (u != NULL)
+                snprintf(u, n + 8, "%.*s:%d", (int)(n - 2), url, port);
+        return u;
+}
+
+static void start_afresh(char **argv, int port)
+{
+        char p[16];
+        snprintf(p, sizeof(p), "%d", port);
+        setenv(RELISTEN_ENV, p, 1);
+        /* Nothing of this process may outlive it: NNG's listening socket above all (the new
+         * image listens on the same port). */
+        if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
+                long max = sysconf(_SC_OPEN_MAX);
+                for (long fd = 3; fd < (max > 0 && max < 65536 ? max : 65536); fd++)
+                        close((int)fd);
+        }
+        execv("/proc/self/exe", argv);
+        eng_log(ENG_LOG_ERROR, NULL, "cannot start afresh (%s): stopping", strerror(errno));
 }
 
 static void usage(FILE *f)
@@ -115,8 +150,21 @@ int main(int argc, char **argv)
                 return 1;
         }
         pthread_detach(th);
-        int rc = o.bridge.connect ? br_serve_run(&o, &stop_sig) : br_deliver_run(&o, &stop_sig);
+        char *relisten = NULL, *listen = o.bridge.listen;
+        const char *env = getenv(RELISTEN_ENV);
+        if (env != NULL && listen != NULL && (relisten = relisten_url(listen, atoi(env))) != NULL)
+                o.bridge.listen = relisten;
+        unsetenv(RELISTEN_ENV);
+        int port = 0;
+        int rc =
+            o.bridge.connect ? br_serve_run(&o, &stop_sig) : br_deliver_run(&o, &stop_sig, &port);
+        if (rc == BR_EXIT_WEDGED && !stop_sig)
+                start_afresh(argv, port); /* returns only if it could not */
+        if (rc == BR_EXIT_WEDGED)
+                return 1; /* NNG cannot be shut down cleanly: its reaper is stuck */
+        o.bridge.listen = listen;
         eng_opts_free(&o);
+        free(relisten);
         nng_fini(); /* NNG's own threads and memory: nothing left for a leak checker */
         return rc;
 }
