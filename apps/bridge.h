@@ -111,7 +111,8 @@ int br_serve_run(const eng_opts_t *o, volatile int *stop);
  * (every new one refused for BR_WEDGE_NS with none of ours): only a new process helps, and
  * main starts one (engine_bridge.c). *port gets the port it listened on. */
 int br_deliver_run(const eng_opts_t *o, volatile int *stop, int *port);
-#define BR_EXIT_WEDGED 75
-#define BR_WEDGE_NS    (5 * 1000000000ull)
+#define BR_EXIT_WEDGED  75
+#define BR_WEDGE_NS     (5 * 1000000000ull)
+#define BR_WEDGE_GAP_NS (2 * 1000000000ull) /* longer apart: a new run */
 
 #endif

@@ -87,8 +87,8 @@ struct dlv {
         uint32_t npre_next;
         uint32_t refused;        /* connections refused since the last line about them */
         uint64_t refused_log_ns; /* when that line was written */
-        /* With no connection of ours: the first connection since then that NNG announced
-         * (ADD_PRE) and never gave us (ADD_POST), and the latest such. A wedged NNG refuses
+        /* With no connection of ours: the first of a run of connections that NNG announced
+         * (ADD_PRE) and never gave us (ADD_POST), and the latest of them. A wedged NNG refuses
          * them all and never reports them gone (its reaper runs REM_POST). */
         uint64_t unserved_ns, unserved_last_ns;
         struct rlink *links;
@@ -238,12 +238,12 @@ static void drop_connection(struct dlv *d, const char *why)
         d->pipe = 0;
 }
 
-/* A frame that breaks a rule: log it, close the connection. */
 /* Fault injection for the tests (docs/BRIDGE.md, Faults): ENGINE_BRIDGE_FAULT=keep-refused
  * leaves a refused connection open, as NNG 1.5.2 does when its reaper hangs (pair1's one slot
  * stays taken while the connection is no longer ours). */
 static bool fault_keep_refused;
 
+/* A frame that breaks a rule: log it, close the connection. */
 static void refuse(struct dlv *d, nng_pipe p, const char *why)
 {
         char peer[96];
@@ -644,9 +644,13 @@ static void pipe_events(struct dlv *d)
                 p.id = ev[i].pipe;
                 if (ev[i].kind == PEV_PRE) {
                         if (d->pipe == 0) {
-                                d->unserved_last_ns = eng_now_ns();
-                                if (d->unserved_ns == 0)
-                                        d->unserved_ns = d->unserved_last_ns;
+                                /* A run of them: each within BR_WEDGE_GAP_NS of the last (a
+                                 * sending bridge redials at least every second). */
+                                uint64_t now = eng_now_ns();
+                                if (d->unserved_ns == 0 ||
+                                    now - d->unserved_last_ns > BR_WEDGE_GAP_NS)
+                                        d->unserved_ns = now;
+                                d->unserved_last_ns = now;
                         }
                         struct pre *q = &d->pre[d->npre_next++ % PRE_MAX];
                         q->pipe = ev[i].pipe;
