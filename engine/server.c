@@ -38,7 +38,7 @@ void **eng_sstream_user(eng_sstream_t *s)
  * one). A worker has work only when a client sends, so a worker per CPU oversubscribes the
  * machine exactly when it is busy: with 1,000 streams from one client on 2 CPUs the second
  * worker ran only by taking the client's CPU (64-B throughput 0.63-0.74x of one stream with two
- * workers, 0.95-1.02x with one; docs/ARCHITECTURE.md, "Worker pool"). */
+ * workers, 0.95-1.02x with one; docs/ARCHITECTURE.md, "Scheduling and the worker pool"). */
 static uint32_t default_workers(void)
 {
         cpu_set_t set;
