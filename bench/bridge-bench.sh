@@ -9,10 +9,11 @@
 #   SIZE_MIB=1024 ROUNDS=3 PINGS=20000 CHUNK=256KiB BENCH_DIR=/dev/shm/... bench/bridge-bench.sh
 #   WINDOW=N MEMORY=SIZE  set both bridges' <bridge window memory> (default: the defaults)
 #
-# Output: one row per path with the best time of ROUNDS, its rate in GB/s (10^9 bytes/s) and
-# every round's time; the rounds alternate the paths (tcp, nc, local, bridged, tcp, ...), so
-# that a change of load on a shared machine hits all of them alike. Then the ratio of the
-# best bridged rate to the best plain TCP rate.
+# Output: one row per path with the best time of ROUNDS, its rate in GB/s (10^9 bytes/s), the
+# CPU-seconds its processes spent on one transfer (least of rounds) and every round's time; the
+# rounds alternate the paths (tcp, nc, local, bridged, tcp, ...), so that a change of load on a
+# shared machine hits all of them alike. Then the ratio of the best bridged rate to the best
+# plain TCP rate, and the best ratio the bridged path's CPU-seconds allow on this many CPUs.
 #
 # Files live in BENCH_DIR (default: a folder under /dev/shm, so the disk is not what is
 # measured; every receiver still fsyncs, as engine-server does). Each row is the best of ROUNDS.
@@ -101,6 +102,22 @@ if [ ! -f "$SRC" ]; then
 fi
 BYTES=$(stat -c %s "$SRC")
 now() { date +%s.%N; }
+# CPU-seconds of our processes only (another job on the machine does not count): the
+# daemons' (servers, bridges: utime + stime of /proc/PID/stat, every thread) plus those of this
+# subshell's finished children (the senders, receivers, engine-client: bash's `times`).
+# USER_HZ ticks, so +-0.01 s each.
+HZ=$(getconf CLK_TCK)
+daemons_cpu() { # PID...
+  local t=0 p
+  for p in "$@"; do
+    t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$t / $HZ" | bc -l
+}
+children_cpu() { # of the calling (sub)shell, from the second line of `times`: "XmY.YYYs XmZ.ZZZs"
+  times > "$DIR/times.out" # not in a $(...): that would be a subshell with no children yet
+  sed -n 2p "$DIR/times.out" | sed 's/m/ /g; s/s//g' | awk '{print $1 * 60 + $2 + $3 * 60 + $4}'
+}
 best() { # the smallest of the numbers on stdin
   sort -g | head -n 1
 }
@@ -112,9 +129,9 @@ cat > "$DIR/r.xml" <<EOF
   <bridge listen="tcp://127.0.0.1:0"$BATTR/>
 </streams>
 EOF
-"$BIN/engine-server" -c "$DIR/r.xml" 2> "$DIR/b.log" & pids+=($!)
+"$BIN/engine-server" -c "$DIR/r.xml" 2> "$DIR/b.log" & pids+=($!); pid_b=$!
 for _ in $(seq 100); do grep -qs serving "$DIR/b.log" && break; sleep 0.05; done
-"$BIN/engine-bridge" -c "$DIR/r.xml" 2> "$DIR/r.log" & pids+=($!)
+"$BIN/engine-bridge" -c "$DIR/r.xml" 2> "$DIR/r.log" & pids+=($!); pid_r=$!
 for _ in $(seq 100); do grep -qs attached "$DIR/r.log" && break; sleep 0.05; done
 port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$DIR/r.log" | head -n 1)
 [ -n "$port" ] || { cat "$DIR/r.log"; exit 1; }
@@ -125,7 +142,7 @@ cat > "$DIR/s.xml" <<EOF
   <stream id="1" file="src/big.bin"/>
 </streams>
 EOF
-"$BIN/engine-bridge" -c "$DIR/s.xml" 2> "$DIR/s.log" & pids+=($!)
+"$BIN/engine-bridge" -c "$DIR/s.xml" 2> "$DIR/s.log" & pids+=($!); pid_s=$!
 for _ in $(seq 100); do grep -qs "connected to the remote" "$DIR/s.log" && grep -qs serving "$DIR/s.log" && break; sleep 0.05; done
 cat > "$DIR/l.xml" <<EOF
 <streams>
@@ -133,7 +150,7 @@ cat > "$DIR/l.xml" <<EOF
   <stream id="1" file="src/big.bin"/>
 </streams>
 EOF
-"$BIN/engine-server" -c "$DIR/l.xml" 2> "$DIR/l.log" & pids+=($!)
+"$BIN/engine-server" -c "$DIR/l.xml" 2> "$DIR/l.log" & pids+=($!); pid_l=$!
 for _ in $(seq 100); do grep -qs serving "$DIR/l.log" && break; sleep 0.05; done
 
 run_tcp() { # plain TCP copy, seconds
@@ -144,8 +161,9 @@ run_tcp() { # plain TCP copy, seconds
   "$DIR/tcpcopy" send "$(cat "$DIR/tcp/port")" "$SRC"
   wait $r
   local t1; t1=$(now)
+  local c; children_cpu > "$DIR/cpu.out"; c=$(cat "$DIR/cpu.out")
   cmp -s "$SRC" "$DIR/tcp/out" || { echo "tcp copy differs" >&2; exit 1; }
-  echo "$t1 - $t0" | bc -l
+  echo "$(echo "$t1 - $t0" | bc -l) $c"
 }
 run_nc() { # nc-style: cat into bash's /dev/tcp, the same receiver
   rm -f "$DIR/tcp/out" "$DIR/tcp/port"
@@ -155,16 +173,28 @@ run_nc() { # nc-style: cat into bash's /dev/tcp, the same receiver
   cat "$SRC" > "/dev/tcp/127.0.0.1/$(cat "$DIR/tcp/port")"
   wait $r
   local t1; t1=$(now)
+  local c; children_cpu > "$DIR/cpu.out"; c=$(cat "$DIR/cpu.out")
   cmp -s "$SRC" "$DIR/tcp/out" || { echo "nc-style copy differs" >&2; exit 1; }
-  echo "$t1 - $t0" | bc -l
+  echo "$(echo "$t1 - $t0" | bc -l) $c"
 }
-run_engine() { # $1: options file, $2: output folder
-  rm -f "$2/big.bin"
-  local t0; t0=$(now)
-  "$BIN/engine-client" -q -c "$1" 1 > "$DIR/client.out" 2>&1 || { cat "$DIR/client.out" >&2; exit 1; }
-  local t1; t1=$(now)
-  cmp -s "$SRC" "$2/big.bin" || { echo "engine copy differs ($1)" >&2; exit 1; }
-  echo "$t1 - $t0" | bc -l
+run_engine() { # $1: options file, $2: output folder, $3...: the daemons on the path
+  # prints: seconds, CPU-seconds of all, of engine-client, of each daemon in order
+  local opt=$1 out=$2
+  shift 2
+  rm -f "$out/big.bin"
+  local p d0=() t0
+  for p in "$@"; do d0+=("$(daemons_cpu "$p")"); done
+  t0=$(now)
+  "$BIN/engine-client" -q -c "$opt" 1 > "$DIR/client.out" 2>&1 || { cat "$DIR/client.out" >&2; exit 1; }
+  local t1 c all each="" i=0; t1=$(now)
+  children_cpu > "$DIR/cpu.out"; c=$(cat "$DIR/cpu.out")
+  all=$c
+  for p in "$@"; do
+    local d; d=$(echo "$(daemons_cpu "$p") - ${d0[$i]}" | bc -l)
+    all=$(echo "$all + $d" | bc -l); each+=" $d"; i=$((i + 1))
+  done
+  cmp -s "$SRC" "$out/big.bin" || { echo "engine copy differs ($opt)" >&2; exit 1; }
+  echo "$(echo "$t1 - $t0" | bc -l) $all $c$each"
 }
 
 # Rounds interleave the paths, so that a change of load on a shared machine hits them alike.
@@ -172,25 +202,44 @@ declare -A R
 for _ in $(seq "$ROUNDS"); do
   R[tcp]+="$(run_tcp)"$'\n'
   R[nc]+="$(run_nc)"$'\n'
-  R[local]+="$(run_engine "$DIR/l.xml" "$DIR/outl")"$'\n'
-  R[bridged]+="$(run_engine "$DIR/s.xml" "$DIR/outb")"$'\n'
+  R[local]+="$(run_engine "$DIR/l.xml" "$DIR/outl" "$pid_l")"$'\n'
+  R[bridged]+="$(run_engine "$DIR/s.xml" "$DIR/outb" "$pid_b" "$pid_r" "$pid_s")"$'\n'
 done
-declare -A T
+declare -A T C
 for path in tcp nc local bridged; do
-  T[$path]=$(printf '%s' "${R[$path]}" | grep . | best)
+  T[$path]=$(printf '%s' "${R[$path]}" | grep . | cut -d' ' -f1 | best)
+  C[$path]=$(printf '%s' "${R[$path]}" | grep . | cut -d' ' -f2 | best)
 done
 gbs() { echo "$BYTES / $1 / 1000000000" | bc -l; }
-rounds() { printf '%s' "${R[$1]}" | grep . | xargs printf '%.3f '; }
+rounds() { printf '%s' "${R[$1]}" | grep . | cut -d' ' -f1 | xargs printf '%.3f '; }
 echo "== ${SIZE_MIB} MiB file, client chunk $CHUNK, bridge${BATTR:- defaults}; best of $ROUNDS" \
   "rounds (paths alternate in each round); $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-46s %8s %8s   %s\n' "path" "best s" "GB/s" "every round (s)"
-row() { printf '%-46s %8.3f %8.2f   %s\n' "$1" "${T[$2]}" "$(gbs "${T[$2]}")" "$(rounds "$2")"; }
+printf '%-46s %8s %8s %8s   %s\n' "path" "best s" "GB/s" "CPU s" "every round (s)"
+row() {
+  printf '%-46s %8.3f %8.2f %8.2f   %s\n' "$1" "${T[$2]}" "$(gbs "${T[$2]}")" "${C[$2]}" \
+    "$(rounds "$2")"
+}
 row "plain TCP socket copy (read/write, loopback)" tcp
 row "nc-style (cat > /dev/tcp, same receiver)" nc
 row "engine, local shared memory (reference)" local
 row "engine over two bridges (TCP loopback)" bridged
 printf 'ratio bridged / plain TCP copy (best rates): %.2f (target >= 0.8)\n' \
   "$(echo "${T[tcp]} / ${T[bridged]}" | bc -l)"
+# The bridged path's work cannot finish faster than its CPU-seconds spread over every CPU: the
+# best ratio this machine allows it, were each of its stages (client, two bridges, server)
+# running in parallel with no wait at all. Both figures are the kindest to the bridged path:
+# its least CPU of any round against the best TCP copy.
+ncpu=$(nproc)
+printf 'CPU s per transfer (least of rounds, our processes): bridged %.2f, plain TCP %.2f (%.1fx);\n' \
+  "${C[bridged]}" "${C[tcp]}" "$(echo "${C[bridged]} / ${C[tcp]}" | bc -l)"
+# Where the bridged path's CPU goes: the round that used the least.
+least=$(printf '%s' "${R[bridged]}" | grep . | sort -g -k2 | head -n 1)
+printf '  bridged, that round: engine-client %.2f, sending bridge %.2f, receiving bridge %.2f, server %.2f\n' \
+  "$(echo "$least" | cut -d' ' -f3)" "$(echo "$least" | cut -d' ' -f6)" \
+  "$(echo "$least" | cut -d' ' -f5)" "$(echo "$least" | cut -d' ' -f4)"
+printf '  on %d CPUs the bridged path needs >= %.3f s, the TCP copy took %.3f (best):' \
+  "$ncpu" "$(echo "${C[bridged]} / $ncpu" | bc -l)" "${T[tcp]}"
+printf ' ratio <= %.2f\n' "$(echo "${T[tcp]} * $ncpu / ${C[bridged]}" | bc -l)"
 
 ping_row() { # $1 label, $2 options file
   "$BIN/engine-client" -c "$2" --ping "$PINGS" --payload 64 > "$DIR/ping.out" 2>&1 || { cat "$DIR/ping.out"; return; }
