@@ -655,13 +655,16 @@ int arena_rec_free_common(eng_arena_t *a, uint64_t off)
         uint64_t s = off - ENG_ARENA_HDR_BYTES;
         struct blk_hdr *b = blk_at(a, s);
         uint64_t w = eng_load_acquire_u64(&b->word);
-        for (;;) {
-                if (blk_magic(w) != BLK_MAGIC || blk_state(w) != BLK_RUSED) {
-                        eng_faa_u64(&h->bad_frees, 1);
-                        return blk_state(w) == BLK_RFREE ? -EALREADY : -EINVAL;
-                }
-                if (eng_cas_u64(&b->word, w, blk_word(0, BLK_RFREE, 0), &w))
-                        break;
+        if (blk_magic(w) != BLK_MAGIC || blk_state(w) != BLK_RUSED) {
+                eng_faa_u64(&h->bad_frees, 1);
+                return blk_state(w) == BLK_RFREE ? -EALREADY : -EINVAL;
+        }
+        /* One CAS, no retry: a failed one means another free of this slot came first (nothing
+         * else changes an RUSED word), and a retry would free the slot's next owner (as
+         * lf_release). */
+        if (!eng_cas_u64(&b->word, w, blk_word(0, BLK_RFREE, 0), &w)) {
+                eng_faa_u64(&h->bad_frees, 1);
+                return blk_magic(w) == BLK_MAGIC ? -EALREADY : -EINVAL;
         }
         uint64_t old = eng_load_relaxed_u64(&h->rec_head);
         do {

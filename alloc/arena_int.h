@@ -231,6 +231,10 @@ int arena_rec_free_common(eng_arena_t *a, uint64_t off);
 int lf_format(eng_arena_t *a);
 int lf_alloc(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *off);
 int lf_free(eng_arena_t *a, uint64_t off);
+/* Free block b (its start) whose header the caller read as w: one CAS from w; -EALREADY if the
+ * word is FREE or another free changed it first, -EINVAL if it is not a USED block (of
+ * owner_must, if non-zero). lf_free is lf_block_of + this. */
+int lf_release(eng_arena_t *a, uint64_t b, uint64_t w, uint32_t owner_must);
 int64_t lf_reclaim(eng_arena_t *a, uint32_t owner);
 void lf_stats(const eng_arena_t *a, eng_arena_stats_t *st);
 int lf_check(const eng_arena_t *a, uint64_t *leaked, char *why, size_t whylen);

@@ -521,10 +521,17 @@ uint32_t lf_alloc_bulk(eng_arena_t *a, uint64_t len, uint32_t owner, uint64_t *o
         return kept;
 }
 
-/* After a failed header CAS: does the word now found still describe a block at b? */
-static bool lf_still_block(const eng_arena_t *a, uint64_t b, uint64_t w)
+/*
+ * A free's header CAS failed: the word is no longer the USED word the free read. Nothing
+ * changes a USED block's word but a free (and, after it, the next allocation's stamp), so
+ * another free of this block came first: ours is a second free, whatever the word says now.
+ * Retrying with the new word would free what the block has become since - the next owner's
+ * allocation, if it was popped and stamped between our read and our CAS (SPIN found this:
+ * docs/models/arena.pml, CODE_FREE_RETRY). -EALREADY for a block word, -EINVAL for a scribble.
+ */
+static int lf_lost_race(const eng_arena_t *a, uint64_t b, uint64_t w)
 {
-        return blk_magic(w) == BLK_MAGIC && lf_block_ok(a, b, blk_class(w));
+        return blk_magic(w) == BLK_MAGIC && lf_block_ok(a, b, blk_class(w)) ? -EALREADY : -EINVAL;
 }
 
 /* USED -> FREE by CAS as lf_release, but the push waits for lf_flush. */
@@ -534,20 +541,15 @@ int lf_free_later(eng_arena_t *a, eng_arena_batch_t *bt, uint64_t off)
         int rc = lf_block_of(a, off, &b, &w, &bytes);
         if (rc != 0)
                 return rc;
-        struct blk_hdr *bh = blk_at(a, b);
-        for (;;) {
-                if (blk_state(w) == BLK_FREE)
-                        return -EALREADY;
-                if (blk_state(w) != BLK_USED)
-                        return -EINVAL;
-                uint32_t c = blk_class(w);
-                if (eng_cas_u64(&bh->word, w, blk_word(c, BLK_FREE, 0), &w)) {
-                        bt->blk[bt->n++] = b | c; /* blocks are 64-byte aligned */
-                        return 0;
-                }
-                if (!lf_still_block(a, b, w))
-                        return -EINVAL;
-        }
+        if (blk_state(w) == BLK_FREE)
+                return -EALREADY;
+        if (blk_state(w) != BLK_USED)
+                return -EINVAL;
+        uint32_t c = blk_class(w);
+        if (!eng_cas_u64(&blk_at(a, b)->word, w, blk_word(c, BLK_FREE, 0), &w))
+                return lf_lost_race(a, b, w); /* no retry, as lf_release */
+        bt->blk[bt->n++] = b | c;             /* blocks are 64-byte aligned */
+        return 0;
 }
 
 /* Link each class's blocks of the batch privately (they are FREE and on no list: nobody else
@@ -615,25 +617,21 @@ int lf_lookup(const eng_arena_t *a, uint64_t off, void **ptr, uint32_t *owner, u
         return arena_lookup_copy(a, off, w, bytes, ptr, owner, cap);
 }
 
-/* USED -> FREE by CAS (a second free of the same block finds FREE and is refused). */
-static int lf_release(eng_arena_t *a, uint64_t b, uint64_t w, uint32_t owner_must)
+/* USED -> FREE by CAS (a second free of the same block finds FREE and is refused). One CAS
+ * from the word the caller read, never a retry: see lf_lost_race. */
+int lf_release(eng_arena_t *a, uint64_t b, uint64_t w, uint32_t owner_must)
 {
-        struct blk_hdr *bh = blk_at(a, b);
-        for (;;) {
-                if (blk_state(w) == BLK_FREE)
-                        return -EALREADY;
-                if (blk_state(w) != BLK_USED || (owner_must && blk_owner(w) != owner_must))
-                        return -EINVAL;
-                uint32_t c = blk_class(w);
-                if (eng_cas_u64(&bh->word, w, blk_word(c, BLK_FREE, 0), &w)) {
-                        eng_faa_u64(&a->hdr->cls[c].used_blocks, (uint64_t)-1);
-                        eng_faa_u64(&a->hdr->cls[c].frees, 1);
-                        lf_push(a, c, b);
-                        return 0;
-                }
-                if (!lf_still_block(a, b, w))
-                        return -EINVAL;
-        }
+        if (blk_state(w) == BLK_FREE)
+                return -EALREADY;
+        if (blk_state(w) != BLK_USED || (owner_must && blk_owner(w) != owner_must))
+                return -EINVAL;
+        uint32_t c = blk_class(w);
+        if (!eng_cas_u64(&blk_at(a, b)->word, w, blk_word(c, BLK_FREE, 0), &w))
+                return lf_lost_race(a, b, w);
+        eng_faa_u64(&a->hdr->cls[c].used_blocks, (uint64_t)-1);
+        eng_faa_u64(&a->hdr->cls[c].frees, 1);
+        lf_push(a, c, b);
+        return 0;
 }
 
 int lf_free(eng_arena_t *a, uint64_t off)

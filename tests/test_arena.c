@@ -767,6 +767,43 @@ TEST_BOTH_KINDS(rejects_double_free, 10)
         fx_done(&f);
 }
 
+/*
+ * Two frees of one block in flight at once (a faulty peer's duplicate): both read the header
+ * USED, the first one's CAS wins, and the block is popped and stamped for a new owner before the
+ * second one's CAS. That CAS then fails on the new owner's word; it must give up (-EALREADY),
+ * not retry with the word it found, which would free the new owner's allocation while it is in
+ * use. The interleaving, found by SPIN (docs/models/arena.pml, CODE_FREE_RETRY), is replayed
+ * here deterministically: lf_release is handed the header word as the late free read it.
+ */
+Test(lockfree, a_late_duplicate_free_leaves_the_next_owner_alone, .timeout = 10)
+{
+        struct fx f;
+        eng_arena_t *a = fx_make(&f, ENG_ARENA_LOCKFREE, 8 * MIB, 256, 12, 20);
+        uint64_t off, blk, w_read, bytes;
+        cr_assert_eq(eng_arena_alloc(a, 1000, 1, &off), 0);
+        cr_assert_eq(lf_block_of(a, off, &blk, &w_read, &bytes), 0); /* the late free's read */
+        cr_assert_eq(eng_arena_free(a, off), 0);                     /* the first free wins */
+        uint64_t again;
+        cr_assert_eq(eng_arena_alloc(a, 1000, 2, &again), 0); /* popped, stamped for owner 2 */
+        cr_assert_eq(again, off, "the free list is LIFO: the same block comes back");
+        fill(a, again, 1000, 7);
+        eng_arena_stats_t s0 = stats_of(a);
+        cr_assert_eq(lf_release(a, blk, w_read, 0), -EALREADY,
+                     "the late free must see it lost the race");
+        cr_assert_eq(eng_arena_owner(a, again), 2u, "owner 2's block must stay owner 2's");
+        eng_arena_stats_t s1 = stats_of(a);
+        assert_lists_unchanged(&s0, &s1, "late duplicate free");
+        /* Had it been freed, the next allocation would get owner 2's block, in use. */
+        uint64_t other;
+        cr_assert_eq(eng_arena_alloc(a, 1000, 3, &other), 0);
+        cr_assert_neq(other, again);
+        cr_assert(intact(a, again, 1000, 7));
+        cr_assert_eq(eng_arena_free(a, other), 0);
+        cr_assert_eq(eng_arena_free(a, again), 0);
+        ASSERT_ARENA_OK(a, "end");
+        fx_done(&f);
+}
+
 TEST_BOTH_KINDS(rejects_record_double_free, 10)
 {
         struct fx f;
