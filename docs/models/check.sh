@@ -137,6 +137,25 @@ for m in MUT_CTL_NO_FENCE MUT_FINAL_NO_NUDGE MUT_BOOT_NO_NUDGE; do
   run ctl_sleep.pml safety "" fail -D"$m"
 done
 
+# Model 5: the lock-free arena's free lists (safety: in every state the list is acyclic and
+# holds exactly the blocks that are free and pushed; a pop takes only a listed block; no
+# validation fails, so no list is cut; a second free is refused; at quiescence no block lost).
+# WITH_WRITER: a writer forges one link or the head; a block is handed to two owners only inside
+# lf_pop's documented stamp window. WITH_LATE_DUP: a duplicate free racing the block's
+# reallocation (README.md): with the same owner it frees the new allocation (the header word's
+# ABA, a documented limit: expected to fail); with another owner the code gives up (passes),
+# the code as first written (CODE_FREE_RETRY) retried and freed it (fails).
+run arena.pml safety "" pass
+run arena.pml safety "" pass -DWITH_WRITER
+for m in MUT_NO_TAG MUT_FREE_PLAIN MUT_FLUSH_LINK_LATE MUT_BULK_NO_REWALK; do
+  run arena.pml safety "" fail -D"$m"
+done
+run arena.pml safety "" fail -DWITH_WRITER -DMUT_POP_NO_VALIDATE
+run arena.pml safety "" fail -DWITH_WRITER -DMUT_BULK_STAMP_LATE
+run arena.pml safety "" fail -DWITH_LATE_DUP
+run arena.pml safety "" pass -DWITH_LATE_DUP -DOTHER_OWNER
+run arena.pml safety "" fail -DWITH_LATE_DUP -DOTHER_OWNER -DCODE_FREE_RETRY
+
 if [ "$fail" != 0 ]; then
   echo "== SPIN models: some runs did not give the expected result (see above)"
   exit 1
