@@ -242,6 +242,11 @@ static int wait_slow(eng_client_t *c, uint32_t ticket, uint64_t deadline)
          * on the shared mapping (each looks up the page's key). If it is not there after all
          * (it moved, it is not runnable yet), the yield returns at once and we sleep. */
         if (c->spin_ans.peer_here) {
+                /* Still awake as far as the wake-up goes (not NONE: the worker bumps `wake`,
+                 * and no futex wake-up, as for SPIN); YIELD asks it to give the CPU back once
+                 * the answer is out, rather than after the rest of its turn and its way to
+                 * sleep. A hint, so a relaxed store: read as SPIN, it costs that wait only. */
+                eng_store_relaxed_u32(&sr->waiting, WAIT_YIELD);
                 sched_yield();
                 if (eng_load_acquire_u32(&sr->wake) != ticket)
                         goto woken;

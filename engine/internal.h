@@ -105,8 +105,10 @@ enum {
 /* rec->sched: who owns the right to consume the client->server ring */
 enum { RUN_IDLE = 0, RUN_QUEUED = 1, RUN_RUNNING = 2, RUN_AGAIN = 3, RUN_FIN = 4, RUN_POLLING = 5 };
 
-/* waiting flags of a session (client) */
-enum { WAIT_NONE = 0, WAIT_SPIN = 1, WAIT_SLEEP = 2 };
+/* waiting flags of a session (client). WAIT_YIELD is WAIT_SPIN (awake, no futex wake-up
+ * needed) plus a hint: the client gave its CPU to the answering worker (client.c wait_slow) and
+ * waits runnable behind it, so the worker hands the CPU back as soon as the answer is out. */
+enum { WAIT_NONE = 0, WAIT_SPIN = 1, WAIT_SLEEP = 2, WAIT_YIELD = 3 };
 
 /* A descriptor: 32 bytes, copied by value through ck_ring. */
 struct eng_desc {

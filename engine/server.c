@@ -199,6 +199,10 @@ static void wake_rec(struct eng_rec *sr)
                  * wake sees the bump. Without this it slept a whole 50 ms slice. */
                 if (w == WAIT_SLEEP || eng_load_relaxed_u32(&sr->waiting) == WAIT_SLEEP)
                         eng_futex_wake(&sr->wake, INT32_MAX);
+                /* The client yielded its CPU to us and waits runnable (same CPU): give it back
+                 * now, so that the rest of our turn and our way to sleep are not on its path. */
+                else if (w == WAIT_YIELD)
+                        sched_yield();
         }
 }
 
